@@ -1,0 +1,98 @@
+"""PNG charts of an alert: daily cost inside its band, the spike, and the CPU of the nodes involved.
+
+matplotlib is imported lazily with the Agg backend so the CLI and the serverless handler never pay for it
+unless a chart is asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .alerts import Alert
+from .detect import Detection, SeriesBands
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:80] or "alert"
+
+
+def _series_row(sb: SeriesBands | None, project: str, category: str | None) -> int | None:
+    if sb is None or not len(sb.matrix.keys):
+        return None
+    keys = sb.matrix.keys
+    sel = keys["project_id"].astype(str) == project
+    if category is not None and "service_category" in keys:
+        sel &= keys["service_category"].astype(str) == category
+    idx = np.flatnonzero(sel.to_numpy())
+    return int(idx[0]) if idx.size else None
+
+
+def alert_chart(det: Detection, alert: Alert, path: Path) -> Path:
+    """Draw one alert; returns the written path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nodes = [n["node"] for n in alert.evidence.get("nodes", [])][:6]
+    has_cpu = bool(nodes) and det.cpu is not None
+    fig, axes = plt.subplots(2 if has_cpu else 1, 1, figsize=(11, 7 if has_cpu else 4), squeeze=False)
+    ax = axes[0][0]
+    cat = alert.service if alert.kind in ("cost_spike", "mining_suspected") else None
+    sb = det.categories if cat else det.totals
+    i = _series_row(sb, alert.project, cat)
+    if i is None and cat:
+        sb, i = det.totals, _series_row(det.totals, alert.project, None)
+    if sb is not None and i is not None:
+        m, b = sb.matrix, sb.bands
+        days = m.days.tz_convert(None)
+        ax.fill_between(days, b.lower[i], b.upper[i], step="mid", alpha=0.25, color="tab:blue",
+                        label="normal band")
+        ax.plot(days, b.expected[i], color="tab:blue", lw=1, ls="--", label="expected")
+        ax.plot(days, m.values[i], color="black", lw=1.4, marker=".", label="daily cost")
+        hits = sb.anomalous[i]
+        ax.scatter(days[hits], m.values[i][hits], color="red", zorder=5, s=40, label="out of band")
+        ax.set_ylabel(f"{alert.currency} / day")
+        ax.set_title(f"{alert.kind}: {alert.project_name} ({alert.provider}) — {cat or 'all services'}")
+        ax.axvline(alert.start.tz_convert(None), color="orange", lw=1, label="start")
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no cost data for this project", ha="center", transform=ax.transAxes)
+    if has_cpu and det.cpu is not None and det.cpu_features is not None:
+        cx = axes[1][0]
+        cm, f = det.cpu, det.cpu_features
+        lo = max(alert.start - pd.Timedelta(days=4), cm.hours[0])
+        cols = (cm.hours >= lo)
+        hours = cm.hours[cols].tz_convert(None)
+        for node in nodes:
+            r = np.flatnonzero((cm.nodes["node"] == node).to_numpy())
+            if not r.size:
+                continue
+            k = int(r[0])
+            line, = cx.plot(hours, cm.values[k, cols], lw=1.2, label=node)
+            cx.fill_between(hours, np.clip(f.profile[k, cols] - 2 * f.spread[k, cols], 0, 100),
+                            np.clip(f.profile[k, cols] + 2 * f.spread[k, cols], 0, 100),
+                            color=line.get_color(), alpha=0.12)
+        cx.axvline(alert.start.tz_convert(None), color="orange", lw=1, label="start")
+        cx.axvline(alert.detected_at.tz_convert(None), color="red", lw=1, ls=":", label="detected")
+        cx.set_ylim(0, 105)
+        cx.set_ylabel("CPU % (hourly)")
+        cx.set_title("node CPU against its usual daily shape (shaded)")
+        cx.legend(loc="upper left", fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_charts(det: Detection, out_dir: Path, limit: int = 12) -> list[Path]:
+    written = []
+    for n, a in enumerate(det.alerts[:limit]):
+        name = f"{n + 1:02d}-{a.kind}-{_safe(a.project_name)}.png"
+        written.append(alert_chart(det, a, out_dir / name))
+    return written

@@ -1,0 +1,181 @@
+"""The ``costwatch`` command line.
+
+Every expected failure (a missing file, a bad CSV row, a bad config key) ends with exit code 2 and one
+message that names the file and what is wrong; ``--debug`` adds the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+
+from .errors import ConfigError, CostwatchError
+
+EXIT_USAGE = 2
+
+
+class _Ctx:
+    debug = False
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    click.echo(f"costwatch: error: {exc}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def parse_since(value: str | None, as_of: pd.Timestamp | None = None) -> pd.Timedelta | pd.Timestamp | None:
+    """``28d``, ``36h``, ``2w`` or an ISO date/time; a window is relative to ``as_of``."""
+    if value is None:
+        return None
+    v = value.strip().lower()
+    units = {"h": "hours", "d": "days", "w": "weeks"}
+    if v and v[-1] in units and v[:-1].isdigit():
+        return pd.Timedelta(**{units[v[-1]]: int(v[:-1])})
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(f"{value!r}: use a window like 28d, 36h, 2w or an ISO time") from e
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _as_of(value: str | None) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time") from e
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="costwatch")
+def cli(debug: bool) -> None:
+    """Catch hijacked cloud compute (cryptomining) and runaway spend across AWS, GCP and Azure."""
+    _Ctx.debug = debug
+
+
+@cli.command()
+@click.option("--costs", "costs", multiple=True, type=click.Path(path_type=Path),
+              help="FOCUS cost export: CSV, CSV.gz, Parquet or a folder of them. Repeatable.")
+@click.option("--usage", "usage", multiple=True, type=click.Path(path_type=Path),
+              help="CPU usage CSV (timestamp,provider,project,node,cpu_utilization[,cluster,region,instance_type]).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="costwatch YAML config.")
+@click.option("--since", default="28d", show_default=True, help="Window: 28d, 36h, 2w or an ISO time.")
+@click.option("--as-of", "as_of", default=None, help="Evaluate as if now were this ISO time (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
+              show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), help="Write the report here instead of stdout.")
+def report(costs: tuple[Path, ...], usage: tuple[Path, ...], config_path: Path | None, since: str,
+           as_of: str | None, fmt: str, output: Path | None) -> None:
+    """Per-project spend, bands, forecasts and every alert detected in the window."""
+    try:
+        cfg = _load_cfg(config_path)
+        cost_paths: list[Any] = list(costs)
+        usage_paths: list[Any] = list(usage)
+        if not cost_paths and not usage_paths:
+            cost_paths, usage_paths = _paths_from_config(cfg)
+        if not cost_paths and not usage_paths:
+            raise ConfigError("nothing to read: pass --costs and/or --usage, or a --config with a files provider")
+        _run_report(cfg, cost_paths, usage_paths, since, as_of, fmt, output)
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+
+
+def _load_cfg(path: Path | None) -> Any:
+    from .config import Config, load_config
+
+    return load_config(path) if path else Config()
+
+
+def _paths_from_config(cfg: Any) -> tuple[list[Any], list[Any]]:
+    costs: list[Any] = []
+    usage: list[Any] = []
+    for p in cfg.providers:
+        if getattr(p, "type", None) != "files":
+            continue
+        for attr, bucket in (("costs", costs), ("usage", usage)):
+            v = getattr(p, attr, None)
+            if v:
+                bucket.extend(v if isinstance(v, list) else [v])
+    return costs, usage
+
+
+def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any], since: str, as_of: str | None,
+                fmt: str, output: Path | None) -> None:
+    from rich.console import Console
+
+    from costwatch.providers.files import FilesProvider
+
+    from .detect import detect
+    from .model import empty_costs
+    from .report import render, renderable
+
+    prov = FilesProvider(costs=cost_paths or None, usage=usage_paths or None)
+    cost_frame = prov.fetch_costs() if cost_paths else empty_costs()
+    usage_frame = prov.fetch_usage() if usage_paths else None
+    det = detect(cost_frame, usage_frame, cfg, as_of=_as_of(as_of), since=parse_since(since))
+    if output is None and fmt == "table":
+        Console().print(renderable(det))
+        return
+    text = render(det, fmt)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise CostwatchError(f"{output}: cannot write the report: {e.strerror}") from e
+        click.echo(f"wrote {fmt} report to {output} ({len(det.alerts)} alerts)", err=True)
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("costwatch-demo"),
+              show_default=True, help="Where to write the demo data, charts and report.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+              show_default=True)
+@click.option("--no-charts", is_flag=True, help="Skip the PNG charts.")
+def demo(out_dir: Path, fmt: str, no_charts: bool) -> None:
+    """Generate the embedded multi-cloud demo, detect, print the report and write charts."""
+    try:
+        from .demo import run_demo
+
+        run_demo(out_dir, fmt=fmt, charts=not no_charts)
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+
+
+@cli.command("check-config")
+@click.argument("path", type=click.Path(path_type=Path))
+def check_config(path: Path) -> None:
+    """Validate a config file: exit 0 and a summary, or exit 2 naming the key and line."""
+    try:
+        cfg = _load_cfg(path)
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    click.echo(f"{path}: OK — {len(cfg.providers)} provider(s), {len(cfg.projects)} project(s), "
+               f"band method {cfg.detection.band_method}, sensitivity {cfg.detection.sensitivity}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="costwatch", standalone_mode=True)
+    except CostwatchError as e:  # pragma: no cover - commands catch their own
+        _fail(e, _Ctx.debug)
+    except Exception as e:
+        if _Ctx.debug:
+            raise
+        click.echo(f"costwatch: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

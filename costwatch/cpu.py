@@ -1,0 +1,177 @@
+"""Hourly CPU per node: daily-shape bands and the flat-plateau signature of a miner.
+
+A miner turns a node's CPU into a flat line: pinned near 100%, or held at a cap (50-75%) to hide.  Real
+workloads keep their daily shape and their noise, even when traffic doubles.  So each node gets an
+hour-of-day profile from its own previous days (causal), and an hour is suspicious when a short trailing
+window is both flat (small spread) and well above that profile.  All of it is numpy over a nodes x hours
+matrix; nothing loops over nodes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class CpuSettings:
+    pinned_level: float = 85.0
+    plateau_level: float = 45.0
+    min_excess: float = 20.0
+    flat_tolerance: float = 3.0
+    pinned_hours: int = 2
+    plateau_hours: int = 4
+    profile_days: int = 7
+    min_profile_days: int = 3
+    gpu_instance_prefixes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CpuMatrix:
+    nodes: pd.DataFrame  # node, provider, project, cluster, region, instance_type, first_seen
+    hours: pd.DatetimeIndex
+    values: np.ndarray  # nodes x hours, NaN where no sample
+
+
+@dataclass
+class CpuFeatures:
+    profile: np.ndarray  # expected CPU for this hour from the same hour on earlier days
+    spread: np.ndarray  # robust spread of those earlier samples
+    profile_days: np.ndarray  # how many earlier days fed the profile
+    pinned: np.ndarray  # bool: window of pinned_hours flat at >= pinned_level, above profile or new
+    plateau: np.ndarray  # bool: window of plateau_hours flat at >= plateau_level, well above profile
+    window_mean: np.ndarray
+    new_node: np.ndarray  # bool per node: first seen after its project's data began
+
+
+def cpu_matrix(usage: pd.DataFrame) -> CpuMatrix:
+    """Average samples into whole UTC hours and pivot to nodes x hours."""
+    if usage.empty:
+        empty = pd.DataFrame(columns=["node", "provider", "project", "cluster", "region", "instance_type",
+                                      "first_seen", "new"])
+        return CpuMatrix(empty, pd.DatetimeIndex([], tz="UTC"), np.zeros((0, 0)))
+    hour = usage["timestamp"].dt.floor("h")
+    u = usage.assign(_hour=hour)
+    wide = u.pivot_table(index="node", columns="_hour", values="cpu_utilization", aggfunc="mean")
+    hours = pd.date_range(hour.min(), hour.max(), freq="h")
+    wide = wide.reindex(columns=hours)
+    meta = (u.sort_values("_hour").groupby("node", observed=True)
+            .agg(provider=("provider", "first"), project=("project", "first"), cluster=("cluster", "first"),
+                 region=("region", "first"), instance_type=("instance_type", "first"),
+                 first_seen=("_hour", "min"))
+            .reindex(wide.index).reset_index())
+    project_start = meta.groupby("project")["first_seen"].transform("min")
+    meta["new"] = meta["first_seen"] >= project_start + pd.Timedelta(hours=24)
+    return CpuMatrix(meta, hours, wide.to_numpy(dtype="float64"))
+
+
+def _trailing(x: np.ndarray, w: int) -> np.ndarray:
+    """N x T x w view of the last w samples up to and including each hour (NaN-padded)."""
+    pad = np.full((x.shape[0], w - 1), np.nan)
+    return np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, x], axis=1), w, axis=1)
+
+
+def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
+    x = m.values
+    n, t = x.shape
+    lags = np.full((n, t, s.profile_days), np.nan)
+    for k in range(1, s.profile_days + 1):  # loop over days of lag, not over nodes
+        if 24 * k < t:
+            lags[:, 24 * k:, k - 1] = x[:, : t - 24 * k]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        profile = np.nanmedian(lags, axis=2)
+        spread = 1.4826 * np.nanmedian(np.abs(lags - profile[:, :, None]), axis=2)
+        pdays = (~np.isnan(lags)).sum(axis=2)
+        wp = _trailing(x, s.pinned_hours)
+        wl = _trailing(x, s.plateau_hours)
+        prof_l = _trailing(profile, s.plateau_hours)
+        prof_p = _trailing(profile, s.pinned_hours)
+        spread_l = np.nanmean(_trailing(spread, s.plateau_hours), axis=2)
+        full_p = ~np.isnan(wp).any(axis=2)
+        full_l = ~np.isnan(wl).any(axis=2)
+        min_p = np.nanmin(wp, axis=2)
+        min_l = np.nanmin(wl, axis=2)
+        std_p = np.nanstd(wp, axis=2)
+        std_l = np.nanstd(wl, axis=2)
+        mean_l = np.nanmean(wl, axis=2)
+        mean_p = np.nanmean(wp, axis=2)
+        excess_p = mean_p - np.nanmean(prof_p, axis=2)
+        excess_l = mean_l - np.nanmean(prof_l, axis=2)
+    known = pdays >= s.min_profile_days
+    new = m.nodes["new"].to_numpy(dtype=bool) if len(m.nodes) else np.zeros(n, dtype=bool)
+    need = np.maximum(s.min_excess, 3.0 * np.nan_to_num(spread_l, nan=0.0))
+    pinned = (full_p & (min_p >= s.pinned_level) & (std_p <= s.flat_tolerance)
+              & ((~known & new[:, None]) | (known & (np.nan_to_num(excess_p, nan=0.0) >= need))))
+    plateau = (full_l & known & (min_l >= s.plateau_level) & (std_l <= s.flat_tolerance)
+               & (np.nan_to_num(excess_l, nan=0.0) >= need))
+    return CpuFeatures(profile, spread, pdays, pinned, plateau, np.where(pinned, mean_p, mean_l), new)
+
+
+def is_gpu(instance_type: str | None, prefixes: list[str]) -> bool:
+    if not instance_type or pd.isna(instance_type):
+        return False
+    it = str(instance_type).lower()
+    return any(it.startswith(p.lower()) for p in prefixes)
+
+
+@dataclass
+class NodeEpisode:
+    node: str
+    project: str
+    provider: str
+    start: pd.Timestamp  # first hour of the flat stretch
+    detected_at: pd.Timestamp  # end of the hour at which the window first qualified
+    last: pd.Timestamp  # last flagged hour (end)
+    level: float  # median CPU over the episode
+    signal: str  # "pinned" or "plateau"
+    new_node: bool
+    region: str | None
+    instance_type: str | None
+    cluster: str | None
+    baseline: float  # profile CPU at detection
+
+
+def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int = 3) -> list[NodeEpisode]:
+    """Runs of flagged hours per node, merged across short gaps; start walks back over the flat stretch."""
+    flag = f.pinned | f.plateau
+    out: list[NodeEpisode] = []
+    if flag.size == 0:
+        return out
+    rows, cols = np.nonzero(flag)
+    if rows.size == 0:
+        return out
+    hour = pd.Timedelta(hours=1)
+    # split flagged (row, col) into episodes: new episode where row changes or gap > gap_hours
+    brk = np.ones(rows.size, dtype=bool)
+    brk[1:] = (rows[1:] != rows[:-1]) | (cols[1:] - cols[:-1] > gap_hours)
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], rows.size) - 1
+    x = m.values
+    for a, b in zip(starts, ends, strict=True):
+        i, c0, c1 = int(rows[a]), int(cols[a]), int(cols[b])
+        signal = "pinned" if f.pinned[i, c0] else "plateau"
+        w = s.pinned_hours if signal == "pinned" else s.plateau_hours
+        first = c0 - w + 1
+        seg = x[i, first: c1 + 1]
+        level = float(np.nanmedian(seg))
+        lo = first
+        tol = 2.0 * s.flat_tolerance
+        while lo - 1 >= 0 and not np.isnan(x[i, lo - 1]) and abs(x[i, lo - 1] - level) <= tol:
+            lo -= 1
+        meta = m.nodes.iloc[i]
+        out.append(NodeEpisode(
+            node=str(meta["node"]), project=str(meta["project"]), provider=str(meta["provider"]),
+            start=m.hours[lo], detected_at=m.hours[c0] + hour, last=m.hours[c1] + hour, level=level,
+            signal=signal, new_node=bool(f.new_node[i]), region=_str(meta["region"]),
+            instance_type=_str(meta["instance_type"]), cluster=_str(meta["cluster"]),
+            baseline=float(np.nan_to_num(np.nanmean(f.profile[i, max(first, 0): c0 + 1]), nan=0.0)),
+        ))
+    return out
+
+
+def _str(v: object) -> str | None:
+    return None if v is None or pd.isna(v) else str(v)  # type: ignore[arg-type]

@@ -1,0 +1,614 @@
+"""From normalized frames to alerts: cost bands, CPU plateaus, their join, thresholds and budgets.
+
+Everything is evaluated as if costwatch had run every hour up to ``as_of``: inputs are cut at ``as_of``,
+bands and CPU profiles only look backwards, and an alert's ``detected_at`` is the end of the first data
+period (hour of CPU, day of cost plus its publication delay) at which it would have fired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import baseline as bl
+from . import cpu as cpumod
+from .alerts import SEVERITY_ORDER, Alert
+from .config import Config, ProjectConfig
+from .model import COMPUTE_CATEGORY
+
+DAY = pd.Timedelta(days=1)
+HOUR = pd.Timedelta(hours=1)
+
+
+@dataclass
+class SeriesBands:
+    """A daily matrix and its bands, plus the anomaly mask detection used; kept for reports and charts."""
+
+    matrix: bl.DailyMatrix
+    bands: bl.Bands
+    anomalous: np.ndarray
+    short: np.ndarray  # bool S x D: day judged by plain thresholds (not enough history)
+
+
+@dataclass
+class Detection:
+    as_of: pd.Timestamp
+    since: pd.Timestamp
+    alerts: list[Alert]
+    projects: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+    totals: SeriesBands | None = None
+    categories: SeriesBands | None = None
+    cpu: cpumod.CpuMatrix | None = None
+    cpu_features: cpumod.CpuFeatures | None = None
+
+
+def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
+    c = cfg.detection.cpu
+    return cpumod.CpuSettings(
+        pinned_level=c.pinned_level, plateau_level=c.plateau_level, min_excess=c.min_excess,
+        flat_tolerance=c.flat_tolerance, pinned_hours=c.pinned_hours, plateau_hours=c.plateau_hours,
+        profile_days=c.profile_days, min_profile_days=c.min_profile_days,
+        gpu_instance_prefixes=list(c.gpu_instance_prefixes),
+    )
+
+
+def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None = None, *,
+           as_of: pd.Timestamp | str | None = None, since: pd.Timestamp | str | pd.Timedelta | None = None,
+           ) -> Detection:
+    """Run every detector over the frames and return alerts detected in ``[since, as_of]``."""
+    cfg = cfg or Config()
+    det = cfg.detection
+    usage = usage if usage is not None else pd.DataFrame(columns=["timestamp"])
+    as_of_ts = _resolve_as_of(costs, usage, as_of)
+    since_ts = _resolve_since(as_of_ts, since)
+    delay = pd.Timedelta(hours=det.cost_delay_hours)
+    # cost rows count once their day is complete and published
+    if not costs.empty:
+        day_end = costs["period_start"].dt.floor("D") + DAY
+        costs = costs[day_end + delay <= as_of_ts]
+    if not usage.empty:
+        usage = usage[usage["timestamp"].dt.floor("h") + HOUR <= as_of_ts]
+    notes: list[str] = []
+    meta = _project_meta(costs, usage, cfg)
+
+    gross = costs[bl.usage_rows(costs)] if not costs.empty else costs
+    totals = _series_bands(gross, ["provider", "project_id"], cfg, since_ts, meta)
+    cats = _series_bands(gross.assign(service_category=gross["service_category"].fillna("Other"))
+                         if not gross.empty else gross,
+                         ["provider", "project_id", "service_category"], cfg, since_ts, meta)
+    alerts: list[Alert] = []
+    cost_alerts = _cost_alerts(gross, totals, cats, meta, since_ts, delay)
+
+    cm = cpumod.cpu_matrix(usage) if not usage.empty else None
+    feats = None
+    mining: list[Alert] = []
+    if cm is not None and cm.values.size:
+        settings = cpu_settings(cfg)
+        feats = cpumod.features(cm, settings)
+        episodes = [e for e in cpumod.node_episodes(cm, feats, settings) if e.project in meta.index]
+        mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts)
+    covered = {a.project for a in mining}
+    nodes_by_project = set(cm.nodes["project"]) if cm is not None else set()
+    mining += _cost_only_mining(cost_alerts, nodes_by_project, covered)
+    alerts += mining + cost_alerts
+    alerts += _threshold_alerts(totals, cfg, meta, since_ts, delay)
+    alerts += _budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
+    alerts = [a for a in alerts if since_ts <= a.detected_at <= as_of_ts]
+    alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
+    projects = _project_summaries(costs, gross, totals, cm, alerts, meta, cfg, since_ts, as_of_ts, delay)
+    for p in projects:
+        if p["band_status"].startswith("short"):
+            notes.append(f"{p['project']}: {p['band_status']}")
+    if usage.empty:
+        notes.append("no CPU usage data: mining is judged from cost alone (new regions, compute spikes)")
+    return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+def _resolve_as_of(costs: pd.DataFrame, usage: pd.DataFrame, as_of: pd.Timestamp | str | None,
+                   ) -> pd.Timestamp:
+    if as_of is not None:
+        ts = pd.Timestamp(as_of)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    ends = []
+    if not costs.empty:
+        ends.append(costs["period_start"].dt.floor("D").max() + DAY)
+    if not usage.empty:
+        ends.append(usage["timestamp"].dt.floor("h").max() + HOUR)
+    if not ends:
+        return pd.Timestamp.now(tz="UTC").floor("h")
+    return max(ends)
+
+
+def _resolve_since(as_of: pd.Timestamp, since: pd.Timestamp | str | pd.Timedelta | None) -> pd.Timestamp:
+    if since is None:
+        return as_of - pd.Timedelta(days=28)
+    if isinstance(since, pd.Timedelta):
+        return as_of - since
+    ts = pd.Timestamp(since)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _project_meta(costs: pd.DataFrame, usage: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """One row per project: provider, name, currency, min spend, and config (thresholds, budget)."""
+    parts = []
+    if not costs.empty:
+        c = costs.groupby("project_id", observed=True).agg(
+            provider=("provider", "first"), project_name=("project_name", "first"),
+            currency=("currency", lambda s: s.mode().iat[0] if len(s.mode()) else "USD"))
+        parts.append(c)
+    if not usage.empty:
+        u = usage.groupby("project", observed=True).agg(provider=("provider", "first"))
+        u.index.name = "project_id"
+        u["project_name"] = u.index.astype("string")
+        u["currency"] = "USD"
+        parts.append(u)
+    if not parts:
+        return pd.DataFrame(columns=["provider", "project_name", "currency", "min_spend"])
+    meta = pd.concat(parts)
+    meta = meta[~meta.index.duplicated(keep="first")].copy()
+    meta.index = meta.index.astype(str)
+    pcfg = {pid: cfg.projects.get(pid) for pid in meta.index}
+    meta["project_name"] = [
+        (p.name if p and p.name else str(n)) for p, n in zip(pcfg.values(), meta["project_name"], strict=True)]
+    meta["min_spend"] = [
+        (p.min_spend if p and p.min_spend is not None else cfg.detection.min_spend) for p in pcfg.values()]
+    return meta
+
+
+def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.Timestamp,
+                  meta: pd.DataFrame) -> SeriesBands:
+    det = cfg.detection
+    m = bl.daily_matrix(frame, keys)
+    if det.band_method == "stl" and m.values.size:
+        bands = bl.stl_bands(m.values, m.days, since, lookback=det.lookback_days, z=det.band_z,
+                             sensitivity=det.sensitivity, min_ratio=det.min_band_ratio,
+                             min_history=det.history_days)
+    else:
+        bands = bl.weekday_bands(m.values, lookback=det.lookback_days, z=det.band_z,
+                                 sensitivity=det.sensitivity, min_ratio=det.min_band_ratio)
+    if not m.values.size:
+        z = np.zeros(m.values.shape, dtype=bool)
+        return SeriesBands(m, bands, z, z)
+    min_spend = meta["min_spend"].reindex(m.keys["project_id"].astype(str)).fillna(det.min_spend)
+    floor = min_spend.to_numpy(dtype=float)[:, None]
+    x = m.values
+    enough = bands.history >= det.history_days
+    with np.errstate(invalid="ignore"):
+        banded = enough & (x > bands.upper) & (x >= floor)
+        # plain threshold for short histories: several times the typical day seen so far
+        prior_med = _expanding_median(x)
+        short = ~enough & (bands.history >= 3)
+        plain = short & (x >= floor) & (x > 3.0 / max(det.sensitivity, 1e-6) * prior_med)
+    return SeriesBands(m, bands, np.nan_to_num(banded | plain).astype(bool), ~enough)
+
+
+def _expanding_median(x: np.ndarray) -> np.ndarray:
+    """Median of all earlier days per series (causal); only used for short histories, so a loop over
+    at most ``history_days`` columns is enough."""
+    out = np.full(x.shape, np.nan)
+    for t in range(1, min(x.shape[1], 60)):
+        with np.errstate(all="ignore"), _quiet():
+            out[:, t] = np.nanmedian(x[:, :t], axis=1)
+    if x.shape[1] > 60:
+        out[:, 60:] = out[:, 59:60]
+    return out
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
+
+
+# -------------------------------------------------------------------------------------------- cost
+
+def _episodes(mask_row: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (first, last) index pairs of consecutive True values."""
+    idx = np.flatnonzero(mask_row)
+    if idx.size == 0:
+        return []
+    brk = np.flatnonzero(np.diff(idx) > 1)
+    firsts = np.concatenate([[idx[0]], idx[brk + 1]])
+    lasts = np.concatenate([idx[brk], [idx[-1]]])
+    return [(int(a), int(b)) for a, b in zip(firsts, lasts, strict=True)]
+
+
+def _cost_alerts(gross: pd.DataFrame, totals: SeriesBands, cats: SeriesBands, meta: pd.DataFrame,
+                 since: pd.Timestamp, delay: pd.Timedelta) -> list[Alert]:
+    out: list[Alert] = []
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for sb, scope_of in ((cats, lambda k: str(k["service_category"])), (totals, lambda k: "total")):
+        m = sb.matrix
+        days = m.days
+        rows = np.flatnonzero(sb.anomalous.any(axis=1))
+        for i in rows:
+            key = m.keys.iloc[i]
+            pid = str(key["project_id"])
+            scope = scope_of(key)
+            for a, b in _episodes(sb.anomalous[i]):
+                detected = days[a] + DAY + delay
+                if detected < since:
+                    continue
+                if scope == "total" and any(not (b < c0 or a > c1) for c0, c1 in spans.get(pid, [])):
+                    continue  # already explained by a category alert
+                if scope != "total":
+                    spans.setdefault(pid, []).append((a, b))
+                out.append(_cost_alert(gross, sb, i, a, b, pid, scope, meta, detected))
+    return out
+
+
+def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pid: str, scope: str,
+                meta: pd.DataFrame, detected: pd.Timestamp) -> Alert:
+    m, bands = sb.matrix, sb.bands
+    days = m.days
+    obs, exp = float(m.values[i, a]), float(bands.expected[i, a])
+    short = bool(sb.short[i, a])
+    proj = gross[gross["project_id"].astype(str) == pid]
+    if scope != "total":
+        proj = proj[proj["service_category"].fillna("Other").astype(str) == scope]
+    evidence = _cost_evidence(proj, days, a, b, exp if not short else np.nan)
+    excess = obs - (exp if np.isfinite(exp) else 0.0)
+    evidence.update({
+        "metric": "daily_cost", "days": int(b - a + 1), "peak": float(np.nanmax(m.values[i, a: b + 1])),
+        "excess_total": float(np.nansum(m.values[i, a: b + 1] - np.nan_to_num(bands.expected[i, a: b + 1]))),
+        "history_days": int(bands.history[i, a]),
+        "band": "plain threshold (short history)" if short else f"{bands.method} band",
+    })
+    ratio = obs / exp if exp > 0 else float("inf")
+    severity = "high" if (ratio >= 2.0 or evidence.get("new_regions")) else "warning"
+    row = meta.loc[pid]
+    zscore = float(np.nan_to_num(bl.robust_z(m.values[i: i + 1, a: a + 1],
+                                             _slice_bands(bands, i, a))[0, 0], nan=0.0))
+    what = "all services" if scope == "total" else scope
+    return Alert(
+        kind="cost_spike", project=pid, project_name=str(row["project_name"]), provider=str(row["provider"]),
+        service=None if scope == "total" else scope, region=_top_region(evidence),
+        start=days[a], detected_at=detected, severity=severity, observed=obs,
+        expected=exp if not short else float(np.nan), lower=float(bands.lower[i, a]) if not short else np.nan,
+        upper=float(bands.upper[i, a]) if not short else np.nan, currency=str(row["currency"]),
+        score=zscore, scope=f"cost:{scope}", evidence=evidence,
+        summary=(f"{what} spend {obs:,.2f} {row['currency']}/day vs expected {exp:,.2f} "
+                 f"(+{excess:,.2f})" if not short else
+                 f"{what} spend {obs:,.2f} {row['currency']}/day, several times its short history"),
+    )
+
+
+def _slice_bands(b: bl.Bands, i: int, a: int) -> bl.Bands:
+    return bl.Bands(b.expected[i: i + 1, a: a + 1], b.lower[i: i + 1, a: a + 1], b.upper[i: i + 1, a: a + 1],
+                    b.sigma[i: i + 1, a: a + 1], b.history[i: i + 1, a: a + 1], b.method)
+
+
+def _top_region(evidence: dict[str, Any]) -> str | None:
+    regions = evidence.get("new_regions") or []
+    return str(regions[0]["region"]) if regions else None
+
+
+def _cost_evidence(proj: pd.DataFrame, days: pd.DatetimeIndex, a: int, b: int, expected: float,
+                   ) -> dict[str, Any]:
+    """Which services and regions made the excess, and which regions/resources are new for the project."""
+    if proj.empty:
+        return {}
+    day = proj["period_start"].dt.floor("D")
+    start, end = days[a], days[b] + DAY
+    before = proj[day < start]
+    during = proj[(day >= start) & (day < end)]
+    first = during[during["period_start"].dt.floor("D") == start]
+    n_days = max(int((before["period_start"].dt.floor("D")).nunique()), 1)
+    recent = before[before["period_start"].dt.floor("D") >= start - pd.Timedelta(days=7)]
+    recent_days = max(int(recent["period_start"].dt.floor("D").nunique()), 1)
+    by_svc_now = first.groupby("service", dropna=False)["effective_cost"].sum()
+    by_svc_before = recent.groupby("service", dropna=False)["effective_cost"].sum() / recent_days
+    diff = (by_svc_now - by_svc_before.reindex(by_svc_now.index).fillna(0.0)).sort_values(ascending=False)
+    total_excess = float(diff[diff > 0].sum())
+    services = [
+        {"service": None if pd.isna(s) else str(s), "cost": float(by_svc_now[s]),
+         "excess": float(d), "share": float(d / total_excess) if total_excess > 0 else 0.0}
+        for s, d in diff.head(5).items() if d > 0
+    ]
+    seen_regions = set(before["region"].dropna().astype(str)) if n_days else set()
+    reg_now = during.groupby("region")["effective_cost"].sum()
+    new_regions = [
+        {"region": str(r), "cost": float(c)} for r, c in reg_now.sort_values(ascending=False).items()
+        if str(r) not in seen_regions and c > 0 and len(before)
+    ]
+    ev: dict[str, Any] = {"services": services, "new_regions": new_regions}
+    if proj["resource_id"].notna().any() and len(before):
+        seen = set(before["resource_id"].dropna().astype(str))
+        fresh = during[~during["resource_id"].astype("string").isin(seen) & during["resource_id"].notna()]
+        if len(fresh):
+            ev["new_resources"] = {"count": int(fresh["resource_id"].nunique()),
+                                   "cost": float(fresh["effective_cost"].sum())}
+    new_region_cost = float(first[~first["region"].astype("string").isin(seen_regions)]["effective_cost"].sum()) \
+        if len(before) else 0.0
+    excess = float(first["effective_cost"].sum()) - (expected if np.isfinite(expected) else 0.0)
+    ev["new_region_share_of_excess"] = (min(new_region_cost / excess, 1.0) if excess > 0 else 0.0)
+    return ev
+
+
+# ------------------------------------------------------------------------------------------ mining
+
+def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
+                   cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings,
+                   since: pd.Timestamp, as_of: pd.Timestamp) -> list[Alert]:
+    """Group node episodes per project into incidents; join compute cost alerts of the same days."""
+    out: list[Alert] = []
+    by_project: dict[str, list[cpumod.NodeEpisode]] = {}
+    for e in sorted(episodes, key=lambda e: (e.project, e.detected_at)):
+        by_project.setdefault(e.project, []).append(e)
+    for pid, eps in by_project.items():
+        groups: list[list[cpumod.NodeEpisode]] = []
+        for e in eps:
+            if groups and e.start <= max(g.last for g in groups[-1]) + pd.Timedelta(hours=6):
+                groups[-1].append(e)
+            else:
+                groups.append([e])
+        for g in groups:
+            detected = min(e.detected_at for e in g)
+            if detected < since or detected > as_of:
+                continue
+            out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s))
+    return out
+
+
+def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
+                  cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings) -> Alert:
+    start = min(e.start for e in g)
+    detected = min(e.detected_at for e in g)
+    last = max(e.last for e in g)
+    nodes_meta = cm.nodes[cm.nodes["project"].astype(str) == pid]
+    old_nodes = nodes_meta[nodes_meta["first_seen"] < start]
+    known_regions = set(old_nodes["region"].dropna().astype(str))
+    if not gross.empty:
+        hist = gross[(gross["project_id"].astype(str) == pid) & (gross["period_start"] < start.floor("D"))]
+        known_regions |= set(hist["region"].dropna().astype(str))
+    nodes = []
+    for e in sorted(g, key=lambda e: -e.level):
+        nodes.append({
+            "node": e.node, "cpu": round(e.level, 1), "baseline_cpu": round(e.baseline, 1),
+            "signal": e.signal, "new": e.new_node, "region": e.region, "instance_type": e.instance_type,
+            "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
+            "start": e.start, "detected_at": e.detected_at,
+        })
+    new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})
+    related = [a for a in cost_alerts if a.project == pid and a.service in (COMPUTE_CATEGORY, None)
+               and a.start <= last and a.start + pd.Timedelta(days=a.evidence.get("days", 1)) >= start.floor("D")]
+    row = meta.loc[pid]
+    pinned = [e for e in g if e.signal == "pinned"]
+    evidence: dict[str, Any] = {
+        "nodes": nodes, "node_count": len(g), "new_nodes": sum(e.new_node for e in g),
+        "pinned_nodes": len(pinned), "plateau_nodes": len(g) - len(pinned),
+        "new_regions": new_regions, "gpu_nodes": sum(n["gpu"] for n in nodes),
+        "start_hour": start.hour, "ongoing_until": last,
+        "clusters": sorted({e.cluster for e in g if e.cluster}),
+        "signals": "CPU flat at " + ", ".join(sorted({f"{round(e.level)}%" for e in g})[:5]),
+    }
+    if related:
+        c = min(related, key=lambda a: a.start)
+        evidence["cost"] = {"service": c.service or "total", "day": c.start, "observed": c.observed,
+                            "expected": c.expected, "upper": c.upper, "fingerprint": c.fingerprint,
+                            "new_regions": c.evidence.get("new_regions", [])}
+        c.evidence["explained_by"] = "mining_suspected"
+        observed, expected, lower, upper, unit = c.observed, c.expected, c.lower, c.upper, "daily_cost"
+    else:
+        observed = float(np.mean([e.level for e in g]))
+        expected = float(np.mean([e.baseline for e in g]))
+        lower, upper = 0.0, float(min(100.0, expected + s.min_excess))
+        unit = "cpu_percent"
+    evidence["metric"] = unit
+    strong = bool(related) or bool(new_regions) or evidence["gpu_nodes"] > 0 or len(pinned) >= 1
+    severity = "critical" if strong else "high"
+    score = float(min(1.0, (observed - expected) / max(abs(expected), 1.0))) if unit == "cpu_percent" else \
+        float(min(1.0, (observed - expected) / max(abs(expected), 1e-9)))
+    parts = [f"{len(g)} node(s) flat at high CPU"]
+    if evidence["new_nodes"]:
+        parts.append(f"{evidence['new_nodes']} new")
+    if new_regions:
+        parts.append("new region " + ", ".join(new_regions))
+    if evidence["gpu_nodes"]:
+        parts.append(f"{evidence['gpu_nodes']} GPU")
+    if related:
+        parts.append("compute spend out of band")
+    return Alert(
+        kind="mining_suspected", project=pid, project_name=str(row["project_name"]),
+        provider=str(row["provider"]), service=COMPUTE_CATEGORY, region=new_regions[0] if new_regions else
+        (g[0].region), start=start, detected_at=detected, severity=severity, observed=observed,
+        expected=expected, lower=lower, upper=upper, currency=str(row["currency"]), score=max(score, 0.0),
+        scope="mining", evidence=evidence, summary="; ".join(parts),
+    )
+
+
+def _cost_only_mining(cost_alerts: list[Alert], projects_with_cpu: set[str], covered: set[str],
+                      ) -> list[Alert]:
+    """Without CPU data, compute spend that jumps mostly in a region the project never used is the
+    mining signature billing alone can show."""
+    out = []
+    for a in cost_alerts:
+        if a.project in covered or a.project in projects_with_cpu or a.service != COMPUTE_CATEGORY:
+            continue
+        if not a.evidence.get("new_regions") or a.evidence.get("new_region_share_of_excess", 0.0) < 0.3:
+            continue
+        ev = dict(a.evidence)
+        ev["source"] = "cost only (no CPU data for this project)"
+        ev["cost_alert"] = a.fingerprint
+        a.evidence["explained_by"] = "mining_suspected"
+        out.append(Alert(
+            kind="mining_suspected", project=a.project, project_name=a.project_name, provider=a.provider,
+            service=a.service, region=a.region, start=a.start, detected_at=a.detected_at, severity="high",
+            observed=a.observed, expected=a.expected, lower=a.lower, upper=a.upper, currency=a.currency,
+            score=a.score, scope="mining", evidence=ev,
+            summary=f"compute spend out of band in new region(s) {', '.join(r['region'] for r in ev['new_regions'])}",
+        ))
+        covered.add(a.project)
+    return out
+
+
+# ---------------------------------------------------------------------------------- thresholds, budget
+
+def _threshold_alerts(totals: SeriesBands, cfg: Config, meta: pd.DataFrame, since: pd.Timestamp,
+                      delay: pd.Timedelta) -> list[Alert]:
+    out: list[Alert] = []
+    m = totals.matrix
+    for i in range(len(m.keys)):
+        pid = str(m.keys.iloc[i]["project_id"])
+        pc = cfg.projects.get(pid)
+        if not pc or pc.daily_threshold is None:
+            continue
+        over = np.nan_to_num(m.values[i]) > pc.daily_threshold
+        for a, b in _episodes(over):
+            detected = m.days[a] + DAY + delay
+            if detected < since:
+                continue
+            obs = float(m.values[i, a])
+            row = meta.loc[pid]
+            out.append(Alert(
+                kind="threshold_exceeded", project=pid, project_name=str(row["project_name"]),
+                provider=str(row["provider"]), start=m.days[a], detected_at=detected,
+                severity="high" if obs > 2 * pc.daily_threshold else "warning", observed=obs,
+                expected=float(totals.bands.expected[i, a]), lower=0.0, upper=float(pc.daily_threshold),
+                currency=str(row["currency"]), score=obs / pc.daily_threshold, scope="threshold:daily",
+                evidence={"metric": "daily_cost", "threshold": pc.daily_threshold, "days": int(b - a + 1),
+                          "peak": float(np.nanmax(m.values[i, a: b + 1]))},
+                summary=f"daily spend {obs:,.2f} over the threshold {pc.daily_threshold:,.2f}",
+            ))
+    return out
+
+
+def month_forecast(net: pd.Series, day: pd.Timestamp) -> tuple[float, float, int, float]:
+    """Month-to-date spend through ``day`` and a month-end forecast from the last 7 days' run rate.
+
+    A run rate (not a fitted trend) because budgets are checked daily on noisy partial months, and the
+    last week's average is what an owner would multiply out by hand.  Returns (mtd, forecast,
+    days_left, run_rate)."""
+    month_start = day.replace(day=1)
+    month_end = month_start + pd.offsets.MonthBegin(1)
+    mtd = float(net[(net.index >= month_start) & (net.index <= day)].sum())
+    last7 = net[(net.index > day - pd.Timedelta(days=7)) & (net.index <= day)]
+    rate = float(last7.mean()) if len(last7) else 0.0
+    days_left = int((month_end - (day + DAY)) / DAY)
+    return mtd, mtd + rate * days_left, days_left, rate
+
+
+def _budget_alerts(costs: pd.DataFrame, cfg: Config, meta: pd.DataFrame, since: pd.Timestamp,
+                   as_of: pd.Timestamp, delay: pd.Timedelta) -> list[Alert]:
+    out: list[Alert] = []
+    if costs.empty:
+        return out
+    budgeted = {pid: pc for pid, pc in cfg.projects.items() if pc.monthly_budget is not None}
+    if not budgeted:
+        return out
+    sub = costs[costs["project_id"].astype(str).isin(list(budgeted))]
+    daily = sub.groupby([sub["project_id"].astype(str), sub["period_start"].dt.floor("D")])[
+        "effective_cost"].sum()
+    for pid, pc in budgeted.items():
+        if pid not in daily.index.get_level_values(0):
+            continue
+        net = daily.loc[pid]
+        fired: set[str] = set()
+        for day in net.index:
+            detected = day + DAY + delay
+            if detected < since or detected > as_of:
+                continue
+            month = day.strftime("%Y-%m")
+            if month in fired:
+                continue
+            mtd, forecast, left, rate = month_forecast(net, day)
+            assert pc.monthly_budget is not None
+            if forecast <= pc.monthly_budget:
+                continue
+            fired.add(month)
+            row = meta.loc[pid]
+            over = mtd > pc.monthly_budget
+            out.append(Alert(
+                kind="budget_forecast_exceeded", project=pid, project_name=str(row["project_name"]),
+                provider=str(row["provider"]), start=day.replace(day=1), detected_at=detected,
+                severity="high" if over else "warning", observed=forecast, expected=float(pc.monthly_budget),
+                lower=mtd, upper=float(pc.monthly_budget), currency=str(row["currency"]),
+                score=forecast / pc.monthly_budget, scope=f"budget:{month}",
+                evidence={"metric": "month_forecast", "month": month, "month_to_date": mtd,
+                          "forecast": forecast, "budget": pc.monthly_budget, "days_left": left,
+                          "run_rate": rate, "already_over": over},
+                summary=(f"{month} forecast {forecast:,.2f} exceeds budget {pc.monthly_budget:,.2f} "
+                         f"(month to date {mtd:,.2f})"),
+            ))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- summaries
+
+def _project_summaries(costs: pd.DataFrame, gross: pd.DataFrame, totals: SeriesBands,
+                       cm: cpumod.CpuMatrix | None, alerts: list[Alert], meta: pd.DataFrame, cfg: Config,
+                       since: pd.Timestamp, as_of: pd.Timestamp, delay: pd.Timedelta) -> list[dict[str, Any]]:
+    out = []
+    m = totals.matrix
+    row_of = {str(k): i for i, k in enumerate(m.keys["project_id"])} if len(m.keys) else {}
+    hist_needed = cfg.detection.history_days
+    for pid, row in meta.iterrows():
+        pid = str(pid)
+        pc: ProjectConfig | None = cfg.projects.get(pid)
+        p: dict[str, Any] = {"project": pid, "project_name": str(row["project_name"]),
+                             "provider": str(row["provider"]), "currency": str(row["currency"]),
+                             "owner": pc.owner if pc else None}
+        i = row_of.get(pid)
+        if i is not None:
+            vals = m.values[i]
+            valid = np.flatnonzero(~np.isnan(vals))
+            last = int(valid[-1]) if valid.size else None
+            in_win = (m.days >= since.floor("D")) & (m.days + DAY <= as_of)
+            p["spend"] = float(np.nansum(vals[in_win]))
+            p["days_missing"] = int(np.isnan(vals[in_win]).sum())
+            if last is not None:
+                hist = int(totals.bands.history[i, last])
+                p.update({
+                    "last_day": m.days[last], "last_day_cost": float(vals[last]),
+                    "expected": _f(totals.bands.expected[i, last]) if hist >= hist_needed else None,
+                    "lower": _f(totals.bands.lower[i, last]) if hist >= hist_needed else None,
+                    "upper": _f(totals.bands.upper[i, last]) if hist >= hist_needed else None,
+                    "history_days": hist,
+                    "band_status": (f"{totals.bands.method} band" if hist >= hist_needed else
+                                    f"short history: {hist} of {hist_needed} days, plain thresholds"),
+                })
+        p.setdefault("band_status", "no cost data")
+        proj_costs = costs[costs["project_id"].astype(str) == pid] if not costs.empty else costs
+        if len(proj_costs):
+            cat = proj_costs["charge_category"].astype("string").str.lower()
+            win = (proj_costs["period_start"] >= since)
+            p["credits"] = float(proj_costs.loc[win & (proj_costs["effective_cost"] < 0)
+                                                & cat.isin(["credit", "adjustment"]), "effective_cost"].sum())
+            net = proj_costs.groupby(proj_costs["period_start"].dt.floor("D"))["effective_cost"].sum()
+            mtd, forecast, left, _ = month_forecast(net, net.index.max())
+            p.update({"month_to_date": mtd, "forecast": forecast})
+        if pc:
+            p["monthly_budget"] = pc.monthly_budget
+            p["daily_threshold"] = pc.daily_threshold
+        if cm is not None and len(cm.nodes):
+            sel = (cm.nodes["project"].astype(str) == pid).to_numpy()
+            if sel.any():
+                recent = cm.values[sel][:, -24:]
+                with _quiet():
+                    p["nodes"] = int(sel.sum())
+                    p["cpu_mean_24h"] = _f(np.nanmean(recent))
+                    p["cpu_max_node_24h"] = _f(np.nanmax(np.nanmean(recent, axis=1)))
+        kinds: dict[str, int] = {}
+        for a in alerts:
+            if a.project == pid:
+                kinds[a.kind] = kinds.get(a.kind, 0) + 1
+        p["alerts"] = kinds
+        out.append(p)
+    out.sort(key=lambda p: (-sum(p["alerts"].values()), -(p.get("spend") or 0.0)))
+    return out
+
+
+def _f(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)

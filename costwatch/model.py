@@ -1,0 +1,197 @@
+"""The normalized data model every provider produces and every detector reads.
+
+Two long-format pandas frames with fixed columns and dtypes.  Keeping them long (one row per charge or per
+sample) lets providers append freely and lets detection pivot to wide matrices in one vectorized step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, where
+
+# Columns of the cost frame, in order, with their dtypes.  ``tags`` holds dicts (object dtype).
+COST_COLUMNS: dict[str, str] = {
+    "period_start": "datetime64[ns, UTC]",
+    "period_hours": "float64",
+    "provider": "string",
+    "project_id": "string",
+    "project_name": "string",
+    "service": "string",
+    "service_category": "string",
+    "region": "string",
+    "charge_category": "string",
+    "resource_id": "string",
+    "billed_cost": "float64",
+    "effective_cost": "float64",
+    "currency": "string",
+    "tags": "object",
+    "estimated": "bool",
+}
+
+USAGE_COLUMNS: dict[str, str] = {
+    "timestamp": "datetime64[ns, UTC]",
+    "provider": "string",
+    "project": "string",
+    "node": "string",
+    "cpu_utilization": "float64",
+    "cluster": "string",
+    "region": "string",
+    "instance_type": "string",
+}
+
+REQUIRED_USAGE = ("timestamp", "provider", "project", "node", "cpu_utilization")
+
+# Charge categories (FOCUS) whose rows are real consumption; the rest (credits, refunds, taxes,
+# purchases) are kept in the frame but are not read as spend that can spike.
+USAGE_CHARGES = frozenset({"usage"})
+COMPUTE_CATEGORY = "Compute"
+
+
+def empty_costs() -> pd.DataFrame:
+    return _empty(COST_COLUMNS)
+
+
+def empty_usage() -> pd.DataFrame:
+    return _empty(USAGE_COLUMNS)
+
+
+def _empty(columns: Mapping[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in columns.items()})
+
+
+def to_utc(values: pd.Series, *, file: str | None, column: str, line_offset: int = 2) -> pd.Series:
+    """Parse timestamps to UTC; naive times are taken as UTC (FOCUS and CloudWatch both mean UTC).
+
+    Raises a DataError naming the first unparseable row, since a silently dropped hour is a missed miner.
+    """
+    raw = values.astype("string")
+    parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
+    bad = parsed.isna() & raw.notna() & (raw.str.strip() != "")
+    missing = raw.isna() | (raw.str.strip() == "")
+    if bad.any() or missing.any():
+        pos = int(np.flatnonzero((bad | missing).to_numpy())[0])
+        shown = raw.iloc[pos]
+        what = "is empty" if missing.iloc[pos] else f"is not a timestamp: {str(shown)[:40]!r}"
+        raise DataError(f"{where(file, pos + line_offset, column)}{what}")
+    return parsed.astype("datetime64[ns, UTC]")
+
+
+def to_float(values: pd.Series, *, file: str | None, column: str, line_offset: int = 2,
+             allow_missing: bool = False) -> pd.Series:
+    """Parse numbers, naming the first bad row; FOCUS's literal ``NULL`` counts as missing."""
+    raw = values.astype("string").str.strip()
+    missing = raw.isna() | raw.isin(["", "NULL", "null", "None", "NaN", "nan"])
+    parsed = pd.to_numeric(raw.mask(missing), errors="coerce").astype("float64")
+    bad = parsed.isna() & ~missing
+    if not np.isfinite(parsed.fillna(0.0).to_numpy()).all():
+        bad = bad | ~np.isfinite(parsed.fillna(0.0))
+    if bad.any() or (missing.any() and not allow_missing):
+        pos = int(np.flatnonzero((bad | (missing & (not allow_missing))).to_numpy())[0])
+        what = "is empty" if missing.iloc[pos] else f"is not a number: {str(raw.iloc[pos])[:40]!r}"
+        raise DataError(f"{where(file, pos + line_offset, column)}{what}")
+    return parsed
+
+
+def normalize_costs(df: pd.DataFrame) -> pd.DataFrame:
+    """Coerce a provider's frame to COST_COLUMNS (adding defaults), so downstream code can trust dtypes."""
+    out = pd.DataFrame(index=df.index)
+    n = len(df)
+    for col, dtype in COST_COLUMNS.items():
+        if col in df.columns:
+            s = df[col]
+        elif col == "period_hours":
+            s = pd.Series(24.0, index=df.index)
+        elif col == "estimated":
+            s = pd.Series(False, index=df.index)
+        elif col == "tags":
+            s = pd.Series([{} for _ in range(n)], index=df.index, dtype="object")
+        elif col == "effective_cost" and "billed_cost" in df.columns:
+            s = df["billed_cost"]
+        elif col == "project_name" and "project_id" in df.columns:
+            s = df["project_id"]
+        else:
+            s = pd.Series(pd.NA, index=df.index)
+        if dtype.startswith("datetime"):
+            s = pd.to_datetime(s, utc=True).astype(dtype)
+        elif dtype == "object":
+            s = s.astype(object)
+        elif dtype == "bool":
+            s = s.fillna(False).astype(bool)
+        else:
+            s = s.astype(dtype)  # type: ignore[call-overload]
+        out[col] = s
+    return out.reset_index(drop=True)
+
+
+def normalize_usage(df: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(index=df.index)
+    for col, dtype in USAGE_COLUMNS.items():
+        s = df[col] if col in df.columns else pd.Series(pd.NA, index=df.index)
+        if dtype.startswith("datetime"):
+            s = pd.to_datetime(s, utc=True).astype(dtype)
+        else:
+            s = s.astype(dtype)  # type: ignore[call-overload]
+        out[col] = s
+    return out.reset_index(drop=True)
+
+
+def validate_costs(df: pd.DataFrame, source: str = "cost frame") -> None:
+    """Check the invariants detectors rely on; raise DataError naming the row and column."""
+    _validate(df, COST_COLUMNS, source)
+    for col in ("provider", "project_id", "currency"):
+        _no_missing(df, col, source)
+    bad = ~(df["period_hours"] > 0)
+    if bad.any():
+        _raise_row(source, bad, "period_hours", "must be a positive length (end after start)")
+
+
+def validate_usage(df: pd.DataFrame, source: str = "usage frame") -> None:
+    _validate(df, USAGE_COLUMNS, source)
+    for col in ("provider", "project", "node"):
+        _no_missing(df, col, source)
+    cpu = df["cpu_utilization"]
+    bad = cpu.isna() | (cpu < 0) | (cpu > 100)
+    if bad.any():
+        _raise_row(source, bad, "cpu_utilization", "must be a percentage between 0 and 100")
+
+
+def _validate(df: pd.DataFrame, columns: Mapping[str, str], source: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{source}: missing columns {', '.join(missing)}")
+    ts = next(c for c in columns if columns[c].startswith("datetime"))
+    if not isinstance(df[ts].dtype, pd.DatetimeTZDtype):
+        raise DataError(f"{source}: column {ts} must be timezone-aware UTC timestamps")
+
+
+def _no_missing(df: pd.DataFrame, col: str, source: str) -> None:
+    bad = df[col].isna() | (df[col].astype("string").str.strip() == "")
+    if bad.any():
+        _raise_row(source, bad, col, "is empty")
+
+
+def _raise_row(source: str, mask: pd.Series, col: str, what: str) -> None:
+    pos = int(np.flatnonzero(mask.fillna(True).to_numpy())[0])
+    raise DataError(f"{where(source, None, col)}row {pos} {what}")
+
+
+def parse_tags(value: Any) -> dict[str, str]:
+    """Tags arrive as JSON objects, dicts, or nothing; always give back a plain ``dict[str, str]``."""
+    import json
+
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return {}
+    text = str(value).strip()
+    if not text or text.upper() == "NULL":
+        return {}
+    obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError("Tags must be a JSON object")
+    return {str(k): str(v) for k, v in obj.items()}

@@ -1,0 +1,158 @@
+"""Render a Detection as a rich table, JSON, CSV or Markdown.
+
+The JSON shape is the contract other tools read: ``{"generated_at", "as_of", "since", "projects",
+"alerts", "notes"}`` with ISO 8601 UTC times.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import pandas as pd
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from .alerts import iso
+from .detect import Detection
+
+FORMATS = ("table", "json", "csv", "markdown")
+ALERT_CSV_FIELDS = ("kind", "severity", "project", "project_name", "provider", "service", "region", "start",
+                    "detected_at", "observed", "expected", "lower", "upper", "currency", "score", "summary",
+                    "fingerprint")
+
+
+def to_dict(det: Detection, generated_at: pd.Timestamp | None = None) -> dict[str, Any]:
+    gen = generated_at or pd.Timestamp.now(tz="UTC")
+    return {
+        "generated_at": iso(gen), "as_of": iso(det.as_of), "since": iso(det.since),
+        "projects": [_jsonable_project(p) for p in det.projects],
+        "alerts": [a.to_dict() for a in det.alerts],
+        "notes": list(det.notes),
+    }
+
+
+def _jsonable_project(p: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in p.items():
+        if isinstance(v, pd.Timestamp):
+            out[k] = iso(v)
+        elif isinstance(v, float):
+            out[k] = round(v, 4)
+        else:
+            out[k] = v
+    return out
+
+
+def render(det: Detection, fmt: str = "table", *, width: int | None = None) -> str:
+    if fmt == "json":
+        return json.dumps(to_dict(det), indent=2) + "\n"
+    if fmt == "csv":
+        return _csv(det)
+    if fmt == "markdown":
+        return _markdown(det)
+    console = Console(record=True, width=width or 140, force_terminal=False, color_system=None)
+    console.print(renderable(det))
+    return console.export_text()
+
+
+def renderable(det: Detection) -> Group:
+    """Rich renderable, so the CLI can print it in colour and tests can render it to plain text."""
+    head = Text(f"costwatch report  {iso(det.since)} → {iso(det.as_of)}", style="bold")
+    pt = Table(title="Projects", box=box.SIMPLE_HEAVY, show_lines=False)
+    for col, just in (("project", "left"), ("provider", "left"), ("spend", "right"), ("last day", "right"),
+                      ("band", "right"), ("month fcst / budget", "right"), ("nodes · CPU 24h", "right"),
+                      ("alerts", "left")):
+        pt.add_column(col, justify=just)  # type: ignore[arg-type]
+    for p in det.projects:
+        cur = p["currency"]
+        band = (f"{p['lower']:,.0f}–{p['upper']:,.0f}" if p.get("upper") is not None
+                else p.get("band_status", ""))
+        budget = (f"{p.get('forecast', 0):,.0f} / {p['monthly_budget']:,.0f}" if p.get("monthly_budget")
+                  else (f"{p['forecast']:,.0f}" if p.get("forecast") is not None else ""))
+        nodes = (f"{p['nodes']} · {p['cpu_mean_24h']:.0f}%" if p.get("nodes") and p.get("cpu_mean_24h") is not None
+                 else "")
+        alerts = ", ".join(f"{k}×{v}" for k, v in p["alerts"].items())
+        name = p["project_name"] if p["project_name"] == p["project"] else f"{p['project_name']} ({p['project']})"
+        pt.add_row(name, p["provider"], f"{p.get('spend', 0):,.2f} {cur}",
+                   f"{p['last_day_cost']:,.2f}" if p.get("last_day_cost") is not None else "",
+                   band, budget, nodes, Text(alerts, style="bold red" if "mining" in alerts else ""))
+    at = Table(title="Alerts", box=box.SIMPLE_HEAVY, show_lines=True)
+    for col in ("severity", "kind", "project", "start → detected", "observed / expected (band)", "evidence"):
+        at.add_column(col)
+    for a in det.alerts:
+        style = {"critical": "bold red", "high": "red", "warning": "yellow"}.get(a.severity, "")
+        if a.evidence.get("metric") == "cpu_percent":
+            obs = f"CPU {a.observed:.0f}% vs {a.expected:.0f}%"
+        elif a.kind == "budget_forecast_exceeded":
+            obs = f"forecast {a.observed:,.0f} vs budget {a.expected:,.0f} {a.currency}"
+        else:
+            band = f" ({a.lower:,.0f}–{a.upper:,.0f})" if pd.notna(a.upper) else ""
+            exp = f"{a.expected:,.0f}" if pd.notna(a.expected) else "?"
+            obs = f"{a.observed:,.2f} vs {exp}{band} {a.currency}/day"
+        at.add_row(Text(a.severity, style=style), a.kind, f"{a.project_name}\n{a.provider}:{a.project}",
+                   f"{iso(a.start)}\n{iso(a.detected_at)}", obs, _evidence_text(a.summary, a.evidence))
+    parts: list[Any] = [head, pt, at if det.alerts else Text("No alerts in the window.", style="green")]
+    if det.notes:
+        parts.append(Text("Notes:\n" + "\n".join(f"  - {n}" for n in det.notes), style="dim"))
+    return Group(*parts)
+
+
+def _evidence_text(summary: str, ev: dict[str, Any]) -> str:
+    lines = [summary] if summary else []
+    for n in (ev.get("nodes") or [])[:5]:
+        tags = [t for t, on in (("new", n.get("new")), ("GPU", n.get("gpu"))) if on]
+        lines.append(f"{n['node']} {n['cpu']:.0f}% (usual {n['baseline_cpu']:.0f}%) {n.get('region') or ''} "
+                     f"{n.get('instance_type') or ''} {' '.join(tags)}".rstrip())
+    if len(ev.get("nodes") or []) > 5:
+        lines.append(f"… and {len(ev['nodes']) - 5} more nodes")
+    for s in (ev.get("services") or [])[:3]:
+        lines.append(f"{s['service']}: +{s['excess']:,.2f} ({s['share']:.0%})")
+    if ev.get("explained_by"):
+        lines.append(f"see {ev['explained_by']}")
+    return "\n".join(lines)
+
+
+def _csv(det: Detection) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*ALERT_CSV_FIELDS, "evidence"], extrasaction="ignore")
+    w.writeheader()
+    for a in det.alerts:
+        d = a.to_dict()
+        d["evidence"] = json.dumps(d["evidence"], sort_keys=True)
+        w.writerow(d)
+    return buf.getvalue()
+
+
+def _md_escape(s: object) -> str:
+    return str(s).replace("|", "\\|").replace("\n", "<br>")
+
+
+def _markdown(det: Detection) -> str:
+    lines = [f"# costwatch report", "", f"Window: {iso(det.since)} → {iso(det.as_of)}", "",
+             "## Alerts", ""]
+    if det.alerts:
+        lines += ["| severity | kind | project | start | detected | observed | expected | summary |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for a in det.alerts:
+            lines.append("| " + " | ".join(_md_escape(x) for x in (
+                a.severity, a.kind, f"{a.project_name} ({a.provider}:{a.project})", iso(a.start),
+                iso(a.detected_at), f"{a.observed:,.2f}", f"{a.expected:,.2f}" if pd.notna(a.expected) else "",
+                a.summary)) + " |")
+    else:
+        lines.append("No alerts in the window.")
+    lines += ["", "## Projects", "", "| project | provider | spend | band | month forecast | budget | alerts |",
+              "|---|---|---|---|---|---|---|"]
+    for p in det.projects:
+        band = f"{p['lower']:,.2f}–{p['upper']:,.2f}" if p.get("upper") is not None else p["band_status"]
+        lines.append("| " + " | ".join(_md_escape(x) for x in (
+            p["project_name"], p["provider"], f"{p.get('spend', 0):,.2f} {p['currency']}", band,
+            f"{p.get('forecast', 0):,.2f}", p.get("monthly_budget") or "",
+            ", ".join(f"{k}×{v}" for k, v in p["alerts"].items()))) + " |")
+    if det.notes:
+        lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in det.notes]
+    return "\n".join(lines) + "\n"
