@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .baseline import nanmedian
+
 
 @dataclass
 class CpuSettings:
@@ -83,8 +85,8 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
             lags[:, 24 * k:, k - 1] = x[:, : t - 24 * k]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        profile = np.nanmedian(lags, axis=2)
-        spread = 1.4826 * np.nanmedian(np.abs(lags - profile[:, :, None]), axis=2)
+        profile = nanmedian(lags)
+        spread = 1.4826 * nanmedian(np.abs(lags - profile[:, :, None]))
         pdays = (~np.isnan(lags)).sum(axis=2)
         wp = _trailing(x, s.pinned_hours)
         wl = _trailing(x, s.plateau_hours)
@@ -108,7 +110,7 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
               & ((~known & new[:, None]) | (known & (np.nan_to_num(excess_p, nan=0.0) >= need))))
     plateau = (full_l & known & (min_l >= s.plateau_level) & (std_l <= s.flat_tolerance)
                & (np.nan_to_num(excess_l, nan=0.0) >= need))
-    return CpuFeatures(profile, spread, pdays, pinned, plateau, np.where(pinned, mean_p, mean_l), new)
+    return CpuFeatures(profile, spread, pdays, pinned, plateau, np.asarray(np.where(pinned, mean_p, mean_l)), new)
 
 
 def is_gpu(instance_type: str | None, prefixes: list[str]) -> bool:
@@ -168,10 +170,16 @@ def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int =
             start=m.hours[lo], detected_at=m.hours[c0] + hour, last=m.hours[c1] + hour, level=level,
             signal=signal, new_node=bool(f.new_node[i]), region=_str(meta["region"]),
             instance_type=_str(meta["instance_type"]), cluster=_str(meta["cluster"]),
-            baseline=float(np.nan_to_num(np.nanmean(f.profile[i, max(first, 0): c0 + 1]), nan=0.0)),
+            baseline=_mean(f.profile[i, max(first, 0): c0 + 1]),
         ))
     return out
 
 
+def _mean(a: np.ndarray) -> float:
+    """Mean of the known values, 0.0 when none (a new node has no usual CPU)."""
+    ok = ~np.isnan(a)
+    return float(a[ok].mean()) if ok.any() else 0.0
+
+
 def _str(v: object) -> str | None:
-    return None if v is None or pd.isna(v) else str(v)  # type: ignore[arg-type]
+    return None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v)

@@ -7,6 +7,9 @@ period (hour of CPU, day of cost plus its publication delay) at which it would h
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,16 +203,12 @@ def _expanding_median(x: np.ndarray) -> np.ndarray:
     return out
 
 
-class _quiet:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._cm = warnings.catch_warnings()
-        self._cm.__enter__()
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """All-NaN slices are expected here (new series, missing days); their warnings are noise."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._cm.__exit__(*exc)
+        yield
 
 
 # -------------------------------------------------------------------------------------------- cost
@@ -245,7 +244,7 @@ def _cost_alerts(gross: pd.DataFrame, totals: SeriesBands, cats: SeriesBands, me
                     continue  # already explained by a category alert
                 if scope != "total":
                     spans.setdefault(pid, []).append((a, b))
-                out.append(_cost_alert(gross, sb, i, a, b, pid, scope, meta, detected))
+                out.append(_cost_alert(gross, sb, int(i), a, b, pid, scope, meta, detected))
     return out
 
 
@@ -587,7 +586,7 @@ def _project_summaries(costs: pd.DataFrame, gross: pd.DataFrame, totals: SeriesB
             p["credits"] = float(proj_costs.loc[win & (proj_costs["effective_cost"] < 0)
                                                 & cat.isin(["credit", "adjustment"]), "effective_cost"].sum())
             net = proj_costs.groupby(proj_costs["period_start"].dt.floor("D"))["effective_cost"].sum()
-            mtd, forecast, left, _ = month_forecast(net, net.index.max())
+            mtd, forecast, _, _ = month_forecast(net, net.index.max())
             p.update({"month_to_date": mtd, "forecast": forecast})
         if pc:
             p["monthly_budget"] = pc.monthly_budget

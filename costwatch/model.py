@@ -123,7 +123,7 @@ def normalize_costs(df: pd.DataFrame) -> pd.DataFrame:
         elif dtype == "bool":
             s = s.fillna(False).astype(bool)
         else:
-            s = s.astype(dtype)  # type: ignore[call-overload]
+            s = s.astype(dtype)
         out[col] = s
     return out.reset_index(drop=True)
 
@@ -135,7 +135,7 @@ def normalize_usage(df: pd.DataFrame) -> pd.DataFrame:
         if dtype.startswith("datetime"):
             s = pd.to_datetime(s, utc=True).astype(dtype)
         else:
-            s = s.astype(dtype)  # type: ignore[call-overload]
+            s = s.astype(dtype)
         out[col] = s
     return out.reset_index(drop=True)
 

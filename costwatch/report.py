@@ -37,7 +37,7 @@ def to_dict(det: Detection, generated_at: pd.Timestamp | None = None) -> dict[st
 
 
 def _jsonable_project(p: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in p.items():
         if isinstance(v, pd.Timestamp):
             out[k] = iso(v)
@@ -133,7 +133,7 @@ def _md_escape(s: object) -> str:
 
 
 def _markdown(det: Detection) -> str:
-    lines = [f"# costwatch report", "", f"Window: {iso(det.since)} → {iso(det.as_of)}", "",
+    lines = ["# costwatch report", "", f"Window: {iso(det.since)} → {iso(det.as_of)}", "",
              "## Alerts", ""]
     if det.alerts:
         lines += ["| severity | kind | project | start | detected | observed | expected | summary |",
