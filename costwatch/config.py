@@ -1,0 +1,752 @@
+"""The one YAML config file, validated up front so a typo fails at startup rather than at 3 a.m.
+
+Why this is more than ``yaml.safe_load`` plus ``Config.model_validate``:
+
+* Every error names the file, the line and the dotted key path, because "Extra inputs are not permitted"
+  with a pydantic ``loc`` tuple is not something an on-call engineer can act on.  We compose the YAML node
+  tree ourselves and keep a map from key path to line number.
+* ``${ENV_VAR}`` / ``${ENV_VAR:-default}`` is expanded on parsed scalar strings, not on the raw text, so a
+  secret containing ``:`` or ``#`` cannot change the YAML structure, and a reference in a comment is inert.
+* The config holds Slack tokens and SMTP passwords.  Error messages never echo an input value that came
+  from the environment or sits in a secret-looking field, and exceptions are raised ``from None`` so a
+  ``--debug`` traceback does not carry pydantic's ``input_value=...`` either.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+from collections.abc import Mapping
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import ConfigError, where
+
+__all__ = [
+    "GROUP_BY_LABELS",
+    "PROVIDER_TYPES",
+    "AlertingConfig",
+    "Config",
+    "CpuDetectionConfig",
+    "DetectionConfig",
+    "EmailConfig",
+    "FilesProviderConfig",
+    "KubernetesCluster",
+    "KubernetesConfig",
+    "NotifyConfig",
+    "ProjectConfig",
+    "ProviderConfig",
+    "SlackConfig",
+    "StateConfig",
+    "format_duration",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+# ----------------------------------------------------------------------------------------------- durations
+
+_UNIT_US = {"w": 7 * 86_400_000_000, "d": 86_400_000_000, "h": 3_600_000_000, "m": 60_000_000, "s": 1_000_000}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([wdhms])")
+_DURATION_FULL = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)[wdhms])+")
+
+
+def parse_duration(s: str) -> timedelta:
+    """Parse ``30m``, ``4h``, ``2d``, ``1w`` or compounds like ``1h30m`` into a timedelta.
+
+    Units are required because a bare ``4`` is ambiguous (hours? days?) and guessing wrong means alerts
+    repeat 60x too often.  Decimal arithmetic keeps ``0.1s`` exact, so ``format_duration`` round-trips.
+    Raises ``ValueError`` (not ``ConfigError``) so pydantic validators can wrap it with a location.
+    """
+    if not isinstance(s, str):
+        raise ValueError("a duration must be a string like 30m, 4h or 2d")
+    text = s.strip().lower().replace(" ", "")
+    if not text or not _DURATION_FULL.fullmatch(text):
+        raise ValueError("expected a duration like 45s, 30m, 4h, 2d, 1w or 1h30m (a number and a unit)")
+    total = sum((Decimal(num) * _UNIT_US[unit] for num, unit in _DURATION_PART.findall(text)), Decimal(0))
+    try:
+        return timedelta(microseconds=int(total.to_integral_value()))
+    except OverflowError:
+        raise ValueError("duration is too long") from None
+
+
+def format_duration(td: timedelta) -> str:
+    """The inverse of ``parse_duration``, for reports and round-trip tests; largest units first."""
+    us = (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds
+    if us < 0:
+        raise ValueError("negative durations are not supported")
+    if us == 0:
+        return "0s"
+    out = []
+    for unit in ("d", "h", "m"):
+        n, us = divmod(us, _UNIT_US[unit])
+        if n:
+            out.append(f"{n}{unit}")
+    if us:
+        secs, frac = divmod(us, 1_000_000)
+        out.append(f"{secs}.{frac:06d}".rstrip("0") + "s" if frac else f"{secs}s")
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------------- models
+
+
+class _Model(BaseModel):
+    """Shared settings: unknown keys are errors, because a misspelt key silently falling back to its
+    default (``sensitivty: 2``) is the worst kind of config bug."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: Any) -> Any:
+        """``detection:`` with every line commented out parses as null; treat it as "use the defaults"
+        rather than "invalid mapping", which is what a YAML user means."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            return {k: v for k, v in data.items()
+                    if not (v is None and k in fields and not fields[k].is_required()
+                            and not _allows_none(fields[k].annotation))}
+        return data
+
+
+class FilesProviderConfig(_Model):
+    """Read FOCUS cost exports and CPU usage CSVs from disk; the offline and demo path."""
+
+    type: Literal["files"] = "files"
+    costs: str | list[str] | None = None
+    usage: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _needs_something(self) -> FilesProviderConfig:
+        if not self.costs and not self.usage:
+            raise ValueError("a files provider needs 'costs' and/or 'usage'")
+        return self
+
+
+# A discriminated union on ``type``, so an error in one provider is reported against that provider's keys
+# only.  Add cloud providers with ``FilesProviderConfig | AwsProviderConfig | ...`` (each with a
+# ``type: Literal[...]`` field) and nothing else here changes.
+ProviderConfig = Annotated[FilesProviderConfig, Field(discriminator="type")]
+PROVIDER_TYPES: tuple[str, ...] = ("files",)
+
+
+class ProjectConfig(_Model):
+    """Per-project overrides, keyed in the file by the provider's project id (account, project, subscription)."""
+
+    # Account ids and cost-centre tags are often written unquoted; accept 123456789012 as the string.
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    name: str | None = None
+    owner: str | None = None
+    daily_threshold: float | None = Field(default=None, gt=0)
+    monthly_budget: float | None = Field(default=None, gt=0)
+    currency: str = "USD"
+    min_spend: float | None = Field(default=None, ge=0)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_currency(cls, v: str) -> str:
+        v = v.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", v):
+            raise ValueError("currency must be a 3-letter ISO 4217 code such as USD or EUR")
+        return v
+
+
+DEFAULT_GPU_PREFIXES: tuple[str, ...] = (
+    # AWS accelerated families
+    "p2", "p3", "p4", "p5", "g3", "g4dn", "g4ad", "g5", "g6", "trn", "inf",
+    # GCP accelerator machine types
+    "a2-", "a3-", "g2-",
+    # Azure GPU sizes
+    "Standard_NC", "Standard_ND", "Standard_NV",
+)
+
+
+class CpuDetectionConfig(_Model):
+    """Knobs for the CPU-plateau (cryptomining) detector; see ``costwatch.cpu`` for the algorithm."""
+
+    pinned_level: float = Field(default=85.0, gt=0, le=100)
+    plateau_level: float = Field(default=45.0, gt=0, le=100)
+    min_excess: float = Field(default=20.0, ge=0, le=100)
+    flat_tolerance: float = Field(default=3.0, ge=0, le=100)
+    pinned_hours: int = Field(default=2, ge=1, le=168)
+    plateau_hours: int = Field(default=4, ge=1, le=168)
+    profile_days: int = Field(default=7, ge=1, le=90)
+    min_profile_days: int = Field(default=3, ge=1, le=90)
+    gpu_instance_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_GPU_PREFIXES))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CpuDetectionConfig:
+        # Values are not echoed: any of them may have come from the environment.
+        if self.plateau_level > self.pinned_level:
+            raise ValueError("plateau_level must not be above pinned_level")
+        if self.min_profile_days > self.profile_days:
+            raise ValueError("min_profile_days must not be above profile_days")
+        return self
+
+
+class DetectionConfig(_Model):
+    """Cost-anomaly settings; field names are read directly by ``costwatch.detect``."""
+
+    sensitivity: float = Field(default=1.0, ge=0.25, le=4.0)
+    min_spend: float = Field(default=5.0, ge=0)
+    history_days: int = Field(default=14, ge=1, le=365)
+    lookback_days: int = Field(default=28, ge=7, le=365)
+    band_method: Literal["weekday", "stl"] = "weekday"
+    band_z: float = Field(default=4.0, gt=0, le=20)
+    min_band_ratio: float = Field(default=0.15, ge=0, le=10)
+    cost_delay_hours: float = Field(default=0.0, ge=0, le=168)
+    cpu: CpuDetectionConfig = Field(default_factory=CpuDetectionConfig)
+
+
+# Alert fields (plus the project's configured owner) that make sense as grouping labels.  Checked here
+# because an unknown label would silently put every alert into one group.
+GROUP_BY_LABELS: tuple[str, ...] = ("project", "project_name", "owner", "provider", "kind", "severity",
+                                    "service", "region")
+
+
+class AlertingConfig(_Model):
+    """How detected alerts become notifications: grouping, re-notification and resolve messages."""
+
+    group_by: list[str] = Field(default_factory=lambda: ["project"])
+    repeat_interval: str = "4h"
+    send_resolved: bool = True
+    growth_factor: float = Field(default=1.5, gt=1.0)
+
+    @field_validator("group_by")
+    @classmethod
+    def _known_labels(cls, v: list[str]) -> list[str]:
+        for label in v:
+            if label not in GROUP_BY_LABELS:
+                close = difflib.get_close_matches(label, GROUP_BY_LABELS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown group_by label {label!r}{hint}; expected some of: "
+                                 + ", ".join(GROUP_BY_LABELS))
+        if len(set(v)) != len(v):
+            raise ValueError("group_by lists a label twice")
+        return v
+
+    @field_validator("repeat_interval")
+    @classmethod
+    def _valid_interval(cls, v: str) -> str:
+        if parse_duration(v) <= timedelta(0):
+            raise ValueError("repeat_interval must be longer than zero")
+        return v
+
+    @property
+    def repeat_interval_td(self) -> timedelta:
+        """The model keeps the string as written (so dumps look like the file); callers want a timedelta."""
+        return parse_duration(self.repeat_interval)
+
+
+class SlackConfig(_Model):
+    """Either a bot token plus channel (chat.postMessage) or an incoming-webhook URL."""
+
+    token: SecretStr | None = None
+    webhook_url: SecretStr | None = None
+    channel: str | None = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> SlackConfig:
+        if self.token is None and self.webhook_url is None:
+            raise ValueError("slack needs 'token' (with 'channel') or 'webhook_url'")
+        if self.token is not None and not self.channel:
+            raise ValueError("slack 'token' needs a 'channel' to post to")
+        if self.webhook_url is not None and not self.webhook_url.get_secret_value().startswith("https://"):
+            raise ValueError("slack 'webhook_url' must be an https:// URL")
+        return self
+
+
+class EmailConfig(_Model):
+    """SMTP delivery; STARTTLS on 587 by default because plaintext SMTP leaks the password."""
+
+    smtp_host: str
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    from_addr: str
+    to: list[str] = Field(min_length=1)
+    starttls: bool = True
+
+    @model_validator(mode="after")
+    def _addresses(self) -> EmailConfig:
+        if "@" not in self.from_addr:
+            raise ValueError("from_addr must be an email address")
+        if any("@" not in a for a in self.to):
+            raise ValueError("every 'to' entry must be an email address")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both 'username' and 'password', or neither")
+        return self
+
+
+class NotifyConfig(_Model):
+    """Where notifications go; stdout stays on by default so a fresh install shows something."""
+
+    slack: SlackConfig | None = None
+    email: EmailConfig | None = None
+    stdout: bool = True
+
+
+class StateConfig(_Model):
+    """Where alert state (fingerprints, last notified, outbox) lives between runs."""
+
+    backend: Literal["sqlite", "dynamodb"] = "sqlite"
+    path: str = ".costwatch/state.db"
+    table: str | None = None
+
+    @model_validator(mode="after")
+    def _table_for_dynamodb(self) -> StateConfig:
+        if self.backend == "dynamodb" and not self.table:
+            raise ValueError("backend 'dynamodb' needs 'table'")
+        return self
+
+
+class KubernetesCluster(_Model):
+    """One cluster to inspect for mining pods; ``project`` ties its alerts to a billing project."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    name: str = Field(min_length=1)
+    context: str | None = None
+    project: str | None = None
+    in_cluster: bool = False
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> KubernetesCluster:
+        if self.in_cluster and self.context:
+            raise ValueError("set 'context' or 'in_cluster: true', not both")
+        return self
+
+
+class KubernetesConfig(_Model):
+    """Clusters to watch and the image registries whose images are expected there."""
+
+    clusters: list[KubernetesCluster] = Field(default_factory=list)
+    registry_allowlist: list[str] = Field(default_factory=list)
+
+    @field_validator("clusters")
+    @classmethod
+    def _unique_names(cls, v: list[KubernetesCluster]) -> list[KubernetesCluster]:
+        names = [c.name for c in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError("cluster names must be unique; repeated: " + ", ".join(dup))
+        return v
+
+
+class Config(_Model):
+    """The whole file.  Every section is optional so ``Config()`` is a working zero-config default."""
+
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    projects: dict[str, ProjectConfig] = Field(default_factory=dict)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any) -> Any:
+        """Top-level ``x-...`` keys are ignored so they can hold YAML anchors (as in docker-compose), and
+        ``projects: {web: }`` means "track it with defaults", not "invalid"."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+        if isinstance(data.get("projects"), dict):
+            data["projects"] = {k: ({} if v is None else v) for k, v in data["projects"].items()}
+        return data
+
+    @model_validator(mode="after")
+    def _resolve_paths(self, info: ValidationInfo) -> Config:
+        """Relative paths mean "next to the config file", so ``costwatch report --config x/y.yaml`` works
+        from any working directory.  Without a base dir (``parse_config`` on a string) they stay as is."""
+        base = (info.context or {}).get("base_dir") if info is not None else None
+        if base is None:
+            return self
+        base = Path(base)
+        for p in self.providers:
+            if isinstance(p, FilesProviderConfig):
+                p.costs = _resolve(p.costs, base)
+                p.usage = _resolve(p.usage, base)
+        if self.state.backend == "sqlite":
+            self.state.path = _resolve_one(self.state.path, base)
+        return self
+
+
+def _resolve_one(p: str, base: Path) -> str:
+    if "://" in p:  # a URL, not a local path
+        return p
+    path = Path(p).expanduser()
+    return str(path if path.is_absolute() else Path(os.path.normpath(base / path)))
+
+
+def _resolve(v: str | list[str] | None, base: Path) -> str | list[str] | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return _resolve_one(v, base)
+    return [_resolve_one(p, base) for p in v]
+
+
+# ------------------------------------------------------------------------------------- loading and parsing
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; every failure is a ``ConfigError`` naming the file."""
+    p = Path(path)
+    src = str(path)
+    try:
+        text = p.expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{src}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{src}: is a directory, expected a YAML config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{src}: not UTF-8 text; is this really the YAML config?") from None
+    except OSError as e:
+        raise ConfigError(f"{src}: cannot read config file: {e.strerror}") from None
+    return parse_config(text, source=src, base_dir=p.expanduser().resolve().parent)
+
+
+def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None, *,
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Parse YAML text into a ``Config``.
+
+    ``source`` is only used in messages; ``base_dir`` anchors relative paths; ``env`` replaces
+    ``os.environ`` for ``${VAR}`` expansion so callers and tests need not mutate the process environment.
+    """
+    builder = _Builder(source, os.environ if env is None else env)
+    data = builder.load(text)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where(source, 1)}the top level must be a mapping of sections "
+                          "(providers, projects, detection, ...)")
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as e:
+        # ``from None``: the chained ValidationError's text includes input values, i.e. secrets.
+        raise ConfigError(builder.explain(e, data)) from None
+
+
+_Path = tuple[str | int, ...]
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+_SECRETISH = re.compile(r"token|passw|secret|key|webhook|credential", re.IGNORECASE)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAX_NODES = 200_000  # alias bombs ("billion laughs") stop here instead of eating memory
+# pydantic error types whose message may quote the input; replaced for secret or env-derived values
+_MAY_ECHO = {"value_error", "assertion_error", "union_tag_invalid"}
+
+
+class _Builder:
+    """Turns YAML text into plain data while remembering where each key was and which values came from
+    which environment variable; both are needed later to write a safe, located error message."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.lines: dict[_Path, int] = {}
+        self.from_env: dict[_Path, list[str]] = {}
+        self.missing: list[tuple[str, _Path]] = []
+        self._count = 0
+
+    # -- YAML -> data
+
+    def load(self, text: str) -> Any:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            data = self._build(loader, node, (), set())
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line = mark.line + 1 if mark is not None else None
+            col = str(mark.column + 1) if mark is not None else None
+            what = "; ".join(s for s in (e.context, e.problem) if s) or "syntax error"
+            raise ConfigError(f"{where(self.source, line, col)}invalid YAML: {what}") from None
+        except yaml.YAMLError as e:
+            # ReaderError and friends: no mark, and str(e) may quote file content
+            raise ConfigError(f"{where(self.source)}invalid YAML ({type(e).__name__})") from None
+        finally:
+            loader.dispose()
+        if self.missing:
+            raise ConfigError("\n".join(
+                f"{where(self.source, self.line_for(path))}{_dotted(path)}: environment variable {var} "
+                f"is not set (export it, or write ${{{var}:-default}})" for var, path in self.missing))
+        return data
+
+    def _build(self, loader: yaml.SafeLoader, node: Node, path: _Path, stack: set[int]) -> Any:
+        self._count += 1
+        if self._count > _MAX_NODES:
+            raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is too large "
+                              "(too many nodes after expanding aliases)")
+        if id(node) in stack:
+            raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}{_dotted(path)}: "
+                              "an alias refers to itself")
+        if isinstance(node, MappingNode) and node.tag == _MAP_TAG:
+            return self._build_mapping(loader, node, path, stack | {id(node)})
+        if isinstance(node, SequenceNode) and node.tag == _SEQ_TAG:
+            out_list = []
+            for i, item in enumerate(node.value):
+                self.lines[(*path, i)] = item.start_mark.line + 1
+                out_list.append(self._build(loader, item, (*path, i), stack | {id(node)}))
+            return out_list
+        if isinstance(node, ScalarNode):
+            value = loader.construct_object(node)
+            return self._interpolate(value, path) if isinstance(value, str) else value
+        # !!set, !!omap and other standard tags: let PyYAML build them; pydantic will reject the type
+        return loader.construct_object(node, deep=True)
+
+    def _build_mapping(self, loader: yaml.SafeLoader, node: MappingNode, path: _Path,
+                       stack: set[int]) -> dict[str, Any]:
+        seen: dict[str, int] = {}
+        for knode, _ in node.value:
+            line = knode.start_mark.line + 1
+            if knode.tag == _MERGE_TAG:
+                continue
+            if not isinstance(knode, ScalarNode):
+                raise ConfigError(f"{where(self.source, line)}{_dotted(path)}: keys must be plain names, "
+                                  "not lists or mappings")
+            if knode.value in seen:
+                raise ConfigError(f"{where(self.source, line)}{_dotted((*path, knode.value))}: duplicate key "
+                                  f"(first defined on line {seen[knode.value]})")
+            seen[knode.value] = line
+        loader.flatten_mapping(node)  # applies ``<<: *anchor``; explicit keys come last and win
+        out: dict[str, Any] = {}
+        for knode, vnode in node.value:
+            # The raw text, not the constructed scalar: project ids like 012345678901 must stay strings.
+            key = str(knode.value)
+            child = (*path, key)
+            self.lines[child] = knode.start_mark.line + 1
+            out[key] = self._build(loader, vnode, child, stack)
+        return out
+
+    def _interpolate(self, value: str, path: _Path) -> str:
+        if "$" not in value:
+            return value
+        used: list[str] = []
+
+        def sub(m: re.Match[str]) -> str:
+            whole = m.group(0)
+            if whole == "$$":
+                return "$"
+            var, default = m.group(1), m.group(2)
+            if var is None:
+                raise ConfigError(f"{where(self.source, self.line_for(path))}{_dotted(path)}: malformed "
+                                  "${...} reference; use ${NAME} or ${NAME:-default}, and $$ for a literal $")
+            used.append(var)
+            got = self.env.get(var)
+            if got is not None and (got != "" or default is None):
+                return got
+            if default is not None:
+                return default
+            self.missing.append((var, path))
+            return ""
+
+        out = _ENV_REF.sub(sub, value)
+        if used:
+            self.from_env[path] = used
+        return out
+
+    # -- pydantic errors -> one readable message
+
+    def line_for(self, path: _Path) -> int | None:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.lines:
+                return self.lines[path[:n]]
+        return None
+
+    def explain(self, exc: ValidationError, data: dict[str, Any]) -> str:
+        grouped: dict[_Path, list[str]] = {}
+        for err in exc.errors(include_url=False, include_input=False):
+            path = _data_path(err["loc"], data, err["type"])
+            msg = self._message(err, path, data)
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                path = (*path, "type")
+            msgs = grouped.setdefault(path, [])
+            if msg not in msgs:
+                msgs.append(msg)
+        rows = sorted(grouped.items(), key=lambda kv: (self.line_for(kv[0]) or 0, _dotted(kv[0])))
+        return "\n".join(f"{where(self.source, self.line_for(path))}{_dotted(path)}: {'; or '.join(msgs)}"
+                         for path, msgs in rows)
+
+    def _message(self, err: Any, path: _Path, data: dict[str, Any]) -> str:
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            return _unknown_key_message(path, data)
+        if kind == "missing":
+            return "required key is missing"
+        if kind == "union_tag_not_found":
+            return "missing 'type'; expected one of: " + ", ".join(repr(t) for t in PROVIDER_TYPES)
+        if kind == "union_tag_invalid":
+            if (*path, "type") in self.from_env:
+                return "unknown provider type (value from the environment, not shown); expected one of: " \
+                    + ", ".join(repr(t) for t in PROVIDER_TYPES)
+            return (f"unknown provider type {err.get('ctx', {}).get('tag')!r}; expected one of: "
+                    + ", ".join(repr(t) for t in PROVIDER_TYPES))
+        msg = str(err["msg"])
+        if msg.startswith(("Value error, ", "Assertion failed, ")):
+            msg = msg.split(", ", 1)[1]
+        declared = _type_at(path, data)
+        if isinstance(declared, type) and issubclass(declared, BaseModel):
+            # a cross-field check from one of our validators; those never quote values
+            return msg
+        env_vars = list(dict.fromkeys(v for p, vs in self.from_env.items() if p[:len(path)] == path for v in vs))
+        field = next((e for e in reversed(path) if isinstance(e, str)), "")
+        # Belt and braces: any message that quotes the value (or any env value used here) is replaced.
+        secretish = bool(_SECRETISH.search(field))
+        values = [self.env.get(v) or "" for v in env_vars]
+        here = _node_at(path, data)
+        if secretish and isinstance(here, str | int | float):
+            values.append(str(here))
+        quoted = any(v and v in msg for v in values)
+        if quoted or (secretish and kind in _MAY_ECHO):
+            msg = f"invalid value; expected {_describe(declared)}"
+        if env_vars:
+            msg += " (value from ${" + "}, ${".join(env_vars) + "}, not shown)"
+        return msg
+
+
+def _dotted(path: _Path) -> str:
+    out = ""
+    for e in path:
+        out += f"[{e}]" if isinstance(e, int) else (f".{e}" if out else e)
+    return out or "(top level)"
+
+
+def _data_path(loc: tuple[Any, ...], data: Any, kind: str) -> _Path:
+    """Map pydantic's ``loc`` onto keys that exist in the file; it also contains discriminator tags
+    (``files``) and union branch names (``list[str]``) that the user never wrote."""
+    path: list[str | int] = []
+    node = data
+    for i, elem in enumerate(loc):
+        found, child = _child(node, elem)
+        if found:
+            path.append(elem)
+            node = child
+        elif i == len(loc) - 1 and kind == "missing" and isinstance(elem, str | int):
+            path.append(elem)
+    return tuple(path)
+
+
+def _unknown_key_message(path: _Path, data: dict[str, Any]) -> str:
+    model = _unwrap(_type_at(path[:-1], data), _node_at(path[:-1], data))
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or not path:
+        return "unknown key"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    return "unknown key; expected one of: " + ", ".join(allowed)
+
+
+def _node_at(path: _Path, data: Any) -> Any:
+    node = data
+    for e in path:
+        node = _child(node, e)[1]
+    return node
+
+
+def _allows_none(tp: Any) -> bool:
+    return tp is None or tp is type(None) or (_is_union(tp) and type(None) in get_args(tp))
+
+
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
+
+
+def _unwrap(tp: Any, node: Any) -> Any:
+    """Strip ``Annotated`` and ``| None``, and pick a discriminated-union member using the data's ``type``."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+            continue
+        if _is_union(tp):
+            members = [a for a in get_args(tp) if a is not type(None)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+            tag = node.get("type") if isinstance(node, dict) else None
+            for m in members:
+                if (isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields
+                        and tag in get_args(m.model_fields["type"].annotation)):
+                    return m
+        return tp
+
+
+def _type_at(path: _Path, data: Any) -> Any:
+    """The declared type at a data path, used for suggestions and for "expected a string" messages."""
+    tp: Any = Config
+    node = data
+    for elem in path:
+        tp = _unwrap(tp, node)
+        origin = get_origin(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if not isinstance(elem, str) or elem not in tp.model_fields:
+                return None
+            tp = tp.model_fields[elem].annotation
+        elif origin is list:
+            tp = get_args(tp)[0]
+        elif origin is dict:
+            tp = get_args(tp)[1]
+        else:
+            return None
+        node = _child(node, elem)[1]
+    return _unwrap(tp, node)
+
+
+def _child(node: Any, elem: Any) -> tuple[bool, Any]:
+    """``node[elem]`` if the file really has it; bool keys and out-of-range indexes do not count."""
+    if isinstance(node, dict) and isinstance(elem, str) and elem in node:
+        return True, node[elem]
+    if isinstance(node, list) and type(elem) is int and 0 <= elem < len(node):
+        return True, node[elem]
+    return False, None
+
+
+def _describe(tp: Any) -> str:
+    tp = _unwrap(tp, None)
+    if _is_union(tp):
+        return " or ".join(dict.fromkeys(_describe(a) for a in get_args(tp)))
+    if tp is None:
+        return "a valid value"
+    if tp is type(None):
+        return "null"
+    if tp in (str, SecretStr):
+        return "a string"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return "a list"
+    if get_origin(tp) is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return "a mapping"
+    return "a valid value"
