@@ -1,0 +1,1106 @@
+"""Seeded, labelled multi-cloud data: the demo's data set and the benchmark's ground truth.
+
+Detection is only as honest as the data it is judged on, so the generator reproduces what makes real
+exports hard rather than what makes a detector look good: weekly shape, trend and noise in spend, month-end
+jobs, credits and refunds, missing export days, node churn, batch nodes that sit at 90% CPU every night,
+and benign surges and capacity steps that move cost and CPU without being mining.  Compute cost is derived
+from the same node fleet the CPU samples come from (hourly price x hours run), so a miner on new nodes
+moves both signals and a miner on existing nodes moves only CPU, exactly as in a real account.
+
+Everything is drawn from independent child streams of one ``SeedSequence`` (projects, nodes, CPU, cost,
+incidents), so ``clean=True`` gives the same projects, fleet and base series as the labelled run, and a
+scenario is reproducible from its seed alone.  Arrays are nodes x hours and series x days; Python loops
+only run over projects, nodes' metadata and incidents.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .model import normalize_costs, normalize_usage
+
+__all__ = ["INCIDENT_KINDS", "MINING_KINDS", "Scenario", "demo_scenario", "generate"]
+
+INCIDENT_KINDS: tuple[str, ...] = (
+    "mining_new_nodes", "mining_existing_nodes", "mining_stealth", "mining_cost_only",
+    "benign_surge", "planned_step", "budget_breach",
+)
+MINING_KINDS = frozenset({"mining_new_nodes", "mining_existing_nodes", "mining_stealth", "mining_cost_only"})
+_CPU_KINDS = frozenset({"mining_new_nodes", "mining_existing_nodes", "mining_stealth", "benign_surge",
+                        "planned_step"})
+# most constrained first, so a small scenario still gets one incident of each kind when it can
+_PLACEMENT_ORDER = ("mining_cost_only", "mining_new_nodes", "mining_existing_nodes", "mining_stealth",
+                    "benign_surge", "planned_step", "budget_breach")
+
+HOUR = pd.Timedelta(hours=1)
+DAY = pd.Timedelta(days=1)
+
+
+@dataclass
+class Scenario:
+    costs: pd.DataFrame
+    usage: pd.DataFrame
+    incidents: pd.DataFrame
+    projects: pd.DataFrame
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+
+# ----------------------------------------------------------------------------------------- catalogue
+
+@dataclass(frozen=True)
+class _Cloud:
+    home: dict[str, int]  # home region -> UTC offset of its business hours (no DST: a day shape, not a clock)
+    attack: tuple[str, ...]  # regions no generated project ever uses
+    types: tuple[tuple[str, float], ...]  # general purpose instance types, on-demand USD/hour (Linux)
+    batch: tuple[tuple[str, float], ...]
+    gpu: tuple[tuple[str, float], ...]
+    miner: tuple[tuple[str, float], ...]  # compute-optimised types a miner picks when GPUs are out of quota
+    services: dict[str, str]  # service category -> service name
+    kube_fee: tuple[str, float] | None  # managed control plane, USD/hour
+    ml: str
+
+
+_CLOUDS: dict[str, _Cloud] = {
+    "aws": _Cloud(
+        home={"us-east-1": -5, "us-west-2": -8, "eu-west-1": 0, "eu-central-1": 1, "ap-southeast-1": 8},
+        attack=("ap-south-1", "sa-east-1", "ap-northeast-3", "me-south-1", "af-south-1"),
+        types=(("m5.large", 0.096), ("m5.xlarge", 0.192), ("m5.2xlarge", 0.384), ("c5.xlarge", 0.17),
+               ("c5.2xlarge", 0.34), ("r5.xlarge", 0.252), ("m6i.xlarge", 0.192), ("t3.large", 0.0832)),
+        batch=(("c5.2xlarge", 0.34), ("c5.4xlarge", 0.68), ("r5.2xlarge", 0.504)),
+        gpu=(("p3.2xlarge", 3.06), ("g4dn.xlarge", 0.526), ("g5.xlarge", 1.006)),
+        miner=(("c5.4xlarge", 0.68), ("c5.9xlarge", 1.53), ("c6i.8xlarge", 1.36)),
+        services={"Compute": "Amazon Elastic Compute Cloud", "Storage": "Amazon Simple Storage Service",
+                  "Databases": "Amazon Relational Database Service", "Networking": "Amazon CloudFront",
+                  "Analytics": "Amazon Athena", "Management and Governance": "Amazon CloudWatch"},
+        kube_fee=("Amazon Elastic Kubernetes Service", 0.10),
+        ml="Amazon SageMaker",
+    ),
+    "gcp": _Cloud(
+        home={"us-central1": -6, "us-east1": -5, "europe-west1": 1, "europe-west4": 1, "asia-northeast1": 9},
+        attack=("asia-south1", "southamerica-east1", "australia-southeast1", "me-west1"),
+        types=(("n2-standard-4", 0.194236), ("n2-standard-8", 0.388472), ("e2-standard-4", 0.134012),
+               ("e2-standard-8", 0.268024), ("n2-highmem-4", 0.262092), ("c2-standard-8", 0.4176)),
+        batch=(("c2-standard-8", 0.4176), ("n2-highcpu-16", 0.57368)),
+        gpu=(("a2-highgpu-1g", 3.673385), ("g2-standard-4", 0.70683)),
+        miner=(("c2-standard-16", 0.8352), ("n2-highcpu-32", 1.14736)),
+        services={"Compute": "Compute Engine", "Storage": "Cloud Storage", "Databases": "Cloud SQL",
+                  "Networking": "Networking", "Analytics": "BigQuery",
+                  "Management and Governance": "Cloud Monitoring"},
+        kube_fee=("Kubernetes Engine", 0.10),
+        ml="Vertex AI",
+    ),
+    "azure": _Cloud(
+        home={"westeurope": 1, "eastus": -5, "northeurope": 0, "eastus2": -5, "southeastasia": 8},
+        attack=("brazilsouth", "koreacentral", "australiaeast", "centralindia"),
+        types=(("Standard_D4s_v5", 0.192), ("Standard_D8s_v5", 0.384), ("Standard_D2s_v5", 0.096),
+               ("Standard_E4s_v5", 0.252), ("Standard_F8s_v2", 0.338), ("Standard_B4ms", 0.166)),
+        batch=(("Standard_F8s_v2", 0.338), ("Standard_F16s_v2", 0.677)),
+        gpu=(("Standard_NC6s_v3", 3.06), ("Standard_NC4as_T4_v3", 0.526)),
+        miner=(("Standard_F16s_v2", 0.677), ("Standard_F32s_v2", 1.353)),
+        services={"Compute": "Virtual Machines", "Storage": "Storage", "Databases": "Azure SQL Database",
+                  "Networking": "Bandwidth", "Analytics": "Azure Synapse Analytics",
+                  "Management and Governance": "Azure Monitor"},
+        kube_fee=None,  # AKS free tier
+        ml="Azure Machine Learning",
+    ),
+}
+
+# list prices differ by region; attackers don't care, and their bill shows it
+_PRICE_FACTOR: dict[str, float] = {
+    "eu-west-1": 1.1, "eu-central-1": 1.15, "ap-southeast-1": 1.2, "ap-south-1": 1.05, "sa-east-1": 1.55,
+    "ap-northeast-3": 1.25, "me-south-1": 1.2, "af-south-1": 1.3,
+    "europe-west1": 1.1, "europe-west4": 1.1, "asia-northeast1": 1.25, "asia-south1": 1.2,
+    "southamerica-east1": 1.5, "australia-southeast1": 1.35, "me-west1": 1.15,
+    "westeurope": 1.1, "northeurope": 1.05, "southeastasia": 1.2, "brazilsouth": 1.5, "koreacentral": 1.2,
+    "australiaeast": 1.3, "centralindia": 1.1,
+}
+_EUR_PER_USD = 0.93
+
+_TEAMS = ("payments", "checkout", "search", "identity", "ads", "analytics", "ml-platform", "data-eng", "web",
+          "mobile-api", "billing", "inventory", "recs", "media", "support", "growth", "platform", "risk",
+          "logistics", "catalog", "notifications", "pricing")
+_ENVS = ("prod", "prod", "prod", "staging", "dev", "sandbox", "shared")
+_PEOPLE = ("alice.nguyen", "bob.schmidt", "carla.rossi", "dev.patel", "emma.jones", "farid.haddad",
+           "grace.kim", "hugo.martin", "ines.silva", "jonas.berg", "kofi.mensah", "lena.weber")
+_DOMAIN = "example.com"
+
+# (category, share of nominal daily compute: low, high; weekend factor: low, high; noise sigma; trend sigma)
+_SERVICE_SHAPES: dict[str, tuple[float, float, float, float, float]] = {
+    "Storage": (0.08, 0.35, 0.96, 1.0, 0.025),
+    "Databases": (0.2, 0.8, 0.85, 0.97, 0.05),
+    "Networking": (0.04, 0.2, 0.6, 0.85, 0.09),
+    "Analytics": (0.05, 0.3, 0.4, 0.8, 0.10),
+    "Management and Governance": (0.02, 0.06, 0.9, 1.0, 0.05),
+}
+
+
+# --------------------------------------------------------------------------------------------- types
+
+@dataclass
+class _Project:
+    idx: int
+    project_id: str
+    name: str
+    team: str
+    env: str
+    provider: str
+    owner: str
+    region: str
+    tz: int
+    currency: str
+    has_usage: bool
+    new: bool
+    first_day: int
+    cluster: str | None
+    discount: float  # effective/billed on compute: commitments (savings plans, CUDs, reservations)
+    budget_draw: float  # >0: the project has a monthly budget this many times its normal month
+    threshold_draw: float  # >0: a daily threshold this many times its highest normal day
+    tags: dict[str, str]
+    credited: bool  # gets a monthly credit on the 1st
+    peak_hour: float  # local hour of the daily CPU peak
+    width: float  # hours: how wide the business-day hump is
+    weekend: float  # weekend CPU relative to weekdays
+    compute_daily: float = 0.0  # nominal compute spend/day of the base fleet, in the project's currency
+    main_nodes: list[int] = field(default_factory=list)
+    other_nodes: list[int] = field(default_factory=list)  # secondary pool, churn replacements
+    batch_nodes: list[int] = field(default_factory=list)
+    networking_series: int = -1
+    pool: Any = None  # the main node pool, so autoscaled and step-up nodes continue its naming
+
+
+@dataclass
+class _Nodes:
+    """Column store of every node (base fleet and incident nodes); one entry per node."""
+
+    name: list[str] = field(default_factory=list)
+    project: list[int] = field(default_factory=list)
+    region: list[str] = field(default_factory=list)
+    cluster: list[str | None] = field(default_factory=list)
+    itype: list[str] = field(default_factory=list)
+    price: list[float] = field(default_factory=list)  # per hour, project currency, incl. region factor
+    discount: list[float] = field(default_factory=list)
+    h0: list[int] = field(default_factory=list)  # first hour alive (index from scenario start)
+    h1: list[int] = field(default_factory=list)  # exclusive
+    peak: list[float] = field(default_factory=list)  # CPU % at the daily peak
+    trough: list[float] = field(default_factory=list)
+    sigma: list[float] = field(default_factory=list)
+    trend: list[float] = field(default_factory=list)  # relative change per day
+    batch: list[tuple[int, int, float] | None] = field(default_factory=list)  # (UTC hour, hours, level)
+    resource: list[str] = field(default_factory=list)
+    tags: list[dict[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.name)
+
+
+@dataclass
+class _Series:
+    """Column store of non-node cost series (services, credits); values are per day."""
+
+    project: list[int] = field(default_factory=list)
+    service: list[str] = field(default_factory=list)
+    category: list[str] = field(default_factory=list)
+    region: list[str] = field(default_factory=list)
+    charge: list[str] = field(default_factory=list)
+    resource: list[str | None] = field(default_factory=list)
+    tags: list[dict[str, str]] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, project: int, service: str, category: str, region: str, charge: str, resource: str | None,
+            tags: dict[str, str], values: np.ndarray) -> int:
+        self.project.append(project)
+        self.service.append(service)
+        self.category.append(category)
+        self.region.append(region)
+        self.charge.append(charge)
+        self.resource.append(resource)
+        self.tags.append(tags)
+        self.values.append(values)
+        return len(self.project) - 1
+
+
+@dataclass
+class _CpuOp:
+    """One incident's effect on CPU, applied to the nodes x hours matrices after the normal shape."""
+
+    kind: str  # "scale" (surge), "step" (capacity step), "pin" (new miner nodes), "floor" (miner on a node)
+    rows: list[int]
+    t0: int
+    t1: int
+    level: float = 0.0
+    std: float = 0.0
+
+
+@dataclass
+class _Knobs:
+    """Variants the demo pins down so its story is the same on every machine."""
+
+    new_nodes_gpu: bool | None = None
+    new_nodes_new_region: bool | None = None
+    stealth_level: float | None = None
+
+
+@dataclass
+class _World:
+    rng: np.random.Generator
+    projects: list[_Project]
+    nodes: _Nodes
+    series: _Series
+    days: pd.DatetimeIndex
+    used_names: set[str]
+    n_hours: int
+    ops: list[_CpuOp] = field(default_factory=list)
+    budget_unit: dict[int, int] = field(default_factory=dict)  # project -> series idx of the breach service
+    labels: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- API
+
+def generate(seed: int = 7, n_projects: int = 12, days: int = 70, end: str | pd.Timestamp = "2026-11-20",
+             incident_kinds: Sequence[str] | None = None, clean: bool = False) -> Scenario:
+    """A labelled multi-cloud data set covering the ``days`` whole UTC days before ``end``.
+
+    ``end`` is exclusive and is what ``detect(..., as_of=scenario.end)`` should be given.  Incidents start
+    in the last ten days, after at least three weeks of clean history where there are that many days.
+    """
+    return _generate(seed, n_projects, days, end, incident_kinds, clean, _Knobs())
+
+
+def demo_scenario() -> Scenario:
+    """The ``costwatch demo`` data: a GPU miner in a region never used, a stealthy capped miner, a benign
+    surge and a budget overrun, with the remaining projects clean.  The variants are pinned, not left to
+    the seed, so the demo tells the same story after any change to the generator."""
+    return _generate(42, 8, 63, "2026-11-20",
+                     ("mining_new_nodes", "mining_stealth", "benign_surge", "budget_breach"), False,
+                     _Knobs(new_nodes_gpu=True, new_nodes_new_region=True, stealth_level=60.0))
+
+
+def _generate(seed: int, n_projects: int, n_days: int, end: str | pd.Timestamp,
+              incident_kinds: Sequence[str] | None, clean: bool, knobs: _Knobs) -> Scenario:
+    if n_projects < 1 or n_days < 2:
+        raise ValueError("a scenario needs at least one project and two days")
+    kinds = tuple(INCIDENT_KINDS if incident_kinds is None else incident_kinds)
+    unknown = [k for k in kinds if k not in INCIDENT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown incident kind(s) {', '.join(unknown)}; known: {', '.join(INCIDENT_KINDS)}")
+    end_ts = pd.Timestamp(end)
+    end_ts = (end_ts.tz_localize("UTC") if end_ts.tzinfo is None else end_ts.tz_convert("UTC")).floor("D")
+    start_ts = end_ts - n_days * DAY
+    days = pd.date_range(start_ts, periods=n_days, freq="D")
+    n_hours = 24 * n_days
+    r_proj, r_nodes, r_cpu, r_cost, r_inc = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+
+    projects = _make_projects(r_proj, n_projects, n_days)
+    used: set[str] = set()
+    nodes = _make_fleet(r_nodes, projects, n_hours, used)
+    series = _Series()
+    _make_services(r_cost, projects, series, days)
+    n_base_nodes, n_base_series = len(nodes), len(series.project)
+    missing = _missing_days(r_cost, projects, n_days)
+
+    world = _World(r_inc, projects, nodes, series, days, used, n_hours)
+    if not clean and kinds:
+        _place_incidents(world, kinds, knobs)
+
+    node_cost, hours_run = _node_costs(nodes, n_days)
+    clean_net, clean_gross = _clean_daily(projects, nodes, series, node_cost, n_base_nodes, n_base_series,
+                                          missing, n_days)
+    budgets, thresholds = _budgets(world, clean_net, clean_gross)
+    costs = _cost_frame(world, node_cost, hours_run, missing)
+    usage = _usage_frame(world, r_cpu, n_base_nodes)
+    incidents = _incident_frame(world.labels)
+    proj = pd.DataFrame({
+        "project_id": [p.project_id for p in projects],
+        "project_name": [p.name for p in projects],
+        "provider": [p.provider for p in projects],
+        "owner": [p.owner for p in projects],
+        "has_usage": np.array([p.has_usage for p in projects], dtype=bool),
+        "first_day": pd.DatetimeIndex([days[p.first_day] for p in projects]),
+        "monthly_budget": budgets,
+        "daily_threshold": thresholds,
+        "region": [p.region for p in projects],
+        "currency": [p.currency for p in projects],
+    })
+    return Scenario(costs, usage, incidents, proj, start_ts, end_ts)
+
+
+# ------------------------------------------------------------------------------------------ projects
+
+def _make_projects(rng: np.random.Generator, n: int, n_days: int) -> list[_Project]:
+    base = ["aws", "gcp", "azure"][: min(n, 3)]
+    extra = list(rng.choice(["aws", "gcp", "azure"], size=max(n - 3, 0), p=[0.4, 0.3, 0.3]))
+    providers = [str(p) for p in rng.permutation(base + extra)]
+    n_new = 0 if n < 4 else (1 if n < 10 else 2)
+    order = rng.permutation(n)
+    new_set = set(order[:n_new].tolist())
+    n_no_usage = 0 if n < 3 else max(1, round(0.25 * n))
+    no_usage = set(rng.permutation(n)[:n_no_usage].tolist())
+    n_credit = max(1, round(0.3 * n))
+    credited = set(rng.permutation(n)[:n_credit].tolist())
+    azure = [i for i, p in enumerate(providers) if p == "azure"]
+    eur = int(rng.choice(azure)) if (azure and n >= 6) else -1
+    names: set[str] = set()
+    out: list[_Project] = []
+    for i, provider in enumerate(providers):
+        cloud = _CLOUDS[provider]
+        team, env = str(rng.choice(_TEAMS)), str(rng.choice(_ENVS))
+        name = f"{team}-{env}"
+        k = 2
+        while name in names:
+            name, k = f"{team}-{env}-{k}", k + 1
+        names.add(name)
+        if provider == "aws":
+            pid = str(rng.integers(10**11, 10**12))
+        elif provider == "gcp":
+            pid = f"{name[:24]}-{rng.integers(1000, 10000)}"
+        else:
+            pid = str(uuid.UUID(bytes=rng.bytes(16), version=4))
+        owner = (f"{team}-oncall@{_DOMAIN}" if rng.random() < 0.35 else
+                 f"{rng.choice(_PEOPLE)}@{_DOMAIN}" if rng.random() < 0.5 else f"team-{team}")
+        region = str(rng.choice(list(cloud.home)))
+        is_new = i in new_set
+        first_day = max(0, n_days - int(rng.integers(7, 10))) if is_new else 0
+        has_usage = i not in no_usage
+        cluster = None
+        if has_usage or rng.random() < 0.5:
+            cluster = {"aws": f"{name}-eks", "gcp": name[:24], "azure": f"aks-{name}"}[provider]
+        discount = float(rng.uniform(0.6, 0.8)) if rng.random() < 0.2 else 1.0
+        budget_draw = float(rng.uniform(1.25, 1.6)) if rng.random() < 0.35 else 0.0
+        threshold_draw = float(rng.uniform(1.6, 2.2)) if rng.random() < 0.35 else 0.0
+        out.append(_Project(
+            i, pid, name, team, env, provider, owner, region, cloud.home[region], "EUR" if i == eur else "USD",
+            has_usage, is_new, first_day, cluster, discount, budget_draw, threshold_draw,
+            {"owner": owner, "team": team, "env": env}, i in credited, float(rng.uniform(12.5, 15.5)),
+            float(rng.uniform(3.0, 4.5)), float(rng.uniform(0.55, 0.95))))
+    return out
+
+
+def _fx(p: _Project) -> float:
+    return _EUR_PER_USD if p.currency == "EUR" else 1.0
+
+
+# --------------------------------------------------------------------------------------------- fleet
+
+def _unique(used: set[str], make: Any) -> str:
+    """Names are drawn at random; node ids key the CPU matrix, so a collision across projects would merge
+    two nodes.  Redraw until unused (deterministic, and practically never loops)."""
+    while True:
+        name = str(make())
+        if name not in used:
+            used.add(name)
+            return name
+
+
+def _b36(k: int, width: int = 6) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    s = ""
+    while k:
+        k, r = divmod(k, 36)
+        s = digits[r] + s
+    return s.rjust(width, "0")
+
+
+@dataclass
+class _Pool:
+    """Naming state of one node group, so node names look like the ones each cloud really prints."""
+
+    project: _Project
+    pool: str
+    cluster: str | None
+    region: str
+    itype: str
+    price: float
+    zone: str
+    tag: str = ""  # GKE instance-group hash / AKS vmss number
+    count: int = 0
+
+
+def _new_pool(rng: np.random.Generator, p: _Project, pool: str, cluster: str | None, region: str,
+              itype: str, usd_price: float) -> _Pool:
+    tag = f"{rng.integers(0, 16**8):08x}" if p.provider == "gcp" else f"{rng.integers(10**7, 10**8)}"
+    zone = f"{region}-{rng.choice(['a', 'b', 'c'])}"
+    price = usd_price * _PRICE_FACTOR.get(region, 1.0) * _fx(p)
+    return _Pool(p, pool, cluster, region, itype, price, zone, tag)
+
+
+def _node_name(rng: np.random.Generator, pool: _Pool, used: set[str]) -> str:
+    prov = pool.project.provider
+    alnum = "abcdefghijklmnopqrstuvwxyz0123456789"
+    if prov == "aws":
+        return _unique(used, lambda: f"i-0{rng.integers(0, 2**63):016x}")
+    if prov == "gcp":
+        if pool.cluster is None:
+            return _unique(used, lambda: f"{pool.pool}-{''.join(rng.choice(list(alnum), 4))}")
+        return _unique(used, lambda: f"gke-{pool.cluster}-{pool.pool}-{pool.tag}-"
+                                     f"{''.join(rng.choice(list(alnum), 4))}")
+
+    def numbered() -> str:
+        pool.count += 1
+        if pool.cluster is None:
+            return f"{pool.pool}-{pool.count:02d}"
+        return f"aks-{pool.pool}-{pool.tag}-vmss{_b36(pool.count - 1)}"
+
+    return _unique(used, numbered)
+
+
+def _resource_id(pool: _Pool, node: str) -> str:
+    p = pool.project
+    if p.provider == "aws":
+        return node
+    if p.provider == "gcp":
+        return f"//compute.googleapis.com/projects/{p.project_id}/zones/{pool.zone}/instances/{node}"
+    group = f"MC_rg-{p.name}_{pool.cluster}_{pool.region}" if pool.cluster else f"rg-{p.name}"
+    return f"/subscriptions/{p.project_id}/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachines/{node}"
+
+
+def _add_node(nodes: _Nodes, rng: np.random.Generator, pool: _Pool, used: set[str], h0: int, h1: int, *,
+              peak: float, trough: float, sigma: float, trend: float = 0.0,
+              batch: tuple[int, int, float] | None = None, tagged: bool = True, discount: float = 1.0) -> int:
+    name = _node_name(rng, pool, used)
+    p = pool.project
+    tags = dict(p.tags) if tagged else {}
+    if tagged and pool.cluster:
+        key = {"aws": "eks:cluster-name", "gcp": "goog-k8s-cluster-name", "azure": "aks-managed-cluster-name"}
+        tags[key[p.provider]] = pool.cluster
+    nodes.name.append(name)
+    nodes.project.append(p.idx)
+    nodes.region.append(pool.region)
+    nodes.cluster.append(pool.cluster)
+    nodes.itype.append(pool.itype)
+    nodes.price.append(pool.price)
+    nodes.discount.append(discount)
+    nodes.h0.append(h0)
+    nodes.h1.append(h1)
+    nodes.peak.append(peak)
+    nodes.trough.append(trough)
+    nodes.sigma.append(sigma)
+    nodes.trend.append(trend)
+    nodes.batch.append(batch)
+    nodes.resource.append(_resource_id(pool, name))
+    nodes.tags.append(tags)
+    return len(nodes) - 1
+
+
+def _make_fleet(rng: np.random.Generator, projects: list[_Project], n_hours: int, used: set[str]) -> _Nodes:
+    nodes = _Nodes()
+    for p in projects:
+        cloud = _CLOUDS[p.provider]
+        h0 = 24 * p.first_day
+        n_main = int(rng.integers(2, 5)) if p.new else int(np.clip(round(math.exp(rng.normal(math.log(5), 0.6))),
+                                                                   2, 30))
+        itype, usd = cloud.types[int(rng.integers(len(cloud.types)))]
+        pool_name = {"aws": "workers", "gcp": "default-pool", "azure": "nodepool1"}[p.provider]
+        main = p.pool = _new_pool(rng, p, pool_name, p.cluster, p.region, itype, usd)
+        level = float(rng.uniform(15, 42))
+        for _ in range(n_main):
+            peak = float(np.clip(level * rng.uniform(0.85, 1.15), 10, 45))
+            p.main_nodes.append(_add_node(
+                nodes, rng, main, used, h0, n_hours, peak=peak, trough=peak * float(rng.uniform(0.25, 0.5)),
+                sigma=float(rng.uniform(3, 6)), trend=float(rng.normal(0, 0.0008)), discount=p.discount))
+        if rng.random() < 0.25 and not p.new:
+            itype2, usd2 = cloud.types[int(rng.integers(len(cloud.types)))]
+            second = _new_pool(rng, p, {"aws": "api", "gcp": "pool-2", "azure": "userpool"}[p.provider],
+                               p.cluster, p.region, itype2, usd2)
+            for _ in range(int(rng.integers(1, 5))):
+                peak = float(rng.uniform(10, 45))
+                p.other_nodes.append(_add_node(
+                    nodes, rng, second, used, h0, n_hours, peak=peak, trough=peak * float(rng.uniform(0.25, 0.5)),
+                    sigma=float(rng.uniform(3, 6)), discount=p.discount))
+        if rng.random() < 0.3 and not p.new:
+            btype, busd = cloud.batch[int(rng.integers(len(cloud.batch)))]
+            bpool = _new_pool(rng, p, {"aws": "batch", "gcp": "batch-pool", "azure": "batchpool"}[p.provider],
+                              p.cluster, p.region, btype, busd)
+            for _ in range(int(rng.integers(1, 3))):
+                peak = float(rng.uniform(6, 14))
+                spec = (int(rng.integers(1, 4)), int(rng.integers(2, 4)), float(rng.uniform(88, 95)))
+                p.batch_nodes.append(_add_node(
+                    nodes, rng, bpool, used, h0, n_hours, peak=peak, trough=peak * 0.5,
+                    sigma=float(rng.uniform(1.5, 3)), batch=spec, discount=p.discount))
+        # node churn: a node is replaced (upgrade, spot reclaim) well before any incident window
+        lo, hi = h0 + 72, n_hours - 14 * 24
+        if len(p.main_nodes) >= 3 and hi > lo and rng.random() < 0.3:
+            old = p.main_nodes[int(rng.integers(len(p.main_nodes)))]
+            at = int(rng.integers(lo, hi))
+            nodes.h1[old] = at
+            p.other_nodes.append(_add_node(
+                nodes, rng, main, used, at, n_hours, peak=nodes.peak[old], trough=nodes.trough[old],
+                sigma=nodes.sigma[old], discount=p.discount))
+        p.compute_daily = 24 * float(sum(nodes.price[i] for i in p.main_nodes + p.batch_nodes)
+                                     + sum(nodes.price[i] for i in p.other_nodes if nodes.h1[i] == n_hours))
+    return nodes
+
+
+# ------------------------------------------------------------------------------------------ services
+
+def _weekday(days: pd.DatetimeIndex) -> np.ndarray:
+    return np.asarray(days.dayofweek, dtype=np.int64)
+
+
+def _make_services(rng: np.random.Generator, projects: list[_Project], series: _Series,
+                   days: pd.DatetimeIndex) -> None:
+    n = len(days)
+    t = np.arange(n, dtype=float)
+    weekend = _weekday(days) >= 5
+    month_end = np.asarray(days.is_month_end, dtype=bool)
+    first = np.asarray(days.day == 1, dtype=bool)
+    for p in projects:
+        cloud = _CLOUDS[p.provider]
+        c = max(p.compute_daily, 5.0)
+        present = ["Storage", "Networking"]
+        present += [k for k, prob in (("Databases", 0.7), ("Analytics", 0.35), ("Management and Governance", 0.6))
+                    if rng.random() < prob]
+        bump_cat = next((k for k in ("Analytics", "Databases") if k in present), None) \
+            if rng.random() < 0.3 else None
+        for cat in present:
+            lo, hi, wlo, whi, noise = _SERVICE_SHAPES[cat]
+            level = max(c * float(rng.uniform(lo, hi)), 0.5)
+            week = np.where(weekend, float(rng.uniform(wlo, whi)), 1.0)
+            growth = float(rng.uniform(0.001, 0.004)) if cat == "Storage" else float(rng.normal(0.001, 0.0015))
+            vals = level * week * np.exp(growth * (t - n)) * np.exp(rng.normal(0, noise, n))
+            if cat == bump_cat:
+                vals = np.where(month_end, vals * float(rng.uniform(1.8, 3.0)), vals)
+            resource = _service_resource(p, cat)
+            tags = dict(p.tags) if rng.random() > 0.1 else {}
+            k = series.add(p.idx, cloud.services[cat], cat, p.region, "Usage", resource, tags, np.round(vals, 6))
+            if cat == "Networking":
+                p.networking_series = k
+        if rng.random() < 0.2 and not p.new:  # cross-region replica of the storage
+            second = str(rng.choice([r for r in cloud.home if r != p.region]))
+            vals = c * float(rng.uniform(0.02, 0.1)) * np.exp(rng.normal(0, 0.03, n))
+            series.add(p.idx, cloud.services["Storage"], "Storage", second, "Usage", _service_resource(p, "Replica"),
+                       dict(p.tags), np.round(vals, 6))
+        if cloud.kube_fee and p.cluster:
+            svc, per_hour = cloud.kube_fee
+            series.add(p.idx, svc, "Compute", p.region, "Usage", _service_resource(p, "Kubernetes"),
+                       dict(p.tags),
+                       np.full(n, round(24 * per_hour * _fx(p), 6)))
+        if p.credited:  # a monthly promotional/commitment credit, booked on the 1st
+            month = c * 30 * float(rng.uniform(0.05, 0.2))
+            series.add(p.idx, cloud.services["Compute"], "Compute", p.region, "Credit", None, {},
+                       np.where(first, -round(month, 2), 0.0))
+        if rng.random() < 0.12 and not p.new and n > 10:  # a one-off refund (SLA credit, billing dispute)
+            d = int(rng.integers(3, n - 5))
+            vals = np.zeros(n)
+            vals[d] = -round(c * float(rng.uniform(0.5, 3.0)), 2)
+            series.add(p.idx, cloud.services["Compute"], "Compute", p.region, "Adjustment", None, {}, vals)
+
+
+def _service_resource(p: _Project, cat: str) -> str | None:
+    slug = p.name.replace("-", "")[:20]
+    if cat == "Networking":
+        return None  # data transfer lines carry no resource
+    if p.provider == "aws":
+        return {"Storage": f"arn:aws:s3:::{p.name}-assets", "Replica": f"arn:aws:s3:::{p.name}-replica",
+                "Databases": f"arn:aws:rds:{p.region}:{p.project_id}:db:{p.name}-db",
+                "Analytics": f"arn:aws:athena:{p.region}:{p.project_id}:workgroup/primary",
+                "Management and Governance": f"arn:aws:logs:{p.region}:{p.project_id}:log-group:/{p.name}",
+                "Kubernetes": f"arn:aws:eks:{p.region}:{p.project_id}:cluster/{p.cluster}",
+                "ML": f"arn:aws:sagemaker:{p.region}:{p.project_id}:endpoint/{p.name}-llm"}.get(cat)
+    if p.provider == "gcp":
+        root = f"projects/{p.project_id}"
+        return {"Storage": f"//storage.googleapis.com/projects/_/buckets/{p.name}-data",
+                "Replica": f"//storage.googleapis.com/projects/_/buckets/{p.name}-replica",
+                "Databases": f"//cloudsql.googleapis.com/{root}/instances/{p.name}-db",
+                "Analytics": f"//bigquery.googleapis.com/{root}/datasets/{p.team.replace('-', '_')}",
+                "Management and Governance": f"//monitoring.googleapis.com/{root}",
+                "Kubernetes": f"//container.googleapis.com/{root}/locations/{p.region}/clusters/{p.cluster}",
+                "ML": f"//aiplatform.googleapis.com/{root}/locations/{p.region}/endpoints/{slug}"}.get(cat)
+    rg = f"/subscriptions/{p.project_id}/resourceGroups/rg-{p.name}/providers"
+    return {"Storage": f"{rg}/Microsoft.Storage/storageAccounts/st{slug}",
+            "Replica": f"{rg}/Microsoft.Storage/storageAccounts/st{slug}dr",
+            "Databases": f"{rg}/Microsoft.Sql/servers/sql-{p.name}/databases/{p.team}",
+            "Analytics": f"{rg}/Microsoft.Synapse/workspaces/syn-{slug}",
+            "Management and Governance": f"{rg}/Microsoft.OperationalInsights/workspaces/log-{p.name}",
+            "ML": f"{rg}/Microsoft.MachineLearningServices/workspaces/mlw-{p.name}"}.get(cat)
+
+
+def _missing_days(rng: np.random.Generator, projects: list[_Project], n_days: int) -> np.ndarray:
+    """Exports skip days; the gap is kept well before the incident window so labels stay unambiguous."""
+    miss = np.zeros((len(projects), n_days), dtype=bool)
+    hi = n_days - 14
+    for p in projects:
+        if rng.random() < 0.15 and not p.new and hi > 5:
+            miss[p.idx, rng.choice(np.arange(3, hi), size=int(rng.integers(1, 4)), replace=False)] = True
+    return miss
+
+
+# ----------------------------------------------------------------------------------------- incidents
+
+def _place_incidents(w: _World, kinds: tuple[str, ...], knobs: _Knobs) -> None:
+    rng = w.rng
+    n = len(w.projects)
+    target = max(len(set(kinds)), round(0.45 * n))
+    first = [k for k in _PLACEMENT_ORDER if k in kinds]
+    seq = first + [str(k) for k in rng.choice(list(kinds), size=max(target - len(first), 0))]
+    taken: set[int] = set()
+    for kind in seq:
+        ok = [p for p in w.projects if p.idx not in taken and _eligible(p, kind)]
+        if not ok:
+            continue
+        p = ok[int(rng.integers(len(ok)))]
+        taken.add(p.idx)
+        t0 = _start_hour(rng, kind, w.n_hours)
+        _INCIDENT_MAKERS[kind](w, p, t0, knobs)
+    w.labels.sort(key=lambda r: (r["start"], r["project_id"]))
+    for k, r in enumerate(w.labels):
+        r["id"] = f"INC-{k + 1:03d}"
+
+
+def _eligible(p: _Project, kind: str) -> bool:
+    if p.new:
+        return False
+    if kind == "mining_cost_only":
+        return not p.has_usage
+    if kind in _CPU_KINDS:
+        return p.has_usage and len(p.main_nodes) >= 2
+    return True
+
+
+def _start_hour(rng: np.random.Generator, kind: str, n_hours: int) -> int:
+    """Within the last ten days, after three weeks of history, leaving time for the signal to show:
+    CPU signals need hours, cost signals need whole (published) days."""
+    lo = max(int(min(21 * 24, 0.6 * n_hours)), n_hours - 240)
+    latest = {"mining_new_nodes": 30, "mining_existing_nodes": 30, "mining_stealth": 30}.get(kind, 96)
+    hi = max(n_hours - latest, lo + 1)
+    return min(int(rng.integers(lo, hi)), n_hours - 1)
+
+
+def _when(w: _World, t: int) -> pd.Timestamp:
+    return w.days[0] + t * HOUR
+
+
+def _label(w: _World, kind: str, p: _Project, t0: int, t1: int, nodes: list[str], region: str,
+           description: str) -> None:
+    w.labels.append({
+        "id": "", "kind": kind, "project_id": p.project_id, "provider": p.provider, "start": _when(w, t0),
+        "end": _when(w, t1), "nodes": nodes, "region": region, "is_mining": kind in MINING_KINDS,
+        "description": description,
+    })
+
+
+def _mining_end(rng: np.random.Generator, t0: int, n_hours: int) -> int:
+    """Most miners are still running when the data ends; some get cleaned up (or move on) after days."""
+    if rng.random() < 0.7:
+        return n_hours
+    return min(t0 + int(rng.integers(36, 97)), n_hours)
+
+
+def _miner_fleet(w: _World, p: _Project, t0: int, t1: int, *, gpu: bool, new_region: bool, count: int | None,
+                 usage: bool) -> tuple[list[int], str, str]:
+    rng = w.rng
+    cloud = _CLOUDS[p.provider]
+    options = cloud.gpu if gpu else cloud.miner
+    itype, usd = options[int(rng.integers(len(options)))]
+    region = str(rng.choice(cloud.attack)) if new_region else p.region
+    if count is None:
+        count = int(rng.integers(2, 9))
+    cluster = None if new_region else p.cluster
+    standalone = {"aws": "workers", "gcp": f"instance-{_when(w, t0):%Y%m%d-%H%M%S}", "azure": "vm-worker"}
+    pool_name = ("gpu-pool" if gpu else "pool-3") if cluster else standalone[p.provider]
+    if p.provider == "azure" and cluster:
+        pool_name = "gpupool" if gpu else "userpool2"
+    pool = _new_pool(rng, p, pool_name, cluster, region, itype, usd)
+    rows = []
+    for k in range(count):
+        h0 = t0 if k == 0 else min(t0 + int(rng.integers(0, 3)), t1 - 1)
+        rows.append(_add_node(w.nodes, rng, pool, w.used_names, h0, t1, peak=0.0, trough=0.0, sigma=0.0,
+                              tagged=False))
+    if usage:
+        w.ops.append(_CpuOp("pin", rows, t0, t1, float(rng.uniform(97.5, 99.5)), 0.5))
+    return rows, region, itype
+
+
+def _mining_new_nodes(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    rng = w.rng
+    t1 = _mining_end(rng, t0, w.n_hours)
+    gpu = bool(rng.random() < 0.4) if knobs.new_nodes_gpu is None else knobs.new_nodes_gpu
+    new_region = bool(rng.random() < 0.6) if knobs.new_nodes_new_region is None else knobs.new_nodes_new_region
+    rows, region, itype = _miner_fleet(w, p, t0, t1, gpu=gpu, new_region=new_region, count=None, usage=True)
+    where = f"in {region}, a region the project never used" if new_region else f"in its home region {region}"
+    _label(w, "mining_new_nodes", p, t0, t1, [w.nodes.name[i] for i in rows], region,
+           f"{len(rows)} new {itype}{' (GPU)' if gpu else ''} nodes launched {where}, CPU pinned at ~99%")
+
+
+def _mining_cost_only(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    """Billing is the only signal here, so the miners are sized as attackers size them: to the quota,
+    which is what makes the jump visible next to the project's own compute."""
+    rng = w.rng
+    t1 = _mining_end(rng, t0, w.n_hours)
+    cloud = _CLOUDS[p.provider]
+    gpu = bool(rng.random() < 0.4)
+    options = cloud.gpu if gpu else cloud.miner
+    itype, usd = options[int(rng.integers(len(options)))]
+    per_day = 24 * usd * _fx(p)
+    count = int(np.clip(math.ceil(0.6 * p.compute_daily / per_day), 2, 8))
+    if count * per_day < 0.4 * p.compute_daily:
+        gpu, (itype, usd) = True, max(cloud.gpu, key=lambda x: x[1])
+        count = int(np.clip(math.ceil(0.6 * p.compute_daily / (24 * usd * _fx(p))), 2, 8))
+    region = str(rng.choice(cloud.attack))
+    pool = _new_pool(rng, p, {"aws": "workers", "gcp": "instance", "azure": "vm-build"}[p.provider], None,
+                     region, itype, usd)
+    rows = [_add_node(w.nodes, rng, pool, w.used_names, t0 if k == 0 else min(t0 + int(rng.integers(0, 3)), t1 - 1),
+                      t1, peak=0.0, trough=0.0, sigma=0.0, tagged=False) for k in range(count)]
+    _label(w, "mining_cost_only", p, t0, t1, [w.nodes.resource[i] for i in rows], region,
+           f"{count} new {itype} instances in {region} (never used), no CPU data for this project: "
+           f"only compute spend shows it")
+
+
+def _victims(w: _World, p: _Project, t0: int, lo: float, hi: float) -> list[int]:
+    alive = [i for i in p.main_nodes + p.other_nodes if w.nodes.h0[i] <= t0 < w.nodes.h1[i]]
+    k = max(1, round(float(w.rng.uniform(lo, hi)) * len(alive)))
+    return sorted(int(i) for i in w.rng.choice(alive, size=min(k, len(alive)), replace=False))
+
+
+def _mining_existing_nodes(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    t1 = _mining_end(w.rng, t0, w.n_hours)
+    rows = _victims(w, p, t0, 0.3, 1.0)
+    w.ops.append(_CpuOp("floor", rows, t0, t1, float(w.rng.uniform(98.0, 99.5)), 0.4))
+    _label(w, "mining_existing_nodes", p, t0, t1, [w.nodes.name[i] for i in rows], p.region,
+           f"miner on {len(rows)} existing node(s), CPU pinned at ~99%, no new spend")
+
+
+def _mining_stealth(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    t1 = _mining_end(w.rng, t0, w.n_hours)
+    rows = _victims(w, p, t0, 0.25, 1.0)
+    level = float(w.rng.uniform(50, 75)) if knobs.stealth_level is None else knobs.stealth_level
+    w.ops.append(_CpuOp("floor", rows, t0, t1, level, 1.0))
+    _label(w, "mining_stealth", p, t0, t1, [w.nodes.name[i] for i in rows], p.region,
+           f"miner capped at {level:.0f}% CPU on {len(rows)} existing node(s): a flat plateau, no new spend")
+
+
+def _benign_surge(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    rng = w.rng
+    t1 = min(t0 + int(rng.integers(24, 73)), w.n_hours)
+    mult = float(rng.uniform(1.5, 2.2))
+    rows = [i for i in p.main_nodes + p.other_nodes if w.nodes.h0[i] <= t0 < w.nodes.h1[i]]
+    pool = p.pool
+    peak = float(np.mean([w.nodes.peak[i] for i in rows]))
+    added = []
+    for _ in range(int(rng.integers(1, 4))):
+        h0 = min(t0 + int(rng.integers(1, 4)), t1 - 1)
+        h1 = min(t1 + int(rng.integers(2, 7)), w.n_hours)
+        added.append(_add_node(w.nodes, rng, pool, w.used_names, h0, h1, peak=peak,
+                               trough=peak * float(rng.uniform(0.25, 0.5)), sigma=float(rng.uniform(3, 6)),
+                               discount=p.discount))
+    w.ops.append(_CpuOp("scale", rows + added, t0, t1, mult))
+    if p.networking_series >= 0:  # more traffic, more egress
+        frac = _day_overlap(t0, t1, len(w.days))
+        k = p.networking_series
+        w.series.values[k] = np.round(w.series.values[k] * (1 + (mult - 1) * frac), 6)
+    _label(w, "benign_surge", p, t0, t1, [w.nodes.name[i] for i in rows + added], p.region,
+           f"traffic x{mult:.1f} for {(t1 - t0) / 24:.1f} days: CPU keeps its daily shape, autoscaler added "
+           f"{len(added)} node(s)")
+
+
+def _planned_step(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    rng = w.rng
+    rows = [i for i in p.main_nodes if w.nodes.h0[i] <= t0 < w.nodes.h1[i]]
+    n_new = max(1, math.ceil(len(rows) * float(rng.uniform(0.3, 1.0))))
+    pool = p.pool
+    added = []
+    for _ in range(n_new):
+        like = int(rng.choice(rows))
+        added.append(_add_node(w.nodes, rng, pool, w.used_names, min(t0 + int(rng.integers(0, 2)), w.n_hours - 1),
+                               w.n_hours, peak=w.nodes.peak[like], trough=w.nodes.trough[like],
+                               sigma=w.nodes.sigma[like], discount=p.discount))
+    w.ops.append(_CpuOp("step", rows + added, t0, w.n_hours, float(rng.uniform(0.72, 0.9))))
+    _label(w, "planned_step", p, t0, w.n_hours, [w.nodes.name[i] for i in added], p.region,
+           f"capacity step-up: {n_new} more {w.nodes.itype[rows[0]]} node(s) from "
+           f"{_when(w, t0):%Y-%m-%d %H:%M} UTC, load spreads across the pool")
+
+
+def _budget_breach(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    """The new service's level is fixed later (``_budgets``), once the normal month is known: the budget
+    sits just above it and the growth has to carry the forecast over."""
+    cloud = _CLOUDS[p.provider]
+    n = len(w.days)
+    unit = _day_overlap(t0, w.n_hours, n) * np.exp(w.rng.normal(0, 0.05, n))
+    tags = dict(p.tags)
+    w.budget_unit[p.idx] = w.series.add(p.idx, cloud.ml, "AI and Machine Learning", p.region, "Usage",
+                                        _service_resource(p, "ML"), tags, unit)
+    _label(w, "budget_breach", p, t0, w.n_hours, [], p.region,
+           f"new {cloud.ml} spend from {_when(w, t0):%Y-%m-%d}; the month-end forecast crosses the budget")
+
+
+_INCIDENT_MAKERS: dict[str, Any] = {
+    "mining_new_nodes": _mining_new_nodes, "mining_existing_nodes": _mining_existing_nodes,
+    "mining_stealth": _mining_stealth, "mining_cost_only": _mining_cost_only, "benign_surge": _benign_surge,
+    "planned_step": _planned_step, "budget_breach": _budget_breach,
+}
+
+
+def _day_overlap(t0: int, t1: int, n_days: int) -> np.ndarray:
+    """Fraction of each day inside hours [t0, t1)."""
+    d = np.arange(n_days)
+    return np.clip(np.minimum(t1, 24 * (d + 1)) - np.maximum(t0, 24 * d), 0, 24) / 24.0
+
+
+# ------------------------------------------------------------------------------------------- costing
+
+def _node_costs(nodes: _Nodes, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+    h0 = np.asarray(nodes.h0)[:, None]
+    h1 = np.asarray(nodes.h1)[:, None]
+    d = np.arange(n_days)[None, :]
+    hours = np.clip(np.minimum(h1, 24 * (d + 1)) - np.maximum(h0, 24 * d), 0, 24).astype(float)
+    return np.round(hours * np.asarray(nodes.price)[:, None], 6), hours
+
+
+def _clean_daily(projects: list[_Project], nodes: _Nodes, series: _Series, node_cost: np.ndarray,
+                 n_base_nodes: int, n_base_series: int, missing: np.ndarray, n_days: int,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per project x day net (all charges) and gross (usage only) spend of the base data, NaN where the
+    export has no rows; the yardstick budgets and thresholds are set against."""
+    n_proj = len(projects)
+    eff = node_cost[:n_base_nodes] * np.asarray(nodes.discount[:n_base_nodes])[:, None]
+    gross = np.zeros((n_proj, n_days))
+    np.add.at(gross, np.asarray(nodes.project[:n_base_nodes], dtype=int), eff)
+    net = gross.copy()
+    for k in range(n_base_series):
+        if series.charge[k] == "Usage":
+            gross[series.project[k]] += series.values[k]
+        net[series.project[k]] += series.values[k]
+    first = np.asarray([p.first_day for p in projects])[:, None]
+    absent = missing | (np.arange(n_days)[None, :] < first)
+    return np.where(absent, np.nan, net), np.where(absent, np.nan, gross)
+
+
+def _forecasts(net: np.ndarray, days: pd.DatetimeIndex) -> np.ndarray:
+    """Month-to-date plus the last 7 days' run rate times the days left, as the budget check reads it."""
+    x = np.nan_to_num(net)
+    present = ~np.isnan(net)
+    month = np.asarray(days.year * 12 + days.month)
+    starts = np.r_[0, np.flatnonzero(np.diff(month)) + 1]
+    month_first = starts[np.searchsorted(starts, np.arange(len(days)), side="right") - 1]
+    cs = np.cumsum(x, axis=1)
+    before = np.where(month_first > 0, cs[:, np.maximum(month_first - 1, 0)], 0.0)
+    mtd = cs - before
+    c7 = np.cumsum(np.pad(x, ((0, 0), (7, 0))), axis=1)
+    n7 = np.cumsum(np.pad(present.astype(float), ((0, 0), (7, 0))), axis=1)
+    s = c7[:, 7:] - c7[:, :-7]
+    cnt = n7[:, 7:] - n7[:, :-7]
+    rate = s / np.maximum(cnt, 1)
+    left = np.asarray(days.days_in_month - days.day)
+    return mtd + rate * left
+
+
+def _nice(x: float, *, up: bool = True) -> float:
+    step = 100.0 if x >= 5000 else 10.0 if x >= 200 else 1.0
+    return float(math.ceil(x / step) * step) if up else float(round(x / step) * step)
+
+
+def _budgets(w: _World, net: np.ndarray, gross: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    days = w.days
+    n = len(days)
+    budgets = np.full(len(w.projects), np.nan)
+    thresholds = np.full(len(w.projects), np.nan)
+    fc = _forecasts(net, days)
+    recent = slice(max(n - 35, 0), n)
+    for p in w.projects:
+        i = p.idx
+        row_fc = fc[i, recent][~np.isnan(net[i, recent])]
+        if not row_fc.size:
+            continue
+        normal_month = float(np.nanmean(net[i, max(n - 28, 0):])) * int(days[-1].days_in_month)
+        if i in w.budget_unit:
+            budget = _nice(max(1.04 * float(row_fc.max()), 1.03 * normal_month))
+            k = w.budget_unit[i]
+            unit = np.where(np.isnan(net[i]), np.nan, w.series.values[k])
+            f = _forecasts(unit[None, :], days)[0]
+            d = max(n - 3, 0)
+            need = (1.15 * budget - fc[i, d]) / f[d] if f[d] > 0 else 0.0
+            level = max(0.3 * float(np.nanmean(gross[i, max(n - 28, 0):])), need)
+            w.series.values[k] = np.round(w.series.values[k] * level, 6)
+            budgets[i] = budget
+            continue
+        if p.budget_draw:
+            budgets[i] = _nice(p.budget_draw * max(float(row_fc.max()), normal_month))
+        if p.threshold_draw:
+            thresholds[i] = _nice(p.threshold_draw * float(np.nanmax(gross[i])))
+    return budgets, thresholds
+
+
+def _cost_frame(w: _World, node_cost: np.ndarray, hours_run: np.ndarray, missing: np.ndarray) -> pd.DataFrame:
+    projects, nodes, series, days = w.projects, w.nodes, w.series, w.days
+    n_days = len(days)
+    n_nodes, n_series = len(nodes), len(series.project)
+    # one id space: nodes first, then service/credit series
+    sid_n, day_n = np.nonzero(hours_run > 0)
+    vals_s = np.vstack(series.values) if n_series else np.zeros((0, n_days))
+    sid_s, day_s = np.nonzero(vals_s != 0)
+    sid = np.concatenate([sid_n, sid_s + n_nodes])
+    day = np.concatenate([day_n, day_s])
+    billed = np.concatenate([node_cost[sid_n, day_n], vals_s[sid_s, day_s]])
+    factor = np.concatenate([np.asarray(nodes.discount, dtype=float), np.ones(n_series)])
+    proj_of = np.asarray(nodes.project + series.project, dtype=int)
+    first = np.asarray([p.first_day for p in projects])
+    pj = proj_of[sid]
+    keep = (day >= first[pj]) & ~missing[pj, day]
+    sid, day, billed, pj = sid[keep], day[keep], billed[keep], pj[keep]
+    order = np.lexsort((sid, day))
+    sid, day, billed, pj = sid[order], day[order], billed[order], pj[order]
+
+    def col(values: list[Any]) -> Any:
+        return _strings(values, sid)
+
+    def per_project(values: list[Any]) -> Any:
+        return _strings(values, pj)
+
+    svc = [_CLOUDS[projects[j].provider].services["Compute"] for j in nodes.project]
+    tags = _objects(nodes.tags + series.tags)[sid]
+    frame = pd.DataFrame({
+        "period_start": days[day],
+        "period_hours": 24.0,
+        "provider": per_project([p.provider for p in projects]),
+        "project_id": per_project([p.project_id for p in projects]),
+        "project_name": per_project([p.name for p in projects]),
+        "service": col(svc + series.service),
+        "service_category": col(["Compute"] * n_nodes + series.category),
+        "region": col(nodes.region + series.region),
+        "charge_category": col(["Usage"] * n_nodes + series.charge),
+        "resource_id": col(nodes.resource + series.resource),
+        "billed_cost": billed,
+        "effective_cost": np.round(billed * factor[sid], 6),
+        "currency": per_project([p.currency for p in projects]),
+        "tags": [dict(t) for t in tags],
+        "estimated": day >= n_days - 2,
+    })
+    return normalize_costs(frame)
+
+
+# ---------------------------------------------------------------------------------------------- usage
+
+def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int) -> pd.DataFrame:
+    nodes, projects = w.nodes, w.projects
+    n_hours, n_days = w.n_hours, len(w.days)
+    with_usage = np.flatnonzero([projects[j].has_usage for j in nodes.project])
+    base = with_usage[with_usage < n_base_nodes]
+    extra = with_usage[with_usage >= n_base_nodes]
+    rows = np.concatenate([base, extra])
+    n = len(rows)
+    if n == 0:
+        return normalize_usage(pd.DataFrame({c: [] for c in ("timestamp", "provider", "project", "node",
+                                                              "cpu_utilization")}))
+    # random draws for the base fleet come first and have fixed shapes, so the clean fleet's CPU is the
+    # same with or without incidents
+    nb = len(base)
+    z = np.empty((n, n_hours))
+    rng.standard_normal(out=z[:nb])
+    day_factor = np.exp(rng.normal(0, 0.05, (len(projects), n_days)))
+    jitter = np.zeros((n, n_days))
+    jitter[:nb] = rng.normal(0, 1.0, (nb, n_days))
+    drop = np.zeros((n, n_hours), dtype=bool)
+    drop[:nb] = rng.random((nb, n_hours)) < 0.001
+    w.rng.standard_normal(out=z[nb:])
+
+    def arr(values: list[Any], dtype: Any = float) -> np.ndarray:
+        return np.asarray(values, dtype=dtype)[rows]
+
+    proj = arr(nodes.project, int)
+    tz = np.asarray([p.tz for p in projects])[proj]
+    peak_h = np.asarray([p.peak_hour for p in projects])[proj]
+    width = np.asarray([p.width for p in projects])[proj]
+    wkend = np.asarray([p.weekend for p in projects])[proj]
+    hour = np.arange(n_hours)
+    local = hour[None, :] + tz[:, None]
+    lh = local % 24
+    ldow = (local // 24 + w.days[0].dayofweek) % 7
+    bump = np.exp(-0.5 * ((lh - peak_h[:, None]) / width[:, None]) ** 2)
+    bump = bump * np.where(ldow >= 5, wkend[:, None], 1.0)
+    peak, trough = arr(nodes.peak), arr(nodes.trough)
+    days_i = hour // 24
+    shape = (trough[:, None] + (peak - trough)[:, None] * bump) * day_factor[proj][:, days_i]
+    shape *= 1 + arr(nodes.trend)[:, None] * (days_i[None, :] - n_days)
+    noise = z * arr(nodes.sigma)[:, None]
+    for r, spec in enumerate(np.asarray(nodes.batch, dtype=object)[rows]):
+        if spec is None:
+            continue
+        h_utc, dur, level = spec
+        at = ((hour % 24) >= h_utc) & ((hour % 24) < h_utc + dur)
+        shape[r, at] = level + jitter[r, days_i[at]]
+        noise[r, at] = 0.7 * z[r, at]
+    pos = {int(node): r for r, node in enumerate(rows)}
+    cpu = None
+    for op in sorted(w.ops, key=lambda o: o.kind in ("pin", "floor")):
+        rr = np.asarray([pos[i] for i in op.rows if i in pos], dtype=int)
+        if rr.size == 0:
+            continue
+        if op.kind in ("pin", "floor") and cpu is None:
+            cpu = shape + noise
+        sl = slice(op.t0, op.t1)
+        if op.kind == "scale":
+            t = np.arange(op.t0, op.t1)
+            ramp = np.clip(np.minimum(t - op.t0 + 1, op.t1 - t) / 3.0, 0, 1)
+            m = 1 + (op.level - 1) * ramp
+            shape[rr, sl] = _soft_cap(shape[rr, sl] * m[None, :])
+            noise[rr, sl] = noise[rr, sl] * m[None, :]
+        elif op.kind == "step":
+            shape[rr, sl] *= op.level
+        else:
+            assert cpu is not None
+            flat = op.level + op.std * w.rng.standard_normal((rr.size, op.t1 - op.t0))
+            cpu[rr, sl] = flat if op.kind == "pin" else np.maximum(cpu[rr, sl], flat)
+    if cpu is None:
+        cpu = shape + noise
+    cpu = np.round(np.clip(cpu, 0.0, 100.0), 2)
+    alive = (hour[None, :] >= arr(nodes.h0, int)[:, None]) & (hour[None, :] < arr(nodes.h1, int)[:, None])
+    r_idx, t_idx = np.nonzero(alive & ~drop)
+
+    def per_node(values: list[Any]) -> Any:
+        return _strings(values, rows[r_idx])
+
+    node_proj = proj[r_idx]
+    frame = pd.DataFrame({
+        "timestamp": pd.date_range(w.days[0], periods=n_hours, freq="h")[t_idx],
+        "provider": _strings([p.provider for p in projects], node_proj),
+        "project": _strings([p.project_id for p in projects], node_proj),
+        "node": per_node(nodes.name),
+        "cpu_utilization": cpu[r_idx, t_idx],
+        "cluster": per_node(nodes.cluster),
+        "region": per_node(nodes.region),
+        "instance_type": per_node(nodes.itype),
+    })
+    return normalize_usage(frame)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def _strings(values: list[Any], idx: np.ndarray) -> Any:
+    """A pandas string column by taking from the distinct values: building the object column first and
+    letting the DataFrame consolidate it costs seconds at benchmark sizes."""
+    return pd.array(_objects(values)[idx], dtype="string")
+
+
+def _soft_cap(x: np.ndarray) -> np.ndarray:
+    """Saturate towards 90%: a busy service slows down rather than drawing a flat line at a ceiling."""
+    return np.where(x <= 70.0, x, 70.0 + 20.0 * np.tanh((x - 70.0) / 20.0))
+
+
+def _incident_frame(labels: list[dict[str, Any]]) -> pd.DataFrame:
+    cols = ["id", "kind", "project_id", "provider", "start", "end", "nodes", "region", "is_mining", "description"]
+    if not labels:
+        return pd.DataFrame({
+            "id": pd.Series(dtype="string"), "kind": pd.Series(dtype="string"),
+            "project_id": pd.Series(dtype="string"), "provider": pd.Series(dtype="string"),
+            "start": pd.Series(dtype="datetime64[ns, UTC]"), "end": pd.Series(dtype="datetime64[ns, UTC]"),
+            "nodes": pd.Series(dtype=object), "region": pd.Series(dtype="string"),
+            "is_mining": pd.Series(dtype=bool), "description": pd.Series(dtype="string"),
+        })
+    df = pd.DataFrame(labels)[cols]
+    for c in ("id", "kind", "project_id", "provider", "region", "description"):
+        df[c] = df[c].astype("string")
+    for c in ("start", "end"):
+        df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[ns, UTC]")
+    df["is_mining"] = df["is_mining"].astype(bool)
+    return df

@@ -1,0 +1,366 @@
+"""Read FOCUS 1.0–1.2 cost exports (CSV, CSV.gz, Parquet, or a folder of them) into the cost frame.
+
+FOCUS is the one export format AWS, Azure, GCP and Oracle all produce, so reading it well covers every
+cloud.  Real exports are messy: the literal string ``NULL`` for missing values, mixed-case enum values,
+header names in varying case.  Every column is read as text and parsed here so that a bad value is
+reported with its file, line and column instead of surfacing later as a wrong number or a pandas
+traceback.
+
+The helpers in this module (reading files, parsing columns with precise errors) are shared with
+``usage.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import zlib
+from collections.abc import Callable, Collection, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from costwatch.errors import DataError, where
+from costwatch.model import empty_costs, normalize_costs, parse_tags, to_float, to_utc
+
+# FOCUS columns costwatch needs; without them a row cannot be placed in time, money or ownership.
+REQUIRED_FOCUS = ("ChargePeriodStart", "ChargePeriodEnd", "BilledCost", "BillingCurrency", "ProviderName",
+                  "SubAccountId")
+OPTIONAL_FOCUS = ("EffectiveCost", "ChargeCategory", "SubAccountName", "ServiceName", "ServiceCategory",
+                  "RegionId", "RegionName", "AvailabilityZone", "ResourceId", "Tags", "BillingAccountId",
+                  "x_Estimated")
+
+SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+# FOCUS ProviderName values (and common spellings) -> the short ids used everywhere else in costwatch.
+PROVIDER_ALIASES: dict[str, str] = {
+    "aws": "aws", "amazon": "aws", "amazon-web-services": "aws", "amazon-web-services-inc": "aws",
+    "gcp": "gcp", "google": "gcp", "google-cloud": "gcp", "google-cloud-platform": "gcp",
+    "azure": "azure", "microsoft": "azure", "microsoft-azure": "azure",
+    "oracle": "oracle", "oci": "oracle", "oracle-cloud-infrastructure": "oracle",
+}
+
+CHARGE_CATEGORIES = ("Usage", "Purchase", "Tax", "Credit", "Adjustment")
+
+# FOCUS 1.0–1.2 ServiceCategory values.  Detection compares categories exactly (``"Compute"``), so an
+# export that writes ``compute`` must still land in the same series.
+SERVICE_CATEGORIES = (
+    "AI and Machine Learning", "Analytics", "Business Applications", "Compute", "Databases",
+    "Developer Tools", "Multicloud", "Identity", "Integration", "Internet of Things",
+    "Management and Governance", "Media", "Migration", "Mobile", "Networking", "Security", "Storage",
+    "Web", "Other",
+)
+
+# Every column read from a FOCUS file, including fallbacks (BillingAccountId, ServiceProviderName from 1.3).
+_FOCUS_READ = frozenset({*REQUIRED_FOCUS, *OPTIONAL_FOCUS, "ServiceProviderName", "Estimated"})
+
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+_NULLS = frozenset({"", "null", "none", "nan", "n/a"})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared helpers (also used by usage.py)
+# ---------------------------------------------------------------------------------------------------------
+
+def canonical_provider(name: str) -> str:
+    """Map a provider name to costwatch's id, so FOCUS ``Microsoft`` and usage ``azure`` join up."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.strip().lower()).strip("-")
+    return PROVIDER_ALIASES.get(slug, slug or name.strip().lower())
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """Expand a folder to its export files, because cloud exports arrive as many partitioned files.
+
+    Folders are searched recursively (AWS and Azure write one sub-folder per billing period); hidden
+    files and folders are skipped.
+    """
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(
+            f for f in p.rglob("*")
+            if f.is_file() and f.name.lower().endswith(SUFFIXES)
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
+        if not found:
+            raise DataError(f"{p}: folder has no {', '.join('*' + s for s in SUFFIXES)} files")
+        return found
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder")
+    return [p]
+
+
+def read_table(path: Path, wanted: Collection[str]) -> tuple[pd.DataFrame, int, list[str]]:
+    """Read one file's ``wanted`` columns (matched case-insensitively) as text.
+
+    Returns the frame, the offset that turns a row index into a line number, and every header in the
+    file (for error messages).  For CSV the offset is 2 (header is line 1).  Parquet has no lines, so
+    the reported "line" is the 1-based row number.  All CSV columns are parsed (not ``usecols``) because
+    pandas then stops rejecting rows with extra fields, and a shifted row would put money in the wrong
+    column without a word.
+    """
+    keep = {w.lower() for w in wanted}
+    if path.name.lower().endswith(".parquet"):
+        return _read_parquet(path, keep)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig",
+                         compression="infer")
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path}: file is empty; expected a header line and data rows") from e
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: not a readable CSV file ({_first_line(e)})") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text; is it compressed without a .gz suffix?") from e
+    except (OSError, EOFError, zlib.error) as e:
+        hint = "corrupt or truncated gzip file" if path.name.lower().endswith(".gz") else "cannot read file"
+        raise DataError(f"{path}: {hint} ({_first_line(e)})") from e
+    headers = [str(c).strip() for c in df.columns]
+    df.columns = headers
+    return df[[c for c in headers if c.lower() in keep]], 2, headers
+
+
+def _read_parquet(path: Path, keep: set[str]) -> tuple[pd.DataFrame, int, list[str]]:
+    if importlib.util.find_spec("pyarrow") is None:
+        raise DataError(f"{path}: reading Parquet needs pyarrow; run `pip install costwatch[parquet]`")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        headers = list(pq.read_schema(path).names)
+        df = pd.read_parquet(path, engine="pyarrow", columns=[c for c in headers if c.strip().lower() in keep])
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    return df, 1, [h.strip() for h in headers]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def column_lookup(df: pd.DataFrame) -> dict[str, str]:
+    """Lower-cased header -> header as written, so ``billedcost`` and ``BilledCost`` both match."""
+    out: dict[str, str] = {}
+    for c in df.columns:
+        out.setdefault(str(c).lower(), str(c))
+    return out
+
+
+def clean_text(values: pd.Series) -> pd.Series:
+    """Strip text and turn empty strings and ``NULL`` (any case) into NA, the one missing marker."""
+    # Exports repeat a few distinct values over many rows: clean each distinct value once.
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    u = pd.Series(uniques, dtype=object).astype("string").str.strip()
+    u = u.mask(u.str.lower().isin(_NULLS))
+    return pd.Series(u.array.take(codes, allow_fill=True), index=values.index, dtype="string")
+
+
+def fail(file: Path, pos: int, offset: int, column: str, what: str) -> DataError:
+    return DataError(f"{where(str(file), pos + offset, column)}{what}")
+
+
+def first_true(mask: pd.Series | np.ndarray) -> int:
+    arr = mask.to_numpy(dtype=bool, na_value=True) if isinstance(mask, pd.Series) else mask
+    return int(np.flatnonzero(arr)[0])
+
+
+def parse_times(raw: pd.Series, *, file: Path, column: str, offset: int) -> pd.Series:
+    """Timestamps to UTC, with a fast ISO-8601 path; anything else goes through ``to_utc`` for its errors."""
+    if pd.api.types.is_datetime64_any_dtype(raw):  # Parquet timestamp column
+        s = raw.dt.tz_localize("UTC") if raw.dt.tz is None else raw.dt.tz_convert("UTC")
+        if s.isna().any():
+            raise fail(file, first_true(s.isna()), offset, column, "is empty")
+        return s.astype("datetime64[ns, UTC]").reset_index(drop=True)
+    text = clean_text(raw).reset_index(drop=True)
+    try:
+        parsed = pd.to_datetime(text, format="ISO8601", utc=True)
+        if not parsed.isna().any():
+            return parsed.astype("datetime64[ns, UTC]")
+    except (ValueError, TypeError, OverflowError):
+        pass
+    return to_utc(text, file=str(file), column=column, line_offset=offset)
+
+
+def parse_numbers(raw: pd.Series, *, file: Path, column: str, offset: int,
+                  allow_missing: bool = False) -> pd.Series:
+    """Floats, rejecting text, infinities and (unless allowed) blanks, so money is never silently zero."""
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        vals = raw.astype("float64").reset_index(drop=True)
+        bad = np.isinf(vals.to_numpy()) | (vals.isna().to_numpy() & (not allow_missing))
+        if bad.any():
+            pos = first_true(bad)
+            what = "is empty" if np.isnan(vals.iloc[pos]) else f"is not a finite number: {vals.iloc[pos]}"
+            raise fail(file, pos, offset, column, what)
+        return vals
+    return to_float(clean_text(raw).reset_index(drop=True), file=str(file), column=column,
+                    line_offset=offset, allow_missing=allow_missing)
+
+
+def require_text(values: pd.Series, *, file: Path, column: str, offset: int) -> pd.Series:
+    """A text column that must be filled on every row (ids, currency): a blank would orphan the cost."""
+    s = clean_text(values).reset_index(drop=True)
+    if s.isna().any():
+        raise fail(file, first_true(s.isna()), offset, column, "is empty")
+    return s
+
+
+def map_unique(values: pd.Series, fn: Callable[[str], str]) -> pd.Series:
+    """Apply ``fn`` once per distinct value: exports repeat a handful of values over millions of rows."""
+    uniq = values.dropna().unique()
+    table = {v: fn(str(v)) for v in uniq}
+    return values.map(table).astype("string")
+
+
+def concat_frames(frames: Iterable[pd.DataFrame], empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """One frame from many files; ``empty()`` keeps the schema when there is nothing to read."""
+    parts = [f for f in frames if len(f)]
+    if not parts:
+        return empty()
+    if len(parts) == 1:
+        return parts[0]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _canonical(table: Mapping[str, str], fallback: Callable[[str], str]) -> Callable[[str], str]:
+    """Spell known enum values the FOCUS way whatever their case (``usage`` -> ``Usage``)."""
+
+    def fn(v: str) -> str:
+        return table.get(v.lower(), fallback(v))
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FOCUS
+# ---------------------------------------------------------------------------------------------------------
+
+def load_focus(path: str | Path) -> pd.DataFrame:
+    """Load a FOCUS export file or folder as a normalized cost frame (rows stay at their export grain).
+
+    Raises DataError naming the file, line and column of the first problem.
+    """
+    return concat_frames((_load_focus_file(f) for f in input_files(path)), empty_costs)
+
+
+def _load_focus_file(path: Path) -> pd.DataFrame:
+    df, offset, headers = read_table(path, _FOCUS_READ)
+    cols = column_lookup(df)
+
+    def col(*names: str) -> str | None:
+        return next((cols[n.lower()] for n in names if n.lower() in cols), None)
+
+    # SubAccountId is optional in FOCUS for single-account exports; the billing account then owns the cost.
+    # ServiceProviderName replaces ProviderName from FOCUS 1.3.
+    resolved = {
+        "ChargePeriodStart": col("ChargePeriodStart"),
+        "ChargePeriodEnd": col("ChargePeriodEnd"),
+        "BilledCost": col("BilledCost"),
+        "BillingCurrency": col("BillingCurrency"),
+        "ProviderName": col("ProviderName", "ServiceProviderName"),
+        "SubAccountId": col("SubAccountId", "BillingAccountId"),
+    }
+    missing = [k for k, v in resolved.items() if v is None]
+    if missing:
+        found = ", ".join(headers[:8]) + (", …" if len(headers) > 8 else "")
+        raise DataError(
+            f"{path}: missing FOCUS column(s) {', '.join(missing)}. Expected a FOCUS 1.0–1.2 cost export with "
+            f"columns {', '.join(REQUIRED_FOCUS)} (and optionally {', '.join(OPTIONAL_FOCUS)}); "
+            f"found {found or 'no columns'}"
+        )
+    if df.empty:
+        raise DataError(f"{path}: has a header but no data rows")
+    df = df.reset_index(drop=True)
+    c_start, c_end, c_billed, c_cur, c_prov, c_acct = (str(resolved[k]) for k in resolved)
+
+    def opt(*names: str) -> pd.Series:
+        """First non-missing value across fallback columns, so RegionId -> RegionName -> AvailabilityZone."""
+        out = pd.Series(pd.NA, index=df.index, dtype="string")
+        for n in names:
+            c = col(n)
+            if c is not None:
+                out = out.fillna(clean_text(df[c]))
+        return out
+
+    start = parse_times(df[c_start], file=path, column=c_start, offset=offset)
+    end = parse_times(df[c_end], file=path, column=c_end, offset=offset)
+    hours = (end - start).dt.total_seconds() / 3600.0
+    if (hours <= 0).any():
+        raise fail(path, first_true(hours <= 0), offset, c_end, f"must be after {c_start}")
+
+    billed = parse_numbers(df[c_billed], file=path, column=c_billed, offset=offset)
+    c_eff = col("EffectiveCost")
+    effective = (parse_numbers(df[c_eff], file=path, column=c_eff, offset=offset, allow_missing=True)
+                 .fillna(billed) if c_eff else billed)
+
+    provider = map_unique(require_text(df[c_prov], file=path, column=c_prov, offset=offset), canonical_provider)
+    # A row without a sub-account (e.g. a tax line) belongs to the billing account.
+    project_id = opt(c_acct, "BillingAccountId")
+    if project_id.isna().any():
+        raise fail(path, first_true(project_id.isna()), offset, c_acct, "is empty")
+    currency = require_text(df[c_cur], file=path, column=c_cur, offset=offset).str.upper()
+
+    charge = map_unique(opt("ChargeCategory"),
+                        _canonical({c.lower(): c for c in CHARGE_CATEGORIES}, lambda v: v.strip().title()))
+    category = map_unique(opt("ServiceCategory"),
+                          _canonical({c.lower(): c for c in SERVICE_CATEGORIES}, lambda v: v))
+
+    c_tags = col("Tags")
+    tags = _parse_tag_column(df[c_tags], path, c_tags, offset) if c_tags else [{} for _ in range(len(df))]
+    c_est = col("x_Estimated", "Estimated")
+    estimated = (_parse_bool(df[c_est], path, c_est, offset) if c_est
+                 else pd.Series(False, index=df.index))
+
+    frame = pd.DataFrame({
+        "period_start": start,
+        "period_hours": hours,
+        "provider": provider,
+        "project_id": project_id,
+        "project_name": opt("SubAccountName").fillna(project_id),
+        "service": opt("ServiceName"),
+        "service_category": category,
+        "region": opt("RegionId", "RegionName", "AvailabilityZone"),
+        "charge_category": charge,
+        "resource_id": opt("ResourceId"),
+        "billed_cost": billed,
+        "effective_cost": effective,
+        "currency": currency,
+        "tags": pd.Series(tags, index=df.index, dtype="object"),
+        "estimated": estimated,
+    })
+    return normalize_costs(frame)
+
+
+def _parse_tag_column(raw: pd.Series, path: Path, column: str, offset: int) -> list[dict[str, str]]:
+    """Tags as dicts; values repeat heavily, so each distinct JSON text is decoded once."""
+    cache: dict[str, dict[str, str]] = {}
+    out: list[dict[str, str]] = []
+    for pos, value in enumerate(raw.tolist()):
+        if isinstance(value, list):  # Parquet MAP columns arrive as a list of (key, value) pairs
+            value = dict(value)
+        if isinstance(value, str):
+            hit = cache.get(value)
+            if hit is None:
+                try:
+                    hit = cache[value] = parse_tags(value)
+                except (ValueError, TypeError) as e:
+                    raise fail(path, pos, offset, column,
+                               f"is not a JSON object of tags ({e}): {value[:60]!r}") from e
+            out.append(dict(hit))
+            continue
+        try:
+            out.append(parse_tags(value))
+        except (ValueError, TypeError) as e:
+            raise fail(path, pos, offset, column, f"is not a JSON object of tags: {str(value)[:60]!r}") from e
+    return out
+
+
+def _parse_bool(raw: pd.Series, path: Path, column: str, offset: int) -> pd.Series:
+    if pd.api.types.is_bool_dtype(raw):
+        return raw.fillna(False).astype(bool).reset_index(drop=True)
+    text = clean_text(raw).str.lower().reset_index(drop=True)
+    bad = text.notna() & ~text.isin(_TRUE | _FALSE)
+    if bad.any():
+        pos = first_true(bad)
+        raise fail(path, pos, offset, column, f"is not true/false: {text.iloc[pos]!r}")
+    return text.isin(_TRUE).fillna(False).astype(bool)
