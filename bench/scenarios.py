@@ -18,10 +18,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from costwatch.alerts import Alert  # noqa: E402
-from costwatch.demo import demo_config  # noqa: E402
-from costwatch.detect import detect  # noqa: E402
-from costwatch.scenarios import generate  # noqa: E402
+from costwatch.alerts import Alert
+from costwatch.demo import demo_config
+from costwatch.detect import detect
+from costwatch.scenarios import generate
 
 MINING_KINDS = ("mining_new_nodes", "mining_existing_nodes", "mining_stealth", "mining_cost_only")
 

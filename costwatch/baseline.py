@@ -56,8 +56,8 @@ def daily_matrix(costs: pd.DataFrame, keys: list[str], value: str = "effective_c
     day = costs["period_start"].dt.floor("D")
     days = pd.date_range(day.min(), day.max(), freq="D")
     frame = costs.assign(_day=day)
-    wide = frame.pivot_table(index=keys, columns="_day", values=value, aggfunc="sum", observed=True,
-                             dropna=False)
+    # groupby, not pivot_table(dropna=False): the latter builds the cartesian product of all keys
+    wide = frame.groupby([*keys, "_day"], observed=True, dropna=False)[value].sum().unstack("_day")
     wide = wide.reindex(columns=days)
     vals = wide.to_numpy(dtype="float64")
     key_df = wide.index.to_frame(index=False)

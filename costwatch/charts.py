@@ -68,21 +68,25 @@ def alert_chart(det: Detection, alert: Alert, path: Path) -> Path:
         lo = max(alert.start - pd.Timedelta(days=4), cm.hours[0])
         cols = (cm.hours >= lo)
         hours = cm.hours[cols].tz_convert(None)
+        in_project = (cm.nodes["project"].astype(str) == alert.project).to_numpy()
         for node in nodes:
-            r = np.flatnonzero((cm.nodes["node"] == node).to_numpy())
+            r = np.flatnonzero((cm.nodes["node"] == node).to_numpy() & in_project)
             if not r.size:
                 continue
             k = int(r[0])
-            line, = cx.plot(hours, cm.values[k, cols], lw=1.2, label=node)
-            cx.fill_between(hours, np.clip(f.profile[k, cols] - 2 * f.spread[k, cols], 0, 100),
-                            np.clip(f.profile[k, cols] + 2 * f.spread[k, cols], 0, 100),
+            vals = cm.values[k, cols]
+            line, = cx.plot(hours, vals, lw=1.2, label=node)
+            # the usual shape, only where the node was running
+            prof = np.where(np.isnan(vals), np.nan, f.profile[k, cols])
+            spread = 2 * f.spread[k, cols]
+            cx.fill_between(hours, np.clip(prof - spread, 0, 100), np.clip(prof + spread, 0, 100),
                             color=line.get_color(), alpha=0.12)
         cx.axvline(alert.start.tz_convert(None), color="orange", lw=1, label="start")
         cx.axvline(alert.detected_at.tz_convert(None), color="red", lw=1, ls=":", label="detected")
         cx.set_ylim(0, 105)
         cx.set_ylabel("CPU % (hourly)")
         cx.set_title("node CPU against its usual daily shape (shaded)")
-        cx.legend(loc="upper left", fontsize=7, ncol=2)
+        cx.legend(loc="lower center", fontsize=7, ncol=3, framealpha=0.6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -91,6 +95,10 @@ def alert_chart(det: Detection, alert: Alert, path: Path) -> Path:
 
 
 def write_charts(det: Detection, out_dir: Path, limit: int = 12) -> list[Path]:
+    """One PNG per alert (most severe first); charts from an earlier run are removed first."""
+    if out_dir.is_dir():
+        for old in out_dir.glob("*.png"):
+            old.unlink()
     written = []
     for n, a in enumerate(det.alerts[:limit]):
         name = f"{n + 1:02d}-{a.kind}-{_safe(a.project_name)}.png"

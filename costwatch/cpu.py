@@ -57,13 +57,14 @@ def cpu_matrix(usage: pd.DataFrame) -> CpuMatrix:
         return CpuMatrix(empty, pd.DatetimeIndex([], tz="UTC"), np.zeros((0, 0)))
     hour = usage["timestamp"].dt.floor("h")
     u = usage.assign(_hour=hour)
-    wide = u.pivot_table(index="node", columns="_hour", values="cpu_utilization", aggfunc="mean")
+    # node ids are only unique within a project (Azure VM names, GKE node names repeat across projects)
+    keys = ["provider", "project", "node"]
+    wide = u.pivot_table(index=keys, columns="_hour", values="cpu_utilization", aggfunc="mean", observed=True)
     hours = pd.date_range(hour.min(), hour.max(), freq="h")
     wide = wide.reindex(columns=hours)
-    meta = (u.sort_values("_hour").groupby("node", observed=True)
-            .agg(provider=("provider", "first"), project=("project", "first"), cluster=("cluster", "first"),
-                 region=("region", "first"), instance_type=("instance_type", "first"),
-                 first_seen=("_hour", "min"))
+    meta = (u.sort_values("_hour").groupby(keys, observed=True)
+            .agg(cluster=("cluster", "first"), region=("region", "first"),
+                 instance_type=("instance_type", "first"), first_seen=("_hour", "min"))
             .reindex(wide.index).reset_index())
     project_start = meta.groupby("project")["first_seen"].transform("min")
     meta["new"] = meta["first_seen"] >= project_start + pd.Timedelta(hours=24)
@@ -99,6 +100,8 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
         min_l = np.nanmin(wl, axis=2)
         std_p = np.nanstd(wp, axis=2)
         std_l = np.nanstd(wl, axis=2)
+        # hour-to-hour steps: a loaded service wanders even on a plateau, a throttled miner does not
+        step_l = np.nanmean(np.abs(np.diff(wl, axis=2)), axis=2)
         mean_l = np.nanmean(wl, axis=2)
         mean_p = np.nanmean(wp, axis=2)
         excess_p = mean_p - np.nanmean(prof_p, axis=2)
@@ -109,6 +112,7 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
     pinned = (full_p & (min_p >= s.pinned_level) & (std_p <= s.flat_tolerance)
               & ((~known & new[:, None]) | (known & (np.nan_to_num(excess_p, nan=0.0) >= need))))
     plateau = (full_l & known & (min_l >= s.plateau_level) & (std_l <= s.flat_tolerance)
+               & (step_l <= 0.75 * s.flat_tolerance)
                & (np.nan_to_num(excess_l, nan=0.0) >= need))
     return CpuFeatures(profile, spread, pdays, pinned, plateau, np.asarray(np.where(pinned, mean_p, mean_l)), new)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .model import normalize_costs, normalize_usage
+from .model import COST_COLUMNS, USAGE_COLUMNS, normalize_costs, normalize_usage
 
 __all__ = ["INCIDENT_KINDS", "MINING_KINDS", "Scenario", "demo_scenario", "generate"]
 
@@ -971,8 +971,8 @@ def _cost_frame(w: _World, node_cost: np.ndarray, hours_run: np.ndarray, missing
         "currency": per_project([p.currency for p in projects]),
         "tags": [dict(t) for t in tags],
         "estimated": day >= n_days - 2,
-    })
-    return normalize_costs(frame)
+    }, copy=False)
+    return _conform(frame, COST_COLUMNS, normalize_costs)
 
 
 # ---------------------------------------------------------------------------------------------- usage
@@ -1004,20 +1004,23 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int) -> pd.D
         return np.asarray(values, dtype=dtype)[rows]
 
     proj = arr(nodes.project, int)
-    tz = np.asarray([p.tz for p in projects])[proj]
-    peak_h = np.asarray([p.peak_hour for p in projects])[proj]
-    width = np.asarray([p.width for p in projects])[proj]
-    wkend = np.asarray([p.weekend for p in projects])[proj]
+    # the daily hump is a property of the project (its users' time zone), so it is built per project
+    # and gathered per node
+    tz = np.asarray([p.tz for p in projects])[:, None]
+    peak_h = np.asarray([p.peak_hour for p in projects])[:, None]
+    width = np.asarray([p.width for p in projects])[:, None]
+    wkend = np.asarray([p.weekend for p in projects])[:, None]
     hour = np.arange(n_hours)
-    local = hour[None, :] + tz[:, None]
-    lh = local % 24
-    ldow = (local // 24 + w.days[0].dayofweek) % 7
-    bump = np.exp(-0.5 * ((lh - peak_h[:, None]) / width[:, None]) ** 2)
-    bump = bump * np.where(ldow >= 5, wkend[:, None], 1.0)
-    peak, trough = arr(nodes.peak), arr(nodes.trough)
     days_i = hour // 24
-    shape = (trough[:, None] + (peak - trough)[:, None] * bump) * day_factor[proj][:, days_i]
-    shape *= 1 + arr(nodes.trend)[:, None] * (days_i[None, :] - n_days)
+    local = hour[None, :] + tz
+    bump_p = np.exp(-0.5 * ((local % 24 - peak_h) / width) ** 2)
+    bump_p *= np.where((local // 24 + w.days[0].dayofweek) % 7 >= 5, wkend, 1.0)
+    level_p = day_factor[:, days_i]
+    peak, trough = arr(nodes.peak), arr(nodes.trough)
+    drift = 1 + arr(nodes.trend)[:, None] * (days_i[None, :] - n_days)
+    shape = level_p[proj]
+    shape *= trough[:, None] + (peak - trough)[:, None] * bump_p[proj]
+    shape *= drift
     noise = z * arr(nodes.sigma)[:, None]
     for r, spec in enumerate(np.asarray(nodes.batch, dtype=object)[rows]):
         if spec is None:
@@ -1066,8 +1069,17 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int) -> pd.D
         "cluster": per_node(nodes.cluster),
         "region": per_node(nodes.region),
         "instance_type": per_node(nodes.itype),
-    })
-    return normalize_usage(frame)
+    }, copy=False)
+    return _conform(frame, USAGE_COLUMNS, normalize_usage)
+
+
+def _conform(frame: pd.DataFrame, columns: dict[str, str], normalize: Any) -> pd.DataFrame:
+    """The frames are built with the model's dtypes already; re-normalizing millions of rows would double
+    the generation time, so the model's own normalizer only runs if the model has moved on."""
+    if list(frame.columns) == list(columns) and all(str(frame[c].dtype) == d for c, d in columns.items()):
+        return frame
+    out: pd.DataFrame = normalize(frame)
+    return out
 
 
 def _objects(values: list[Any]) -> np.ndarray:
