@@ -77,22 +77,24 @@ def _trailing(x: np.ndarray, w: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, x], axis=1), w, axis=1)
 
 
-def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
-    x = m.values
+def _profile(x: np.ndarray, days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Same-hour median and spread over the previous ``days`` days, and how many days were known."""
     n, t = x.shape
-    lags = np.full((n, t, s.profile_days), np.nan)
-    for k in range(1, s.profile_days + 1):  # loop over days of lag, not over nodes
+    lags = np.full((n, t, days), np.nan)
+    for k in range(1, days + 1):  # loop over days of lag, not over nodes
         if 24 * k < t:
             lags[:, 24 * k:, k - 1] = x[:, : t - 24 * k]
+    profile = nanmedian(lags)
+    spread = 1.4826 * nanmedian(np.abs(lags - profile[:, :, None]))
+    return profile, spread, (~np.isnan(lags)).sum(axis=2)
+
+
+def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.ndarray, new: np.ndarray,
+           s: CpuSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        profile = nanmedian(lags)
-        spread = 1.4826 * nanmedian(np.abs(lags - profile[:, :, None]))
-        pdays = (~np.isnan(lags)).sum(axis=2)
         wp = _trailing(x, s.pinned_hours)
         wl = _trailing(x, s.plateau_hours)
-        prof_l = _trailing(profile, s.plateau_hours)
-        prof_p = _trailing(profile, s.pinned_hours)
         spread_l = np.nanmean(_trailing(spread, s.plateau_hours), axis=2)
         full_p = ~np.isnan(wp).any(axis=2)
         full_l = ~np.isnan(wl).any(axis=2)
@@ -104,17 +106,43 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
         step_l = np.nanmean(np.abs(np.diff(wl, axis=2)), axis=2)
         mean_l = np.nanmean(wl, axis=2)
         mean_p = np.nanmean(wp, axis=2)
-        excess_p = mean_p - np.nanmean(prof_p, axis=2)
-        excess_l = mean_l - np.nanmean(prof_l, axis=2)
+        excess_p = mean_p - np.nanmean(_trailing(profile, s.pinned_hours), axis=2)
+        excess_l = mean_l - np.nanmean(_trailing(profile, s.plateau_hours), axis=2)
     known = pdays >= s.min_profile_days
-    new = m.nodes["new"].to_numpy(dtype=bool) if len(m.nodes) else np.zeros(n, dtype=bool)
     need = np.maximum(s.min_excess, 3.0 * np.nan_to_num(spread_l, nan=0.0))
-    pinned = (full_p & (min_p >= s.pinned_level) & (std_p <= s.flat_tolerance)
-              & ((~known & new[:, None]) | (known & (np.nan_to_num(excess_p, nan=0.0) >= need))))
+    # a new node pinned from its first hours is the strongest sign there is; an existing node needs one
+    # more hour and a tighter line, since real traffic can saturate a node for an hour or two, but it
+    # keeps its noise while a miner's hourly average barely moves
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        wx = _trailing(x, s.pinned_hours + 1)
+        full_x = ~np.isnan(wx).any(axis=2)
+        tight = ((np.nanmin(wx, axis=2) >= s.pinned_level) & (np.nanstd(wx, axis=2) <= s.flat_tolerance / 2)
+                 & (np.nanmean(np.abs(np.diff(wx, axis=2)), axis=2) <= s.flat_tolerance / 2))
+    pinned_new = full_p & (min_p >= s.pinned_level) & (std_p <= s.flat_tolerance) & ~known & new[:, None]
+    pinned_old = full_x & tight & known & (np.nan_to_num(excess_p, nan=0.0) >= need)
+    pinned = pinned_new | pinned_old
     plateau = (full_l & known & (min_l >= s.plateau_level) & (std_l <= s.flat_tolerance)
                & (step_l <= 0.75 * s.flat_tolerance)
                & (np.nan_to_num(excess_l, nan=0.0) >= need))
-    return CpuFeatures(profile, spread, pdays, pinned, plateau, np.asarray(np.where(pinned, mean_p, mean_l)), new)
+    return pinned, plateau, np.asarray(np.where(pinned, mean_p, mean_l))
+
+
+def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
+    """Two passes: the second rebuilds each profile without the hours the first pass flagged, so a miner
+    that runs for days is not learned as the node's normal shape.  Both passes are causal: a flag at an
+    hour depends only on that hour and earlier ones, and profiles only use earlier days."""
+    x = m.values
+    n = x.shape[0]
+    new = m.nodes["new"].to_numpy(dtype=bool) if len(m.nodes) else np.zeros(n, dtype=bool)
+    profile, spread, pdays = _profile(x, s.profile_days)
+    pinned, plateau, _ = _flags(x, profile, spread, pdays, new, s)
+    # mask the flagged windows (the flag at t covers the window's earlier hours too)
+    w = max(s.pinned_hours, s.plateau_hours)
+    flagged = _trailing((pinned | plateau)[:, ::-1].astype(float), w).max(axis=2)[:, ::-1] > 0
+    profile, spread, pdays = _profile(np.where(flagged, np.nan, x), s.profile_days)
+    pinned, plateau, level = _flags(x, profile, spread, pdays, new, s)
+    return CpuFeatures(profile, spread, pdays, pinned, plateau, level, new)
 
 
 def is_gpu(instance_type: str | None, prefixes: list[str]) -> bool:

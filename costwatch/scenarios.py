@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,13 @@ DAY = pd.Timedelta(days=1)
 
 @dataclass
 class Scenario:
+    """Data plus ground truth.  Labels live beside the frames, never in them, so a detector run on
+    ``costs``/``usage`` sees exactly what it would see in a real account.
+
+    ``incidents.nodes`` are node names; a node's cost rows carry a ``resource_id`` that is, or ends with,
+    that name.  ``projects`` also carries the home ``region`` and ``currency``.  Data covers ``[start, end)``.
+    """
+
     costs: pd.DataFrame
     usage: pd.DataFrame
     incidents: pd.DataFrame
@@ -172,6 +179,7 @@ class _Project:
     main_nodes: list[int] = field(default_factory=list)
     other_nodes: list[int] = field(default_factory=list)  # secondary pool, churn replacements
     batch_nodes: list[int] = field(default_factory=list)
+    office_nodes: list[int] = field(default_factory=list)
     networking_series: int = -1
     pool: Any = None  # the main node pool, so autoscaled and step-up nodes continue its naming
 
@@ -189,6 +197,7 @@ class _Nodes:
     discount: list[float] = field(default_factory=list)
     h0: list[int] = field(default_factory=list)  # first hour alive (index from scenario start)
     h1: list[int] = field(default_factory=list)  # exclusive
+    office: list[bool] = field(default_factory=list)  # scaled out on weekdays 08:00-20:00 local only
     peak: list[float] = field(default_factory=list)  # CPU % at the daily peak
     trough: list[float] = field(default_factory=list)
     sigma: list[float] = field(default_factory=list)
@@ -246,6 +255,7 @@ class _Knobs:
     new_nodes_gpu: bool | None = None
     new_nodes_new_region: bool | None = None
     stealth_level: float | None = None
+    miners_stay: bool = False  # no miner is cleaned up before the data ends
 
 
 @dataclass
@@ -269,7 +279,10 @@ def generate(seed: int = 7, n_projects: int = 12, days: int = 70, end: str | pd.
     """A labelled multi-cloud data set covering the ``days`` whole UTC days before ``end``.
 
     ``end`` is exclusive and is what ``detect(..., as_of=scenario.end)`` should be given.  Incidents start
-    in the last ten days, after at least three weeks of clean history where there are that many days.
+    in the last ten days, after at least three weeks of clean history where there are that many days, so
+    every detector has a normal to compare against.  Each requested kind is placed once, then more are
+    drawn until about 45% of projects have one (at most one each); a kind no project can host (cost-only
+    mining needs a project without CPU data) is skipped rather than faked.
     """
     return _generate(seed, n_projects, days, end, incident_kinds, clean, _Knobs())
 
@@ -280,7 +293,7 @@ def demo_scenario() -> Scenario:
     the seed, so the demo tells the same story after any change to the generator."""
     return _generate(42, 8, 63, "2026-11-20",
                      ("mining_new_nodes", "mining_stealth", "benign_surge", "budget_breach"), False,
-                     _Knobs(new_nodes_gpu=True, new_nodes_new_region=True, stealth_level=60.0))
+                     _Knobs(new_nodes_gpu=True, new_nodes_new_region=True, stealth_level=60.0, miners_stay=True))
 
 
 def _generate(seed: int, n_projects: int, n_days: int, end: str | pd.Timestamp,
@@ -310,12 +323,13 @@ def _generate(seed: int, n_projects: int, n_days: int, end: str | pd.Timestamp,
     if not clean and kinds:
         _place_incidents(world, kinds, knobs)
 
-    node_cost, hours_run = _node_costs(nodes, n_days)
+    alive = _alive(nodes, projects, days)
+    node_cost, hours_run = _node_costs(nodes, alive, n_days)
     clean_net, clean_gross = _clean_daily(projects, nodes, series, node_cost, n_base_nodes, n_base_series,
                                           missing, n_days)
     budgets, thresholds = _budgets(world, clean_net, clean_gross)
     costs = _cost_frame(world, node_cost, hours_run, missing)
-    usage = _usage_frame(world, r_cpu, n_base_nodes)
+    usage = _usage_frame(world, r_cpu, n_base_nodes, alive)
     incidents = _incident_frame(world.labels)
     proj = pd.DataFrame({
         "project_id": [p.project_id for p in projects],
@@ -360,7 +374,7 @@ def _make_projects(rng: np.random.Generator, n: int, n_days: int) -> list[_Proje
         if provider == "aws":
             pid = str(rng.integers(10**11, 10**12))
         elif provider == "gcp":
-            pid = f"{name[:24]}-{rng.integers(1000, 10000)}"
+            pid = f"{name[:24].rstrip('-')}-{rng.integers(1000, 10000)}"
         else:
             pid = str(uuid.UUID(bytes=rng.bytes(16), version=4))
         owner = (f"{team}-oncall@{_DOMAIN}" if rng.random() < 0.35 else
@@ -371,7 +385,7 @@ def _make_projects(rng: np.random.Generator, n: int, n_days: int) -> list[_Proje
         has_usage = i not in no_usage
         cluster = None
         if has_usage or rng.random() < 0.5:
-            cluster = {"aws": f"{name}-eks", "gcp": name[:24], "azure": f"aks-{name}"}[provider]
+            cluster = {"aws": f"{name}-eks", "gcp": name[:24].rstrip("-"), "azure": f"aks-{name}"}[provider]
         discount = float(rng.uniform(0.6, 0.8)) if rng.random() < 0.2 else 1.0
         budget_draw = float(rng.uniform(1.25, 1.6)) if rng.random() < 0.35 else 0.0
         threshold_draw = float(rng.uniform(1.6, 2.2)) if rng.random() < 0.35 else 0.0
@@ -463,7 +477,8 @@ def _resource_id(pool: _Pool, node: str) -> str:
 
 def _add_node(nodes: _Nodes, rng: np.random.Generator, pool: _Pool, used: set[str], h0: int, h1: int, *,
               peak: float, trough: float, sigma: float, trend: float = 0.0,
-              batch: tuple[int, int, float] | None = None, tagged: bool = True, discount: float = 1.0) -> int:
+              batch: tuple[int, int, float] | None = None, tagged: bool = True, discount: float = 1.0,
+              office: bool = False) -> int:
     name = _node_name(rng, pool, used)
     p = pool.project
     tags = dict(p.tags) if tagged else {}
@@ -479,6 +494,7 @@ def _add_node(nodes: _Nodes, rng: np.random.Generator, pool: _Pool, used: set[st
     nodes.discount.append(discount)
     nodes.h0.append(h0)
     nodes.h1.append(h1)
+    nodes.office.append(office)
     nodes.peak.append(peak)
     nodes.trough.append(trough)
     nodes.sigma.append(sigma)
@@ -505,6 +521,13 @@ def _make_fleet(rng: np.random.Generator, projects: list[_Project], n_hours: int
             p.main_nodes.append(_add_node(
                 nodes, rng, main, used, h0, n_hours, peak=peak, trough=peak * float(rng.uniform(0.25, 0.5)),
                 sigma=float(rng.uniform(3, 6)), trend=float(rng.normal(0, 0.0008)), discount=p.discount))
+        if len(p.main_nodes) >= 3 and rng.random() < 0.35 and not p.new:
+            # a scheduled scale-out for business hours: compute spend gets a weekly shape of its own
+            for _ in range(int(rng.integers(1, 3))):
+                like = p.main_nodes[int(rng.integers(len(p.main_nodes)))]
+                p.office_nodes.append(_add_node(
+                    nodes, rng, main, used, h0, n_hours, peak=nodes.peak[like], trough=nodes.trough[like],
+                    sigma=nodes.sigma[like], discount=p.discount, office=True))
         if rng.random() < 0.25 and not p.new:
             itype2, usd2 = cloud.types[int(rng.integers(len(cloud.types)))]
             second = _new_pool(rng, p, {"aws": "api", "gcp": "pool-2", "azure": "userpool"}[p.provider],
@@ -534,7 +557,8 @@ def _make_fleet(rng: np.random.Generator, projects: list[_Project], n_hours: int
                 nodes, rng, main, used, at, n_hours, peak=nodes.peak[old], trough=nodes.trough[old],
                 sigma=nodes.sigma[old], discount=p.discount))
         p.compute_daily = 24 * float(sum(nodes.price[i] for i in p.main_nodes + p.batch_nodes)
-                                     + sum(nodes.price[i] for i in p.other_nodes if nodes.h1[i] == n_hours))
+                                     + sum(nodes.price[i] for i in p.other_nodes if nodes.h1[i] == n_hours)
+                                     + sum(nodes.price[i] * 12 / 24 * 5 / 7 for i in p.office_nodes))
     return nodes
 
 
@@ -686,9 +710,9 @@ def _label(w: _World, kind: str, p: _Project, t0: int, t1: int, nodes: list[str]
     })
 
 
-def _mining_end(rng: np.random.Generator, t0: int, n_hours: int) -> int:
+def _mining_end(rng: np.random.Generator, t0: int, n_hours: int, knobs: _Knobs) -> int:
     """Most miners are still running when the data ends; some get cleaned up (or move on) after days."""
-    if rng.random() < 0.7:
+    if rng.random() < 0.7 or knobs.miners_stay:
         return n_hours
     return min(t0 + int(rng.integers(36, 97)), n_hours)
 
@@ -720,7 +744,7 @@ def _miner_fleet(w: _World, p: _Project, t0: int, t1: int, *, gpu: bool, new_reg
 
 def _mining_new_nodes(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
     rng = w.rng
-    t1 = _mining_end(rng, t0, w.n_hours)
+    t1 = _mining_end(rng, t0, w.n_hours, knobs)
     gpu = bool(rng.random() < 0.4) if knobs.new_nodes_gpu is None else knobs.new_nodes_gpu
     new_region = bool(rng.random() < 0.6) if knobs.new_nodes_new_region is None else knobs.new_nodes_new_region
     rows, region, itype = _miner_fleet(w, p, t0, t1, gpu=gpu, new_region=new_region, count=None, usage=True)
@@ -733,7 +757,7 @@ def _mining_cost_only(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
     """Billing is the only signal here, so the miners are sized as attackers size them: to the quota,
     which is what makes the jump visible next to the project's own compute."""
     rng = w.rng
-    t1 = _mining_end(rng, t0, w.n_hours)
+    t1 = _mining_end(rng, t0, w.n_hours, knobs)
     cloud = _CLOUDS[p.provider]
     gpu = bool(rng.random() < 0.4)
     options = cloud.gpu if gpu else cloud.miner
@@ -748,7 +772,7 @@ def _mining_cost_only(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
                      region, itype, usd)
     rows = [_add_node(w.nodes, rng, pool, w.used_names, t0 if k == 0 else min(t0 + int(rng.integers(0, 3)), t1 - 1),
                       t1, peak=0.0, trough=0.0, sigma=0.0, tagged=False) for k in range(count)]
-    _label(w, "mining_cost_only", p, t0, t1, [w.nodes.resource[i] for i in rows], region,
+    _label(w, "mining_cost_only", p, t0, t1, [w.nodes.name[i] for i in rows], region,
            f"{count} new {itype} instances in {region} (never used), no CPU data for this project: "
            f"only compute spend shows it")
 
@@ -760,7 +784,7 @@ def _victims(w: _World, p: _Project, t0: int, lo: float, hi: float) -> list[int]
 
 
 def _mining_existing_nodes(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
-    t1 = _mining_end(w.rng, t0, w.n_hours)
+    t1 = _mining_end(w.rng, t0, w.n_hours, knobs)
     rows = _victims(w, p, t0, 0.3, 1.0)
     w.ops.append(_CpuOp("floor", rows, t0, t1, float(w.rng.uniform(98.0, 99.5)), 0.4))
     _label(w, "mining_existing_nodes", p, t0, t1, [w.nodes.name[i] for i in rows], p.region,
@@ -768,7 +792,7 @@ def _mining_existing_nodes(w: _World, p: _Project, t0: int, knobs: _Knobs) -> No
 
 
 def _mining_stealth(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
-    t1 = _mining_end(w.rng, t0, w.n_hours)
+    t1 = _mining_end(w.rng, t0, w.n_hours, knobs)
     rows = _victims(w, p, t0, 0.25, 1.0)
     level = float(w.rng.uniform(50, 75)) if knobs.stealth_level is None else knobs.stealth_level
     w.ops.append(_CpuOp("floor", rows, t0, t1, level, 1.0))
@@ -780,7 +804,7 @@ def _benign_surge(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
     rng = w.rng
     t1 = min(t0 + int(rng.integers(24, 73)), w.n_hours)
     mult = float(rng.uniform(1.5, 2.2))
-    rows = [i for i in p.main_nodes + p.other_nodes if w.nodes.h0[i] <= t0 < w.nodes.h1[i]]
+    rows = [i for i in p.main_nodes + p.other_nodes + p.office_nodes if w.nodes.h0[i] <= t0 < w.nodes.h1[i]]
     pool = p.pool
     peak = float(np.mean([w.nodes.peak[i] for i in rows]))
     added = []
@@ -830,7 +854,7 @@ def _budget_breach(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
            f"new {cloud.ml} spend from {_when(w, t0):%Y-%m-%d}; the month-end forecast crosses the budget")
 
 
-_INCIDENT_MAKERS: dict[str, Any] = {
+_INCIDENT_MAKERS: dict[str, Callable[[_World, _Project, int, _Knobs], None]] = {
     "mining_new_nodes": _mining_new_nodes, "mining_existing_nodes": _mining_existing_nodes,
     "mining_stealth": _mining_stealth, "mining_cost_only": _mining_cost_only, "benign_surge": _benign_surge,
     "planned_step": _planned_step, "budget_breach": _budget_breach,
@@ -838,18 +862,28 @@ _INCIDENT_MAKERS: dict[str, Any] = {
 
 
 def _day_overlap(t0: int, t1: int, n_days: int) -> np.ndarray:
-    """Fraction of each day inside hours [t0, t1)."""
+    """Per day, the share of it inside hours [t0, t1): daily bills count a partial first day by its hours."""
     d = np.arange(n_days)
     return np.clip(np.minimum(t1, 24 * (d + 1)) - np.maximum(t0, 24 * d), 0, 24) / 24.0
 
 
 # ------------------------------------------------------------------------------------------- costing
 
-def _node_costs(nodes: _Nodes, n_days: int) -> tuple[np.ndarray, np.ndarray]:
-    h0 = np.asarray(nodes.h0)[:, None]
-    h1 = np.asarray(nodes.h1)[:, None]
-    d = np.arange(n_days)[None, :]
-    hours = np.clip(np.minimum(h1, 24 * (d + 1)) - np.maximum(h0, 24 * d), 0, 24).astype(float)
+def _alive(nodes: _Nodes, projects: list[_Project], days: pd.DatetimeIndex) -> np.ndarray:
+    """Nodes x hours: when each node ran.  Billing and CPU samples both come from this one matrix."""
+    n_hours = 24 * len(days)
+    hour = np.arange(n_hours)
+    alive = (hour[None, :] >= np.asarray(nodes.h0)[:, None]) & (hour[None, :] < np.asarray(nodes.h1)[:, None])
+    office = np.flatnonzero(nodes.office)
+    if office.size:
+        local = hour[None, :] + np.asarray([p.tz for p in projects])[:, None]
+        open_p = (local % 24 >= 8) & (local % 24 < 20) & ((local // 24 + days[0].dayofweek) % 7 < 5)
+        alive[office] &= open_p[np.asarray(nodes.project)[office]]
+    return alive
+
+
+def _node_costs(nodes: _Nodes, alive: np.ndarray, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+    hours = alive.reshape(len(nodes), n_days, 24).sum(axis=2).astype(float)
     return np.round(hours * np.asarray(nodes.price)[:, None], 6), hours
 
 
@@ -891,9 +925,11 @@ def _forecasts(net: np.ndarray, days: pd.DatetimeIndex) -> np.ndarray:
     return mtd + rate * left
 
 
-def _nice(x: float, *, up: bool = True) -> float:
+def _nice(x: float) -> float:
+    """Budgets and thresholds are round numbers people type into a config, rounded up so "just above"
+    stays above."""
     step = 100.0 if x >= 5000 else 10.0 if x >= 200 else 1.0
-    return float(math.ceil(x / step) * step) if up else float(round(x / step) * step)
+    return float(math.ceil(x / step) * step)
 
 
 def _budgets(w: _World, net: np.ndarray, gross: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -915,7 +951,7 @@ def _budgets(w: _World, net: np.ndarray, gross: np.ndarray) -> tuple[np.ndarray,
             unit = np.where(np.isnan(net[i]), np.nan, w.series.values[k])
             f = _forecasts(unit[None, :], days)[0]
             d = max(n - 3, 0)
-            need = (1.15 * budget - fc[i, d]) / f[d] if f[d] > 0 else 0.0
+            need = (1.08 * budget - fc[i, d]) / f[d] if f[d] > 0 else 0.0
             level = max(0.3 * float(np.nanmean(gross[i, max(n - 28, 0):])), need)
             w.series.values[k] = np.round(w.series.values[k] * level, 6)
             budgets[i] = budget
@@ -977,7 +1013,7 @@ def _cost_frame(w: _World, node_cost: np.ndarray, hours_run: np.ndarray, missing
 
 # ---------------------------------------------------------------------------------------------- usage
 
-def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int) -> pd.DataFrame:
+def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int, alive_all: np.ndarray) -> pd.DataFrame:
     nodes, projects = w.nodes, w.projects
     n_hours, n_days = w.n_hours, len(w.days)
     with_usage = np.flatnonzero([projects[j].has_usage for j in nodes.project])
@@ -1043,7 +1079,7 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int) -> pd.D
             ramp = np.clip(np.minimum(t - op.t0 + 1, op.t1 - t) / 3.0, 0, 1)
             m = 1 + (op.level - 1) * ramp
             shape[rr, sl] = _soft_cap(shape[rr, sl] * m[None, :])
-            noise[rr, sl] = noise[rr, sl] * m[None, :]
+            noise[rr, sl] = noise[rr, sl] * np.sqrt(m)[None, :]
         elif op.kind == "step":
             shape[rr, sl] *= op.level
         else:
@@ -1053,8 +1089,7 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int) -> pd.D
     if cpu is None:
         cpu = shape + noise
     cpu = np.round(np.clip(cpu, 0.0, 100.0), 2)
-    alive = (hour[None, :] >= arr(nodes.h0, int)[:, None]) & (hour[None, :] < arr(nodes.h1, int)[:, None])
-    r_idx, t_idx = np.nonzero(alive & ~drop)
+    r_idx, t_idx = np.nonzero(alive_all[rows] & ~drop)
 
     def per_node(values: list[Any]) -> Any:
         return _strings(values, rows[r_idx])
