@@ -184,12 +184,12 @@ DEFAULT_GPU_PREFIXES: tuple[str, ...] = (
 class CpuDetectionConfig(_Model):
     """Knobs for the CPU-plateau (cryptomining) detector; see ``costwatch.cpu`` for the algorithm."""
 
-    pinned_level: float = Field(default=85.0, gt=0, le=100)
+    pinned_level: float = Field(default=90.0, gt=0, le=100)
     plateau_level: float = Field(default=45.0, gt=0, le=100)
     min_excess: float = Field(default=20.0, ge=0, le=100)
     flat_tolerance: float = Field(default=3.0, ge=0, le=100)
     pinned_hours: int = Field(default=2, ge=1, le=168)
-    plateau_hours: int = Field(default=4, ge=1, le=168)
+    plateau_hours: int = Field(default=6, ge=1, le=168)
     profile_days: int = Field(default=7, ge=1, le=90)
     min_profile_days: int = Field(default=3, ge=1, le=90)
     gpu_instance_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_GPU_PREFIXES))

@@ -20,12 +20,12 @@ from .baseline import nanmedian
 
 @dataclass
 class CpuSettings:
-    pinned_level: float = 85.0
+    pinned_level: float = 90.0
     plateau_level: float = 45.0
     min_excess: float = 20.0
     flat_tolerance: float = 3.0
     pinned_hours: int = 2
-    plateau_hours: int = 4
+    plateau_hours: int = 6
     profile_days: int = 7
     min_profile_days: int = 3
     gpu_instance_prefixes: list[str] = field(default_factory=list)
@@ -105,6 +105,9 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
         # hour-to-hour steps: a loaded service wanders even on a plateau, a throttled miner does not
         step_l = np.nanmean(np.abs(np.diff(wl, axis=2)), axis=2)
         mean_l = np.nanmean(wl, axis=2)
+        # least-squares slope per hour: a plateau holds its level, a service winding down drifts
+        tc = np.arange(s.plateau_hours) - (s.plateau_hours - 1) / 2.0
+        slope_l = np.nansum((wl - mean_l[:, :, None]) * tc, axis=2) / max(float((tc**2).sum()), 1.0)
         mean_p = np.nanmean(wp, axis=2)
         excess_p = mean_p - np.nanmean(_trailing(profile, s.pinned_hours), axis=2)
         excess_l = mean_l - np.nanmean(_trailing(profile, s.plateau_hours), axis=2)
@@ -122,8 +125,11 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
     pinned_new = full_p & (min_p >= s.pinned_level) & (std_p <= s.flat_tolerance) & ~known & new[:, None]
     pinned_old = full_x & tight & known & (np.nan_to_num(excess_p, nan=0.0) >= need)
     pinned = pinned_new | pinned_old
-    plateau = (full_l & known & (min_l >= s.plateau_level) & (std_l <= s.flat_tolerance)
-               & (step_l <= 0.75 * s.flat_tolerance)
+    # flat relative to the node itself: half its usual same-hour spread, within [flat/2, flat]
+    tol_l = np.clip(0.5 * np.nan_to_num(spread_l, nan=s.flat_tolerance), s.flat_tolerance / 2, s.flat_tolerance)
+    plateau = (full_l & known & (min_l >= s.plateau_level) & (std_l <= tol_l)
+               & (step_l <= 0.75 * tol_l) & (np.nanmax(wl, axis=2) - min_l <= 2.5 * tol_l)
+               & (np.abs(slope_l) <= 0.25 * tol_l)
                & (np.nan_to_num(excess_l, nan=0.0) >= need))
     return pinned, plateau, np.asarray(np.where(pinned, mean_p, mean_l))
 
