@@ -105,6 +105,7 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
         # hour-to-hour steps: a loaded service wanders even on a plateau, a throttled miner does not
         step_l = np.nanmean(np.abs(np.diff(wl, axis=2)), axis=2)
         mean_l = np.nanmean(wl, axis=2)
+        range_l = np.nanmax(wl, axis=2) - min_l
         # least-squares slope per hour: a plateau holds its level, a service winding down drifts
         tc = np.arange(s.plateau_hours) - (s.plateau_hours - 1) / 2.0
         slope_l = np.nansum((wl - mean_l[:, :, None]) * tc, axis=2) / max(float((tc**2).sum()), 1.0)
@@ -128,7 +129,7 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
     # flat relative to the node itself: half its usual same-hour spread, within [flat/2, flat]
     tol_l = np.clip(0.5 * np.nan_to_num(spread_l, nan=s.flat_tolerance), s.flat_tolerance / 2, s.flat_tolerance)
     plateau = (full_l & known & (min_l >= s.plateau_level) & (std_l <= tol_l)
-               & (step_l <= 0.75 * tol_l) & (np.nanmax(wl, axis=2) - min_l <= 2.5 * tol_l)
+               & (step_l <= 0.75 * tol_l) & (range_l <= 2.5 * tol_l)
                & (np.abs(slope_l) <= 0.25 * tol_l)
                & (np.nan_to_num(excess_l, nan=0.0) >= need))
     return pinned, plateau, np.asarray(np.where(pinned, mean_p, mean_l))

@@ -24,6 +24,7 @@ from .model import COMPUTE_CATEGORY
 
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
+NEW_REGION_GRACE_DAYS = 3
 
 
 @dataclass
@@ -254,10 +255,11 @@ def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pi
     days = m.days
     obs, exp = float(m.values[i, a]), float(bands.expected[i, a])
     short = bool(sb.short[i, a])
-    proj = gross[gross["project_id"].astype(str) == pid]
+    whole = gross[gross["project_id"].astype(str) == pid]
+    proj = whole
     if scope != "total":
-        proj = proj[proj["service_category"].fillna("Other").astype(str) == scope]
-    evidence = _cost_evidence(proj, days, a, b, exp if not short else np.nan)
+        proj = whole[whole["service_category"].fillna("Other").astype(str) == scope]
+    evidence = _cost_evidence(proj, whole, days, a, b, exp if not short else np.nan)
     excess = obs - (exp if np.isfinite(exp) else 0.0)
     evidence.update({
         "metric": "daily_cost", "days": int(b - a + 1), "peak": float(np.nanmax(m.values[i, a: b + 1])),
@@ -294,9 +296,12 @@ def _top_region(evidence: dict[str, Any]) -> str | None:
     return str(regions[0]["region"]) if regions else None
 
 
-def _cost_evidence(proj: pd.DataFrame, days: pd.DatetimeIndex, a: int, b: int, expected: float,
-                   ) -> dict[str, Any]:
-    """Which services and regions made the excess, and which regions/resources are new for the project."""
+def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeIndex, a: int, b: int,
+                   expected: float) -> dict[str, Any]:
+    """Which services and regions made the excess, and which regions/resources are new for the project.
+
+    ``proj`` is the alerting series' rows, ``whole`` all the project's rows: a region is new only if no
+    service of the project ever used it."""
     if proj.empty:
         return {}
     day = proj["period_start"].dt.floor("D")
@@ -304,7 +309,6 @@ def _cost_evidence(proj: pd.DataFrame, days: pd.DatetimeIndex, a: int, b: int, e
     before = proj[day < start]
     during = proj[(day >= start) & (day < end)]
     first = during[during["period_start"].dt.floor("D") == start]
-    n_days = max(int((before["period_start"].dt.floor("D")).nunique()), 1)
     recent = before[before["period_start"].dt.floor("D") >= start - pd.Timedelta(days=7)]
     recent_days = max(int(recent["period_start"].dt.floor("D").nunique()), 1)
     by_svc_now = first.groupby("service", dropna=False)["effective_cost"].sum()
@@ -316,11 +320,14 @@ def _cost_evidence(proj: pd.DataFrame, days: pd.DatetimeIndex, a: int, b: int, e
          "excess": float(d), "share": float(d / total_excess) if total_excess > 0 else 0.0}
         for s, d in diff.head(5).items() if d > 0
     ]
-    seen_regions = set(before["region"].dropna().astype(str)) if n_days else set()
+    # a miner that starts late in the evening shows up as a small amount the day before the spike:
+    # regions first seen in the last few days before it still count as new
+    settled = whole[whole["period_start"].dt.floor("D") < start - pd.Timedelta(days=NEW_REGION_GRACE_DAYS)]
+    seen_regions = set(settled["region"].dropna().astype(str))
     reg_now = during.groupby("region")["effective_cost"].sum()
     new_regions = [
         {"region": str(r), "cost": float(c)} for r, c in reg_now.sort_values(ascending=False).items()
-        if str(r) not in seen_regions and c > 0 and len(before)
+        if str(r) not in seen_regions and c > 0 and len(settled)
     ]
     ev: dict[str, Any] = {"services": services, "new_regions": new_regions}
     if proj["resource_id"].notna().any() and len(before):
@@ -330,7 +337,7 @@ def _cost_evidence(proj: pd.DataFrame, days: pd.DatetimeIndex, a: int, b: int, e
             ev["new_resources"] = {"count": int(fresh["resource_id"].nunique()),
                                    "cost": float(fresh["effective_cost"].sum())}
     new_region_cost = float(first[~first["region"].astype("string").isin(seen_regions)]["effective_cost"].sum()) \
-        if len(before) else 0.0
+        if len(settled) else 0.0
     excess = float(first["effective_cost"].sum()) - (expected if np.isfinite(expected) else 0.0)
     ev["new_region_share_of_excess"] = (min(new_region_cost / excess, 1.0) if excess > 0 else 0.0)
     return ev

@@ -166,7 +166,7 @@ def test_several_errors_are_all_reported_in_line_order() -> None:
 
 def test_cross_field_checks() -> None:
     assert "line 2: detection.cpu: plateau_level must not be above pinned_level" in _error(
-        "detection:\n  cpu:\n    plateau_level: 90\n")
+        "detection:\n  cpu:\n    plateau_level: 95\n")
     assert "needs 'table'" in _error("state:\n  backend: dynamodb\n")
     assert "needs a 'channel'" in _error("notify:\n  slack:\n    token: xoxb-1\n")
     msg = _error("notify:\n  email:\n    smtp_host: h\n")
