@@ -1,0 +1,178 @@
+"""Detectors end to end on frames: cost spikes, credits, short history, thresholds, budgets, mining joins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from costwatch.config import Config, DetectionConfig, ProjectConfig
+from costwatch.detect import detect, month_forecast
+from costwatch.model import normalize_costs, normalize_usage
+from costwatch.scenarios import generate
+
+DAYS = pd.date_range("2026-09-01", periods=70, freq="D", tz="UTC")
+WEEK = np.array([1.0, 1.04, 1.08, 1.05, 1.0, 0.7, 0.65])
+
+
+def _costs(values: dict[tuple[str, str, str], np.ndarray], days: pd.DatetimeIndex = DAYS,
+           charge: str = "Usage") -> pd.DataFrame:
+    rows = []
+    for (project, category, region), vals in values.items():
+        for d, v in zip(days, vals, strict=True):
+            if np.isnan(v):
+                continue
+            rows.append({"period_start": d, "period_hours": 24.0, "provider": "aws", "project_id": project,
+                         "project_name": f"name-{project}", "service": f"svc-{category}",
+                         "service_category": category, "region": region, "charge_category": charge,
+                         "billed_cost": v, "effective_cost": v, "currency": "USD"})
+    return normalize_costs(pd.DataFrame(rows))
+
+
+def _steady(level: float, seed: int = 0, days: pd.DatetimeIndex = DAYS) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return level * WEEK[days.dayofweek.to_numpy()] * np.exp(rng.normal(0, 0.04, len(days)))
+
+
+def test_cost_spike_found_with_band_and_evidence() -> None:
+    compute = _steady(200.0)
+    compute[60] *= 2.5
+    storage = _steady(50.0, seed=1)
+    costs = pd.concat([_costs({("111", "Compute", "us-east-1"): compute}),
+                       _costs({("111", "Storage", "us-east-1"): storage})], ignore_index=True)
+    det = detect(costs, None, Config(), as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[50])
+    spikes = [a for a in det.alerts if a.kind == "cost_spike"]
+    assert len(spikes) == 1
+    a = spikes[0]
+    assert a.project == "111" and a.service == "Compute" and a.start == DAYS[60]
+    assert a.detected_at == DAYS[61]  # the day's cost is complete at its end
+    assert a.lower < a.expected < a.upper < a.observed
+    assert a.evidence["services"][0]["service"] == "svc-Compute"
+    assert a.evidence["services"][0]["share"] == pytest.approx(1.0)
+    assert not [x for x in det.alerts if x.kind == "mining_suspected"]  # no CPU, no new region
+
+
+def test_credits_and_refunds_never_spike() -> None:
+    compute = _steady(100.0)
+    credit = np.full(len(DAYS), np.nan)
+    credit[55] = -900.0
+    credit[56] = 0.0  # a zero-amount adjustment is harmless too
+    costs = pd.concat([_costs({("222", "Compute", "us-east-1"): compute}),
+                       _costs({("222", "Compute", "us-east-1"): credit}, charge="Credit")], ignore_index=True)
+    det = detect(costs, None, Config(), as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[40])
+    assert det.alerts == []
+    p = det.projects[0]
+    assert p["credits"] == pytest.approx(-900.0)
+
+
+def test_short_history_uses_plain_threshold_and_says_so() -> None:
+    days = DAYS[-8:]
+    vals = np.full(8, 40.0)
+    vals[-1] = 400.0
+    costs = _costs({("333", "Compute", "eu-west-1"): vals}, days=days)
+    det = detect(costs, None, Config(), as_of=days[-1] + pd.Timedelta(days=1), since=days[0])
+    assert any("short history" in n for n in det.notes)
+    assert det.projects[0]["band_status"].startswith("short history")
+    spikes = [a for a in det.alerts if a.kind == "cost_spike"]
+    assert spikes and spikes[0].evidence["band"].startswith("plain threshold")
+
+
+def test_min_spend_silences_small_projects() -> None:
+    vals = _steady(0.5)
+    vals[60] = 4.0  # 8x, but below the 5.00/day minimum
+    costs = _costs({("444", "Compute", "us-east-1"): vals})
+    det = detect(costs, None, Config(), as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[50])
+    assert det.alerts == []
+    cfg = Config(detection=DetectionConfig(min_spend=1.0))
+    det = detect(costs, None, cfg, as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[50])
+    assert [a.kind for a in det.alerts] == ["cost_spike"]
+
+
+def test_threshold_and_budget_forecast() -> None:
+    vals = _steady(100.0)
+    vals[-10:] = 160.0
+    costs = _costs({("555", "Compute", "us-east-1"): vals})
+    cfg = Config(projects={"555": ProjectConfig(daily_threshold=150.0, monthly_budget=3200.0)})
+    as_of = DAYS[-1] + pd.Timedelta(days=1)
+    det = detect(costs, None, cfg, as_of=as_of, since=DAYS[-12])
+    kinds = {a.kind for a in det.alerts}
+    assert "threshold_exceeded" in kinds
+    th = next(a for a in det.alerts if a.kind == "threshold_exceeded")
+    assert th.start == DAYS[-10] and th.upper == 150.0
+    bud = [a for a in det.alerts if a.kind == "budget_forecast_exceeded"]
+    assert len(bud) == 1  # once per project-month, not every day
+    b = bud[0]
+    assert b.observed > 3200.0 and b.evidence["month"] == b.start.strftime("%Y-%m")
+
+
+def test_month_forecast_run_rate() -> None:
+    idx = pd.date_range("2026-11-01", "2026-11-10", freq="D", tz="UTC")
+    net = pd.Series(10.0, index=idx)
+    mtd, fc, left, rate = month_forecast(net, idx[-1])
+    assert (mtd, left, rate) == (100.0, 20, 10.0)
+    assert fc == pytest.approx(300.0)
+
+
+def test_mining_joins_cpu_and_cost_and_fingerprint_is_stable() -> None:
+    sc = generate(seed=5, n_projects=10, days=49, incident_kinds=["mining_new_nodes"])
+    inc = sc.incidents[sc.incidents["kind"] == "mining_new_nodes"].iloc[0]
+    det = detect(sc.costs, sc.usage, Config(), as_of=sc.end, since=pd.Timedelta(days=14))
+    mining = [a for a in det.alerts if a.kind == "mining_suspected" and a.project == str(inc["project_id"])]
+    assert len(mining) == 1
+    m = mining[0]
+    assert m.start == inc["start"]
+    assert m.detected_at - inc["start"] <= pd.Timedelta(hours=2)
+    assert m.evidence["new_nodes"] == len(inc["nodes"])
+    assert {n["node"] for n in m.evidence["nodes"]} == set(inc["nodes"])
+    assert m.severity == "critical"
+    # a later run, with more data, reports the same incident with the same identity and first detection
+    later = detect(sc.costs, sc.usage, Config(), as_of=sc.end, since=m.detected_at - pd.Timedelta(hours=1))
+    again = next(a for a in later.alerts if a.kind == "mining_suspected" and a.project == m.project)
+    assert (again.fingerprint, again.start, again.detected_at) == (m.fingerprint, m.start, m.detected_at)
+    # and a run as of one hour before detection does not see it yet
+    early = detect(sc.costs, sc.usage, Config(), as_of=m.detected_at - pd.Timedelta(hours=1),
+                   since=pd.Timedelta(days=14))
+    assert not [a for a in early.alerts if a.kind == "mining_suspected" and a.project == m.project]
+
+
+def test_cost_only_mining_needs_a_new_region() -> None:
+    base = _steady(300.0)
+    spike_home = base.copy()
+    spike_home[62] *= 2.2
+    away = np.full(len(DAYS), np.nan)
+    away[62] = 400.0
+    # same excess, once in the home region (capacity) and once in a region never used (mining signature)
+    home = _costs({("666", "Compute", "us-east-1"): spike_home})
+    new_region = pd.concat([_costs({("777", "Compute", "us-east-1"): base}),
+                            _costs({("777", "Compute", "ap-southeast-3"): away})], ignore_index=True)
+    as_of = DAYS[-1] + pd.Timedelta(days=1)
+    det = detect(pd.concat([home, new_region], ignore_index=True), None, Config(), as_of=as_of, since=DAYS[55])
+    by = {(a.project, a.kind) for a in det.alerts}
+    assert ("666", "cost_spike") in by and ("666", "mining_suspected") not in by
+    assert ("777", "mining_suspected") in by
+    m = next(a for a in det.alerts if a.project == "777" and a.kind == "mining_suspected")
+    assert m.evidence["new_regions"][0]["region"] == "ap-southeast-3"
+
+
+def test_benign_surge_and_planned_step_not_mining() -> None:
+    sc = generate(seed=11, n_projects=10, days=49, incident_kinds=["benign_surge", "planned_step"])
+    det = detect(sc.costs, sc.usage, Config(), as_of=sc.end, since=pd.Timedelta(days=14))
+    benign = set(sc.incidents.loc[~sc.incidents["is_mining"], "project_id"].astype(str))
+    assert benign
+    assert not [a for a in det.alerts if a.kind == "mining_suspected" and a.project in benign]
+
+
+def test_usage_only_input_is_enough_for_cpu_mining() -> None:
+    hours = pd.date_range("2026-10-01", periods=24 * 10, freq="h", tz="UTC")
+    rng = np.random.default_rng(0)
+    normal = 20 + 15 * np.sin(hours.hour.to_numpy() / 24 * 2 * np.pi) + rng.normal(0, 3, len(hours))
+    miner = normal.copy()
+    miner[24 * 8:] = 99.0 + rng.normal(0, 0.3, len(hours) - 24 * 8)
+    usage = normalize_usage(pd.concat([
+        pd.DataFrame({"timestamp": hours, "node": "n1", "cpu_utilization": np.clip(normal, 0, 100)}),
+        pd.DataFrame({"timestamp": hours, "node": "n2", "cpu_utilization": np.clip(miner, 0, 100)}),
+    ]).assign(provider="gcp", project="proj-a"))
+    det = detect(normalize_costs(pd.DataFrame(columns=["period_start"])), usage, Config())
+    kinds = [(a.kind, a.project) for a in det.alerts]
+    assert kinds == [("mining_suspected", "proj-a")]
+    assert det.alerts[0].evidence["metric"] == "cpu_percent"
