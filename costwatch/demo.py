@@ -48,11 +48,29 @@ def demo_config(sc: Scenario) -> Config:
     for r in sc.projects.itertuples():
         kw: dict[str, object] = {"name": r.project_name, "owner": r.owner}
         if pd.notna(r.monthly_budget):
-            kw["monthly_budget"] = float(r.monthly_budget)
+            kw["monthly_budget"] = round(float(r.monthly_budget), 2)
         if pd.notna(r.daily_threshold):
-            kw["daily_threshold"] = float(r.daily_threshold)
+            kw["daily_threshold"] = round(float(r.daily_threshold), 2)
         projects[str(r.project_id)] = ProjectConfig(**kw)  # type: ignore[arg-type]
     return Config(projects=projects)
+
+
+def demo_config_yaml(sc: Scenario) -> str:
+    """The same config as ``demo_config``, as a file a user can edit and re-run with the CLI."""
+    import yaml
+
+    projects: dict[str, dict[str, object]] = {}
+    for r in sc.projects.itertuples():
+        entry: dict[str, object] = {"name": str(r.project_name), "owner": str(r.owner)}
+        if pd.notna(r.monthly_budget):
+            entry["monthly_budget"] = round(float(r.monthly_budget), 2)
+        if pd.notna(r.daily_threshold):
+            entry["daily_threshold"] = round(float(r.daily_threshold), 2)
+        projects[str(r.project_id)] = entry
+    doc = {"providers": [{"type": "files", "costs": "costs.focus.csv", "usage": "usage.csv"}],
+           "projects": projects}
+    return "# written by `costwatch demo`; paths are relative to this file\n" + yaml.safe_dump(
+        doc, sort_keys=False, allow_unicode=True)
 
 
 def run_demo(out_dir: Path, fmt: str = "table", charts: bool = True, console: Console | None = None,
@@ -71,6 +89,8 @@ def run_demo(out_dir: Path, fmt: str = "table", charts: bool = True, console: Co
     u["timestamp"] = u["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     u.to_csv(usage_path, index=False)
     cfg = demo_config(sc)
+    config_path = out_dir / "costwatch.yaml"
+    config_path.write_text(demo_config_yaml(sc), encoding="utf-8")
     costs = load_focus(costs_path)
     usage = load_usage(usage_path)
     det = detect(costs, usage, cfg, as_of=sc.end, since=pd.Timedelta(days=14))
@@ -86,6 +106,6 @@ def run_demo(out_dir: Path, fmt: str = "table", charts: bool = True, console: Co
     console.print(f"Report: {out_dir / 'report.json'}; ground truth: {out_dir / 'incidents.json'}")
     if written:
         console.print(f"Charts: {len(written)} PNG files in {out_dir / 'charts'}")
-    console.print(f"Re-run it yourself: costwatch report --costs {costs_path} --usage {usage_path} "
+    console.print(f"Re-run it yourself: costwatch report --config {config_path} "
                   f"--as-of {sc.end.strftime('%Y-%m-%dT%H:%M:%SZ')} --since 14d")
     return det

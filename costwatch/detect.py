@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -370,6 +370,14 @@ def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gro
 
 def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
                   cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings) -> Alert:
+    # one entry per node: its first episode, stretched to the last flagged hour of any later one
+    per_node: dict[str, cpumod.NodeEpisode] = {}
+    for e in sorted(g, key=lambda e: e.detected_at):
+        if e.node in per_node:
+            per_node[e.node] = replace(per_node[e.node], last=max(per_node[e.node].last, e.last))
+        else:
+            per_node[e.node] = e
+    g = list(per_node.values())
     start = min(e.start for e in g)
     detected = min(e.detected_at for e in g)
     last = max(e.last for e in g)

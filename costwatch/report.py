@@ -14,10 +14,11 @@ from typing import Any
 import pandas as pd
 from rich import box
 from rich.console import Console, Group
+from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .alerts import iso
+from .alerts import Alert, iso
 from .detect import Detection
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -81,36 +82,42 @@ def renderable(det: Detection) -> Group:
         pt.add_row(name, p["provider"], f"{p.get('spend', 0):,.2f} {cur}",
                    f"{p['last_day_cost']:,.2f}" if p.get("last_day_cost") is not None else "",
                    band, budget, nodes, Text(alerts, style="bold red" if "mining" in alerts else ""))
-    at = Table(title="Alerts", box=box.SIMPLE_HEAVY, show_lines=True)
-    for col in ("severity", "kind", "project", "start → detected", "observed / expected (band)", "evidence"):
-        at.add_column(col)
+    blocks: list[Any] = [Text(f"Alerts ({len(det.alerts)})", style="bold")] if det.alerts else []
     for a in det.alerts:
         style = {"critical": "bold red", "high": "red", "warning": "yellow"}.get(a.severity, "")
-        if a.evidence.get("metric") == "cpu_percent":
-            obs = f"CPU {a.observed:.0f}% vs {a.expected:.0f}%"
-        elif a.kind == "budget_forecast_exceeded":
-            obs = f"forecast {a.observed:,.0f} vs budget {a.expected:,.0f} {a.currency}"
-        else:
-            band = f" ({a.lower:,.0f}–{a.upper:,.0f})" if pd.notna(a.upper) else ""
-            exp = f"{a.expected:,.0f}" if pd.notna(a.expected) else "?"
-            obs = f"{a.observed:,.2f} vs {exp}{band} {a.currency}/day"
-        at.add_row(Text(a.severity, style=style), a.kind, f"{a.project_name}\n{a.provider}:{a.project}",
-                   f"{iso(a.start)}\n{iso(a.detected_at)}", obs, _evidence_text(a.summary, a.evidence))
-    parts: list[Any] = [head, pt, at if det.alerts else Text("No alerts in the window.", style="green")]
+        title = Text.assemble((f"{a.severity.upper():8s} ", style), (a.kind, "bold"),
+                              f"  {a.project_name} ({a.provider}:{a.project})",
+                              f"  {a.service}" if a.service else "")
+        body = [f"started {iso(a.start)}, detected {iso(a.detected_at)}", _observed_text(a),
+                _evidence_text(a.summary, a.evidence)]
+        blocks.append(Panel("\n".join(body), title=title, title_align="left", border_style=style or "dim"))
+    parts: list[Any] = [head, pt, Group(*blocks) if blocks else Text("No alerts in the window.", style="green")]
     if det.notes:
         parts.append(Text("Notes:\n" + "\n".join(f"  - {n}" for n in det.notes), style="dim"))
     return Group(*parts)
 
 
-def _evidence_text(summary: str, ev: dict[str, Any]) -> str:
+def _observed_text(a: Alert) -> str:
+    if a.evidence.get("metric") == "cpu_percent":
+        return f"CPU {a.observed:.0f}% where {a.expected:.0f}% is usual"
+    if a.kind == "budget_forecast_exceeded":
+        return f"month-end forecast {a.observed:,.2f} vs budget {a.expected:,.2f} {a.currency}"
+    band = f", band {a.lower:,.2f}–{a.upper:,.2f}" if pd.notna(a.upper) else ""
+    exp = f"{a.expected:,.2f}" if pd.notna(a.expected) else "?"
+    return f"{a.observed:,.2f} {a.currency}/day, expected {exp}{band}"
+
+
+def _evidence_text(summary: str, ev: dict[str, Any], max_nodes: int = 3) -> str:
+    """A few lines an owner can act on; the full list is in the JSON report."""
     lines = [summary] if summary else []
-    for n in (ev.get("nodes") or [])[:5]:
-        tags = [t for t, on in (("new", n.get("new")), ("GPU", n.get("gpu"))) if on]
-        lines.append(f"{n['node']} {n['cpu']:.0f}% (usual {n['baseline_cpu']:.0f}%) {n.get('region') or ''} "
-                     f"{n.get('instance_type') or ''} {' '.join(tags)}".rstrip())
-    if len(ev.get("nodes") or []) > 5:
-        lines.append(f"… and {len(ev['nodes']) - 5} more nodes")
-    for s in (ev.get("services") or [])[:3]:
+    nodes = ev.get("nodes") or []
+    for n in nodes[:max_nodes]:
+        usual = "new" if n.get("new") else f"usual {n['baseline_cpu']:.0f}%"
+        extra = " ".join(str(x) for x in (n.get("instance_type"), n.get("region")) if x)
+        lines.append(f"{n['node']}: {n['cpu']:.0f}% ({usual}) {extra}".rstrip())
+    if len(nodes) > max_nodes:
+        lines.append(f"… and {len(nodes) - max_nodes} more nodes")
+    for s in (ev.get("services") or [])[:2]:
         lines.append(f"{s['service']}: +{s['excess']:,.2f} ({s['share']:.0%})")
     if ev.get("explained_by"):
         lines.append(f"see {ev['explained_by']}")
