@@ -19,6 +19,9 @@ import pandas as pd
 from .model import USAGE_CHARGES
 
 
+MAX_TREND = float(np.log(1.25))
+
+
 @dataclass
 class DailyMatrix:
     """A wide view of a long cost frame: one row per series, one column per UTC day."""
@@ -114,8 +117,9 @@ def weekday_bands(values: np.ndarray, *, lookback: int = 28, z: float = 4.0, sen
     level = nanmedian(flat[:, :, -7:])
     prior = nanmedian(flat[:, :, -14:-7])
     trend = np.where(np.isnan(prior), 0.0, (level - prior) / 7.0)
-    # damped: half of the recent slope, over the 4 days from the middle of last week to today
-    expected_y = level + 0.5 * 4.0 * trend + season[:, :, 0]
+    # damped: half of the recent slope, over the 4 days from the middle of last week to today, and never
+    # more than +-25%: after a step the slope is huge for a week, and extrapolating it overshoots
+    expected_y = level + np.clip(0.5 * 4.0 * trend, -MAX_TREND, MAX_TREND) + season[:, :, 0]
     # spread from honest one-day-ahead errors of earlier days (in-sample residuals understate it ~2x);
     # until a week of such errors exists, in-sample deseasonalized spread, inflated by that factor
     err = y - expected_y

@@ -174,8 +174,15 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
                              sensitivity=det.sensitivity, min_ratio=det.min_band_ratio,
                              min_history=det.history_days)
     else:
-        bands = bl.weekday_bands(m.values, lookback=det.lookback_days, z=det.band_z,
-                                 sensitivity=det.sensitivity, min_ratio=det.min_band_ratio)
+        kw = {"lookback": det.lookback_days, "z": det.band_z, "sensitivity": det.sensitivity,
+              "min_ratio": det.min_band_ratio}
+        first = bl.weekday_bands(m.values, **kw)  # type: ignore[arg-type]
+        # second pass without the days the first pass found out of band, so an incident does not become
+        # its own baseline; a lasting new level is still learned once the first pass accepts it (~1 week)
+        with np.errstate(invalid="ignore"):
+            out1 = (first.history >= det.history_days) & (m.values > first.upper)
+        bands = bl.weekday_bands(np.where(out1, np.nan, m.values), **kw)  # type: ignore[arg-type]
+        bands.history = first.history
     if not m.values.size:
         z = np.zeros(m.values.shape, dtype=bool)
         return SeriesBands(m, bands, z, z)
