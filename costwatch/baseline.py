@@ -18,8 +18,7 @@ import pandas as pd
 
 from .model import USAGE_CHARGES
 
-
-MAX_TREND = float(np.log(1.25))
+MAX_TREND = float(np.log(1.10))
 
 
 @dataclass
@@ -108,17 +107,20 @@ def weekday_bands(values: np.ndarray, *, lookback: int = 28, z: float = 4.0, sen
     weeks = lookback // 7
     # position j in the window is (L - j) days before t; same weekday as t when (L - j) % 7 == 0
     by_wd = w.reshape(s, d, weeks, 7)  # [..., k] are days with offset (7 - k) % 7 ... same for all t
-    wd_med = nanmedian(by_wd.transpose(0, 1, 3, 2))  # S x D x 7: median per weekday offset
+    # weekday offsets relative to each week's own median, so a level shift between weeks (a new
+    # workload, an incident) is not mistaken for a weekly pattern
+    week_med = nanmedian(by_wd)  # S x D x weeks
+    wd_dev = nanmedian((by_wd - week_med[..., None]).transpose(0, 1, 3, 2))  # S x D x 7
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        season = wd_med - np.nanmean(wd_med, axis=2, keepdims=True)
+        season = wd_dev - np.nanmean(wd_dev, axis=2, keepdims=True)
     season = np.nan_to_num(season, nan=0.0)
     flat = (by_wd - season[:, :, None, :]).reshape(s, d, lookback)
     level = nanmedian(flat[:, :, -7:])
     prior = nanmedian(flat[:, :, -14:-7])
     trend = np.where(np.isnan(prior), 0.0, (level - prior) / 7.0)
     # damped: half of the recent slope, over the 4 days from the middle of last week to today, and never
-    # more than +-25%: after a step the slope is huge for a week, and extrapolating it overshoots
+    # more than +-10%: after a step the slope is huge for a week, and extrapolating it overshoots
     expected_y = level + np.clip(0.5 * 4.0 * trend, -MAX_TREND, MAX_TREND) + season[:, :, 0]
     # spread from honest one-day-ahead errors of earlier days (in-sample residuals understate it ~2x);
     # until a week of such errors exists, in-sample deseasonalized spread, inflated by that factor

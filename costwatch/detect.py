@@ -103,7 +103,7 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     alerts += _budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
     alerts = [a for a in alerts if since_ts <= a.detected_at <= as_of_ts]
     alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
-    projects = _project_summaries(costs, gross, totals, cm, alerts, meta, cfg, since_ts, as_of_ts, delay)
+    projects = _project_summaries(costs, gross, totals, cm, feats, alerts, meta, cfg, since_ts, as_of_ts, delay)
     for p in projects:
         if p["band_status"].startswith("short"):
             notes.append(f"{p['project']}: {p['band_status']}")
@@ -336,7 +336,9 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
         {"region": str(r), "cost": float(c)} for r, c in reg_now.sort_values(ascending=False).items()
         if str(r) not in seen_regions and c > 0 and len(settled)
     ]
-    ev: dict[str, Any] = {"services": services, "new_regions": new_regions}
+    ev: dict[str, Any] = {"services": services, "new_regions": new_regions,
+                          # providers restate recent days: an estimated figure may still move
+                          "estimated": bool(first["estimated"].any()) if "estimated" in first else False}
     if proj["resource_id"].notna().any() and len(before):
         seen = set(before["resource_id"].dropna().astype(str))
         fresh = during[~during["resource_id"].astype("string").isin(seen) & during["resource_id"].notna()]
@@ -569,7 +571,8 @@ def _budget_alerts(costs: pd.DataFrame, cfg: Config, meta: pd.DataFrame, since: 
 # ---------------------------------------------------------------------------------------- summaries
 
 def _project_summaries(costs: pd.DataFrame, gross: pd.DataFrame, totals: SeriesBands,
-                       cm: cpumod.CpuMatrix | None, alerts: list[Alert], meta: pd.DataFrame, cfg: Config,
+                       cm: cpumod.CpuMatrix | None, cpu_features: cpumod.CpuFeatures | None,
+                       alerts: list[Alert], meta: pd.DataFrame, cfg: Config,
                        since: pd.Timestamp, as_of: pd.Timestamp, delay: pd.Timedelta) -> list[dict[str, Any]]:
     out = []
     m = totals.matrix
@@ -620,6 +623,9 @@ def _project_summaries(costs: pd.DataFrame, gross: pd.DataFrame, totals: SeriesB
                 with _quiet():
                     p["nodes"] = int(sel.sum())
                     p["cpu_mean_24h"] = _f(np.nanmean(recent))
+                    if cpu_features is not None:  # the project's usual CPU for the same hours
+                        usual = cpu_features.profile[sel][:, -24:]
+                        p["cpu_expected_24h"] = _f(float(np.nanmean(np.where(np.isnan(recent), np.nan, usual))))
                     p["cpu_max_node_24h"] = _f(np.nanmax(np.nanmean(recent, axis=1)))
         kinds: dict[str, int] = {}
         for a in alerts:
