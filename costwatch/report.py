@@ -77,6 +77,8 @@ def renderable(det: Detection) -> Group:
                   else (f"{p['forecast']:,.0f}" if p.get("forecast") is not None else ""))
         nodes = (f"{p['nodes']} · {p['cpu_mean_24h']:.0f}%" if p.get("nodes") and p.get("cpu_mean_24h") is not None
                  else "")
+        if nodes and p.get("cpu_expected_24h") is not None:
+            nodes += f" (usual {p['cpu_expected_24h']:.0f}%)"
         alerts = ", ".join(f"{k}×{v}" for k, v in p["alerts"].items())
         name = p["project_name"] if p["project_name"] == p["project"] else f"{p['project_name']} ({p['project']})"
         pt.add_row(name, p["provider"], f"{p.get('spend', 0):,.2f} {cur}",
