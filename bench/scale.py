@@ -18,8 +18,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from costwatch import baseline as bl  # noqa: E402
-from costwatch import cpu  # noqa: E402
+from costwatch import baseline as bl
+from costwatch import cpu
 
 WEEK = np.array([1.0, 1.05, 1.1, 1.05, 1.0, 0.6, 0.55])
 
