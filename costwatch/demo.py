@@ -100,12 +100,14 @@ def run_demo(out_dir: Path, fmt: str = "table", charts: bool = True, console: Co
     if fmt == "table":
         console.print(renderable(det))
     else:
-        console.print(render(det, fmt), markup=False, highlight=False)
+        console.print(render(det, fmt), markup=False, highlight=False, soft_wrap=True, end="")
     written = write_charts(det, out_dir / "charts") if charts else []
-    console.print(f"\nData: {costs_path} ({len(costs):,} cost rows), {usage_path} ({len(usage):,} CPU samples)")
-    console.print(f"Report: {out_dir / 'report.json'}; ground truth: {out_dir / 'incidents.json'}")
+    # keep stdout pure JSON/Markdown for pipes; the where-to-find-it lines go to stderr then
+    info = console if fmt == "table" else Console(stderr=True)
+    info.print(f"\nData: {costs_path} ({len(costs):,} cost rows), {usage_path} ({len(usage):,} CPU samples)")
+    info.print(f"Report: {out_dir / 'report.json'}; ground truth: {out_dir / 'incidents.json'}")
     if written:
-        console.print(f"Charts: {len(written)} PNG files in {out_dir / 'charts'}")
-    console.print(f"Re-run it yourself: costwatch report --config {config_path} "
-                  f"--as-of {sc.end.strftime('%Y-%m-%dT%H:%M:%SZ')} --since 14d")
+        info.print(f"Charts: {len(written)} PNG files in {out_dir / 'charts'}")
+    info.print(f"Re-run it yourself: costwatch report --config {config_path} "
+               f"--as-of {sc.end.strftime('%Y-%m-%dT%H:%M:%SZ')} --since 14d", soft_wrap=True, highlight=False)
     return det

@@ -64,7 +64,17 @@ def _empty(columns: Mapping[str, str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=d) for c, d in columns.items()})
 
 
-def to_utc(values: pd.Series, *, file: str | None, column: str, line_offset: int = 2) -> pd.Series:
+# Where a row came from: a constant offset (row index + offset = line, the common case), or one line
+# number per row for files with blank lines or quoted values that span lines.
+LineMap = int | np.ndarray
+
+
+def line_of(lines: LineMap, pos: int) -> int:
+    """The file line (or 1-based row) of row ``pos``, for error messages."""
+    return int(lines[pos]) if isinstance(lines, np.ndarray) else pos + lines
+
+
+def to_utc(values: pd.Series, *, file: str | None, column: str, line_offset: LineMap = 2) -> pd.Series:
     """Parse timestamps to UTC; naive times are taken as UTC (FOCUS and CloudWatch both mean UTC).
 
     Raises a DataError naming the first unparseable row, since a silently dropped hour is a missed miner.
@@ -77,11 +87,11 @@ def to_utc(values: pd.Series, *, file: str | None, column: str, line_offset: int
         pos = int(np.flatnonzero((bad | missing).to_numpy())[0])
         shown = raw.iloc[pos]
         what = "is empty" if missing.iloc[pos] else f"is not a timestamp: {str(shown)[:40]!r}"
-        raise DataError(f"{where(file, pos + line_offset, column)}{what}")
+        raise DataError(f"{where(file, line_of(line_offset, pos), column)}{what}")
     return parsed.astype("datetime64[ns, UTC]")
 
 
-def to_float(values: pd.Series, *, file: str | None, column: str, line_offset: int = 2,
+def to_float(values: pd.Series, *, file: str | None, column: str, line_offset: LineMap = 2,
              allow_missing: bool = False) -> pd.Series:
     """Parse numbers, naming the first bad row; FOCUS's literal ``NULL`` counts as missing."""
     raw = values.astype("string").str.strip()
@@ -93,7 +103,7 @@ def to_float(values: pd.Series, *, file: str | None, column: str, line_offset: i
     if bad.any() or (missing.any() and not allow_missing):
         pos = int(np.flatnonzero((bad | (missing & (not allow_missing))).to_numpy())[0])
         what = "is empty" if missing.iloc[pos] else f"is not a number: {str(raw.iloc[pos])[:40]!r}"
-        raise DataError(f"{where(file, pos + line_offset, column)}{what}")
+        raise DataError(f"{where(file, line_of(line_offset, pos), column)}{what}")
     return parsed
 
 

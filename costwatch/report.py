@@ -56,7 +56,8 @@ def render(det: Detection, fmt: str = "table", *, width: int | None = None) -> s
         return _csv(det)
     if fmt == "markdown":
         return _markdown(det)
-    console = Console(record=True, width=width or 140, force_terminal=False, color_system=None)
+    console = Console(file=io.StringIO(), record=True, width=width or 140, force_terminal=False,
+                      color_system=None)
     console.print(renderable(det))
     return console.export_text()
 

@@ -12,6 +12,8 @@ The helpers in this module (reading files, parsing columns with precise errors) 
 
 from __future__ import annotations
 
+import csv
+import gzip
 import importlib.util
 import re
 import zlib
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from costwatch.errors import DataError, where
-from costwatch.model import empty_costs, normalize_costs, parse_tags, to_float, to_utc
+from costwatch.model import LineMap, empty_costs, line_of, normalize_costs, parse_tags, to_float, to_utc
 
 # FOCUS columns costwatch needs; without them a row cannot be placed in time, money or ownership.
 REQUIRED_FOCUS = ("ChargePeriodStart", "ChargePeriodEnd", "BilledCost", "BillingCurrency", "ProviderName",
@@ -91,7 +93,7 @@ def input_files(path: str | Path) -> list[Path]:
     return [p]
 
 
-def read_table(path: Path, wanted: Collection[str]) -> tuple[pd.DataFrame, int, list[str]]:
+def read_table(path: Path, wanted: Collection[str]) -> tuple[pd.DataFrame, LineMap, list[str]]:
     """Read one file's ``wanted`` columns (matched case-insensitively) as text.
 
     Returns the frame, the offset that turns a row index into a line number, and every header in the
@@ -117,10 +119,36 @@ def read_table(path: Path, wanted: Collection[str]) -> tuple[pd.DataFrame, int, 
         raise DataError(f"{path}: {hint} ({_first_line(e)})") from e
     headers = [str(c).strip() for c in df.columns]
     df.columns = headers
-    return df[[c for c in headers if c.lower() in keep]], 2, headers
+    return df[[c for c in headers if c.lower() in keep]], _line_map(path, len(df)), headers
 
 
-def _read_parquet(path: Path, keep: set[str]) -> tuple[pd.DataFrame, int, list[str]]:
+def _line_map(path: Path, rows: int) -> LineMap:
+    """2 (header on line 1, one line per row) unless the file has blank lines or multi-line quoted
+    values; then the starting line of every record, found with the csv module as pandas reads it."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        physical = sum(1 for _ in fh)
+    if physical <= rows + 1:
+        return 2
+    starts: list[int] = []
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        prev = 0
+        header_seen = False
+        for record in reader:
+            start, prev = prev + 1, reader.line_num
+            if not record or (all(not f.strip() for f in record) and len(record) <= 1):
+                continue  # blank line: pandas skips it too
+            if not header_seen:
+                header_seen = True
+                continue
+            starts.append(start)
+    if len(starts) != rows:  # the two parsers disagree; fall back rather than name a wrong line
+        return 2
+    return np.asarray(starts, dtype=np.int64)
+
+
+def _read_parquet(path: Path, keep: set[str]) -> tuple[pd.DataFrame, LineMap, list[str]]:
     if importlib.util.find_spec("pyarrow") is None:
         raise DataError(f"{path}: reading Parquet needs pyarrow; run `pip install costwatch[parquet]`")
     import pyarrow as pa
@@ -157,8 +185,8 @@ def clean_text(values: pd.Series) -> pd.Series:
     return pd.Series(u.array.take(codes, allow_fill=True), index=values.index, dtype="string")
 
 
-def fail(file: Path, pos: int, offset: int, column: str, what: str) -> DataError:
-    return DataError(f"{where(str(file), pos + offset, column)}{what}")
+def fail(file: Path, pos: int, offset: LineMap, column: str, what: str) -> DataError:
+    return DataError(f"{where(str(file), line_of(offset, pos), column)}{what}")
 
 
 def first_true(mask: pd.Series | np.ndarray) -> int:
@@ -166,7 +194,7 @@ def first_true(mask: pd.Series | np.ndarray) -> int:
     return int(np.flatnonzero(arr)[0])
 
 
-def parse_times(raw: pd.Series, *, file: Path, column: str, offset: int) -> pd.Series:
+def parse_times(raw: pd.Series, *, file: Path, column: str, offset: LineMap) -> pd.Series:
     """Timestamps to UTC, with a fast ISO-8601 path; anything else goes through ``to_utc`` for its errors."""
     if pd.api.types.is_datetime64_any_dtype(raw):  # Parquet timestamp column
         s = raw.dt.tz_localize("UTC") if raw.dt.tz is None else raw.dt.tz_convert("UTC")
@@ -183,7 +211,7 @@ def parse_times(raw: pd.Series, *, file: Path, column: str, offset: int) -> pd.S
     return to_utc(text, file=str(file), column=column, line_offset=offset)
 
 
-def parse_numbers(raw: pd.Series, *, file: Path, column: str, offset: int,
+def parse_numbers(raw: pd.Series, *, file: Path, column: str, offset: LineMap,
                   allow_missing: bool = False) -> pd.Series:
     """Floats, rejecting text, infinities and (unless allowed) blanks, so money is never silently zero."""
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
@@ -198,7 +226,7 @@ def parse_numbers(raw: pd.Series, *, file: Path, column: str, offset: int,
                     line_offset=offset, allow_missing=allow_missing)
 
 
-def require_text(values: pd.Series, *, file: Path, column: str, offset: int) -> pd.Series:
+def require_text(values: pd.Series, *, file: Path, column: str, offset: LineMap) -> pd.Series:
     """A text column that must be filled on every row (ids, currency): a blank would orphan the cost."""
     s = clean_text(values).reset_index(drop=True)
     if s.isna().any():
@@ -331,7 +359,7 @@ def _load_focus_file(path: Path) -> pd.DataFrame:
     return normalize_costs(frame)
 
 
-def _parse_tag_column(raw: pd.Series, path: Path, column: str, offset: int) -> list[dict[str, str]]:
+def _parse_tag_column(raw: pd.Series, path: Path, column: str, offset: LineMap) -> list[dict[str, str]]:
     """Tags as dicts; values repeat heavily, so each distinct JSON text is decoded once."""
     cache: dict[str, dict[str, str]] = {}
     out: list[dict[str, str]] = []
@@ -355,7 +383,7 @@ def _parse_tag_column(raw: pd.Series, path: Path, column: str, offset: int) -> l
     return out
 
 
-def _parse_bool(raw: pd.Series, path: Path, column: str, offset: int) -> pd.Series:
+def _parse_bool(raw: pd.Series, path: Path, column: str, offset: LineMap) -> pd.Series:
     if pd.api.types.is_bool_dtype(raw):
         return raw.fillna(False).astype(bool).reset_index(drop=True)
     text = clean_text(raw).str.lower().reset_index(drop=True)
