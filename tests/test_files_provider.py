@@ -185,12 +185,13 @@ def test_bad_value_names_file_line_column(tmp_path: Path, row: str, line: int | 
     assert f"line {line}" in msg and f"column {column}" in msg and str(what) in msg
 
 
-def test_multiline_field_reports_row_based_line(tmp_path: Path) -> None:
+def test_multiline_field_reports_the_physical_line(tmp_path: Path) -> None:
     multi = GOOD_ROW.replace(",i-1,", ',"i-1\nsecond line",')
     path = write(tmp_path / "m.csv", multi, GOOD_ROW.replace("1.5", "x", 1))
     assert load_focus(write(tmp_path / "ok.csv", multi))["resource_id"][0] == "i-1\nsecond line"
     msg = error_of(load_focus, path)
-    assert "line 3" in msg and "column BilledCost" in msg
+    # header on line 1, the first record spans lines 2-3, the bad record starts on line 4
+    assert "line 4" in msg and "column BilledCost" in msg
 
 
 def test_bad_estimated_flag(tmp_path: Path) -> None:
