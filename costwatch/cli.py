@@ -77,6 +77,7 @@ def cli(debug: bool) -> None:
 def report(costs: tuple[Path, ...], usage: tuple[Path, ...], config_path: Path | None, since: str,
            as_of: str | None, fmt: str, output: Path | None) -> None:
     """Per-project spend, bands, forecasts and every alert detected in the window."""
+    window, now = parse_since(since), _as_of(as_of)  # bad flags fail before any data is read
     try:
         cfg = _load_cfg(config_path)
         cost_paths: list[Any] = list(costs)
@@ -85,7 +86,7 @@ def report(costs: tuple[Path, ...], usage: tuple[Path, ...], config_path: Path |
             cost_paths, usage_paths = _paths_from_config(cfg)
         if not cost_paths and not usage_paths:
             raise ConfigError("nothing to read: pass --costs and/or --usage, or a --config with a files provider")
-        _run_report(cfg, cost_paths, usage_paths, since, as_of, fmt, output)
+        _run_report(cfg, cost_paths, usage_paths, window, now, fmt, output)
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
 
@@ -109,8 +110,9 @@ def _paths_from_config(cfg: Any) -> tuple[list[Any], list[Any]]:
     return costs, usage
 
 
-def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any], since: str, as_of: str | None,
-                fmt: str, output: Path | None) -> None:
+def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
+                since: pd.Timedelta | pd.Timestamp | None, as_of: pd.Timestamp | None, fmt: str,
+                output: Path | None) -> None:
     from rich.console import Console
 
     from costwatch.providers.files import FilesProvider
@@ -122,7 +124,7 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any], since: 
     prov = FilesProvider(costs=cost_paths or None, usage=usage_paths or None)
     cost_frame = prov.fetch_costs() if cost_paths else empty_costs()
     usage_frame = prov.fetch_usage() if usage_paths else None
-    det = detect(cost_frame, usage_frame, cfg, as_of=_as_of(as_of), since=parse_since(since))
+    det = detect(cost_frame, usage_frame, cfg, as_of=as_of, since=since)
     if output is None and fmt == "table":
         Console().print(renderable(det))
         return

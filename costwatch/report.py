@@ -22,6 +22,8 @@ from .alerts import Alert, iso
 from .detect import Detection
 
 FORMATS = ("table", "json", "csv", "markdown")
+SHORT_KIND = {"mining_suspected": "mining", "cost_spike": "spike", "threshold_exceeded": "threshold",
+              "budget_forecast_exceeded": "budget"}
 ALERT_CSV_FIELDS = ("kind", "severity", "project", "project_name", "provider", "service", "region", "start",
                     "detected_at", "observed", "expected", "lower", "upper", "currency", "score", "summary",
                     "fingerprint")
@@ -80,7 +82,7 @@ def renderable(det: Detection) -> Group:
                  else "")
         if nodes and p.get("cpu_expected_24h") is not None:
             nodes += f" (usual {p['cpu_expected_24h']:.0f}%)"
-        alerts = ", ".join(f"{k}×{v}" for k, v in p["alerts"].items())
+        alerts = ", ".join(f"{SHORT_KIND.get(k, k)} {v}" for k, v in p["alerts"].items())
         name = p["project_name"] if p["project_name"] == p["project"] else f"{p['project_name']} ({p['project']})"
         pt.add_row(name, p["provider"], f"{p.get('spend', 0):,.2f} {cur}",
                    f"{p['last_day_cost']:,.2f}" if p.get("last_day_cost") is not None else "",
