@@ -111,7 +111,12 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
         slope_l = np.nansum((wl - mean_l[:, :, None]) * tc, axis=2) / max(float((tc**2).sum()), 1.0)
         mean_p = np.nanmean(wp, axis=2)
         excess_p = mean_p - np.nanmean(_trailing(profile, s.pinned_hours), axis=2)
-        excess_l = mean_l - np.nanmean(_trailing(profile, s.plateau_hours), axis=2)
+        prof_w = _trailing(profile, s.plateau_hours)
+        excess_l = mean_l - np.nanmean(prof_w, axis=2)
+        # how much a load that kept the usual shape (scaled up, like a traffic surge) would have moved
+        # over the window: a plateau is only evidence where the usual shape moves and the CPU does not
+        shape_l = (np.nanmax(prof_w, axis=2) - np.nanmin(prof_w, axis=2)) / np.maximum(np.nanmean(prof_w, axis=2), 1.0)
+        proportional_range = mean_l * shape_l
     known = pdays >= s.min_profile_days
     need = np.maximum(s.min_excess, 3.0 * np.nan_to_num(spread_l, nan=0.0))
     # a new node pinned from its first hours is the strongest sign there is; an existing node needs one
@@ -123,7 +128,7 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
         full_x = ~np.isnan(wx).any(axis=2)
         tight = ((np.nanmin(wx, axis=2) >= s.pinned_level) & (np.nanstd(wx, axis=2) <= s.flat_tolerance / 2)
                  & (np.nanmean(np.abs(np.diff(wx, axis=2)), axis=2) <= s.flat_tolerance / 2))
-    pinned_new = full_p & (min_p >= s.pinned_level) & (std_p <= s.flat_tolerance) & ~known & new[:, None]
+    pinned_new = full_p & (min_p >= s.pinned_level) & (std_p <= s.flat_tolerance / 2) & ~known & new[:, None]
     pinned_old = full_x & tight & known & (np.nan_to_num(excess_p, nan=0.0) >= need)
     pinned = pinned_new | pinned_old
     # flat relative to the node itself: half its usual same-hour spread, within [flat/2, flat]
@@ -131,6 +136,7 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
     plateau = (full_l & known & (min_l >= s.plateau_level) & (std_l <= tol_l)
                & (step_l <= 0.75 * tol_l) & (range_l <= 2.5 * tol_l)
                & (np.abs(slope_l) <= 0.25 * tol_l)
+               & (range_l <= 0.5 * np.nan_to_num(proportional_range, nan=0.0))
                & (np.nan_to_num(excess_l, nan=0.0) >= need))
     return pinned, plateau, np.asarray(np.where(pinned, mean_p, mean_l))
 
@@ -149,7 +155,37 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
     flagged = _trailing((pinned | plateau)[:, ::-1].astype(float), w).max(axis=2)[:, ::-1] > 0
     profile, spread, pdays = _profile(np.where(flagged, np.nan, x), s.profile_days)
     pinned, plateau, level = _flags(x, profile, spread, pdays, new, s)
+    surge = _project_surge(m, x, profile, pinned | plateau, s)
+    plateau &= ~surge
+    pinned &= ~(surge & ~new[:, None])
     return CpuFeatures(profile, spread, pdays, pinned, plateau, level, new)
+
+
+def _project_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, flagged: np.ndarray, s: CpuSettings,
+                   ratio: float = 1.3, min_nodes: int = 3) -> np.ndarray:
+    """Hours at which most of a project's other, unflagged nodes run well above their usual shape too.
+
+    Traffic lifts a whole pool at once and keeps each node's shape; a miner lifts the nodes it runs on
+    and leaves the rest alone (or flattens them all, and then none is left unflagged).  A node that
+    looks flat by chance in the middle of a project-wide surge is the surge, not a miner."""
+    n, t = x.shape
+    if n == 0 or not len(m.nodes):
+        return np.zeros((n, t), dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        win = _trailing(x, 3)
+        obs = np.nanmean(win, axis=2)
+        usual = np.nanmean(_trailing(profile, 3), axis=2)
+        # only nodes that still move like a service count as witnesses; flat ones may be miners not yet
+        # flagged.  The usual level is floored so a quiet night's noise is not read as a surge
+        moving = np.nanstd(win, axis=2) > s.flat_tolerance / 2
+        rel = np.where(flagged | ~moving | np.isnan(usual), np.nan, obs / np.maximum(usual, 10.0))
+    frame = pd.DataFrame(rel)
+    key = m.nodes["project"].astype(str).to_numpy()
+    med = frame.groupby(key).median()
+    count = frame.notna().groupby(key).sum()
+    proj_surge = (med >= ratio) & (count >= min_nodes)
+    return proj_surge.reindex(key).to_numpy(dtype=bool)
 
 
 def is_gpu(instance_type: str | None, prefixes: list[str]) -> bool:

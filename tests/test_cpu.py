@@ -81,3 +81,19 @@ def test_is_gpu() -> None:
     assert cpu.is_gpu("Standard_NC6s_v3", ["standard_nc"])
     assert not cpu.is_gpu("m5.large", ["p3"])
     assert not cpu.is_gpu(None, ["p3"])
+
+
+def test_chance_flat_node_inside_a_project_wide_surge_is_not_mining() -> None:
+    rng = np.random.default_rng(9)
+    frames = []
+    for k in range(8):
+        v = _shape(rng, 40)
+        v[START:] = np.clip(v[START:] * 2.0, 0, 95)
+        if k == 0:  # one node happens to hold still for a few hours at its surge level
+            v[START + 6: START + 14] = 62 + rng.normal(0, 0.4, 8)
+        frames.append(pd.DataFrame({"timestamp": HOURS, "node": f"i-{k}", "cpu_utilization": v}))
+    usage = normalize_usage(pd.concat(frames, ignore_index=True).assign(provider="aws", project="p"))
+    m = cpu.cpu_matrix(usage)
+    s = cpu.CpuSettings()
+    f = cpu.features(m, s)
+    assert cpu.node_episodes(m, f, s) == []
