@@ -119,12 +119,12 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
         proportional_range = mean_l * shape_l
     known = pdays >= s.min_profile_days
     need = np.maximum(s.min_excess, 3.0 * np.nan_to_num(spread_l, nan=0.0))
-    # a new node pinned from its first hours is the strongest sign there is; an existing node needs one
-    # more hour and a tighter line, since real traffic can saturate a node for an hour or two, but it
-    # keeps its noise while a miner's hourly average barely moves
+    # a new node pinned from its first hours is the strongest sign there is; an existing node needs a
+    # tighter line and a clear excess over its usual shape, since real traffic can saturate a node for an
+    # hour or two, but it keeps its noise while a miner's hourly average barely moves
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        wx = _trailing(x, s.pinned_hours + 1)
+        wx = _trailing(x, s.pinned_hours)
         full_x = ~np.isnan(wx).any(axis=2)
         tight = ((np.nanmin(wx, axis=2) >= s.pinned_level) & (np.nanstd(wx, axis=2) <= s.flat_tolerance / 2)
                  & (np.nanmean(np.abs(np.diff(wx, axis=2)), axis=2) <= s.flat_tolerance / 2))

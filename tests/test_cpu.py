@@ -68,9 +68,8 @@ def test_detection_is_fast_and_start_is_exact() -> None:
     pinned, new = eps["i-pinned"], eps["i-newminer"]
     assert pinned.signal == "pinned" and new.signal == "pinned" and new.new_node
     assert pinned.start == start and new.start == start
-    # a new node pinned from birth fires after two hours; an existing node needs a third, flatter hour
     assert new.detected_at - start <= pd.Timedelta(hours=2)
-    assert pinned.detected_at - start <= pd.Timedelta(hours=3)
+    assert pinned.detected_at - start <= pd.Timedelta(hours=2)
     stealth = eps["i-stealth"]
     assert stealth.signal == "plateau" and 55 < stealth.level < 70
     assert stealth.detected_at - start <= pd.Timedelta(hours=6)
