@@ -209,6 +209,8 @@ class DetectionConfig(_Model):
 
     sensitivity: float = Field(default=1.0, ge=0.25, le=4.0)
     min_spend: float = Field(default=5.0, ge=0)
+    min_impact: float = Field(default=0.0, ge=0)
+    min_impact_pct: float = Field(default=0.0, ge=0)
     history_days: int = Field(default=14, ge=1, le=365)
     lookback_days: int = Field(default=28, ge=7, le=365)
     band_method: Literal["weekday", "stl"] = "weekday"

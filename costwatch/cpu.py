@@ -204,6 +204,7 @@ class NodeEpisode:
     detected_at: pd.Timestamp  # end of the hour at which the window first qualified
     last: pd.Timestamp  # last flagged hour (end)
     level: float  # median CPU over the episode
+    flatness: float  # standard deviation of the CPU over the window that fired (a miner's is ~1 point)
     signal: str  # "pinned" or "plateau"
     new_node: bool
     region: str | None
@@ -243,6 +244,7 @@ def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int =
         out.append(NodeEpisode(
             node=str(meta["node"]), project=str(meta["project"]), provider=str(meta["provider"]),
             start=m.hours[lo], detected_at=m.hours[c0] + hour, last=m.hours[c1] + hour, level=level,
+            flatness=float(np.nanstd(x[i, max(first, 0): c0 + 1])),
             signal=signal, new_node=bool(f.new_node[i]), region=_str(meta["region"]),
             instance_type=_str(meta["instance_type"]), cluster=_str(meta["cluster"]),
             baseline=_mean(f.profile[i, max(first, 0): c0 + 1]),

@@ -191,7 +191,9 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
     x = m.values
     enough = bands.history >= det.history_days
     with np.errstate(invalid="ignore"):
-        banded = enough & (x > bands.upper) & (x >= floor)
+        impact = x - bands.expected  # money per day above expected: the figure owners set limits on
+        big = (impact >= det.min_impact) & (impact >= det.min_impact_pct / 100.0 * bands.expected)
+        banded = enough & (x > bands.upper) & (x >= floor) & big
         # plain threshold for short histories: several times the typical day seen so far
         prior_med = _expanding_median(x)
         short = ~enough & (bands.history >= 3)
@@ -270,6 +272,7 @@ def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pi
     excess = obs - (exp if np.isfinite(exp) else 0.0)
     evidence.update({
         "metric": "daily_cost", "days": int(b - a + 1), "peak": float(np.nanmax(m.values[i, a: b + 1])),
+        "impact": float(excess), "impact_pct": float(100.0 * excess / exp) if exp > 0 and not short else None,
         "excess_total": float(np.nansum(m.values[i, a: b + 1] - np.nan_to_num(bands.expected[i, a: b + 1]))),
         "history_days": int(bands.history[i, a]),
         "band": "plain threshold (short history)" if short else f"{bands.method} band",
@@ -336,7 +339,13 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
         {"region": str(r), "cost": float(c)} for r, c in reg_now.sort_values(ascending=False).items()
         if str(r) not in seen_regions and c > 0 and len(settled)
     ]
-    ev: dict[str, Any] = {"services": services, "new_regions": new_regions,
+    by_reg_now = first.groupby("region", dropna=False)["effective_cost"].sum()
+    by_reg_before = recent.groupby("region", dropna=False)["effective_cost"].sum() / recent_days
+    rdiff = (by_reg_now - by_reg_before.reindex(by_reg_now.index).fillna(0.0)).sort_values(ascending=False)
+    regions = [{"region": None if pd.isna(r) else str(r), "cost": float(by_reg_now[r]), "excess": float(d),
+                "share": float(d / total_excess) if total_excess > 0 else 0.0}
+               for r, d in rdiff.head(3).items() if d > 0]
+    ev: dict[str, Any] = {"services": services, "regions": regions, "new_regions": new_regions,
                           # providers restate recent days: an estimated figure may still move
                           "estimated": bool(first["estimated"].any()) if "estimated" in first else False}
     if proj["resource_id"].notna().any() and len(before):
@@ -345,6 +354,10 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
         if len(fresh):
             ev["new_resources"] = {"count": int(fresh["resource_id"].nunique()),
                                    "cost": float(fresh["effective_cost"].sum())}
+        top = (first.dropna(subset=["resource_id"]).groupby("resource_id")["effective_cost"].sum()
+               .sort_values(ascending=False).head(3))
+        ev["top_resources"] = [{"resource_id": str(r), "cost": float(c), "new": str(r) not in seen}
+                               for r, c in top.items()]
     new_region_cost = float(first[~first["region"].astype("string").isin(seen_regions)]["effective_cost"].sum()) \
         if len(settled) else 0.0
     excess = float(first["effective_cost"].sum()) - (expected if np.isfinite(expected) else 0.0)
@@ -400,7 +413,9 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
     for e in sorted(g, key=lambda e: -e.level):
         nodes.append({
             "node": e.node, "cpu": round(e.level, 1), "baseline_cpu": round(e.baseline, 1),
-            "signal": e.signal, "new": e.new_node, "region": e.region, "instance_type": e.instance_type,
+            "flatness_std": round(e.flatness, 2), "signal": e.signal, "new": e.new_node, "region": e.region,
+            "new_region": bool(e.region and known_regions and e.region not in known_regions),
+            "instance_type": e.instance_type,
             "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
             "start": e.start, "detected_at": e.detected_at,
         })

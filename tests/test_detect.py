@@ -176,3 +176,21 @@ def test_usage_only_input_is_enough_for_cpu_mining() -> None:
     kinds = [(a.kind, a.project) for a in det.alerts]
     assert kinds == [("mining_suspected", "proj-a")]
     assert det.alerts[0].evidence["metric"] == "cpu_percent"
+
+
+def test_impact_knobs_absolute_and_percent() -> None:
+    compute = _steady(200.0)
+    compute[60] *= 1.6  # out of band: about +120/day, +60%
+    costs = _costs({("888", "Compute", "us-east-1"): compute})
+    as_of, since = DAYS[-1] + pd.Timedelta(days=1), DAYS[50]
+    base = detect(costs, None, Config(), as_of=as_of, since=since)
+    spike = next(a for a in base.alerts if a.kind == "cost_spike")
+    impact = spike.evidence["impact"]
+    assert impact == pytest.approx(spike.observed - spike.expected)
+    assert spike.evidence["impact_pct"] == pytest.approx(100 * impact / spike.expected)
+    assert spike.evidence["regions"][0]["region"] == "us-east-1"
+    for knobs, fires in (({"min_impact": impact * 0.9}, True), ({"min_impact": impact * 1.1}, False),
+                         ({"min_impact_pct": spike.evidence["impact_pct"] * 0.9}, True),
+                         ({"min_impact_pct": spike.evidence["impact_pct"] * 1.1}, False)):
+        det = detect(costs, None, Config(detection=DetectionConfig(**knobs)), as_of=as_of, since=since)
+        assert any(a.kind == "cost_spike" for a in det.alerts) is fires, knobs
