@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/scenarios.py
+	$(BIN)/python bench/detection.py
 
 clean:
 	rm -rf $(VENV) costwatch-demo build *.egg-info

@@ -1,6 +1,6 @@
 """Labelled-scenario benchmark: mining precision, recall and detection delay over seeded data sets.
 
-    python bench/scenarios.py --seeds 5 --projects 40 --days 70
+    python bench/detection.py --seeds 5 --projects 40 --days 70
 
 Every figure is computed from costwatch's own alerts against the generator's ground truth; nothing here
 is tuned per seed.  Timing is printed, never asserted.
