@@ -92,8 +92,27 @@ def _windows(y: np.ndarray, lookback: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, lookback, axis=1)[:, : y.shape[1], :]
 
 
+CHUNK_SERIES = 4096
+
+
 def weekday_bands(values: np.ndarray, *, lookback: int = 28, z: float = 4.0, sensitivity: float = 1.0,
                   min_ratio: float = 0.15) -> Bands:
+    """Causal bands for every series and day, in blocks of series so memory stays bounded.
+
+    The window tensors are (series x days x lookback); blocks of a few thousand series keep them in the
+    tens of megabytes and in cache, which is also faster than one huge tensor."""
+    if values.shape[0] <= CHUNK_SERIES:
+        return _weekday_block(values, lookback=lookback, z=z, sensitivity=sensitivity, min_ratio=min_ratio)
+    parts = [_weekday_block(values[i: i + CHUNK_SERIES], lookback=lookback, z=z, sensitivity=sensitivity,
+                            min_ratio=min_ratio) for i in range(0, values.shape[0], CHUNK_SERIES)]
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(b, name) for b in parts])
+
+    return Bands(cat("expected"), cat("lower"), cat("upper"), cat("sigma"), cat("history"), "weekday")
+
+
+def _weekday_block(values: np.ndarray, *, lookback: int, z: float, sensitivity: float,
+                   min_ratio: float) -> Bands:
     """Causal robust bands: level x weekday factor, spread from the median absolute residual.
 
     Log space makes the weekly shape multiplicative (a weekend at 60% of a weekday stays 60% as spend

@@ -104,3 +104,12 @@ def test_daily_matrix_rolls_up_hours_and_treats_gaps_and_credits() -> None:
     np.testing.assert_allclose(m.values[0], [3.0, 4.0, np.nan, 5.0])
     # Storage: absent on days the project reported is a zero; the day nobody reported stays missing
     np.testing.assert_allclose(m.values[1], [1.0, 0.0, np.nan, 0.0])
+
+
+def test_blocks_of_series_give_the_same_bands(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = _series(n=250)
+    whole = bl.weekday_bands(x)
+    monkeypatch.setattr(bl, "CHUNK_SERIES", 64)
+    blocks = bl.weekday_bands(x)
+    for name in ("expected", "lower", "upper", "sigma", "history"):
+        np.testing.assert_allclose(getattr(blocks, name), getattr(whole, name))
