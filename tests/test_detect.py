@@ -194,3 +194,20 @@ def test_impact_knobs_absolute_and_percent() -> None:
                          ({"min_impact_pct": spike.evidence["impact_pct"] * 1.1}, False)):
         det = detect(costs, None, Config(detection=DetectionConfig(**knobs)), as_of=as_of, since=since)
         assert any(a.kind == "cost_spike" for a in det.alerts) is fires, knobs
+
+
+def test_partial_latest_day_is_neither_read_low_nor_high() -> None:
+    hours = pd.date_range(DAYS[0], DAYS[-1] + pd.Timedelta(hours=23), freq="h", tz="UTC")
+    rows = pd.DataFrame({"period_start": hours, "period_hours": 1.0, "provider": "gcp", "project_id": "p1",
+                         "service_category": "Compute", "region": "europe-west1", "charge_category": "Usage",
+                         "billed_cost": 10.0, "effective_cost": 10.0, "currency": "EUR"})
+    costs = normalize_costs(rows)
+    as_of = DAYS[-1] + pd.Timedelta(hours=13)  # the last day is half billed
+    det = detect(costs, None, Config(), as_of=as_of, since=DAYS[-10])
+    assert det.alerts == []
+    p = det.projects[0]
+    assert p["last_day"] == DAYS[-2] and p["last_day_cost"] == pytest.approx(240.0)
+    # with a publication delay, the last complete day is not read until it is assumed final
+    late = detect(costs, None, Config(detection=DetectionConfig(cost_delay_hours=18)), as_of=as_of,
+                  since=DAYS[-10])
+    assert late.projects[0]["last_day"] == DAYS[-3]
