@@ -80,13 +80,7 @@ def report(costs: tuple[Path, ...], usage: tuple[Path, ...], config_path: Path |
     window, now = parse_since(since), _as_of(as_of)  # bad flags fail before any data is read
     try:
         cfg = _load_cfg(config_path)
-        cost_paths: list[Any] = list(costs)
-        usage_paths: list[Any] = list(usage)
-        if not cost_paths and not usage_paths:
-            cost_paths, usage_paths = _paths_from_config(cfg)
-        if not cost_paths and not usage_paths:
-            raise ConfigError("nothing to read: pass --costs and/or --usage, or a --config with a files provider")
-        _run_report(cfg, cost_paths, usage_paths, window, now, fmt, output)
+        _run_report(cfg, list(costs), list(usage), window, now, fmt, output)
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
 
@@ -97,17 +91,17 @@ def _load_cfg(path: Path | None) -> Any:
     return load_config(path) if path else Config()
 
 
-def _paths_from_config(cfg: Any) -> tuple[list[Any], list[Any]]:
-    costs: list[Any] = []
-    usage: list[Any] = []
-    for p in cfg.providers:
-        if getattr(p, "type", None) != "files":
-            continue
-        for attr, bucket in (("costs", costs), ("usage", usage)):
-            v = getattr(p, attr, None)
-            if v:
-                bucket.extend(v if isinstance(v, list) else [v])
-    return costs, usage
+def _providers(cfg: Any, cost_paths: list[Any], usage_paths: list[Any]) -> list[Any]:
+    """Files named on the command line win; otherwise every provider in the config."""
+    from . import sources
+
+    if cost_paths or usage_paths:
+        from costwatch.providers.files import FilesProvider
+
+        return [FilesProvider(costs=cost_paths or None, usage=usage_paths or None)]
+    if not cfg.providers:
+        raise ConfigError("nothing to read: pass --costs and/or --usage, or a --config with providers")
+    return [sources.build(p, cfg) for p in cfg.providers]
 
 
 def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
@@ -115,16 +109,24 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
                 output: Path | None) -> None:
     from rich.console import Console
 
-    from costwatch.providers.files import FilesProvider
-
+    from . import sources
     from .detect import detect
-    from .model import empty_costs
     from .report import render, renderable
 
-    prov = FilesProvider(costs=cost_paths or None, usage=usage_paths or None)
-    cost_frame = prov.fetch_costs() if cost_paths else empty_costs()
-    usage_frame = prov.fetch_usage() if usage_paths else None
-    det = detect(cost_frame, usage_frame, cfg, as_of=as_of, since=since)
+    providers = _providers(cfg, cost_paths, usage_paths)
+    end = as_of or pd.Timestamp.now(tz="UTC").floor("h")
+    # bands need history before the window: fetch the lookback on top of it
+    start = (since if isinstance(since, pd.Timestamp) else end - (since or pd.Timedelta(days=28)))
+    start = start - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
+    # a single provider fails loudly (exit 2); with several, the others still report and the gap is named
+    got = sources.gather(providers, start, end, strict=len(providers) == 1)
+    if len(providers) > 1 and len(got.errors) >= 2 * len(providers):
+        raise CostwatchError("every provider failed: " + "; ".join(got.errors))
+    det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since)
+    det.notes.extend(f"missing data: {e}" for e in got.errors)
+    det.notes.extend(f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items()) for name, st in got.stats.items())
+    for e in got.errors:
+        click.echo(f"costwatch: warning: {e}", err=True)
     if output is None and fmt == "table":
         Console().print(renderable(det))
         return
