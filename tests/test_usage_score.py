@@ -1,0 +1,149 @@
+"""The usage-band score: causal, bounded, fires once at the onset of a spike or level shift, quiet on noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from costwatch.usage_score import (
+    UsageScoreParams,
+    episode_onsets,
+    onset_scores,
+    score_matrix,
+    score_series,
+)
+
+N = 3000
+WARMUP = 450  # like NAB's probation: the band needs some history before it means anything
+SMALL = UsageScoreParams(history=60, min_history=6, level_window=6, spread_window=8, refractory=20)
+
+
+def _cpu(seed: int, n: int = N) -> np.ndarray:
+    """CPU-like trace: daily shape at 5-minute spacing plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    daily = 30 + 10 * np.sin(2 * np.pi * t / 288)
+    return np.clip(daily + rng.normal(0, 3, n), 0, 100)
+
+
+def test_scores_are_in_unit_interval_and_finite() -> None:
+    x = _cpu(1)
+    x[1500] = 100.0
+    s = score_series(x)
+    assert s.shape == x.shape
+    assert np.all(np.isfinite(s))
+    assert s.min() >= 0.0
+    assert s.max() <= 1.0
+
+
+def test_spike_is_detected_at_its_onset() -> None:
+    x = _cpu(2)
+    x[2000] = 95.0
+    onsets = np.flatnonzero(episode_onsets(score_series(x)))
+    assert 2000 in onsets
+    assert [i for i in onsets if i >= WARMUP] == [2000]
+
+
+def test_level_shift_is_detected_once_at_its_onset() -> None:
+    x = _cpu(3)
+    x[2000:] += 45.0  # a miner pinning the node
+    x = np.clip(x, 0, 100)
+    scores = score_series(x)
+    onsets = [i for i in np.flatnonzero(episode_onsets(scores)) if i >= WARMUP]
+    assert onsets and 2000 <= onsets[0] <= 2003
+    assert len(onsets) == 1
+    assert (scores[2000:2100] >= 0.5).sum() > 1  # the episode lasts, the onset helper makes it one alert
+
+
+def test_downward_level_shift_is_detected() -> None:
+    x = _cpu(4)
+    x[2000:] = 2.0 + np.random.default_rng(0).normal(0, 0.3, N - 2000)
+    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
+    # a drop of ~0.6 band widths is not a spike; the short median carries it once half its window is down
+    level_window = UsageScoreParams().level_window
+    assert onsets == [i for i in onsets if 2000 <= i <= 2000 + level_window // 2]
+    assert len(onsets) == 1
+
+
+def test_stationary_noisy_series_gives_no_detection() -> None:
+    for seed in range(5):
+        s = score_series(_cpu(10 + seed))
+        assert not np.any(s[WARMUP:] >= 0.5), seed
+    rng = np.random.default_rng(7)
+    gaussian = 50 + rng.normal(0, 5, N)
+    assert not np.any(score_series(gaussian)[WARMUP:] >= 0.5)
+
+
+def test_recurring_bursts_are_part_of_the_band() -> None:
+    x = _cpu(5)
+    for start in range(100, N, 400):  # a nightly batch job
+        x[start:start + 30] = 95.0
+    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
+    assert onsets == []
+
+
+def test_onset_scores_keep_one_detection_per_episode() -> None:
+    scores = np.array([0.1, 0.7, 0.9, 0.8, 0.2, 0.6, 0.1, 0.1, 0.9])
+    out = onset_scores(scores, refractory=5)
+    assert list(np.flatnonzero(out >= 0.5)) == [1, 8]
+    assert np.all(out[[2, 3, 5]] < 0.5)
+    assert out[0] == 0.1
+    assert episode_onsets(scores, refractory=0).tolist() == [False, True, True, True, False, True, False,
+                                                             False, True]
+
+
+def test_nan_gaps_are_tolerated() -> None:
+    x = _cpu(6)
+    x[1000:1012] = np.nan
+    x[1500] = np.nan
+    x[2000] = 95.0
+    s = score_series(x)
+    assert np.all(np.isfinite(s))
+    assert np.all(s[1000:1012] == s[1000:1012].clip(0, 0.5 - 1e-9))
+    assert s[2000] >= 0.5
+
+
+def test_timestamps_place_gaps_on_the_grid() -> None:
+    x = _cpu(8)
+    ts = pd.date_range("2014-01-01", periods=N, freq="5min")
+    assert np.allclose(score_series(x, ts), score_series(x))
+    # drop a block of rows: scoring with timestamps equals scoring the gap as NaN samples
+    keep = np.r_[0:1000, 1010:N]
+    gapped = x.copy()
+    gapped[1000:1010] = np.nan
+    assert np.allclose(score_series(x[keep], ts[keep]), score_series(gapped)[keep])
+    # repeated timestamps do not break anything
+    dup = ts.insert(500, ts[500])
+    assert score_series(np.insert(x, 500, x[500]), dup).shape == (N + 1,)
+
+
+def test_score_matrix_equals_score_series_per_row() -> None:
+    rng = np.random.default_rng(9)
+    x = np.vstack([_cpu(20 + j, 800) * (1 + j) for j in range(5)])
+    x[1, 300:320] = np.nan
+    x[2, 500:] += 80
+    x[3, 400] = 500
+    x[4, :50] = np.nan
+    x += rng.normal(0, 0.01, x.shape)
+    m = score_matrix(x, params=SMALL)
+    for j in range(x.shape[0]):
+        assert np.allclose(m[j], score_series(x[j], params=SMALL), equal_nan=False), j
+    assert episode_onsets(m, refractory=20).shape == x.shape
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=arrays(np.float64, 120, elements=st.floats(-1e3, 1e3, allow_nan=False)),
+    cut=st.integers(1, 119),
+    future=arrays(np.float64, 120, elements=st.floats(-1e3, 1e3, allow_nan=False)),
+)
+def test_score_is_causal(values: np.ndarray, cut: int, future: np.ndarray) -> None:
+    changed = values.copy()
+    changed[cut:] = future[cut:]
+    a = score_series(values, params=SMALL)
+    b = score_series(changed, params=SMALL)
+    assert np.allclose(a[:cut], b[:cut], rtol=1e-9, atol=1e-12)
+    assert np.all((a >= 0) & (a <= 1))
