@@ -21,6 +21,7 @@ from . import cpu as cpumod
 from .alerts import SEVERITY_ORDER, Alert
 from .config import Config, ProjectConfig
 from .model import COMPUTE_CATEGORY
+from .usage_score import UsageScoreParams, episode_onsets, score_matrix
 
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
@@ -103,8 +104,11 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     alerts += _budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
     alerts = [a for a in alerts if since_ts <= a.detected_at <= as_of_ts]
     alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
+    usage_flags = _usage_anomalies(cm, since_ts, as_of_ts) if cm is not None and cm.values.size else {}
     projects = _project_summaries(costs, gross, totals, cm, feats, alerts, meta, cfg, since_ts, as_of_ts, delay)
     for p in projects:
+        if p["project"] in usage_flags:
+            p["usage_anomalies"] = usage_flags[p["project"]]
         if p["band_status"].startswith("short"):
             notes.append(f"{p['project']}: {p['band_status']}")
     if usage.empty:
@@ -580,6 +584,33 @@ def _budget_alerts(costs: pd.DataFrame, cfg: Config, meta: pd.DataFrame, since: 
                 summary=(f"{month} forecast {forecast:,.2f} exceeds budget {pc.monthly_budget:,.2f} "
                          f"(month to date {mtd:,.2f})"),
             ))
+    return out
+
+
+# ------------------------------------------------------------------------------------- usage bands
+
+# The NAB-tuned usage scorer (5-minute rows) translated to hourly CPU: two weeks of history, 2 h level
+# window, 4 h spread window, ~1.5 days between onsets, two days of history before a node is scored.
+HOURLY_USAGE = UsageScoreParams(history=336, min_history=48, level_window=2, spread_window=4, refractory=38)
+
+
+def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timestamp,
+                     limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """Nodes whose CPU left its own band (any direction, any shape) in the window, per project.
+
+    Not an alert: a usage departure alone is often a deploy or a batch job.  It is the context an owner
+    reads next to the mining and cost alerts, scored by the same code as ``bench/nab.py``."""
+    scores = score_matrix(cm.values, params=HOURLY_USAGE)
+    onsets = episode_onsets(scores, refractory=HOURLY_USAGE.refractory)
+    in_win = np.asarray((cm.hours >= since) & (cm.hours + HOUR <= as_of))
+    rows, cols = np.nonzero(onsets & in_win[None, :])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r, c in sorted(zip(rows.tolist(), cols.tolist(), strict=True), key=lambda rc: -scores[rc[0], rc[1]]):
+        node = cm.nodes.iloc[r]
+        bucket = out.setdefault(str(node["project"]), [])
+        if len(bucket) < limit:
+            bucket.append({"node": str(node["node"]), "at": cm.hours[c], "score": float(scores[r, c]),
+                           "cpu": float(cm.values[r, c])})
     return out
 
 

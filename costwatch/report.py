@@ -42,7 +42,9 @@ def to_dict(det: Detection, generated_at: pd.Timestamp | None = None) -> dict[st
 def _jsonable_project(p: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in p.items():
-        if isinstance(v, pd.Timestamp):
+        if isinstance(v, list):
+            out[k] = [_jsonable_project(x) if isinstance(x, dict) else x for x in v]
+        elif isinstance(v, pd.Timestamp):
             out[k] = iso(v)
         elif isinstance(v, float):
             out[k] = round(v, 4)
@@ -82,6 +84,8 @@ def renderable(det: Detection) -> Group:
                  else "")
         if nodes and p.get("cpu_expected_24h") is not None:
             nodes += f" (usual {p['cpu_expected_24h']:.0f}%)"
+        if p.get("usage_anomalies"):
+            nodes += f"\n{len(p['usage_anomalies'])} node(s) off their band"
         alerts = ", ".join(f"{SHORT_KIND.get(k, k)} {v}" for k, v in p["alerts"].items())
         name = p["project_name"] if p["project_name"] == p["project"] else f"{p['project_name']} ({p['project']})"
         pt.add_row(name, p["provider"], f"{p.get('spend', 0):,.2f} {cur}",

@@ -176,6 +176,10 @@ def test_usage_only_input_is_enough_for_cpu_mining() -> None:
     kinds = [(a.kind, a.project) for a in det.alerts]
     assert kinds == [("mining_suspected", "proj-a")]
     assert det.alerts[0].evidence["metric"] == "cpu_percent"
+    # the usage-band scorer (the one bench/nab.py measures) lists the node that left its band, at onset
+    off = det.projects[0]["usage_anomalies"]
+    assert [u["node"] for u in off] == ["n2"]
+    assert off[0]["at"] == hours[24 * 8]
 
 
 def test_impact_knobs_absolute_and_percent() -> None:
