@@ -43,6 +43,7 @@ __all__ = [
     "GROUP_BY_LABELS",
     "PROVIDER_TYPES",
     "AlertingConfig",
+    "AwsProviderConfig",
     "Config",
     "CpuDetectionConfig",
     "DetectionConfig",
@@ -141,11 +142,37 @@ class FilesProviderConfig(_Model):
         return self
 
 
+class AwsProviderConfig(_Model):
+    """Cost Explorer spend plus EC2/CloudWatch CPU from the AWS APIs (``pip install 'costwatch[aws]'``).
+
+    Credentials and endpoints come from the standard boto3 chain (env, profile, instance role,
+    ``AWS_ENDPOINT_URL``), never from this file, so the config holds no AWS secrets."""
+
+    type: Literal["aws"] = "aws"
+    name: str = Field(default="aws", min_length=1)
+    profile: str | None = None
+    metric: Literal["UnblendedCost", "NetUnblendedCost", "AmortizedCost"] = "UnblendedCost"
+    restate_days: int = Field(default=3, ge=0, le=31)
+    cache_path: str | None = None
+    regions: list[str] | None = None
+    owner_tag: str = Field(default="owner", min_length=1)
+    cpu: bool = True
+    max_workers: int = Field(default=8, ge=1, le=64)
+    assume_role: str | None = Field(default=None, pattern=r"^[\w+=,.@/-]{1,128}$")
+
+    @field_validator("cache_path")
+    @classmethod
+    def _cache_next_to_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """Relative like every other path in the file: next to the config file, when there is one."""
+        base = (info.context or {}).get("base_dir") if info is not None else None
+        return _resolve_one(v, Path(base)) if v and base is not None else v
+
+
 # A discriminated union on ``type``, so an error in one provider is reported against that provider's keys
 # only.  Add cloud providers with ``FilesProviderConfig | AwsProviderConfig | ...`` (each with a
 # ``type: Literal[...]`` field) and nothing else here changes.
-ProviderConfig = Annotated[FilesProviderConfig, Field(discriminator="type")]
-PROVIDER_TYPES: tuple[str, ...] = ("files",)
+ProviderConfig = Annotated[FilesProviderConfig | AwsProviderConfig, Field(discriminator="type")]
+PROVIDER_TYPES: tuple[str, ...] = ("files", "aws")
 
 
 class ProjectConfig(_Model):

@@ -1,0 +1,153 @@
+"""The aws provider: daily spend from Cost Explorer and hourly EC2 CPU from CloudWatch, via the AWS APIs.
+
+Costs (``fetch_costs``) come from two cached GetCostAndUsage queries per fetch window (see ``costs``);
+account names and owners from Organizations; usage (``fetch_usage``) from DescribeInstances and
+GetMetricData across every enabled region in parallel (see ``compute``).  ``stats()`` reports the requests
+made per API, so the Cost Explorer bill ($0.01 a request) stays visible, and the regions that failed.
+
+Costs cover the whole organization when run from the management account.  Instances and CPU live in
+each member account: with ``assume_role`` set, the provider assumes that role in every other account
+Organizations lists (sts:AssumeRole) and scans them too; without it only the caller's account is scanned.
+Not yet here: GuardDuty CryptoCurrency findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from costwatch.errors import ProviderError
+from costwatch.model import empty_usage
+
+from . import compute
+from ._api import Api
+from .cache import Cache
+from .costs import CostExplorer, combine, day_range
+
+__all__ = ["AwsProvider", "from_config"]
+
+DEFAULT_CACHE_NAME = "aws-cache.db"
+
+
+def _now() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC")
+
+
+class AwsProvider:
+    """Costs for every account the credentials can see in Cost Explorer; CPU for the caller's account."""
+
+    def __init__(self, *, name: str = "aws", cache_path: str | Path, profile: str | None = None,
+                 metric: str = "UnblendedCost", restate_days: int = 3, regions: list[str] | None = None,
+                 owner_tag: str = "owner", cpu: bool = True, max_workers: int = 8,
+                 assume_role: str | None = None, clock: Callable[[], pd.Timestamp] = _now) -> None:
+        self.name = name
+        self.api = Api(profile, max_workers)
+        self.cache = Cache(cache_path, scope=name)
+        self.clock = clock
+        self.ce = CostExplorer(self.api, self.cache, metric, restate_days, clock)
+        self.regions = regions
+        self.owner_tag = owner_tag
+        self.cpu = cpu
+        self.max_workers = max_workers
+        self.assume_role = assume_role
+        self.errors: list[str] = []
+        self.notes: list[str] = []
+        self.instances = compute.instances_frame([])
+        self._accounts: tuple[dict[str, str], dict[str, str]] | None = None
+        self._regions_seen: list[str] = []
+
+    def accounts(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Account id -> name and id -> owner (once per run; cached on disk for a day)."""
+        if self._accounts is None:
+            self._accounts = compute.accounts(self.api, self.cache, self.owner_tag, self.clock(), self.notes)
+        return self._accounts
+
+    def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        """Daily cost rows for [start, end), fetching from AWS only the days the cache cannot answer."""
+        days = day_range(start, end, self.clock().date())
+        svc_rows, svc_est = self.ce.daily("service", days)
+        reg_rows, reg_est = self.ce.daily("region", days)
+        estimated = {d: svc_est.get(d, False) or reg_est.get(d, False) for d in {*svc_est, *reg_est}}
+        names, owners = self.accounts()
+        return combine(svc_rows, reg_rows, estimated, names, owners)
+
+    def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        """Hourly CPU of every instance in every region; failed regions go to ``stats()["errors"]`` and
+        only a failure of all of them raises."""
+        if not self.cpu:
+            return empty_usage()
+        targets: list[tuple[Api, str]] = []
+        for api in self._account_apis():
+            try:
+                regions = compute.enabled_regions(api, self.regions)
+            except ProviderError as e:
+                if api is self.api:
+                    raise
+                self.errors.append(f"account {api.account}: {e}")
+                continue
+            targets += [(api, r) for r in regions]
+        self._regions_seen = sorted({r for _, r in targets})
+        results = compute.scan(targets, start, end, cpu=True, max_workers=self.max_workers, now=self.clock())
+        failed = [r for r in results if r.error]
+        self.errors += [str(r.error) for r in failed]
+        if failed and len(failed) == len(results):
+            raise ProviderError("; ".join(str(r.error) for r in failed[:3])
+                                + (f" (and {len(failed) - 3} more regions)" if len(failed) > 3 else ""))
+        self.instances = compute.instances_frame(results)
+        return compute.usage_frame(results, pd.Timestamp(start), pd.Timestamp(end))
+
+    def _account_apis(self) -> list[Api]:
+        """The caller's own account, plus every other organization account through ``assume_role``; an
+        account whose role cannot be assumed is reported and skipped."""
+        apis = [self.api]
+        if not self.assume_role:
+            return apis
+        names, _ = self.accounts()
+        if not names:
+            self.notes.append("assume_role is set but the organization's accounts are unknown; "
+                              "only the caller's account is scanned")
+            return apis
+        own = str(self.api.call(self.api.client("sts"), "GetCallerIdentity")["Account"])
+        for account in sorted(names):
+            if account == own:
+                continue
+            try:
+                apis.append(self.api.assume(account, self.assume_role))
+            except ProviderError as e:
+                self.errors.append(f"account {account}: {e}")
+        return apis
+
+    def stats(self) -> dict[str, Any]:
+        c = self.api.counts
+        return {
+            "ce_requests": self.ce.requests,
+            "ce_days_fetched": self.ce.fetched_days,
+            "organizations_requests": c["organizations"],
+            "ec2_requests": c["ec2"],
+            "cloudwatch_requests": c["cloudwatch"],
+            "sts_requests": c["sts"],
+            "regions": len(self._regions_seen),
+            "instances": len(self.instances),
+            "errors": list(self.errors),
+            "notes": list(self.notes),
+        }
+
+
+def default_cache_path(cfg: Any) -> Path:
+    """Next to the sqlite state file, so one directory holds everything costwatch keeps between runs."""
+    state = getattr(getattr(cfg, "state", None), "path", None)
+    base = Path(str(state)).parent if state and "://" not in str(state) else Path(".costwatch")
+    return base / DEFAULT_CACHE_NAME
+
+
+def from_config(provider_cfg: Any, cfg: Any = None) -> AwsProvider:
+    """Registry factory (``type: aws``)."""
+    return AwsProvider(
+        name=provider_cfg.name, cache_path=provider_cfg.cache_path or default_cache_path(cfg),
+        profile=provider_cfg.profile, metric=provider_cfg.metric, restate_days=provider_cfg.restate_days,
+        regions=provider_cfg.regions, owner_tag=provider_cfg.owner_tag, cpu=provider_cfg.cpu,
+        max_workers=provider_cfg.max_workers, assume_role=provider_cfg.assume_role,
+    )
