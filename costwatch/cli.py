@@ -122,7 +122,8 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     got = sources.gather(providers, start, end, strict=len(providers) == 1)
     if len(providers) > 1 and len(got.errors) >= 2 * len(providers):
         raise CostwatchError("every provider failed: " + "; ".join(got.errors))
-    det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since)
+    det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since,
+                 findings=got.findings)
     det.notes.extend(f"missing data: {e}" for e in got.errors)
     det.notes.extend(f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items()) for name, st in got.stats.items())
     for e in got.errors:

@@ -159,6 +159,7 @@ class AwsProviderConfig(_Model):
     cpu: bool = True
     max_workers: int = Field(default=8, ge=1, le=64)
     assume_role: str | None = Field(default=None, pattern=r"^[\w+=,.@/-]{1,128}$")
+    guardduty: bool = True
 
     @field_validator("cache_path")
     @classmethod

@@ -61,10 +61,17 @@ def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
     )
 
 
+FINDING_COLUMNS = ("provider", "project", "region", "node", "cluster", "type", "severity", "title", "finding_id",
+                   "first_seen", "last_seen")
+
+
 def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None = None, *,
            as_of: pd.Timestamp | str | None = None, since: pd.Timestamp | str | pd.Timedelta | None = None,
-           ) -> Detection:
-    """Run every detector over the frames and return alerts detected in ``[since, as_of]``."""
+           findings: pd.DataFrame | None = None) -> Detection:
+    """Run every detector over the frames and return alerts detected in ``[since, as_of]``.
+
+    ``findings`` are cloud security findings of crypto mining (GuardDuty), columns ``FINDING_COLUMNS``:
+    they become evidence on the project's mining alert, or a mining alert of their own."""
     cfg = cfg or Config()
     det = cfg.detection
     usage = usage if usage is not None else pd.DataFrame(columns=["timestamp"])
@@ -96,6 +103,8 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
         feats = cpumod.features(cm, settings)
         episodes = [e for e in cpumod.node_episodes(cm, feats, settings) if e.project in meta.index]
         mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts)
+    if findings is not None and len(findings):
+        mining = _join_findings(findings, mining, meta, since_ts, as_of_ts)
     covered = {a.project for a in mining}
     nodes_by_project = set(cm.nodes["project"]) if cm is not None else set()
     mining += _cost_only_mining(cost_alerts, nodes_by_project, covered)
@@ -469,6 +478,48 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         expected=expected, lower=lower, upper=upper, currency=str(row["currency"]), score=max(score, 0.0),
         scope="mining", evidence=evidence, summary="; ".join(parts),
     )
+
+
+def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFrame, since: pd.Timestamp,
+                   as_of: pd.Timestamp) -> list[Alert]:
+    """Attach findings to the project's CPU/cost mining alert of the same days; raise the rest on their own.
+
+    A finding is the cloud's own word that a miner runs (DNS to a pool, a miner binary executing), so it
+    needs no band: it is seen when GuardDuty first saw the activity, as long as that is already past."""
+    f = findings[(findings["first_seen"] <= as_of)].copy()
+    f["project"] = f["project"].astype(str)
+    out = list(mining)
+    for pid, group in f.groupby("project"):
+        pid = str(pid)
+        records = [{"type": r.type, "severity": float(r.severity), "title": r.title, "node": r.node,
+                    "region": r.region, "cluster": r.cluster, "first_seen": r.first_seen, "finding_id": r.finding_id}
+                   for r in group.sort_values("first_seen").itertuples()]
+        hits = [a for a in out if a.project == pid and a.start - DAY <= group["last_seen"].max()
+                and a.detected_at + DAY * 14 >= group["first_seen"].min()]
+        if hits:
+            for a in hits:
+                a.evidence["guardduty"] = records
+                a.severity = "critical"
+            continue
+        first = group["first_seen"].min()
+        if first < since:
+            continue
+        row = meta.loc[pid] if pid in meta.index else None
+        nodes = sorted({str(n) for n in group["node"].dropna()})
+        regions = sorted({str(r) for r in group["region"].dropna()})
+        out.append(Alert(
+            kind="mining_suspected", project=pid,
+            project_name=str(row["project_name"]) if row is not None else pid,
+            provider=str(group["provider"].iloc[0]), service=COMPUTE_CATEGORY, region=regions[0] if regions else None,
+            start=first, detected_at=first, severity="critical" if group["severity"].max() >= 7 else "high",
+            observed=float(len(group)), expected=0.0, lower=0.0, upper=0.0,
+            currency=str(row["currency"]) if row is not None else "USD", score=float(group["severity"].max() / 10),
+            scope="mining",
+            evidence={"metric": "findings", "source": "cloud security findings", "guardduty": records,
+                      "finding_nodes": nodes, "regions": regions},
+            summary=f"{len(group)} crypto-mining finding(s): {', '.join(sorted(set(group['type'])))[:200]}",
+        ))
+    return out
 
 
 def _cost_only_mining(cost_alerts: list[Alert], projects_with_cpu: set[str], covered: set[str],

@@ -126,6 +126,9 @@ def _evidence_text(summary: str, ev: dict[str, Any], max_nodes: int = 3) -> str:
         lines.append(f"{n['node']}: {n['cpu']:.0f}% ({usual}) {extra}".rstrip())
     if len(nodes) > max_nodes:
         lines.append(f"… and {len(nodes) - max_nodes} more nodes")
+    for g in (ev.get("guardduty") or [])[:3]:
+        where_ = g.get("node") or g.get("cluster") or "?"
+        lines.append(f"GuardDuty {g['type']} (severity {g['severity']:g}) on {where_}")
     for s in (ev.get("services") or [])[:2]:
         lines.append(f"{s['service']}: +{s['excess']:,.2f} ({s['share']:.0%})")
     if ev.get("explained_by"):

@@ -40,6 +40,8 @@ class Gathered:
     usage: pd.DataFrame
     errors: list[str] = field(default_factory=list)  # one line per provider/part that failed
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # security findings (GuardDuty and the like), columns as costwatch.detect.FINDING_COLUMNS
+    findings: pd.DataFrame | None = None
 
 
 def build(provider_cfg: Any, cfg: Any) -> Provider:
@@ -61,6 +63,7 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
     costs: list[pd.DataFrame] = []
     usage: list[pd.DataFrame] = []
     errors: list[str] = []
+    findings: list[pd.DataFrame] = []
     stats: dict[str, dict[str, Any]] = {}
     for p in providers:
         for part, fetch, bucket, check in (("costs", p.fetch_costs, costs, validate_costs),
@@ -74,11 +77,21 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
                 if strict:
                     raise
                 errors.append(f"{p.name} {part}: {e}")
+        get_findings = getattr(p, "fetch_findings", None)
+        if callable(get_findings):
+            try:
+                found = get_findings(start, end)
+                if len(found):
+                    findings.append(found)
+            except CostwatchError as e:
+                if strict:
+                    raise
+                errors.append(f"{p.name} findings: {e}")
         get_stats = getattr(p, "stats", None)
         if callable(get_stats):
             stats[p.name] = dict(get_stats())
     return Gathered(
         pd.concat(costs, ignore_index=True) if costs else empty_costs(),
         pd.concat(usage, ignore_index=True) if usage else empty_usage(),
-        errors, stats,
+        errors, stats, pd.concat(findings, ignore_index=True) if findings else None,
     )

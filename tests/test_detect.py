@@ -215,3 +215,31 @@ def test_partial_latest_day_is_neither_read_low_nor_high() -> None:
     late = detect(costs, None, Config(detection=DetectionConfig(cost_delay_hours=18)), as_of=as_of,
                   since=DAYS[-10])
     assert late.projects[0]["last_day"] == DAYS[-3]
+
+
+def _findings(project: str, node: str, first: pd.Timestamp, kind: str = "CryptoCurrency:EC2/BitcoinTool.B!DNS",
+              ) -> pd.DataFrame:
+    return pd.DataFrame([{"provider": "aws", "project": project, "region": "ap-southeast-3", "node": node,
+                          "cluster": None, "type": kind, "severity": 8.0, "title": "miner", "finding_id": "f1",
+                          "first_seen": first, "last_seen": first + pd.Timedelta(hours=5)}])
+
+
+def test_guardduty_findings_join_the_mining_alert_or_stand_alone() -> None:
+    sc = generate(seed=5, n_projects=10, days=49, incident_kinds=["mining_new_nodes"])
+    inc = sc.incidents[sc.incidents["kind"] == "mining_new_nodes"].iloc[0]
+    pid = str(inc["project_id"])
+    other = next(p for p in sc.projects["project_id"].astype(str) if p != pid)
+    findings = pd.concat([_findings(pid, inc["nodes"][0], inc["start"] + pd.Timedelta(minutes=30)),
+                          _findings(other, "i-0abc", sc.end - pd.Timedelta(days=2))], ignore_index=True)
+    det = detect(sc.costs, sc.usage, Config(), as_of=sc.end, since=pd.Timedelta(days=14), findings=findings)
+    mining = {a.project: a for a in det.alerts if a.kind == "mining_suspected"}
+    joined = mining[pid]
+    assert joined.evidence["guardduty"][0]["node"] == inc["nodes"][0]
+    assert joined.severity == "critical"
+    alone = mining[other]
+    assert alone.start == sc.end - pd.Timedelta(days=2) and alone.evidence["finding_nodes"] == ["i-0abc"]
+    assert alone.fingerprint != joined.fingerprint
+    # a finding from before the window is history, not an alert
+    old = _findings(other, "i-0abc", sc.end - pd.Timedelta(days=30))
+    det = detect(sc.costs, sc.usage, Config(), as_of=sc.end, since=pd.Timedelta(days=14), findings=old)
+    assert other not in {a.project for a in det.alerts if a.kind == "mining_suspected"}
