@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("boto3")
 
-from costwatch.providers.aws import AwsProvider  # noqa: E402
+from costwatch.providers.aws import AwsProvider
 
 
 class _Fake:
