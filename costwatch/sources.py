@@ -57,41 +57,38 @@ def build(provider_cfg: Any, cfg: Any) -> Provider:
     return factory(provider_cfg, cfg)
 
 
+def _no_check(frame: pd.DataFrame, source: str) -> None:
+    """Findings have no normalized schema to validate; detect reads the columns it needs."""
+
+
 def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
            strict: bool = False) -> Gathered:
-    """Fetch from every provider; with ``strict`` the first error is raised (one provider, CLI use)."""
-    costs: list[pd.DataFrame] = []
-    usage: list[pd.DataFrame] = []
+    """Fetch from every provider; with ``strict`` the first error is raised (one provider, CLI use).
+
+    Costs and usage are required parts of the protocol; findings are optional (``fetch_findings``)."""
+    parts: dict[str, list[pd.DataFrame]] = {"costs": [], "usage": [], "findings": []}
+    checks = {"costs": validate_costs, "usage": validate_usage, "findings": _no_check}
     errors: list[str] = []
-    findings: list[pd.DataFrame] = []
     stats: dict[str, dict[str, Any]] = {}
     for p in providers:
-        for part, fetch, bucket, check in (("costs", p.fetch_costs, costs, validate_costs),
-                                           ("usage", p.fetch_usage, usage, validate_usage)):
+        for part, bucket in parts.items():
+            fetch = getattr(p, f"fetch_{part}", None)
+            if not callable(fetch):
+                continue
             try:
                 frame = fetch(start, end)
                 if len(frame):
-                    check(frame, f"{p.name} {part}")
+                    checks[part](frame, f"{p.name} {part}")
                     bucket.append(frame)
             except CostwatchError as e:
                 if strict:
                     raise
                 errors.append(f"{p.name} {part}: {e}")
-        get_findings = getattr(p, "fetch_findings", None)
-        if callable(get_findings):
-            try:
-                found = get_findings(start, end)
-                if len(found):
-                    findings.append(found)
-            except CostwatchError as e:
-                if strict:
-                    raise
-                errors.append(f"{p.name} findings: {e}")
         get_stats = getattr(p, "stats", None)
         if callable(get_stats):
             stats[p.name] = dict(get_stats())
     return Gathered(
-        pd.concat(costs, ignore_index=True) if costs else empty_costs(),
-        pd.concat(usage, ignore_index=True) if usage else empty_usage(),
-        errors, stats, pd.concat(findings, ignore_index=True) if findings else None,
+        pd.concat(parts["costs"], ignore_index=True) if parts["costs"] else empty_costs(),
+        pd.concat(parts["usage"], ignore_index=True) if parts["usage"] else empty_usage(),
+        errors, stats, pd.concat(parts["findings"], ignore_index=True) if parts["findings"] else None,
     )
