@@ -67,7 +67,8 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
 
     Costs and usage are required parts of the protocol; findings are optional (``fetch_findings``)."""
     parts: dict[str, list[pd.DataFrame]] = {"costs": [], "usage": [], "findings": []}
-    checks = {"costs": validate_costs, "usage": validate_usage, "findings": _no_check}
+    checks: dict[str, Callable[[pd.DataFrame, str], None]] = {
+        "costs": validate_costs, "usage": validate_usage, "findings": _no_check}
     errors: list[str] = []
     stats: dict[str, dict[str, Any]] = {}
     for p in providers:
