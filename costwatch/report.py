@@ -69,28 +69,26 @@ def render(det: Detection, fmt: str = "table", *, width: int | None = None) -> s
 def renderable(det: Detection) -> Group:
     """Rich renderable, so the CLI can print it in colour and tests can render it to plain text."""
     head = Text(f"costwatch report  {iso(det.since)} → {iso(det.as_of)}", style="bold")
-    pt = Table(title="Projects", box=box.SIMPLE_HEAVY, show_lines=False)
-    for col, just in (("project", "left"), ("provider", "left"), ("spend", "right"), ("last day", "right"),
-                      ("band", "right"), ("month fcst / budget", "right"), ("nodes · CPU 24h", "right"),
-                      ("alerts", "left")):
+    pt = Table(title="Projects (spend in the window; last day against its band)", box=box.SIMPLE_HEAVY,
+               show_lines=False)
+    for col, just in (("project", "left"), ("cloud", "left"), ("spend", "right"), ("last day", "right"),
+                      ("band", "right"), ("month fcst/budget", "right"), ("CPU 24h (usual)", "right"),
+                      ("off band", "right"), ("alerts", "left")):
         pt.add_column(col, justify=just)  # type: ignore[arg-type]
     for p in det.projects:
-        cur = p["currency"]
         band = (f"{p['lower']:,.0f}–{p['upper']:,.0f}" if p.get("upper") is not None
-                else p.get("band_status", ""))
-        budget = (f"{p.get('forecast', 0):,.0f} / {p['monthly_budget']:,.0f}" if p.get("monthly_budget")
+                else ("short history" if p.get("band_status", "").startswith("short") else ""))
+        budget = (f"{p.get('forecast', 0):,.0f}/{p['monthly_budget']:,.0f}" if p.get("monthly_budget")
                   else (f"{p['forecast']:,.0f}" if p.get("forecast") is not None else ""))
-        nodes = (f"{p['nodes']} · {p['cpu_mean_24h']:.0f}%" if p.get("nodes") and p.get("cpu_mean_24h") is not None
-                 else "")
-        if nodes and p.get("cpu_expected_24h") is not None:
-            nodes += f" (usual {p['cpu_expected_24h']:.0f}%)"
-        if p.get("usage_anomalies"):
-            nodes += f"\n{len(p['usage_anomalies'])} node(s) off their band"
+        cpu_txt = ""
+        if p.get("nodes") and p.get("cpu_mean_24h") is not None:
+            usual = f" ({p['cpu_expected_24h']:.0f}%)" if p.get("cpu_expected_24h") is not None else ""
+            cpu_txt = f"{p['cpu_mean_24h']:.0f}%{usual} ×{p['nodes']}"
+        off = str(len(p["usage_anomalies"])) if p.get("usage_anomalies") else ""
         alerts = ", ".join(f"{SHORT_KIND.get(k, k)} {v}" for k, v in p["alerts"].items())
-        name = p["project_name"] if p["project_name"] == p["project"] else f"{p['project_name']} ({p['project']})"
-        pt.add_row(name, p["provider"], f"{p.get('spend', 0):,.2f} {cur}",
-                   f"{p['last_day_cost']:,.2f}" if p.get("last_day_cost") is not None else "",
-                   band, budget, nodes, Text(alerts, style="bold red" if "mining" in alerts else ""))
+        pt.add_row(p["project_name"], p["provider"], f"{p.get('spend', 0):,.0f} {p['currency']}",
+                   f"{p['last_day_cost']:,.0f}" if p.get("last_day_cost") is not None else "",
+                   band, budget, cpu_txt, off, Text(alerts, style="bold red" if "mining" in alerts else ""))
     blocks: list[Any] = [Text(f"Alerts ({len(det.alerts)})", style="bold")] if det.alerts else []
     for a in det.alerts:
         style = {"critical": "bold red", "high": "red", "warning": "yellow"}.get(a.severity, "")
