@@ -61,16 +61,12 @@ def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
     )
 
 
-FINDING_COLUMNS = ("provider", "project", "region", "node", "cluster", "type", "severity", "title", "finding_id",
-                   "first_seen", "last_seen")
-
-
 def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None = None, *,
            as_of: pd.Timestamp | str | None = None, since: pd.Timestamp | str | pd.Timedelta | None = None,
            findings: pd.DataFrame | None = None) -> Detection:
     """Run every detector over the frames and return alerts detected in ``[since, as_of]``.
 
-    ``findings`` are cloud security findings of crypto mining (GuardDuty), columns ``FINDING_COLUMNS``:
+    ``findings`` are cloud security findings of crypto mining (GuardDuty), columns ``costwatch.model.FINDING_COLUMNS``:
     they become evidence on the project's mining alert, or a mining alert of their own."""
     cfg = cfg or Config()
     det = cfg.detection

@@ -46,6 +46,21 @@ USAGE_COLUMNS: dict[str, str] = {
 
 REQUIRED_USAGE = ("timestamp", "provider", "project", "node", "cpu_utilization")
 
+# Cloud security findings of crypto mining (GuardDuty and the like): evidence joined onto mining alerts.
+FINDING_COLUMNS: dict[str, str] = {
+    "provider": "string",
+    "project": "string",
+    "region": "string",
+    "node": "string",
+    "cluster": "string",
+    "type": "string",
+    "severity": "float64",
+    "title": "string",
+    "finding_id": "string",
+    "first_seen": "datetime64[ns, UTC]",
+    "last_seen": "datetime64[ns, UTC]",
+}
+
 # Charge categories (FOCUS) whose rows are real consumption; the rest (credits, refunds, taxes,
 # purchases) are kept in the frame but are not read as spend that can spike.
 USAGE_CHARGES = frozenset({"usage"})
@@ -58,6 +73,10 @@ def empty_costs() -> pd.DataFrame:
 
 def empty_usage() -> pd.DataFrame:
     return _empty(USAGE_COLUMNS)
+
+
+def empty_findings() -> pd.DataFrame:
+    return _empty(FINDING_COLUMNS)
 
 
 def _empty(columns: Mapping[str, str]) -> pd.DataFrame:

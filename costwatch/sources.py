@@ -40,7 +40,7 @@ class Gathered:
     usage: pd.DataFrame
     errors: list[str] = field(default_factory=list)  # one line per provider/part that failed
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # security findings (GuardDuty and the like), columns as costwatch.detect.FINDING_COLUMNS
+    # security findings (GuardDuty and the like), columns as costwatch.model.FINDING_COLUMNS
     findings: pd.DataFrame | None = None
 
 

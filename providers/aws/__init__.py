@@ -2,13 +2,13 @@
 
 Costs (``fetch_costs``) come from two cached GetCostAndUsage queries per fetch window (see ``costs``);
 account names and owners from Organizations; usage (``fetch_usage``) from DescribeInstances and
-GetMetricData across every enabled region in parallel (see ``compute``).  ``stats()`` reports the requests
+GetMetricData across every enabled region in parallel (see ``compute``); crypto-mining findings
+(``fetch_findings``) from GuardDuty in the same regions (see ``guardduty``).  ``stats()`` reports the requests
 made per API, so the Cost Explorer bill ($0.01 a request) stays visible, and the regions that failed.
 
 Costs cover the whole organization when run from the management account.  Instances and CPU live in
 each member account: with ``assume_role`` set, the provider assumes that role in every other account
 Organizations lists (sts:AssumeRole) and scans them too; without it only the caller's account is scanned.
-Not yet here: GuardDuty CryptoCurrency findings.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 from costwatch.errors import ProviderError
 from costwatch.model import empty_usage
 
-from . import compute
+from . import compute, guardduty
 from ._api import Api
 from .cache import Cache
 from .costs import CostExplorer, combine, day_range
@@ -42,7 +42,8 @@ class AwsProvider:
     def __init__(self, *, name: str = "aws", cache_path: str | Path, profile: str | None = None,
                  metric: str = "UnblendedCost", restate_days: int = 3, regions: list[str] | None = None,
                  owner_tag: str = "owner", cpu: bool = True, max_workers: int = 8,
-                 assume_role: str | None = None, clock: Callable[[], pd.Timestamp] = _now) -> None:
+                 assume_role: str | None = None, guardduty: bool = True,
+                 clock: Callable[[], pd.Timestamp] = _now) -> None:
         self.name = name
         self.api = Api(profile, max_workers)
         self.cache = Cache(cache_path, scope=name)
@@ -53,11 +54,15 @@ class AwsProvider:
         self.cpu = cpu
         self.max_workers = max_workers
         self.assume_role = assume_role
+        self.guardduty = guardduty
         self.errors: list[str] = []
         self.notes: list[str] = []
         self.instances = compute.instances_frame([])
         self._accounts: tuple[dict[str, str], dict[str, str]] | None = None
         self._regions_seen: list[str] = []
+        self._apis: list[Api] | None = None
+        self._enabled: dict[str | None, list[str]] = {}
+        self._findings = 0
 
     def accounts(self) -> tuple[dict[str, str], dict[str, str]]:
         """Account id -> name and id -> owner (once per run; cached on disk for a day)."""
@@ -79,16 +84,7 @@ class AwsProvider:
         only a failure of all of them raises."""
         if not self.cpu:
             return empty_usage()
-        targets: list[tuple[Api, str]] = []
-        for api in self._account_apis():
-            try:
-                regions = compute.enabled_regions(api, self.regions)
-            except ProviderError as e:
-                if api is self.api:
-                    raise
-                self.errors.append(f"account {api.account}: {e}")
-                continue
-            targets += [(api, r) for r in regions]
+        targets = self._targets()
         self._regions_seen = sorted({r for _, r in targets})
         results = compute.scan(targets, start, end, cpu=True, max_workers=self.max_workers, now=self.clock())
         failed = [r for r in results if r.error]
@@ -99,7 +95,46 @@ class AwsProvider:
         self.instances = compute.instances_frame(results)
         return compute.usage_frame(results, pd.Timestamp(start), pd.Timestamp(end))
 
+    def fetch_findings(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        """GuardDuty crypto-mining findings (``CryptoCurrency:*``, ``Impact:Runtime/CryptoMinerExecuted``)
+        updated in [start, end], one row per finding, from every enabled region.  GuardDuty off in a region
+        skips it; GuardDuty denied is a note and an empty frame, never a failed run."""
+        if not self.guardduty:
+            return guardduty.empty_findings()
+        results = guardduty.scan(self._targets(), start, end, max_workers=self.max_workers)
+        self.notes += guardduty.denied_notes(results)
+        failed = [r for r in results if r.error]
+        self.errors += [str(r.error) for r in failed]
+        if failed and len(failed) == len(results):
+            raise ProviderError("; ".join(str(r.error) for r in failed[:3])
+                                + (f" (and {len(failed) - 3} more regions)" if len(failed) > 3 else ""))
+        frame = guardduty.findings_frame(results, start, end)
+        self._findings = len(frame)
+        return frame
+
+    def _targets(self) -> list[tuple[Api, str]]:
+        """(account, region) pairs to scan: every enabled region of every account (regions asked once
+        per account and run); an account whose regions cannot be listed is reported and skipped."""
+        targets: list[tuple[Api, str]] = []
+        for api in self._account_apis():
+            if api.account not in self._enabled:
+                try:
+                    self._enabled[api.account] = compute.enabled_regions(api, self.regions)
+                except ProviderError as e:
+                    if api is self.api:
+                        raise
+                    self.errors.append(f"account {api.account}: {e}")
+                    self._enabled[api.account] = []
+            targets += [(api, r) for r in self._enabled[api.account]]
+        return targets
+
     def _account_apis(self) -> list[Api]:
+        """Memoized :meth:`_find_account_apis`: roles are assumed once per run."""
+        if self._apis is None:
+            self._apis = self._find_account_apis()
+        return self._apis
+
+    def _find_account_apis(self) -> list[Api]:
         """The caller's own account, plus every other organization account through ``assume_role``; an
         account whose role cannot be assumed is reported and skipped."""
         apis = [self.api]
@@ -129,6 +164,8 @@ class AwsProvider:
             "ec2_requests": c["ec2"],
             "cloudwatch_requests": c["cloudwatch"],
             "sts_requests": c["sts"],
+            "guardduty_requests": c["guardduty"],
+            "guardduty_findings": self._findings,
             "regions": len(self._regions_seen),
             "instances": len(self.instances),
             "errors": list(self.errors),
@@ -150,4 +187,5 @@ def from_config(provider_cfg: Any, cfg: Any = None) -> AwsProvider:
         profile=provider_cfg.profile, metric=provider_cfg.metric, restate_days=provider_cfg.restate_days,
         regions=provider_cfg.regions, owner_tag=provider_cfg.owner_tag, cpu=provider_cfg.cpu,
         max_workers=provider_cfg.max_workers, assume_role=provider_cfg.assume_role,
+        guardduty=getattr(provider_cfg, "guardduty", True),
     )

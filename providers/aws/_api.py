@@ -22,7 +22,7 @@ from costwatch.errors import ProviderError
 
 # IAM action prefix per boto3 service name (CloudWatch signs as "monitoring" but IAM says "cloudwatch")
 IAM_PREFIX = {"ce": "ce", "organizations": "organizations", "ec2": "ec2", "cloudwatch": "cloudwatch",
-              "sts": "sts"}
+              "sts": "sts", "guardduty": "guardduty"}
 DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
                           "UnauthorizedAccess", "OptInRequired"})
 CREDENTIAL_CODES = frozenset({"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId",
