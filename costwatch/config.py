@@ -52,6 +52,7 @@ __all__ = [
     "KubernetesCluster",
     "KubernetesConfig",
     "NotifyConfig",
+    "OwnerConfig",
     "ProjectConfig",
     "ProviderConfig",
     "SlackConfig",
@@ -261,6 +262,21 @@ class AlertingConfig(_Model):
     repeat_interval: str = "4h"
     send_resolved: bool = True
     growth_factor: float = Field(default=1.5, gt=1.0)
+    # cost tags (FOCUS Tags) read, in order, for a project's owner when the project config names none
+    owner_tags: list[str] = Field(default_factory=lambda: ["owner", "team"])
+    default_owner: str | None = None
+    # severity -> extra owners told as well (e.g. critical: [secops])
+    escalate: dict[Literal["critical", "high", "warning", "info"], list[str]] = Field(default_factory=dict)
+    # `costwatch run` exits non-zero when a notification has been undeliverable for longer than this
+    stuck_after: str = "6h"
+    max_attempts: int = Field(default=50, ge=1, le=1000)
+
+    @field_validator("stuck_after")
+    @classmethod
+    def _valid_stuck(cls, v: str) -> str:
+        if parse_duration(v) <= timedelta(0):
+            raise ValueError("stuck_after must be longer than zero")
+        return v
 
     @field_validator("group_by")
     @classmethod
@@ -287,6 +303,33 @@ class AlertingConfig(_Model):
         """The model keeps the string as written (so dumps look like the file); callers want a timedelta."""
         return parse_duration(self.repeat_interval)
 
+    @property
+    def stuck_after_td(self) -> timedelta:
+        return parse_duration(self.stuck_after)
+
+
+class OwnerConfig(_Model):
+    """Where one owner (a team or a person) is told.  Unset parts fall back to ``notify``'s defaults."""
+
+    slack_channel: str | None = None   # channel id or #name; default: notify.slack.channel
+    slack_mention: str | None = None   # user (U…), user group (S…) id, or "here"/"channel"; pinged in the message
+    email: list[str] = Field(default_factory=list)
+
+    @field_validator("email")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        if any("@" not in a or any(c in a for c in "\r\n,;<>") for a in v):
+            raise ValueError("every email entry must be one plain address like team@example.com")
+        return v
+
+    @field_validator("slack_mention")
+    @classmethod
+    def _mention(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[UWS][A-Z0-9]{2,20}|here|channel", v):
+            raise ValueError("slack_mention must be a Slack user id (U…/W…), a user group id (S…), "
+                             "'here' or 'channel'")
+        return v
+
 
 class SlackConfig(_Model):
     """Either a bot token plus channel (chat.postMessage) or an incoming-webhook URL."""
@@ -294,6 +337,9 @@ class SlackConfig(_Model):
     token: SecretStr | None = None
     webhook_url: SecretStr | None = None
     channel: str | None = None
+    api_url: str | None = None     # Slack Web API base, e.g. a proxy; default https://slack.com/api/
+    timeout: float = Field(default=15.0, gt=0, le=300)
+    charts: bool = True            # upload a PNG of band, spike and CPU (bot token only)
 
     @model_validator(mode="after")
     def _usable(self) -> SlackConfig:
@@ -309,16 +355,24 @@ class SlackConfig(_Model):
 class EmailConfig(_Model):
     """SMTP delivery; STARTTLS on 587 by default because plaintext SMTP leaks the password."""
 
-    smtp_host: str
+    transport: Literal["smtp", "ses"] = "smtp"
+    smtp_host: str | None = None
     smtp_port: int = Field(default=587, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
     from_addr: str
-    to: list[str] = Field(min_length=1)
-    starttls: bool = True
+    to: list[str] = Field(default_factory=list)  # default recipients; owners may add their own
+    starttls: bool = True          # STARTTLS on a plain connection (587)
+    ssl: bool = False              # implicit TLS from the first byte (465); excludes starttls
+    ses_region: str | None = None  # SES: region, else the AWS SDK default
+    timeout: float = Field(default=30.0, gt=0, le=300)
 
     @model_validator(mode="after")
     def _addresses(self) -> EmailConfig:
+        if self.transport == "smtp" and not self.smtp_host:
+            raise ValueError("email transport 'smtp' needs 'smtp_host'")
+        if any(c in a for a in [self.from_addr, *self.to] for c in "\r\n"):
+            raise ValueError("email addresses must not contain line breaks")
         if "@" not in self.from_addr:
             raise ValueError("from_addr must be an email address")
         if any("@" not in a for a in self.to):
@@ -391,6 +445,7 @@ class Config(_Model):
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    owners: dict[str, OwnerConfig] = Field(default_factory=dict)
     state: StateConfig = Field(default_factory=StateConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 

@@ -170,7 +170,11 @@ def test_cross_field_checks() -> None:
     assert "needs 'table'" in _error("state:\n  backend: dynamodb\n")
     assert "needs a 'channel'" in _error("notify:\n  slack:\n    token: xoxb-1\n")
     msg = _error("notify:\n  email:\n    smtp_host: h\n")
-    assert "notify.email.from_addr: required key is missing" in msg and "notify.email.to" in msg
+    assert "notify.email.from_addr: required key is missing" in msg
+    assert "needs 'smtp_host'" in _error("notify:\n  email:\n    from_addr: a@b.c\n")
+    assert "line breaks" not in _error("owners:\n  t:\n    email: [x]\n")
+    assert "one plain address" in _error("owners:\n  t:\n    email: [x]\n")
+    assert "slack_mention" in _error("owners:\n  t:\n    slack_mention: '<!channel>'\n")
 
 
 def test_provider_type_errors() -> None:

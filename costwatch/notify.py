@@ -1,0 +1,100 @@
+"""The contract between alert state and the services that deliver messages (Slack, email, stdout).
+
+Routing turns alerts into :class:`Notification` records: one per incident update per target.  They are
+written to the outbox *before* any send, so a crash never loses one.  A notifier (``costwatch.notifiers.*``)
+only renders and sends; it never sleeps or retries on its own.  It returns one :class:`Delivery` per
+notification saying whether it went, whether a retry can help and how long the service asked us to wait;
+the outbox schedules the retry (Alertmanager keeps retry outside its integrations for the same reason:
+one place decides backoff, and a run ends on time).
+
+Everything in a notification that came from data (project names, tags, services, regions) is untrusted:
+notifiers escape it for their medium (Slack mrkdwn, HTML, mail headers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+Event = Literal["firing", "updated", "repeat", "resolved"]
+EVENTS: tuple[str, ...] = ("firing", "updated", "repeat", "resolved")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one notification goes: ``channel`` names the notifier, ``address`` is notifier-specific
+    (a Slack channel id or #name, comma-joined email addresses, "" for stdout)."""
+
+    channel: str
+    address: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.channel}:{self.address}"
+
+
+@dataclass
+class Notification:
+    """One message about one incident (an alert group) to one target.
+
+    ``id`` is the idempotency key: the same incident update to the same target always gets the same id,
+    so a retried run cannot queue (or send) it twice.  ``thread`` is the service's reference of the
+    incident's first message on this target (a Slack ``ts``, an email Message-ID), filled in by the
+    outbox once that first message is delivered, so updates and "resolved" thread under it."""
+
+    id: str
+    group_key: str
+    event: str                     # one of EVENTS
+    target: Target
+    title: str                     # plain text headline, untrusted parts included (escape when rendering)
+    alerts: list[dict[str, Any]]   # Alert.to_dict() of the group's alerts (for "resolved": as last seen)
+    created_at: str                # ISO 8601 UTC
+    owner: str | None = None
+    mention: str | None = None     # Slack user/group id or "here"/"channel" to ping; from config, trusted
+    sequence: int = 0              # update number within the incident: 0 is the first message
+    thread: str | None = None
+    chart: str | None = None       # path of a PNG chart of the incident, when one was drawn
+    labels: dict[str, str] = field(default_factory=dict)  # the group's labels (group_by values)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["target"] = asdict(self.target)
+        return json.dumps(d, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, raw: str) -> Notification:
+        d = json.loads(raw)
+        d["target"] = Target(**d["target"])
+        return cls(**d)
+
+
+def notification_id(group_key: str, target: Target, event: str, sequence: int) -> str:
+    """Stable across runs and retries; different for every real update."""
+    raw = "\x1f".join((group_key, target.key, event, str(sequence)))
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:24]
+
+
+@dataclass
+class Delivery:
+    """What became of one notification.  ``error`` is safe to log and store: no tokens, no passwords,
+    no webhook URLs."""
+
+    ok: bool
+    ref: str | None = None             # the service's id of what was posted (Slack ts, Message-ID)
+    retry_after: float | None = None   # seconds the service asked us to wait (Slack 429 Retry-After)
+    permanent: bool = False            # retrying cannot help (invalid_auth, channel_not_found, bad address)
+    error: str | None = None
+
+
+class Notifier(Protocol):
+    """One service.  ``notify`` sends each notification once and reports per notification, in order;
+    it must not raise for a delivery failure (that is a ``Delivery(ok=False)``), only for misuse."""
+
+    name: str
+
+    def notify(self, notifications: list[Notification]) -> list[Delivery]: ...
+
+
+__all__ = ["EVENTS", "Delivery", "Event", "Notification", "Notifier", "Target", "notification_id"]
