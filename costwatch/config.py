@@ -44,11 +44,13 @@ __all__ = [
     "PROVIDER_TYPES",
     "AlertingConfig",
     "AwsProviderConfig",
+    "AzureProviderConfig",
     "Config",
     "CpuDetectionConfig",
     "DetectionConfig",
     "EmailConfig",
     "FilesProviderConfig",
+    "GcpProviderConfig",
     "KubernetesCluster",
     "KubernetesConfig",
     "NotifyConfig",
@@ -170,11 +172,60 @@ class AwsProviderConfig(_Model):
         return _resolve_one(v, Path(base)) if v and base is not None else v
 
 
+class GcpProviderConfig(_Model):
+    """Cloud Billing export (BigQuery) spend plus Cloud Monitoring CPU (``pip install 'costwatch[gcp]'``).
+
+    Credentials come from Application Default Credentials, never from this file."""
+
+    type: Literal["gcp"] = "gcp"
+    name: str = Field(default="gcp", min_length=1)
+    billing_account: str | None = Field(default=None, pattern=r"^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$")
+    # the export table, "project.dataset.table"; for the FOCUS view, the view's name
+    billing_table: str | None = Field(default=None, pattern=r"^[\w.-]+\.\w+\.[\w$-]+$")
+    export: Literal["standard", "detailed", "focus"] = "standard"
+    bigquery_project: str | None = None  # project billed for the queries; default: the table's project
+    projects: list[str] | None = None    # projects whose CPU is read; default: every billed project
+    restate_days: int = Field(default=3, ge=0, le=31)
+    cache_path: str | None = None
+    owner_label: str = Field(default="owner", min_length=1)
+    cpu: bool = True
+    max_workers: int = Field(default=8, ge=1, le=64)
+
+    @field_validator("cache_path")
+    @classmethod
+    def _cache_next_to_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base_dir") if info is not None else None
+        return _resolve_one(v, Path(base)) if v and base is not None else v
+
+
+class AzureProviderConfig(_Model):
+    """Consumption (or Cost Management) spend plus Azure Monitor CPU (``pip install 'costwatch[azure]'``).
+
+    Credentials come from azure-identity's DefaultAzureCredential, never from this file."""
+
+    type: Literal["azure"] = "azure"
+    name: str = Field(default="azure", min_length=1)
+    subscriptions: list[str] | None = None  # default: every subscription the credential can read
+    source: Literal["consumption", "costmanagement"] = "consumption"
+    restate_days: int = Field(default=3, ge=0, le=31)
+    cache_path: str | None = None
+    owner_tag: str = Field(default="owner", min_length=1)
+    cpu: bool = True
+    max_workers: int = Field(default=8, ge=1, le=64)
+
+    @field_validator("cache_path")
+    @classmethod
+    def _cache_next_to_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base_dir") if info is not None else None
+        return _resolve_one(v, Path(base)) if v and base is not None else v
+
+
 # A discriminated union on ``type``, so an error in one provider is reported against that provider's keys
 # only.  Add cloud providers with ``FilesProviderConfig | AwsProviderConfig | ...`` (each with a
 # ``type: Literal[...]`` field) and nothing else here changes.
-ProviderConfig = Annotated[FilesProviderConfig | AwsProviderConfig, Field(discriminator="type")]
-PROVIDER_TYPES: tuple[str, ...] = ("files", "aws")
+ProviderConfig = Annotated[FilesProviderConfig | AwsProviderConfig | GcpProviderConfig | AzureProviderConfig,
+                           Field(discriminator="type")]
+PROVIDER_TYPES: tuple[str, ...] = ("files", "aws", "gcp", "azure")
 
 
 class ProjectConfig(_Model):

@@ -31,6 +31,8 @@ class Provider(Protocol):
 REGISTRY: dict[str, str] = {
     "files": "costwatch.providers.files:from_config",
     "aws": "costwatch.providers.aws:from_config",
+    "gcp": "costwatch.providers.gcp:from_config",
+    "azure": "costwatch.providers.azure:from_config",
 }
 
 

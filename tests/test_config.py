@@ -179,8 +179,8 @@ def test_cross_field_checks() -> None:
 
 def test_provider_type_errors() -> None:
     assert "line 2: providers[0].type: missing 'type'" in _error("providers:\n  - costs: a.csv\n")
-    assert "line 3: providers[0].type: unknown provider type 'azure'" in _error(
-        "providers:\n  - costs: a.csv\n    type: azure\n")
+    assert "line 3: providers[0].type: unknown provider type 'oracle'" in _error(
+        "providers:\n  - costs: a.csv\n    type: oracle\n")
     assert "needs 'costs' and/or 'usage'" in _error("providers:\n  - type: files\n")
 
 
