@@ -70,6 +70,21 @@ class Notification:
         return cls(**d)
 
 
+# What the owner should do next, per alert kind: the last part of every message, the same in every medium.
+NEXT_STEPS: dict[str, str] = {
+    "mining_suspected": ("Check the listed nodes now: stop or isolate them if nobody in the team started them, "
+                         "rotate the credentials that could launch them, and look for workloads from unknown "
+                         "images. Then set a ResourceQuota on namespaces that have none."),
+    "cost_spike": ("Open the services and regions listed and compare with recent deploys or traffic; if the "
+                   "spend is expected, mark it as planned activity (costwatch silence --planned) so it is "
+                   "not re-alerted."),
+    "threshold_exceeded": "Spend passed the project's configured daily threshold; confirm it is expected.",
+    "budget_forecast_exceeded": ("At the current run rate the project ends the month over budget; find the "
+                                 "services driving it or raise the budget in the config."),
+}
+RESOLVED_STEPS = "Spend and CPU are back inside their usual band; nothing more to do unless this repeats."
+
+
 def notification_id(group_key: str, target: Target, event: str, sequence: int) -> str:
     """Stable across runs and retries; different for every real update."""
     raw = "\x1f".join((group_key, target.key, event, str(sequence)))
@@ -97,4 +112,5 @@ class Notifier(Protocol):
     def notify(self, notifications: list[Notification]) -> list[Delivery]: ...
 
 
-__all__ = ["EVENTS", "Delivery", "Event", "Notification", "Notifier", "Target", "notification_id"]
+__all__ = ["EVENTS", "NEXT_STEPS", "RESOLVED_STEPS", "Delivery", "Event", "Notification", "Notifier", "Target",
+           "notification_id"]
