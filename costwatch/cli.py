@@ -170,6 +170,125 @@ def check_config(path: Path) -> None:
                f"band method {cfg.detection.band_method}, sensitivity {cfg.detection.sensitivity}")
 
 
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="costwatch YAML config (providers, owners, notify, state).")
+@click.option("--as-of", "as_of", default=None, help="Evaluate as if now were this ISO time (UTC).")
+@click.option("--no-charts", is_flag=True, help="Send without PNG charts.")
+def run(config_path: Path, as_of: str | None, no_charts: bool) -> None:
+    """The scheduled job: fetch, detect, notify owners once per incident update, record state.
+
+    Exit 0 when everything was delivered or is waiting for a retry; 1 when a notification is stuck
+    (failed, or undelivered past alerting.stuck_after); 2 for a config or input error."""
+    when = _as_of(as_of)
+    try:
+        from .run import run_once
+
+        cfg = _load_cfg(config_path)
+        result = run_once(cfg, now=when, as_of=when, charts=not no_charts)
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    for line in result.lines():
+        click.echo(f"costwatch: {line}", err=True)
+    sys.exit(result.exit_code)
+
+
+def _store(config_path: Path | None) -> Any:
+    from .state import open_store
+
+    return open_store(_load_cfg(config_path).state)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config naming the state store.")
+@click.option("--project", required=True, help="Project id or name (or * for every project).")
+@click.option("--kind", default=None, help="Only this alert kind (default: every kind).")
+@click.option("--until", "until", default=None, help="ISO time (UTC) the silence ends.")
+@click.option("--for", "duration", default=None, help="Or a duration: 4h, 2d, 1w.")
+@click.option("--reason", required=True, help="Why, for whoever wonders where the alerts went.")
+@click.option("--planned", is_flag=True, help="Mark as planned activity (a load test, a migration).")
+def silence(config_path: Path | None, project: str, kind: str | None, until: str | None, duration: str | None,
+            reason: str, planned: bool) -> None:
+    """Silence a project's alerts (or one kind of them) until a time; shown in reports and run summaries."""
+    from . import silences
+    from .config import parse_duration
+
+    now = pd.Timestamp.now(tz="UTC")
+    try:
+        if (until is None) == (duration is None):
+            raise ConfigError("silence: give exactly one of --until TIME or --for DURATION")
+        try:
+            end = _as_of(until) if until else now + pd.Timedelta(parse_duration(duration or ""))
+        except ValueError as e:
+            raise ConfigError(f"silence: --for {duration!r}: {e}") from None
+        assert end is not None
+        store = _store(config_path)
+        s = silences.add(store, project=project, until=end, reason=reason, kind=kind, planned=planned, now=now)
+        store.close()
+    except (CostwatchError, click.BadParameter) as e:
+        _fail(e, _Ctx.debug)
+    what = "planned activity" if s.planned else "silence"
+    click.echo(f"{what} {s.id}: {s.project}{' ' + s.kind if s.kind else ''} until {s.until} — {s.reason}")
+
+
+@cli.command("silences")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config naming the state store.")
+def list_silences(config_path: Path | None) -> None:
+    """Active silences and planned-activity marks."""
+    from . import silences
+
+    try:
+        store = _store(config_path)
+        active = silences.active(store)
+        store.close()
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    if not active:
+        click.echo("no active silences")
+    for s in active:
+        click.echo(f"{s.id}  {'planned ' if s.planned else ''}{s.project}{' ' + s.kind if s.kind else ''}"
+                   f"  until {s.until}  {s.reason}")
+
+
+@cli.command()
+@click.argument("silence_id")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config naming the state store.")
+def unsilence(silence_id: str, config_path: Path | None) -> None:
+    """End a silence now."""
+    from . import silences
+
+    try:
+        store = _store(config_path)
+        found = silences.remove(store, silence_id)
+        store.close()
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    if not found:
+        _fail(ConfigError(f"no silence {silence_id!r}; see `costwatch silences`"), _Ctx.debug)
+    click.echo(f"silence {silence_id} removed")
+
+
+@cli.command("outbox")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config naming the state store.")
+@click.option("--all", "show_all", is_flag=True, help="Include delivered notifications.")
+def show_outbox(config_path: Path | None, show_all: bool) -> None:
+    """Notifications waiting, failed (and with --all, delivered), with their last error."""
+    from . import outbox
+
+    try:
+        store = _store(config_path)
+        rows = [r for r in outbox.items(store) if show_all or r["status"] != "delivered"]
+        store.close()
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    if not rows:
+        click.echo("outbox empty" if show_all else "nothing waiting or failed")
+    for r in rows:
+        click.echo(f"{r['status']:<9} {r['created_at']} {r['event']:<8} {r['target']}  {r['title']}"
+                   + (f"  (attempts {r['attempts']}, next {r['next_attempt']}: {r['last_error']})"
+                      if r["status"] != "delivered" else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="costwatch", standalone_mode=True)

@@ -1,0 +1,157 @@
+"""``costwatch run``: the scheduled job.  Fetch, detect, decide, queue, deliver, record — in that order.
+
+The order is what makes it safe to retry: notifications are queued (idempotently) before the incident
+state that caused them is written, and delivered from the outbox afterwards, so a run killed at any point
+is completed by the next one without losing or repeating a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import incidents, outbox, silences, sources
+from .config import Config
+from .detect import Detection, detect
+from .errors import ConfigError, CostwatchError
+from .notify import Notifier
+from .routing import project_owners_from_tags
+from .state import Store, open_store
+
+log = logging.getLogger("costwatch.run")
+
+ALERT_WINDOW = pd.Timedelta(days=14)   # alerts detected this far back can still be open incidents
+
+
+@dataclass
+class RunResult:
+    as_of: pd.Timestamp
+    detection: Detection | None
+    alerts_active: int = 0
+    incidents_open: int = 0
+    queued: int = 0
+    silenced: int = 0
+    delivery: outbox.DeliveryReport = field(default_factory=outbox.DeliveryReport)
+    provider_errors: list[str] = field(default_factory=list)
+    provider_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """Non-zero only when a notification is stuck: a provider gap is reported, not fatal."""
+        return 1 if self.delivery.stuck else 0
+
+    def lines(self) -> list[str]:
+        out = [f"as of {self.as_of.isoformat()}: {self.alerts_active} active alert(s) in {self.incidents_open} "
+               f"incident(s), {self.silenced} silenced; queued {self.queued}; {self.delivery.summary()}"]
+        out += [f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items() if not isinstance(v, list))
+                for name, st in self.provider_stats.items()]
+        out += [f"missing data: {e}" for e in self.provider_errors]
+        out += [f"not delivered: {e}" for e in self.delivery.errors]
+        if self.delivery.stuck:
+            out.append(f"{self.delivery.stuck} notification(s) stuck (failed, or pending past alerting.stuck_after): "
+                       "see `costwatch outbox`")
+        return out
+
+
+def build_notifiers(cfg: Config) -> dict[str, Notifier]:
+    from costwatch.notifiers import build
+
+    out: dict[str, Notifier] = {}
+    for name in ("slack", "email"):
+        section = getattr(cfg.notify, name)
+        if section is not None:
+            out[name] = build(name, section, cfg)
+    if cfg.notify.stdout:
+        out["stdout"] = build("stdout", None, cfg)
+    return out
+
+
+def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestamp | None = None,
+             providers: list[Any] | None = None, notifiers: dict[str, Notifier] | None = None,
+             store: Store | None = None, charts: bool = True,
+             sleep: Callable[[float], None] = time.sleep) -> RunResult:
+    if now is None:
+        now = pd.Timestamp.now(tz="UTC")
+    else:
+        now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+    end = as_of or now.floor("h")
+    if providers is None:
+        if not cfg.providers:
+            raise ConfigError("costwatch run needs providers in the config")
+        providers = [sources.build(p, cfg) for p in cfg.providers]
+    since = end - ALERT_WINDOW
+    start = since - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
+    got = sources.gather(providers, start, end)
+    if providers and len(got.errors) >= 2 * len(providers):
+        raise CostwatchError("every provider failed: " + "; ".join(got.errors))
+    det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=end, since=since,
+                 findings=got.findings)
+    result = RunResult(as_of=det.as_of, detection=det, provider_errors=list(got.errors),
+                       provider_stats=got.stats)
+    own_store = store is None
+    store = store or open_store(cfg.state)
+    try:
+        tag_owners = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
+        quiet = silences.active(store, now)
+        p = incidents.plan(det.alerts, store, cfg, now, as_of=det.as_of, tag_owners=tag_owners, silences=quiet,
+                           data_end=incidents.data_ends(got.costs, got.usage))
+        result.silenced = len(p.silenced)
+        result.incidents_open = p.open_groups
+        result.alerts_active = sum(len(doc.get("alerts", [])) for _, doc in p.incidents.values()
+                                   if doc.get("status") == "open")
+        if charts:
+            _attach_charts(det, p, cfg)
+        for n in p.notifications:
+            result.queued += outbox.enqueue(store, n, now)
+        result.conflicts = incidents.commit(store, p)
+        result.delivery = outbox.deliver(
+            store, notifiers if notifiers is not None else build_notifiers(cfg), now,
+            max_attempts=cfg.alerting.max_attempts, stuck_after=pd.Timedelta(cfg.alerting.stuck_after_td),
+            sleep=sleep)
+    finally:
+        if own_store:
+            store.close()
+    return result
+
+
+def _chart_dir(cfg: Config) -> Path:
+    if cfg.state.backend == "sqlite":
+        return Path(cfg.state.path).parent / "charts"
+    return Path(tempfile.gettempdir()) / "costwatch-charts"
+
+
+def _attach_charts(det: Detection, p: incidents.Plan, cfg: Config) -> None:
+    """Draw one PNG per incident message that shows something new (not for repeats and resolves); a
+    chart that cannot be drawn is skipped, never a reason not to notify."""
+    wanted = (cfg.notify.slack is not None and cfg.notify.slack.charts and cfg.notify.slack.token is not None) \
+        or cfg.notify.email is not None
+    if not wanted:
+        return
+    from .charts import alert_chart
+
+    by_fp = {a.fingerprint: a for a in det.alerts}
+    drawn: dict[str, str] = {}
+    for n in p.notifications:
+        if n.event not in ("firing", "updated") or n.target.channel == "stdout" or not n.alerts:
+            continue
+        fp = str(n.alerts[0].get("fingerprint"))
+        if fp not in drawn and fp in by_fp:
+            try:
+                path = _chart_dir(cfg) / f"{fp}-{n.group_key.replace('#', '-')}-{n.sequence}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                drawn[fp] = str(alert_chart(det, by_fp[fp], path))
+            except Exception as e:
+                log.warning("chart for %s not drawn: %s", fp, type(e).__name__)
+                drawn[fp] = ""
+        n.chart = drawn.get(fp) or None
+
+
+__all__ = ["RunResult", "build_notifiers", "run_once"]

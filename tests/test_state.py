@@ -1,0 +1,121 @@
+"""The state store's behaviour, the same suite against SQLite and DynamoDB (moto, in process and over real
+HTTP with ThreadedMotoServer): insert-if-absent, version-checked updates, scans, TTL, and two writers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from costwatch.state import DynamoStore, SqliteStore, StateError, Store, create_dynamodb_table
+
+
+@pytest.fixture(params=["sqlite", "dynamodb", "dynamodb-http"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "state" / "state.db")
+        yield s
+        s.close()
+        return
+    pytest.importorskip("moto")
+    import boto3
+
+    request.getfixturevalue("aws_env")
+    if request.param == "dynamodb":
+        from moto import mock_aws
+
+        with mock_aws():
+            client = boto3.client("dynamodb", region_name="us-east-1")
+            create_dynamodb_table(client, "costwatch-state")
+            yield DynamoStore("costwatch-state", client=client)
+        return
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        client = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=f"http://{host}:{port}")
+        create_dynamodb_table(client, "costwatch-state")
+        yield DynamoStore("costwatch-state", client=client)
+    finally:
+        server.stop()
+
+
+def test_insert_only_once(store: Store) -> None:
+    assert store.put("outbox", "n1", {"a": 1}, version=None)
+    assert not store.put("outbox", "n1", {"a": 2}, version=None)  # a retried run queues nothing twice
+    rec = store.get("outbox", "n1")
+    assert rec is not None and rec.doc == {"a": 1} and rec.version == 1
+
+
+def test_version_checked_update(store: Store) -> None:
+    store.put("incident", "g", {"status": "open"}, version=None)
+    rec = store.get("incident", "g")
+    assert rec is not None
+    assert store.put("incident", "g", {"status": "resolved"}, version=rec.version)
+    assert not store.put("incident", "g", {"status": "open"}, version=rec.version)  # stale writer loses
+    again = store.get("incident", "g")
+    assert again is not None and again.doc["status"] == "resolved" and again.version == rec.version + 1
+
+
+def test_tables_are_separate_and_scanned_whole(store: Store) -> None:
+    for i in range(30):
+        store.put("outbox", f"n{i:02d}", {"i": i, "text": "x" * 2000}, version=None)
+    store.put("silence", "n00", {"other": True}, version=None)
+    got = store.scan("outbox")
+    assert sorted(r.doc["i"] for r in got) == list(range(30))
+    assert [r.doc for r in store.scan("silence")] == [{"other": True}]
+    store.delete("outbox", "n00")
+    assert store.get("outbox", "n00") is None and len(store.scan("outbox")) == 29
+    with pytest.raises(ValueError):
+        store.get("nope", "x")
+
+
+def test_expired_documents_are_gone(store: Store) -> None:
+    store.put("silence", "old", {"x": 1}, version=None, expires_at=time.time() - 10)
+    store.put("silence", "new", {"x": 2}, version=None, expires_at=time.time() + 3600)
+    assert store.get("silence", "old") is None
+    assert [r.key for r in store.scan("silence")] == ["new"]
+    # an expired key can be inserted again (DynamoDB deletes expired items only eventually)
+    assert store.put("silence", "old", {"x": 3}, version=None)
+    got = store.get("silence", "old")
+    assert got is not None and got.doc == {"x": 3}
+
+
+def test_two_writers_one_winner(store: Store) -> None:
+    store.put("outbox", "n", {"status": "pending"}, version=None)
+    rec = store.get("outbox", "n")
+    assert rec is not None
+    wins: list[bool] = []
+
+    def claim() -> None:
+        wins.append(store.put("outbox", "n", {"status": "sending"}, version=rec.version))
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 5 + [True]
+
+
+def test_unusable_sqlite_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StateError, match=r"state: cannot open .*state.path"):
+        SqliteStore(blocker / "state.db")
+
+
+def test_missing_dynamodb_table_says_what_to_do(aws_env: Any) -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        s = DynamoStore("nope", client=boto3.client("dynamodb", region_name="us-east-1"))
+        with pytest.raises(StateError, match="create the table 'nope'"):
+            s.scan("outbox")
