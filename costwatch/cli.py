@@ -124,6 +124,7 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
         raise CostwatchError("every provider failed: " + "; ".join(got.errors))
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since,
                  findings=got.findings)
+    _mark_silenced(det, cfg)
     det.notes.extend(f"missing data: {e}" for e in got.errors)
     det.notes.extend(f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items()) for name, st in got.stats.items())
     for e in got.errors:
@@ -140,6 +141,32 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
         except OSError as e:
             raise CostwatchError(f"{output}: cannot write the report: {e.strerror}") from e
         click.echo(f"wrote {fmt} report to {output} ({len(det.alerts)} alerts)", err=True)
+
+
+def _mark_silenced(det: Any, cfg: Any) -> None:
+    """Show silences and planned-activity marks from the state store in the report, when there is one;
+    a report never creates state."""
+    from dataclasses import asdict
+    from pathlib import Path as _P
+
+    from . import silences
+    from .state import open_store
+
+    if cfg.state.backend == "sqlite" and not _P(cfg.state.path).exists():
+        return
+    try:
+        store = open_store(cfg.state)
+        quiet = silences.active(store, pd.Timestamp.now(tz="UTC"))
+        store.close()
+    except CostwatchError as e:
+        det.notes.append(f"silences not shown: {e}")
+        return
+    for s in quiet:
+        hits = [a for a in det.alerts if s.matches(a, pd.Timestamp.now(tz="UTC"))]
+        for a in hits:
+            a.evidence["silence"] = asdict(s)
+        det.notes.append(f"{'planned activity' if s.planned else 'silence'} {s.id}: {s.project}"
+                         f"{' ' + s.kind if s.kind else ''} until {s.until} — {s.reason} ({len(hits)} alert(s))")
 
 
 @cli.command()

@@ -447,6 +447,7 @@ class StateConfig(_Model):
     backend: Literal["sqlite", "dynamodb"] = "sqlite"
     path: str = ".costwatch/state.db"
     table: str | None = None
+    region: str | None = None  # DynamoDB region; default: the AWS SDK's
 
     @model_validator(mode="after")
     def _table_for_dynamodb(self) -> StateConfig:

@@ -97,6 +97,10 @@ def renderable(det: Detection) -> Group:
                               f"  {a.service}" if a.service else "")
         body = [f"started {iso(a.start)}, detected {iso(a.detected_at)}", _observed_text(a),
                 _evidence_text(a.summary, a.evidence)]
+        if a.evidence.get("silence"):
+            s = a.evidence["silence"]
+            body.append(f"{'planned activity' if s.get('planned') else 'silenced'} until {s.get('until')}: "
+                        f"{s.get('reason')} (not notified)")
         blocks.append(Panel("\n".join(body), title=title, title_align="left", border_style=style or "dim"))
     parts: list[Any] = [head, pt, Group(*blocks) if blocks else Text("No alerts in the window.", style="green")]
     if det.notes:

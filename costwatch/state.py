@@ -222,7 +222,7 @@ def create_dynamodb_table(client: Any, name: str) -> None:
 def open_store(state_cfg: Any) -> Store:
     """The configured backend (``state:`` in the config)."""
     if state_cfg.backend == "dynamodb":
-        return DynamoStore(state_cfg.table, region=getattr(state_cfg, "region", None))
+        return DynamoStore(state_cfg.table, region=state_cfg.region)
     return SqliteStore(state_cfg.path)
 
 

@@ -220,3 +220,42 @@ def test_crash_before_the_send_is_not_lost(scenario: tuple[Scenario, Path], tmp_
     svc = Flaky()
     run_once(cfg, now=t + pd.Timedelta(minutes=20), as_of=t, notifiers={"stdout": svc}, charts=False)
     assert len(svc.accepted) == 1 and [i["status"] for i in _items(tmp_path)] == ["delivered"]
+
+
+def test_cli_run_silence_outbox(scenario: tuple[Scenario, Path], tmp_path: Path) -> None:
+    """The commands an owner types: run, silence (shown in the report), silences, unsilence, outbox."""
+    from click.testing import CliRunner
+
+    from costwatch.cli import cli
+
+    sc, data = scenario
+    inc = _gcp_incident(sc)
+    name = str(sc.projects.set_index("project_id").loc[inc.project_id, "project_name"])
+    _cfg(data, tmp_path)
+    conf = str(tmp_path / "c.yaml")
+    t = (inc.start + 3 * H).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = CliRunner().invoke(cli, ["run", "--config", conf, "--as-of", t, "--no-charts"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert f"mining suspected in {name}" in r.stdout and "delivered" in r.stderr
+    r = CliRunner().invoke(cli, ["outbox", "--config", conf, "--all"], catch_exceptions=False)
+    assert "delivered" in r.output and "firing" in r.output
+    r = CliRunner().invoke(cli, ["silence", "--config", conf, "--project", name, "--for", "2d",
+                                 "--reason", "planned load test", "--planned"], catch_exceptions=False)
+    assert r.exit_code == 0 and "planned activity" in r.output
+    sid = r.output.split()[2].rstrip(":")
+    r = CliRunner().invoke(cli, ["silences", "--config", conf], catch_exceptions=False)
+    assert sid in r.output and "planned load test" in r.output
+    r = CliRunner().invoke(cli, ["report", "--config", conf, "--as-of", t, "--since", "2d", "--format", "json"],
+                           catch_exceptions=False)
+    import json
+
+    rep = json.loads(r.stdout)
+    assert any(a["evidence"].get("silence", {}).get("id") == sid for a in rep["alerts"] if a["project_name"] == name)
+    assert any(sid in n for n in rep["notes"])
+    r = CliRunner().invoke(cli, ["unsilence", sid, "--config", conf], catch_exceptions=False)
+    assert r.exit_code == 0
+    r = CliRunner().invoke(cli, ["unsilence", sid, "--config", conf], catch_exceptions=False)
+    assert r.exit_code == 2 and "no silence" in r.output
+    r = CliRunner().invoke(cli, ["silence", "--config", conf, "--project", name, "--reason", "x"],
+                           catch_exceptions=False)
+    assert r.exit_code == 2 and "exactly one of --until" in r.output
