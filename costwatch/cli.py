@@ -212,7 +212,11 @@ def run(config_path: Path, as_of: str | None, no_charts: bool) -> None:
         from .run import run_once
 
         cfg = _load_cfg(config_path)
-        result = run_once(cfg, now=when, as_of=when, charts=not no_charts)
+        import os
+        import socket
+
+        result = run_once(cfg, now=when, as_of=when, charts=not no_charts,
+                          lock_owner=f"{socket.gethostname()}:{os.getpid()}")
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
     for line in result.lines():

@@ -28,6 +28,25 @@ from .state import Store, open_store
 log = logging.getLogger("costwatch.run")
 
 ALERT_WINDOW = pd.Timedelta(days=14)   # alerts detected this far back can still be open incidents
+LOCK_SECONDS = 15 * 60                 # longest run we expect; a crashed run's lock lapses after this
+
+
+class RunLocked(CostwatchError):
+    """Another run holds the state lock (an overlapping cron job, or a retried Lambda invocation)."""
+
+
+def acquire_lock(store: Store, owner: str, seconds: float = LOCK_SECONDS) -> bool:
+    """One run at a time per state store: an insert-if-absent with a TTL, so a run that died releases it
+    by expiry.  The outbox's conditional writes already prevent double sends; the lock saves the second
+    run from fetching and detecting for nothing."""
+    return store.put("lock", "run", {"owner": owner, "since": time.time()}, version=None,
+                     expires_at=time.time() + seconds)
+
+
+def release_lock(store: Store, owner: str) -> None:
+    rec = store.get("lock", "run")
+    if rec is not None and rec.doc.get("owner") == owner:
+        store.delete("lock", "run")
 
 
 @dataclass
@@ -76,8 +95,10 @@ def build_notifiers(cfg: Config) -> dict[str, Notifier]:
 
 def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestamp | None = None,
              providers: list[Any] | None = None, notifiers: dict[str, Notifier] | None = None,
-             store: Store | None = None, charts: bool = True,
+             store: Store | None = None, charts: bool = True, lock_owner: str | None = None,
              sleep: Callable[[float], None] = time.sleep) -> RunResult:
+    """One scheduled run.  With ``lock_owner`` the run first takes the state lock and raises
+    :class:`RunLocked` when another run holds it."""
     if now is None:
         now = pd.Timestamp.now(tz="UTC")
     else:
@@ -87,6 +108,26 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
         if not cfg.providers:
             raise ConfigError("costwatch run needs providers in the config")
         providers = [sources.build(p, cfg) for p in cfg.providers]
+    if notifiers is None:
+        notifiers = build_notifiers(cfg)  # a notifier config error fails before any work is done
+    own_store = store is None
+    store = store or open_store(cfg.state)
+    if lock_owner is not None and not acquire_lock(store, lock_owner):
+        if own_store:
+            store.close()
+        raise RunLocked("another costwatch run holds the state lock; this one did nothing "
+                        f"(a crashed run's lock lapses after {LOCK_SECONDS // 60} minutes)")
+    try:
+        return _run(cfg, now, end, providers, notifiers, store, charts, sleep)
+    finally:
+        if lock_owner is not None:
+            release_lock(store, lock_owner)
+        if own_store:
+            store.close()
+
+
+def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any], notifiers: dict[str, Notifier],
+         store: Store, charts: bool, sleep: Callable[[float], None]) -> RunResult:
     since = end - ALERT_WINDOW
     start = since - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
     got = sources.gather(providers, start, end)
@@ -96,29 +137,22 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
                  findings=got.findings)
     result = RunResult(as_of=det.as_of, detection=det, provider_errors=list(got.errors),
                        provider_stats=got.stats)
-    own_store = store is None
-    store = store or open_store(cfg.state)
-    try:
-        tag_owners = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
-        quiet = silences.active(store, now)
-        p = incidents.plan(det.alerts, store, cfg, now, as_of=det.as_of, tag_owners=tag_owners, silences=quiet,
-                           data_end=incidents.data_ends(got.costs, got.usage))
-        result.silenced = len(p.silenced)
-        result.incidents_open = p.open_groups
-        result.alerts_active = sum(len(doc.get("alerts", [])) for _, doc in p.incidents.values()
-                                   if doc.get("status") == "open")
-        if charts:
-            _attach_charts(det, p, cfg)
-        for n in p.notifications:
-            result.queued += outbox.enqueue(store, n, now)
-        result.conflicts = incidents.commit(store, p)
-        result.delivery = outbox.deliver(
-            store, notifiers if notifiers is not None else build_notifiers(cfg), now,
-            max_attempts=cfg.alerting.max_attempts, stuck_after=pd.Timedelta(cfg.alerting.stuck_after_td),
-            sleep=sleep)
-    finally:
-        if own_store:
-            store.close()
+    tag_owners = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
+    quiet = silences.active(store, now)
+    p = incidents.plan(det.alerts, store, cfg, now, as_of=det.as_of, tag_owners=tag_owners, silences=quiet,
+                       data_end=incidents.data_ends(got.costs, got.usage))
+    result.silenced = len(p.silenced)
+    result.incidents_open = p.open_groups
+    result.alerts_active = sum(len(doc.get("alerts", [])) for _, doc in p.incidents.values()
+                               if doc.get("status") == "open")
+    if charts:
+        _attach_charts(det, p, cfg)
+    for n in p.notifications:
+        result.queued += outbox.enqueue(store, n, now)
+    result.conflicts = incidents.commit(store, p)
+    result.delivery = outbox.deliver(
+        store, notifiers, now, max_attempts=cfg.alerting.max_attempts,
+        stuck_after=pd.Timedelta(cfg.alerting.stuck_after_td), sleep=sleep)
     return result
 
 
@@ -154,4 +188,4 @@ def _attach_charts(det: Detection, p: incidents.Plan, cfg: Config) -> None:
         n.chart = drawn.get(fp) or None
 
 
-__all__ = ["RunResult", "build_notifiers", "run_once"]
+__all__ = ["RunLocked", "RunResult", "acquire_lock", "build_notifiers", "release_lock", "run_once"]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .errors import ConfigError, CostwatchError
 
-TABLES = ("incident", "outbox", "thread", "silence")
+TABLES = ("incident", "outbox", "thread", "silence", "lock")
 
 
 class StateError(CostwatchError):
