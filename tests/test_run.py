@@ -259,3 +259,29 @@ def test_cli_run_silence_outbox(scenario: tuple[Scenario, Path], tmp_path: Path)
     r = CliRunner().invoke(cli, ["silence", "--config", conf, "--project", name, "--reason", "x"],
                            catch_exceptions=False)
     assert r.exit_code == 2 and "exactly one of --until" in r.output
+
+
+def test_overlapping_runs_take_turns(scenario: tuple[Scenario, Path], tmp_path: Path) -> None:
+    from costwatch.run import RunLocked, acquire_lock, release_lock
+
+    sc, data = scenario
+    cfg = _cfg(data, tmp_path)
+    t = _gcp_incident(sc).start + 3 * H
+    store = SqliteStore(tmp_path / "state.db")
+    assert acquire_lock(store, "other-run")
+    with pytest.raises(RunLocked, match="another costwatch run holds the state lock"):
+        run_once(cfg, now=t, as_of=t, notifiers={"stdout": StdoutNotifier(io.StringIO())}, charts=False,
+                 lock_owner="this-run")
+    assert _items(tmp_path) == []  # the locked-out run did nothing
+    release_lock(store, "this-run")  # not ours: stays
+    assert not acquire_lock(store, "third")
+    release_lock(store, "other-run")
+    # a crashed run's lock lapses by itself
+    assert acquire_lock(store, "crashed", seconds=-1)
+    store.close()
+    res = run_once(cfg, now=t, as_of=t, notifiers={"stdout": StdoutNotifier(io.StringIO())}, charts=False,
+                   lock_owner="this-run")
+    assert res.delivery.delivered >= 1
+    store = SqliteStore(tmp_path / "state.db")
+    assert store.get("lock", "run") is None  # released at the end
+    store.close()
