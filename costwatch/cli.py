@@ -262,6 +262,28 @@ def silence(config_path: Path | None, project: str, kind: str | None, until: str
     click.echo(f"{what} {s.id}: {s.project}{' ' + s.kind if s.kind else ''} until {s.until} — {s.reason}")
 
 
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config naming the state store.")
+@click.option("--project", required=True, help="Project id or name whose open incidents to acknowledge.")
+@click.option("--by", "by", default=None, help="Who acknowledges (default: $USER).")
+def ack(config_path: Path | None, project: str, by: str | None) -> None:
+    """Acknowledge a project's open incidents: no more repeats; updates if they grow, and the resolve, still go."""
+    import getpass
+
+    from .incidents import acknowledge
+
+    try:
+        store = _store(config_path)
+        done = acknowledge(store, project, by or getpass.getuser(), pd.Timestamp.now(tz="UTC"))
+        store.close()
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    if not done:
+        _fail(ConfigError(f"no open incident for {project!r}; see `costwatch outbox --all`"), _Ctx.debug)
+    for t in done:
+        click.echo(f"acknowledged: {t}")
+
+
 @cli.command("silences")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config naming the state store.")
 def list_silences(config_path: Path | None) -> None:

@@ -134,7 +134,7 @@ def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, a
             if doc["status"] != "open":
                 event = "firing"
                 doc.update(number=int(doc["number"]) + 1, status="open", sequence=0, opened_at=iso(now),
-                           notified=sizes)
+                           notified=sizes, acked_by=None, acked_at=None)
             else:
                 told: dict[str, float] = doc.get("notified", {})
                 grew = any(fp not in told or (told[fp] > 0 and s >= al.growth_factor * told[fp])
@@ -142,8 +142,8 @@ def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, a
                 last = pd.Timestamp(doc.get("last_notified_at") or doc.get("opened_at"))
                 if grew:
                     event = "updated"
-                elif now - last >= repeat:
-                    event = "repeat"
+                elif now - last >= repeat and not doc.get("acked_by"):
+                    event = "repeat"  # an acknowledged incident is not repeated; growth and resolve still go
                 if event:
                     doc["sequence"] = int(doc.get("sequence", 0)) + 1
                     doc["notified"] = {**told, **sizes}
@@ -180,6 +180,22 @@ def _notifications(key: str, doc: dict[str, Any], event: str, cfg: Config, tag_o
     return out
 
 
+def acknowledge(store: Store, project: str, by: str, now: pd.Timestamp) -> list[str]:
+    """Mark the open incidents of a project (id or name) as acknowledged: no more repeats, but updates
+    when they grow and the resolve still go out.  Returns the incident titles acknowledged."""
+    done = []
+    for rec in store.scan("incident"):
+        doc = rec.doc
+        if doc.get("status") != "open":
+            continue
+        if not any(project in (a.get("project"), a.get("project_name")) for a in doc.get("alerts", [])):
+            continue
+        if store.put("incident", rec.key, {**doc, "acked_by": by[:100], "acked_at": iso(now)}, version=rec.version):
+            lead = doc.get("alerts", [{}])[0]
+            done.append(f"{lead.get('kind')} in {lead.get('project_name') or lead.get('project')}")
+    return done
+
+
 def commit(store: Store, p: Plan) -> list[str]:
     """Write the incidents decided by :func:`plan`; a conflict (another run got there first) is reported,
     not overwritten: that run queued the same notifications."""
@@ -190,4 +206,5 @@ def commit(store: Store, p: Plan) -> list[str]:
     return conflicts
 
 
-__all__ = ["Plan", "active_until", "commit", "data_ends", "group_key", "is_active", "labels_of", "magnitude", "plan"]
+__all__ = ["Plan", "acknowledge", "active_until", "commit", "data_ends", "group_key", "is_active", "labels_of",
+           "magnitude", "plan"]

@@ -285,3 +285,26 @@ def test_overlapping_runs_take_turns(scenario: tuple[Scenario, Path], tmp_path: 
     store = SqliteStore(tmp_path / "state.db")
     assert store.get("lock", "run") is None  # released at the end
     store.close()
+
+
+def test_acknowledged_incident_is_not_repeated(scenario: tuple[Scenario, Path], tmp_path: Path) -> None:
+    from costwatch.incidents import acknowledge
+
+    sc, data = scenario
+    inc = _gcp_incident(sc)
+    name = str(sc.projects.set_index("project_id").loc[inc.project_id, "project_name"])
+    cfg = _cfg(data, tmp_path, repeat_interval="1h", growth_factor=100.0)
+    t = inc.start + 3 * H
+
+    def run(at: pd.Timestamp) -> None:
+        run_once(cfg, now=at, as_of=at, notifiers={"stdout": StdoutNotifier(io.StringIO())}, charts=False)
+
+    run(t)
+    store = SqliteStore(tmp_path / "state.db")
+    assert acknowledge(store, name, "alice", t) == [f"mining_suspected in {name}"]
+    assert acknowledge(store, "no-such-project", "alice", t) == []
+    store.close()
+    for k in range(1, 6):
+        run(t + k * H)
+    events = [i["event"] for i in _for(_items(tmp_path), name)]
+    assert "repeat" not in events and events[0] == "firing"
