@@ -65,8 +65,8 @@ class Flaky:
 
     name = "stdout"
 
-    def __init__(self, down: int = 0, crash_on: int | None = None) -> None:
-        self.down, self.calls, self.crash_on = down, 0, crash_on
+    def __init__(self, down: int = 0, crash_on: int | None = None, retry_after: float | None = 120) -> None:
+        self.down, self.calls, self.crash_on, self.retry_after = down, 0, crash_on, retry_after
         self.accepted: list[Notification] = []
 
     def notify(self, notifications: list[Notification]) -> list[Delivery]:
@@ -74,7 +74,7 @@ class Flaky:
         for n in notifications:
             self.calls += 1
             if self.calls <= self.down:
-                out.append(Delivery(ok=False, retry_after=120, error="503 service unavailable"))
+                out.append(Delivery(ok=False, retry_after=self.retry_after, error="503 service unavailable"))
                 continue
             self.accepted.append(n)
             if self.crash_on == self.calls:
@@ -308,3 +308,39 @@ def test_acknowledged_incident_is_not_repeated(scenario: tuple[Scenario, Path], 
         run(t + k * H)
     events = [i["event"] for i in _for(_items(tmp_path), name)]
     assert "repeat" not in events and events[0] == "firing"
+
+
+def test_same_lifecycle_on_dynamodb(scenario: tuple[Scenario, Path], tmp_path: Path, aws_env: None) -> None:
+    """The serverless state backend gives the same guarantees: one firing, no duplicate on a retried
+    run, a failed send kept and retried, resolved once."""
+    boto3 = pytest.importorskip("boto3")
+    from moto import mock_aws
+
+    from costwatch.state import DynamoStore, create_dynamodb_table
+
+    sc, data = scenario
+    inc = _gcp_incident(sc)
+    name = str(sc.projects.set_index("project_id").loc[inc.project_id, "project_name"])
+    cfg = _cfg(data, tmp_path)
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_dynamodb_table(client, "cw")
+        store = DynamoStore("cw", client=client)
+        flaky = Flaky(down=1, retry_after=2)
+        waits: list[float] = []
+
+        def run(at: pd.Timestamp) -> Any:
+            return run_once(cfg, now=at, as_of=at, notifiers={"stdout": flaky}, charts=False, store=store,
+                            sleep=waits.append, lock_owner="lambda-req-1")
+
+        t = inc.start + 3 * H
+        first = run(t)
+        # one 503 asking for 2 s: waited for and retried within the run
+        assert first.delivery.pending == 0 and first.delivery.delivered >= 1 and waits == [2]
+        assert run(t).queued == 0
+        run(inc.end + pd.Timedelta(days=3))
+        mine = [i for i in outbox.items(store) if name in i["title"]]
+        assert sorted(i["event"] for i in mine).count("firing") == 1
+        assert [i["event"] for i in mine].count("resolved") == 1
+        assert all(i["status"] == "delivered" for i in mine)
+        assert len({n.id for n in flaky.accepted}) == len(flaky.accepted)
