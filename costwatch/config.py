@@ -414,12 +414,14 @@ class EmailConfig(_Model):
     from_addr: str
     to: list[str] = Field(default_factory=list)  # default recipients; owners may add their own
     starttls: bool = True          # STARTTLS on a plain connection (587)
-    ssl: bool = False              # implicit TLS from the first byte (465); excludes starttls
+    ssl: bool = False              # implicit TLS from the first byte (port 465 unless set); starttls is then moot
     ses_region: str | None = None  # SES: region, else the AWS SDK default
     timeout: float = Field(default=30.0, gt=0, le=300)
 
     @model_validator(mode="after")
     def _addresses(self) -> EmailConfig:
+        if self.ssl and "smtp_port" not in self.model_fields_set:
+            self.smtp_port = 465  # implicit TLS listens on 465, not on the STARTTLS port
         if self.transport == "smtp" and not self.smtp_host:
             raise ValueError("email transport 'smtp' needs 'smtp_host'")
         if any(c in a for a in [self.from_addr, *self.to] for c in "\r\n"):
