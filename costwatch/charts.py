@@ -20,6 +20,12 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:80] or "alert"
 
 
+def _label(text: str, limit: int = 100) -> str:
+    """Chart text from data: no control characters, no mathtext (``$`` would be parsed), bounded."""
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", text).replace("$", r"\$")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _series_row(sb: SeriesBands | None, project: str, category: str | None) -> int | None:
     if sb is None or not len(sb.matrix.keys):
         return None
@@ -57,7 +63,7 @@ def alert_chart(det: Detection, alert: Alert, path: Path) -> Path:
         hits = sb.anomalous[i]
         ax.scatter(days[hits], m.values[i][hits], color="red", zorder=5, s=40, label="out of band")
         ax.set_ylabel(f"{alert.currency} / day")
-        ax.set_title(f"{alert.kind}: {alert.project_name} ({alert.provider}) — {cat or 'all services'}")
+        ax.set_title(_label(f"{alert.kind}: {alert.project_name} ({alert.provider}) — {cat or 'all services'}"))
         ax.axvline(alert.start.tz_convert(None), color="orange", lw=1, label="start")
         ax.legend(loc="upper left", fontsize=8)
     else:

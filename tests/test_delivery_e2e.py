@@ -1,0 +1,126 @@
+"""End to end through real services: ``run_once`` replays a labelled scenario and delivers through the real
+email notifier to a real SMTP server (aiosmtpd, STARTTLS + login), with the real SQLite outbox between them.
+The owner gets one mail per incident, updates threaded under it, a mail server that is down loses nothing,
+and neither the password nor hostile project names leak into headers, logs or state."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import smtp_server
+import yaml
+
+from costwatch.config import Config, load_config
+from costwatch.demo import to_focus
+from costwatch.notifiers.email import EmailNotifier
+from costwatch.notifiers.stdout import StdoutNotifier
+from costwatch.run import run_once
+from costwatch.scenarios import Scenario, generate
+
+H = pd.Timedelta(hours=1)
+PASSWORD = "s3cr3t-Pa55word-do-not-log"
+EVIL_NAME = "<!channel> pwn\r\nBcc: evil@attacker.example"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scenario, Path]:
+    sc = generate(seed=10, n_projects=4, days=50, incident_kinds=("mining_new_nodes",))
+    d = tmp_path_factory.mktemp("e2e-data")
+    to_focus(sc.costs).to_csv(d / "costs.csv", index=False)
+    u = sc.usage.copy()
+    u["timestamp"] = u["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    u.to_csv(d / "usage.csv", index=False)
+    return sc, d
+
+
+@pytest.fixture
+def smtp() -> Iterator[smtp_server.SmtpServer]:
+    srv = smtp_server.start(tls="starttls", auth={"costwatch": PASSWORD})
+    yield srv
+    srv.stop()
+
+
+def _incident(sc: Scenario) -> pd.Series:
+    return sc.incidents[sc.incidents["provider"] == "gcp"].iloc[0]
+
+
+def _config(sc: Scenario, d: Path, tmp: Path, port: int, monkeypatch: pytest.MonkeyPatch) -> Config:
+    monkeypatch.setenv("SMTP_PASSWORD", PASSWORD)
+    inc = _incident(sc)
+    doc = {
+        "providers": [{"type": "files", "costs": str(d / "costs.csv"), "usage": str(d / "usage.csv")}],
+        "projects": {str(inc.project_id): {"name": EVIL_NAME, "owner": "miners-team"}},
+        "owners": {"miners-team": {"email": ["owner@example.com"]}},
+        "alerting": {"repeat_interval": "4h", "escalate": {"critical": ["secops@example.com"]}},
+        "notify": {"email": {"smtp_host": "127.0.0.1", "smtp_port": port, "username": "costwatch",
+                             "password": "${SMTP_PASSWORD}", "from_addr": "costwatch@example.com",
+                             "to": ["finops@example.com"], "timeout": 5}, "stdout": True},
+        "state": {"path": str(tmp / "state.db")},
+    }
+    (tmp / "c.yaml").write_text(yaml.safe_dump(doc))
+    return load_config(tmp / "c.yaml")
+
+
+def _run(cfg: Config, srv: smtp_server.SmtpServer, at: pd.Timestamp, out: io.StringIO) -> Any:
+    assert cfg.notify.email is not None
+    notifiers: dict[str, Any] = {"email": EmailNotifier(cfg.notify.email, ssl_context=srv.client_context()),
+                                 "stdout": StdoutNotifier(out)}
+    return run_once(cfg, now=at, as_of=at, notifiers=notifiers, charts=True, sleep=lambda s: None)
+
+
+def test_email_incident_end_to_end(data: tuple[Scenario, Path], smtp: smtp_server.SmtpServer, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    sc, d = data
+    inc = _incident(sc)
+    cfg = _config(sc, d, tmp_path, smtp.port, monkeypatch)
+    out = io.StringIO()
+
+    # the mail server is down when the miner is first seen: nothing is lost
+    smtp.stop()
+    t = inc.start + 3 * H
+    down = _run(cfg, smtp, t, out)
+    assert down.delivery.delivered >= 1  # stdout still went
+    assert down.delivery.pending >= 1 and down.exit_code == 0
+    smtp.start()
+    up = _run(cfg, smtp, t + pd.Timedelta(minutes=20), out)
+    assert up.delivery.pending == 0
+    mails = [m.message for m in smtp.messages]
+    to_owner = [m for m in mails if "owner@example.com" in str(m["To"])]
+    assert len(to_owner) == 1, [m["Subject"] for m in mails]
+    first = to_owner[0]
+    assert "mining" in str(first["Subject"]).lower()
+    # escalation by severity: critical mining also goes to secops
+    assert any("secops@example.com" in str(m["To"]) for m in mails)
+    # hostile project name: no header injection, no extra recipient
+    for m in mails:
+        assert m["Bcc"] is None and "\n" not in str(m["Subject"]) and "attacker" not in str(m["To"])
+    assert all(rcpt != "evil@attacker.example" for r in smtp.messages for rcpt in r.rcpt_tos)
+    html = first.get_body(("html",))
+    assert html is not None and "<!channel>" not in html.get_content() and "&lt;!channel&gt;" in html.get_content()
+    # the chart travels inline
+    assert any(part.get_content_type() == "image/png" for part in first.walk())
+
+    # the same run again: nothing new
+    again = _run(cfg, smtp, t + pd.Timedelta(minutes=20), out)
+    assert again.queued == 0 and len(smtp.messages) == len(mails)
+
+    # hours later and after it ended: updates/repeats thread under the first mail, resolved once
+    _run(cfg, smtp, t + 8 * H, out)
+    _run(cfg, smtp, inc.end + pd.Timedelta(days=3), out)
+    owner_mails = [r.message for r in smtp.messages if "owner@example.com" in str(r.message["To"])]
+    assert len(owner_mails) >= 3
+    first_id = str(owner_mails[0]["Message-ID"])
+    for m in owner_mails[1:]:
+        assert str(m["In-Reply-To"]) == first_id
+    assert sum("resolved" in str(m["Subject"]).lower() for m in owner_mails) == 1
+
+    # the password is nowhere: not in logs, not in the stored outbox
+    assert PASSWORD not in caplog.text and PASSWORD not in out.getvalue()
+    assert PASSWORD.encode() not in (tmp_path / "state.db").read_bytes()
