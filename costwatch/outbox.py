@@ -100,9 +100,11 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
             if ref is None and tk in first_pending:
                 continue  # the incident's first message has not gone yet: keep the order
             n.thread = ref.doc.get("ref") if ref else None
-        if doc["status"] == "sending" and hasattr(notifier, "find_delivered"):
-            found = notifier.find_delivered(n)
-            if found is not None and found.ok:
+        # an earlier attempt may have reached the service even though we never heard back (a crash, a
+        # timeout after the post): ask before sending again, where the service can tell
+        if doc["status"] == "sending" or int(doc.get("attempts", 0)) > 0:
+            found = _already_delivered(notifier, n)
+            if found is not None:
                 _finish(store, item, now, found, report, max_attempts)
                 continue
         claimed = store.put("outbox", item.rec.key, {**doc, "status": "sending", "sending_since": iso(now),
@@ -119,7 +121,7 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
             if wait > max_wait:
                 break
             sleep(wait)
-            d = _send(notifier, n)
+            d = _already_delivered(notifier, n) or _send(notifier, n)
         _finish(store, item, now, d, report, max_attempts)
         if d.ok and n.sequence == 0 and n.event == "firing":
             first_pending.discard(thread_key(n))
@@ -133,6 +135,19 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
             report.failed += 1
             report.stuck += 1
     return report
+
+
+def _already_delivered(notifier: Notifier, n: Notification) -> Delivery | None:
+    """The service's own record of an earlier attempt, for notifiers that can look (Slack metadata)."""
+    find = getattr(notifier, "find_delivered", None)
+    if find is None:
+        return None
+    try:
+        found = find(n)
+    except Exception as e:  # a failed check means "don't know": send (at least once beats never)
+        log.warning("notifier %s could not check for an earlier delivery: %s", notifier.name, type(e).__name__)
+        return None
+    return found if isinstance(found, Delivery) and found.ok else None
 
 
 def _send(notifier: Notifier, n: Notification) -> Delivery:

@@ -63,6 +63,7 @@ class Fault:
     drop: bool = False                # close the connection with a reset, no answer
     body: str | None = None           # a raw body instead (e.g. a proxy's HTML error page)
     extra: dict[str, Any] = field(default_factory=dict)  # more JSON fields, e.g. {"needed": "chat:write"}
+    accept: bool = False              # do the work (post the message), then hang/drop: the answer is lost
 
 
 @dataclass
@@ -279,6 +280,8 @@ class FakeSlack:
             self.requests.append(rec)
             queue = self._faults.get(method)
             fault = queue.pop(0) if queue else None
+        if fault is not None and fault.accept and method not in ("webhook", "upload"):
+            self._api(method, params, headers)  # Slack did it; the client just never hears back
         if fault is not None:
             if fault.hang:
                 self._stopping.wait(fault.hang)

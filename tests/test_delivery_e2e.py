@@ -6,6 +6,7 @@ and neither the password nor hostile project names leak into headers, logs or st
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,99 @@ def test_email_incident_end_to_end(data: tuple[Scenario, Path], smtp: smtp_serve
     # the password is nowhere: not in logs, not in the stored outbox
     assert PASSWORD not in caplog.text and PASSWORD not in out.getvalue()
     assert PASSWORD.encode() not in (tmp_path / "state.db").read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------- Slack
+
+TOKEN_ENV = "SLACK_BOT_TOKEN"
+
+
+@pytest.fixture
+def slack() -> Iterator[Any]:
+    from fake_slack import FakeSlack
+
+    with FakeSlack() as fake:
+        yield fake
+
+
+def _slack_config(sc: Scenario, d: Path, tmp: Path, fake: Any, monkeypatch: pytest.MonkeyPatch) -> Config:
+    monkeypatch.setenv(TOKEN_ENV, fake.token)
+    inc = _incident(sc)
+    doc = {
+        "providers": [{"type": "files", "costs": str(d / "costs.csv"), "usage": str(d / "usage.csv")}],
+        "projects": {str(inc.project_id): {"name": "<!channel> *pwn* <@U999>", "owner": "miners-team"}},
+        "owners": {"miners-team": {"slack_channel": "C0TEAM", "slack_mention": "U0OWNER"}},
+        "alerting": {"repeat_interval": "4h"},
+        "notify": {"slack": {"token": "${SLACK_BOT_TOKEN}", "channel": "C0ALERTS", "api_url": fake.api_url,
+                             "timeout": 1}, "stdout": False},
+        "state": {"path": str(tmp / "state.db")},
+    }
+    (tmp / "c.yaml").write_text(yaml.safe_dump(doc))
+    return load_config(tmp / "c.yaml")
+
+
+def _our_posts(fake: Any, channel: str) -> list[dict[str, Any]]:
+    return [m for m in fake.messages(channel) if m.get("metadata")]
+
+
+def test_slack_incident_end_to_end(data: tuple[Scenario, Path], slack: Any, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    sc, d = data
+    inc = _incident(sc)
+    cfg = _slack_config(sc, d, tmp_path, slack, monkeypatch)
+    waits: list[float] = []
+
+    def run(at: pd.Timestamp) -> Any:
+        return run_once(cfg, now=at, as_of=at, charts=True, sleep=waits.append)
+
+    # Slack rate-limits the first post: the run waits what Slack asked and posts once
+    slack.fail("chat.postMessage", status=429, retry_after=1)
+    t = inc.start + 3 * H
+    first = run(t)
+    assert first.delivery.pending == 0 and waits == [1]
+    posts = _our_posts(slack, "C0TEAM")
+    assert len(posts) == 1 and "thread_ts" not in posts[0]
+    sent = slack.calls("chat.postMessage")[-1].params
+    raw = json.dumps(sent)
+    assert "<@U0OWNER>" in raw  # the owner from config is pinged ...
+    assert "<!channel>" not in raw and "<@U999>" not in raw  # ... nobody named by data is
+    # the chart lands in the incident's thread
+    assert slack.uploads and slack.uploads[0]["thread_ts"] == posts[0]["ts"]
+
+    # a retried run does nothing
+    assert run(t).queued == 0 and len(_our_posts(slack, "C0TEAM")) == 1
+
+    # Slack takes the next post but the answer never arrives (client timeout): the outbox finds the
+    # message by its metadata instead of posting it twice
+    slack.fail("chat.postMessage", accept=True, hang=3)
+    later = run(t + 8 * H)
+    assert later.delivery.pending == 0
+    posts = _our_posts(slack, "C0TEAM")
+    ids = [p["metadata"]["event_payload"]["id"] for p in posts]
+    assert len(ids) == len(set(ids)) == 2
+    assert posts[1]["thread_ts"] == posts[0]["ts"]  # the update is in the incident's thread
+
+    run(inc.end + pd.Timedelta(days=3))
+    posts = _our_posts(slack, "C0TEAM")
+    assert len(posts) == 3 and posts[-1]["thread_ts"] == posts[0]["ts"]
+    team_calls = [c.params for c in slack.calls("chat.postMessage") if c.params.get("channel") == "C0TEAM"]
+    assert "resolved" in json.dumps(team_calls[-1]).lower()
+
+    # the token is nowhere: logs, state
+    assert slack.token not in caplog.text
+    assert slack.token.encode() not in (tmp_path / "state.db").read_bytes()
+
+
+def test_slack_permanent_error_is_kept_and_reported(data: tuple[Scenario, Path], slack: Any, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sc, d = data
+    inc = _incident(sc)
+    cfg = _slack_config(sc, d, tmp_path, slack, monkeypatch)
+    monkeypatch.setenv(TOKEN_ENV, "xoxb-revoked-token")
+    cfg = load_config(tmp_path / "c.yaml")
+    t = inc.start + 3 * H
+    res = run_once(cfg, now=t, as_of=t, charts=False, sleep=lambda s: None)
+    assert res.delivery.failed >= 1 and res.exit_code == 1
+    assert any("invalid_auth" in e for e in res.delivery.errors)
+    assert "xoxb-revoked-token" not in "\n".join(res.lines())
