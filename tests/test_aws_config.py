@@ -54,8 +54,8 @@ def test_unknown_key_and_bad_metric_are_located() -> None:
 
 
 def test_unknown_type_lists_aws() -> None:
-    with pytest.raises(ConfigError, match="expected one of: 'files', 'aws'"):
-        parse_config("providers:\n  - type: gcp\n")
+    with pytest.raises(ConfigError, match="expected one of: 'files', 'aws', 'gcp', 'azure'"):
+        parse_config("providers:\n  - type: oci\n")
 
 
 def test_cache_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
