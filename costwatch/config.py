@@ -205,7 +205,9 @@ class AzureProviderConfig(_Model):
 
     type: Literal["azure"] = "azure"
     name: str = Field(default="azure", min_length=1)
-    subscriptions: list[str] | None = None  # default: every subscription the credential can read
+    # default: every subscription the credential can read; ids are GUIDs, so a typo fails in check-config
+    subscriptions: (list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")]]
+                    | None) = None
     source: Literal["consumption", "costmanagement"] = "consumption"
     restate_days: int = Field(default=3, ge=0, le=31)
     cache_path: str | None = None

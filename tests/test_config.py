@@ -74,7 +74,8 @@ def test_example_documents_every_key() -> None:
 
     models: list[type[BaseModel]] = [Config, ProjectConfig, DetectionConfig, FilesProviderConfig]
     models += [c.CpuDetectionConfig, c.AlertingConfig, c.NotifyConfig, c.SlackConfig, c.EmailConfig,
-               c.StateConfig, c.KubernetesConfig, c.KubernetesCluster]
+               c.StateConfig, c.KubernetesConfig, c.KubernetesCluster, c.OwnerConfig, c.AwsProviderConfig,
+               c.GcpProviderConfig, c.AzureProviderConfig]
     for m in models:
         for name in m.model_fields:
             assert re.search(rf"^\s*#?\s*(- )?{name}:", text, re.MULTILINE), f"{m.__name__}.{name} undocumented"
