@@ -22,11 +22,11 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, empty_usage
+from costwatch.providers._daycache import DayCache
 
 from . import monitor
 from ._arm import ROLE_COST, SUBSCRIPTIONS_API, Azure, translate
-from .cache import Cache, Row
-from .costs import Costs, day_range, frame
+from .costs import Costs, Row, day_range, frame
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -62,7 +62,7 @@ class AzureProvider:
             raise ProviderError(f"azure: unknown cost source {source!r}; use consumption or costmanagement")
         self.name = name
         self.azure = Azure(credential, base_url, client_options)
-        self.cache = Cache(cache_path, scope=name)
+        self.cache = DayCache(cache_path, scope=name)
         self.clock = clock
         self.costs = Costs(self.azure, self.cache, source, restate_days, clock)
         self.configured = list(dict.fromkeys(s.strip().lower() for s in subscriptions or [] if s.strip()))

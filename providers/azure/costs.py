@@ -30,9 +30,9 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, normalize_costs
+from costwatch.providers._daycache import DayCache
 
 from ._arm import MAX_PAGES, ROLE_COST, Azure, translate
-from .cache import Cache, Row
 
 MERGE_GAP_DAYS = 7
 QUERY_GROUPING = ("ResourceGroupName", "MeterCategory", "ResourceLocation", "ChargeType")
@@ -136,6 +136,11 @@ CHARGE_CATEGORIES = {"usage": "Usage", "unusedreservation": "Usage", "unusedsavi
                      "purchase": "Purchase", "refund": "Credit", "credit": "Credit", "tax": "Tax",
                      "roundingadjustment": "Adjustment", "adjustment": "Adjustment"}
 
+# (day, subscription, subscription_name, resource_group, service, region, resource_id, charge, amount,
+#  currency, tags)
+Row = tuple[str, str, str | None, str | None, str | None, str | None, str | None, str, float, str, dict[str, str]]
+
+
 
 def service_category(meter_category: str) -> str:
     """FOCUS ServiceCategory for an Azure meter category; "Other" when nothing matches."""
@@ -230,7 +235,7 @@ class _Sums:
 class Costs:
     """Usage details or Cost Management queries through the cache; thread-safe per subscription."""
 
-    def __init__(self, azure: Azure, cache: Cache, source: str, restate_days: int,
+    def __init__(self, azure: Azure, cache: DayCache, source: str, restate_days: int,
                  clock: Callable[[], pd.Timestamp]) -> None:
         self.azure = azure
         self.cache = cache
@@ -242,14 +247,15 @@ class Costs:
     def daily(self, subscription: str, days: list[dt.date]) -> list[Row]:
         """Rows of one subscription for ``days``, asking Azure only for what the cache cannot answer."""
         today = self.clock().date()
-        cached = self.cache.fetched_days(self.source, subscription)
+        cached = self.cache.fetched_days(self.source, part=subscription)
         fetch = self._consumption if self.source == "consumption" else self._query
         for a, b in fetch_windows(days, cached, today, self.restate_days):
             rows = fetch(subscription, a, b)
             window = [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days)]
-            self.cache.store(self.source, subscription, window, rows, self.clock().isoformat())
+            self.cache.store(self.source, window, [(r[0], r) for r in rows], self.clock().isoformat(),
+                             part=subscription)
             self.fetched_days += len(window)
-        return self.cache.rows(self.source, subscription, [d.isoformat() for d in days])
+        return [tuple(r) for r in self.cache.rows(self.source, [d.isoformat() for d in days], part=subscription)]
 
     # -------------------------------------------------------------------------------------- consumption
 

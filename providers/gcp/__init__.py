@@ -23,11 +23,11 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, empty_usage
+from costwatch.providers._daycache import DayCache
 
 from . import monitoring
 from ._api import Calls, default_credentials
 from .billing import BillingExport, costs_frame, day_range
-from .cache import DayCache
 from .projects import ProjectBilling, list_projects
 
 __all__ = ["GcpProvider", "from_config"]

@@ -33,9 +33,9 @@ import pandas as pd
 
 from costwatch.errors import ConfigError, ProviderError
 from costwatch.model import empty_costs, normalize_costs
+from costwatch.providers._daycache import DayCache
 
 from ._api import Calls, translate
-from .cache import DayCache
 
 TABLE_PATTERN = re.compile(r"^[\w.-]+\.\w+\.[\w$-]+$")  # the config's billing_table pattern: no backticks
 PARTITION_LAG_DAYS = 7
@@ -249,7 +249,7 @@ class BillingExport:
         for a, b in fetch_windows(days, cached, today, self.restate_days):
             rows = self._query(a, b, today)
             fetched = [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days)]
-            self.cache.store(self.source, fetched, rows, self.clock().isoformat())
+            self.cache.store(self.source, fetched, [(r["day"], r) for r in rows], self.clock().isoformat())
             self.calls.add("bigquery_days_fetched", len(fetched))
         return self.cache.rows(self.source, [d.isoformat() for d in days])
 
