@@ -32,6 +32,13 @@ CREATE INDEX IF NOT EXISTS cache_rows_day ON cache_rows (scope, source, part, da
 """
 
 
+def default_cache_path(cfg: Any, file_name: str) -> Path:
+    """Next to the sqlite state file, so one directory holds everything costwatch keeps between runs."""
+    state = getattr(getattr(cfg, "state", None), "path", None)
+    base = Path(str(state)).parent if state and "://" not in str(state) else Path(".costwatch")
+    return base / file_name
+
+
 class DayCache:
     """One connection per call: providers write from one thread and runs are short-lived."""
 
@@ -81,4 +88,4 @@ class DayCache:
             return [json.loads(r) for d, r in cur.fetchall() if d in wanted]
 
 
-__all__ = ["DayCache"]
+__all__ = ["DayCache", "default_cache_path"]

@@ -23,6 +23,7 @@ import pandas as pd
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, empty_usage
 from costwatch.providers._daycache import DayCache
+from costwatch.providers._daycache import default_cache_path as _cache_path
 
 from . import monitor
 from ._arm import ROLE_COST, SUBSCRIPTIONS_API, Azure, translate
@@ -182,10 +183,7 @@ class AzureProvider:
 
 
 def default_cache_path(cfg: Any) -> Path:
-    """Next to the sqlite state file, so one directory holds everything costwatch keeps between runs."""
-    state = getattr(getattr(cfg, "state", None), "path", None)
-    base = Path(str(state)).parent if state and "://" not in str(state) else Path(".costwatch")
-    return base / DEFAULT_CACHE_NAME
+    return _cache_path(cfg, DEFAULT_CACHE_NAME)
 
 
 def from_config(provider_cfg: Any, cfg: Any = None) -> AzureProvider:

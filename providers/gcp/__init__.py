@@ -24,6 +24,7 @@ import pandas as pd
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, empty_usage
 from costwatch.providers._daycache import DayCache
+from costwatch.providers._daycache import default_cache_path as _cache_path
 
 from . import monitoring
 from ._api import Calls, default_credentials
@@ -201,10 +202,7 @@ def _monitoring_client(endpoint: str | None, creds: Callable[[], Any]) -> Any:
 
 
 def default_cache_path(cfg: Any) -> Path:
-    """Next to the sqlite state file, so one directory holds everything costwatch keeps between runs."""
-    state = getattr(getattr(cfg, "state", None), "path", None)
-    base = Path(str(state)).parent if state and "://" not in str(state) else Path(".costwatch")
-    return base / DEFAULT_CACHE_NAME
+    return _cache_path(cfg, DEFAULT_CACHE_NAME)
 
 
 def from_config(provider_cfg: Any, cfg: Any = None) -> GcpProvider:
