@@ -63,6 +63,15 @@ def cli(debug: bool) -> None:
     _Ctx.debug = debug
 
 
+def _register() -> None:
+    from .k8s_cli import k8s
+
+    cli.add_command(k8s)
+
+
+_register()
+
+
 @cli.command()
 @click.option("--costs", "costs", multiple=True, type=click.Path(path_type=Path),
               help="FOCUS cost export: CSV, CSV.gz, Parquet or a folder of them. Repeatable.")
@@ -125,6 +134,12 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since,
                  findings=got.findings)
     _mark_silenced(det, cfg)
+    if cfg.kubernetes.clusters and det.alerts:
+        from costwatch.providers.kubernetes import attach, contexts_from_config
+
+        contexts = contexts_from_config(cfg)
+        attach(det.alerts, contexts)
+        det.notes.extend(f"kubernetes {c.name}: {c.status}" for c in contexts if not c.available)
     det.notes.extend(f"missing data: {e}" for e in got.errors)
     det.notes.extend(f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items()) for name, st in got.stats.items())
     for e in got.errors:

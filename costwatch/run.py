@@ -137,6 +137,12 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
                  findings=got.findings)
     result = RunResult(as_of=det.as_of, detection=det, provider_errors=list(got.errors),
                        provider_stats=got.stats)
+    if det.alerts and cfg.kubernetes.clusters:
+        from costwatch.providers.kubernetes import attach, contexts_from_config
+
+        contexts = contexts_from_config(cfg)  # never raises for a cluster: an unreadable one says why
+        attach(det.alerts, contexts)
+        result.provider_errors += [f"kubernetes {c.name}: {c.status}" for c in contexts if not c.available]
     tag_owners = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
     quiet = silences.active(store, now)
     p = incidents.plan(det.alerts, store, cfg, now, as_of=det.as_of, tag_owners=tag_owners, silences=quiet,

@@ -252,17 +252,25 @@ def _kubernetes(ev: dict[str, Any]) -> Section | None:
     if ns:
         more = f" and {len(ns) - MAX_ITEMS} more" if len(ns) > MAX_ITEMS else ""
         s.lines.append("Namespaces without a ResourceQuota: " + ", ".join(ns[:MAX_ITEMS]) + more)
-    pods = [p for p in _list(raw.get("pods")) if isinstance(p, dict)]
+    pods = [p for p in (_list(raw.get("suspicious_pods")) or _list(raw.get("top_pods")) or _list(raw.get("pods")))
+            if isinstance(p, dict)]
+    unbounded = _list(raw.get("unbounded_pods"))
+    if unbounded:
+        s.lines.append(f"{len(unbounded)} pod(s) on these nodes have no CPU limit")
+    for note in _list(raw.get("notes"))[:MAX_ITEMS]:
+        s.lines.append(clean(note, 200))
     if pods:
-        s.table = [["namespace", "pod", "image", "CPU"]]
+        s.table = [["namespace", "pod", "image", "CPU", "why"]]
         for p in pods[:MAX_ITEMS]:
             cpu = _num(p.get("cpu"))
+            why = "; ".join(clean(r, 80) for r in _list(p.get("reasons"))[:3])
             s.table.append([clean(p.get("namespace"), 60), clean(p.get("name"), 80) or "?",
-                            clean(p.get("image"), 120), f"{cpu:g}" if cpu is not None else clean(p.get("cpu"), 20)])
+                            clean(p.get("image"), 120), f"{cpu:g}" if cpu is not None else clean(p.get("cpu"), 20),
+                            why])
         if len(pods) > MAX_ITEMS:
             s.more = f"and {len(pods) - MAX_ITEMS} more pods"
     for key, value in raw.items():  # anything else a newer collector adds, shown rather than dropped
-        if key not in ("cluster", "namespaces_without_quota", "pods") and isinstance(value, str | int | float):
+        if key not in ("cluster", "namespaces_without_quota", "pods", "notes") and isinstance(value, str | int | float):
             s.lines.append(f"{clean(key, 40)}: {clean(value, 120)}")
     return s if s.lines or s.table else None
 

@@ -355,12 +355,18 @@ def _kubernetes(a: dict[str, Any]) -> list[dict[str, Any]]:
     lines: list[str] = []
     for c in clusters[:2]:
         lines.append("*Kubernetes*" + (f" cluster {code(c['cluster'], 60)}" if c.get("cluster") else ""))
+        status = c.get("status")
+        if isinstance(status, str) and status != "ok":
+            lines.append(f"Cluster context {code(status, 200)}: the pods below may be missing")
         ns = c.get("namespaces_without_quota")
         if isinstance(ns, list) and ns:
             shown = ns[:_TOP_NODES]
             lines.append("Namespaces without a ResourceQuota: " + ", ".join(code(x, 60) for x in shown)
                          + "".join(f" {m}" for m in _more(len(shown), len(ns), "namespace")))
-        pods = _dicts(c.get("pods"))
+        pods = _dicts(c.get("suspicious_pods")) or _dicts(c.get("top_pods")) or _dicts(c.get("pods"))
+        unbounded = _dicts(c.get("unbounded_pods"))
+        if unbounded:
+            lines.append(f"{len(unbounded)} pod(s) on these nodes have no CPU limit")
         for p in pods[:_TOP_NODES]:
             cpu = _num(p.get("cpu"))
             pod = f"{p.get('namespace') or '?'}/{p.get('name') or '?'}"

@@ -221,3 +221,37 @@ def test_slack_permanent_error_is_kept_and_reported(data: tuple[Scenario, Path],
     assert res.delivery.failed >= 1 and res.exit_code == 1
     assert any("invalid_auth" in e for e in res.delivery.errors)
     assert "xoxb-revoked-token" not in "\n".join(res.lines())
+
+
+def test_kubernetes_context_reaches_the_owner(data: tuple[Scenario, Path], slack: Any, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mining alert's nodes are found in a cluster (by providerID); the owner's Slack message names the
+    miner pod and the namespace without a ResourceQuota."""
+    from fake_kube import FakeKube, container
+
+    sc, d = data
+    inc = _incident(sc)
+    miner_nodes = sorted(inc.nodes)
+    with FakeKube(token="kube-t0ken") as kube:
+        kube.add_namespace("default")
+        kube.add_namespace("batch-jobs")
+        for i, node in enumerate(miner_nodes):
+            kube.add_node(f"gke-node-{i}", f"gce://{inc.project_id}/us-central1-a/{node}")
+            kube.add_pod("batch-jobs", f"worker-{i}", node=f"gke-node-{i}",
+                         containers=[container("w", "docker.io/xmrig/xmrig:6.21",
+                                               args=["-o", "stratum+tcp://pool.example:3333"])])
+        kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig", context="prod-gke")
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        cfg = _slack_config(sc, d, tmp_path, slack, monkeypatch)
+        doc = yaml.safe_load((tmp_path / "c.yaml").read_text())
+        doc["kubernetes"] = {"clusters": [{"name": "prod-gke", "context": "prod-gke", "project": str(inc.project_id)}]}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
+        cfg = load_config(tmp_path / "c.yaml")
+        t = inc.start + 3 * H
+        res = run_once(cfg, now=t, as_of=t, charts=False, sleep=lambda s: None)
+    assert res.delivery.pending == 0 and not [e for e in res.provider_errors if "kubernetes" in e]
+    team = [c.params for c in slack.calls("chat.postMessage") if c.params.get("channel") == "C0TEAM"]
+    raw = json.dumps(team[0])
+    assert "prod-gke" in raw and "xmrig" in raw and "batch-jobs" in raw
+    assert "ResourceQuota" in raw
+    assert "kube-t0ken" not in raw

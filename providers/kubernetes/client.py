@@ -13,7 +13,8 @@ Why it looks the way it does:
 * metrics.k8s.io is optional: no metrics-server (404) or one that is down (503) is a note, not an error.
 * A cluster that cannot be reached, or rejects the credentials, raises ``Unavailable`` with a reason; the
   caller turns it into a context saying so, so the alert still goes out.  Timeouts are short (5 s to
-  connect, 30 s per page) and a failed request is retried once, so an unreachable cluster costs seconds.
+  connect, 20 s per page, 5 min per cluster) and a failed request is retried once, so an unreachable
+  cluster costs seconds and a crawling one cannot hold the run.
 * Reasons never contain credentials: they are built from status codes and the API's ``Status.message``,
   never from exception text that could carry headers, and are scrubbed of token-looking strings anyway.
 """
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("costwatch.kubernetes")
 
 CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 30.0
+READ_TIMEOUT = 20.0
+DEADLINE = 300.0   # a cluster that answers, but so slowly that reading it would hold up the run, is given up
 PAGE_SIZE = 500
 MAX_WORKERS = 4
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -122,6 +125,7 @@ def reason(exc: BaseException, what: str, host: str = "") -> str:
         NewConnectionError,
         ProtocolError,
         ReadTimeoutError,
+        SSLError,
     )
 
     at = f" at {scrub(host, 120)}" if host else ""
@@ -136,12 +140,14 @@ def reason(exc: BaseException, what: str, host: str = "") -> str:
             return f"forbidden (HTTP 403) to list {what}{': ' + msg if msg else ''}; {RBAC_HINT}"
         return f"HTTP {exc.status} listing {what}{': ' + msg if msg else ''}"
     cause = exc.reason if isinstance(exc, MaxRetryError) else exc
+    if isinstance(cause, SSLError):
+        return f"TLS error talking to the API server{at}: {scrub(str(cause), 200)}"
+    if isinstance(cause, NewConnectionError):  # before ConnectTimeoutError: urllib3 2 makes it a subclass
+        return f"cannot connect to the API server{at} (connection refused or no route); is the cluster up?"
     if isinstance(cause, ConnectTimeoutError):
         return f"timed out connecting to the API server{at}"
     if isinstance(cause, ReadTimeoutError):
         return f"timed out waiting for the API server{at} listing {what}"
-    if isinstance(cause, NewConnectionError):
-        return f"cannot connect to the API server{at} (connection refused or no route); is the cluster up?"
     if isinstance(cause, ProtocolError):
         return f"the API server{at} dropped the connection listing {what}"
     return f"cannot reach the API server{at} ({type(cause).__name__})"
@@ -151,7 +157,7 @@ class Reader:
     """Paginated raw-JSON lists over one ``ApiClient``."""
 
     def __init__(self, api: ApiClient, *, page_size: int = PAGE_SIZE,
-                 timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)) -> None:
+                 timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT), deadline: float = DEADLINE) -> None:
         from kubernetes import client
 
         self.core = client.CoreV1Api(api)
@@ -160,6 +166,8 @@ class Reader:
         self.host = str(api.configuration.host or "")
         self.page_size = page_size
         self.timeout = timeout
+        self.budget = deadline
+        self.deadline = time.monotonic() + deadline
 
     def list_all(self, call: Callable[..., Any], what: str, *args: Any, **kw: Any) -> list[dict[str, Any]]:
         """Every item, following ``metadata.continue``; HTTP errors are raised as ``ApiException``."""
@@ -170,6 +178,9 @@ class Reader:
         seen: set[str] = set()
         restarted = False
         while True:
+            if time.monotonic() > self.deadline:
+                raise Unavailable(f"reading the cluster took longer than {self.budget:g} s (at {what}); the API "
+                                  "server is overloaded or the cluster is very large")
             try:
                 resp = call(*args, limit=self.page_size, _continue=token, _preload_content=False,
                             _request_timeout=self.timeout, **kw)

@@ -15,7 +15,8 @@ Rules, and why:
 * **Security**: privileged containers, ``hostPID``/``hostNetwork``/``hostIPC``, and pods with no
   securityContext at all — the ways out of a container onto the node.
 * **Egress open**: no NetworkPolicy with an ``Egress`` policy type selects the pod (or one that does allows
-  everything with an empty rule); a miner needs to reach its pool.
+  everything with an empty rule), or the pod uses the host network, which NetworkPolicy does not cover; a
+  miner needs to reach its pool.
 * **Miner signs**: see ``signs``.  Pods in a namespace created within ``recent`` (default 72 h) are flagged
   too: a namespace that did not exist before has no history to look normal against.
 """
@@ -191,8 +192,13 @@ class PodView:
 
     def effective(self, attr: str) -> float:
         """Pod-level request/limit the way the scheduler counts it: max(sum of app containers, largest init)."""
-        app = sum(getattr(c, attr) or 0.0 for c in self.containers if c.kind == "container")
-        init = max((getattr(c, attr) or 0.0 for c in self.containers if c.kind == "init"), default=0.0)
+        app = init = 0.0
+        for c in self.containers:
+            v = getattr(c, attr) or 0.0
+            if c.kind == "container":
+                app += v
+            elif c.kind == "init":
+                init = max(init, v)
         return max(app, init)
 
 
@@ -291,7 +297,7 @@ class ClusterContext:
                       for n in self.nodes],
             "namespaces": [_ns_dict(ns) for ns in self.namespaces],
             "suspicious_pods": [pod_dict(p) for p in self.suspicious()],
-            "unbounded_pods": [pod_dict(p) for p in self.pods if p.unbounded],
+            "unbounded_pods": [pod_dict(p) for p in self.pods if p.unbounded and p.active],
         }
 
 
@@ -484,14 +490,16 @@ def analyze(snap: Snapshot, name: str, project: str | None = None, *, allowlist:
         policies = [p for p in objs.get("netpols", []) if _restricts_egress(p)]
         ns.network_policies = len(objs.get("netpols", []))
         predating = 0
+        active: list[PodView] = []
         for raw in objs.get("pods", []):
             pod = _pod(raw, ns, usage, policies, lr_since, allow, now, recent)
             ctx.pods.append(pod)
-            predating += pod.unbounded_why.startswith("created before")
             if pod.signs:
                 ns.suspicious_pods += 1
             if not pod.active:
                 continue
+            active.append(pod)
+            predating += pod.unbounded_why.startswith("created before")
             ns.pods += 1
             ns.unbounded_pods += pod.unbounded
             ns.privileged_pods += any(s.startswith("privileged") for s in pod.security)
@@ -509,8 +517,7 @@ def analyze(snap: Snapshot, name: str, project: str | None = None, *, allowlist:
         if predating:
             ns.notes.append(f"{predating} pod(s) predate the LimitRange and run without a CPU limit until restarted")
         if not ns.system and not ns.forbidden:
-            ns.suggestions = suggest(ns, [p for p in ctx.pods if p.namespace == ns.name and p.active],
-                                     metrics=snap.pod_metrics is not None)
+            ns.suggestions = suggest(ns, active, metrics=snap.pod_metrics is not None)
     ctx.namespaces = sorted(spaces.values(), key=lambda s: s.name)
     ctx.notes += _forbidden_notes(snap.forbidden, len(spaces))
     return ctx
@@ -534,7 +541,9 @@ def _pod(raw: dict[str, Any], ns: NamespacePosture, usage: dict[tuple[str, str],
         elif created is not None and default_since is not None and created < default_since:
             pod.unbounded, pod.unbounded_why = True, "created before the LimitRange default"
     pod.security = _security(spec)
-    pod.egress_open = not any(selects((p.get("spec") or {}).get("podSelector"), labels) for p in policies)
+    # NetworkPolicy does not apply to host-network pods: their egress is the node's
+    pod.egress_open = bool(spec.get("hostNetwork")) or not any(
+        selects((p.get("spec") or {}).get("podSelector"), labels) for p in policies)
     found = _pod_signs(spec, allow)
     if ns.created is not None and now - ns.created <= recent and (created is None or created >= ns.created):
         found.append(sg.Sign(f"new namespace (created {age(now - ns.created)} ago)", 1))

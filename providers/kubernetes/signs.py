@@ -17,6 +17,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 SCAN_LIMIT = 65_536
 
@@ -117,37 +118,43 @@ def _scan(text: str) -> str:
 
 
 def image_signs(image: str, allowlist: Iterable[str]) -> list[Sign]:
+    return list(_image_signs(image, tuple(allowlist)))
+
+
+@lru_cache(maxsize=4096)
+def _image_signs(image: str, allowlist: tuple[str, ...]) -> tuple[Sign, ...]:
+    """Cached: a cluster runs thousands of pods from a few dozen images."""
     out: list[Sign] = []
-    low = _scan(image)
-    m = _PROGRAM.search(low)
+    m = _PROGRAM.search(_scan(image))
     if m:
         out.append(Sign(f"miner image: {m.group(1)}", 3))
     if not allowed(image, allowlist):
         out.append(Sign(f"registry outside the allowlist: {clean(split_image(image)[0], 80)}", 1))
-    return out
+    return tuple(out)
 
 
 def text_signs(texts: Iterable[str], where: str) -> list[Sign]:
-    """Signs in commands, arguments (``where="command"``) or env values (``where="env"``)."""
+    """Signs in commands and arguments (``where="command"``) or env values (``where="env"``); the strings are
+    scanned as one newline-joined text, so a sign is reported once however many arguments repeat it."""
+    low = "\n".join(_scan(t) for t in texts)
+    if not low:
+        return []
     out: list[Sign] = []
-    for raw in texts:
-        low = _scan(raw)
-        if where == "command":
-            m = _PROGRAM.search(low)
-            if m:
-                out.append(Sign(f"miner program in {where}: {m.group(1)}", 3))
-        m = _STRATUM.search(low)
-        if m:
-            out.append(Sign(f"stratum URL in {where}: {clean(m.group(0), 100)}", 3))
-        m = _POOL_HOST.search(low)
-        if m:
-            out.append(Sign(f"mining pool host in {where}: {clean(m.group(1), 80)}", 2))
-        m = _POOL_PORT.search(low)
-        if m:
-            out.append(Sign(f"pool port {m.group(1)} in {where}", 2))
-        m = _OPTION.search(low)
-        if m:
-            out.append(Sign(f"miner option in {where}: {m.group(1)}", 2))
+    m = _PROGRAM.search(low) if where == "command" else None
+    if m:
+        out.append(Sign(f"miner program in {where}: {m.group(1)}", 3))
+    m = _STRATUM.search(low)
+    if m:
+        out.append(Sign(f"stratum URL in {where}: {clean(m.group(0), 100)}", 3))
+    m = _POOL_HOST.search(low)
+    if m:
+        out.append(Sign(f"mining pool host in {where}: {clean(m.group(1), 80)}", 2))
+    m = _POOL_PORT.search(low)
+    if m:
+        out.append(Sign(f"pool port {m.group(1)} in {where}", 2))
+    m = _OPTION.search(low)
+    if m:
+        out.append(Sign(f"miner option in {where}: {m.group(1)}", 2))
     return out
 
 
