@@ -45,7 +45,8 @@ def detect_file(path: Path, params: UsageScoreParams) -> pd.DataFrame:
     ts = pd.DatetimeIndex(pd.to_datetime(df["timestamp"]))
     scores = score_series(df["value"].to_numpy(dtype=float), ts, params=params)
     out = df[["timestamp", "value"]].copy()
-    out["anomaly_score"] = np.round(onset_scores(scores, refractory=params.refractory, threshold=THRESHOLD), 6)
+    held = onset_scores(scores, refractory=params.refractory, quiet=params.quiet, threshold=THRESHOLD)
+    out["anomaly_score"] = np.round(held, 6)
     return out
 
 

@@ -18,7 +18,8 @@ from costwatch.usage_score import (
 
 N = 3000
 WARMUP = 450  # like NAB's probation: the band needs some history before it means anything
-SMALL = UsageScoreParams(history=60, min_history=6, level_window=6, spread_window=8, refractory=20)
+SMALL = UsageScoreParams(history=60, min_history=6, level_window=6, spread_window=8, rough_window=3, still_min=6,
+                         refractory=20, quiet=2)
 
 
 def _cpu(seed: int, n: int = N) -> np.ndarray:
@@ -87,12 +88,53 @@ def test_recurring_bursts_are_part_of_the_band() -> None:
 
 def test_onset_scores_keep_one_detection_per_episode() -> None:
     scores = np.array([0.1, 0.7, 0.9, 0.8, 0.2, 0.6, 0.1, 0.1, 0.9])
-    out = onset_scores(scores, refractory=5)
+    out = onset_scores(scores, refractory=5, quiet=0)
     assert list(np.flatnonzero(out >= 0.5)) == [1, 8]
     assert np.all(out[[2, 3, 5]] < 0.5)
     assert out[0] == 0.1
-    assert episode_onsets(scores, refractory=0).tolist() == [False, True, True, True, False, True, False,
-                                                             False, True]
+    assert episode_onsets(scores, refractory=0, quiet=0).tolist() == [False, True, True, True, False, True,
+                                                                      False, False, True]
+
+
+def test_an_episode_ends_only_after_quiet_rows() -> None:
+    scores = np.array([0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1, 0.9, 0.9])
+    # refractory alone re-fires at 3; with quiet=3 the 2 low rows before it do not end the episode, the 3
+    # before 7 do
+    assert list(np.flatnonzero(episode_onsets(scores, refractory=1, quiet=0))) == [0, 3, 7]
+    assert list(np.flatnonzero(episode_onsets(scores, refractory=1, quiet=3))) == [0, 7]
+    assert list(np.flatnonzero(onset_scores(scores, refractory=1, quiet=4) >= 0.5)) == [0]
+
+
+def test_new_step_rhythm_is_detected() -> None:
+    """A flat series with rare one-off blips that starts to pulse: no new level, no new spread record."""
+    for seed in (0, 3, 6):
+        rng = np.random.default_rng(seed)
+        x = 33.4 + rng.normal(0, 0.1, N)
+        for i in range(100, 2000, 97):  # occasional lone blips, larger than the later pulses
+            x[i] += 6.0 if i % 2 else -6.0
+        x[2000::6] += 2.5  # from 2000 on, a small regular pulse every 30 minutes
+        x[2003::6] += 2.5
+        onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
+        assert len(onsets) == 1 and 2000 <= onsets[0] <= 2000 + UsageScoreParams().rough_window, seed
+        no_shape = UsageScoreParams(rough_window=0)
+        assert not [i for i in np.flatnonzero(episode_onsets(score_series(x, params=no_shape))) if i >= WARMUP]
+
+
+def test_stuck_value_is_detected_once_it_outlasts_every_still_run() -> None:
+    """Bursty disk writes with idle stretches of up to 150 rows, then the writes stop for good."""
+    rng = np.random.default_rng(12)
+    x = np.zeros(N)
+    t = 0
+    while t < 2000:
+        burst = int(rng.integers(5, 30))
+        x[t:t + burst] = rng.uniform(1e6, 5e8, burst)
+        t += burst + int(rng.integers(20, 150))
+    last = int(np.flatnonzero(x[:2000])[-1])
+    scores = score_series(x)
+    onsets = [i for i in np.flatnonzero(episode_onsets(scores)) if i >= WARMUP]
+    assert onsets == [last + UsageScoreParams().still_min + 1]  # a day without a write, once
+    # a series that never moved is not stuck, and its score stays low however long it lasts
+    assert np.all(score_series(np.full(N, 7.0)) < 0.5)
 
 
 def test_nan_gaps_are_tolerated() -> None:
@@ -128,17 +170,24 @@ def test_score_matrix_equals_score_series_per_row() -> None:
     x[3, 400] = 500
     x[4, :50] = np.nan
     x += rng.normal(0, 0.01, x.shape)
+    x[0, 600:] = 42.0  # stuck: the stillness test holds the score up for as long as it lasts
     m = score_matrix(x, params=SMALL)
+    assert np.all(m[0, 600 + SMALL.still_min + 1:] >= 0.5)
+
     for j in range(x.shape[0]):
         assert np.allclose(m[j], score_series(x[j], params=SMALL), equal_nan=False), j
     assert episode_onsets(m, refractory=20).shape == x.shape
 
 
+# repeated values too, so that still runs (and their history) occur
+VALUES = st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.sampled_from([0.0, 1.0, 100.0]))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
-    values=arrays(np.float64, 120, elements=st.floats(-1e3, 1e3, allow_nan=False)),
+    values=arrays(np.float64, 120, elements=VALUES),
     cut=st.integers(1, 119),
-    future=arrays(np.float64, 120, elements=st.floats(-1e3, 1e3, allow_nan=False)),
+    future=arrays(np.float64, 120, elements=VALUES),
 )
 def test_score_is_causal(values: np.ndarray, cut: int, future: np.ndarray) -> None:
     changed = values.copy()
