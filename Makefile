@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench lambda clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/detection.py
+
+lambda: $(STAMP)
+	$(BIN)/python deploy/lambda/build.py
 
 clean:
 	rm -rf $(VENV) costwatch-demo build *.egg-info

@@ -39,8 +39,13 @@ def acquire_lock(store: Store, owner: str, seconds: float = LOCK_SECONDS) -> boo
     """One run at a time per state store: an insert-if-absent with a TTL, so a run that died releases it
     by expiry.  The outbox's conditional writes already prevent double sends; the lock saves the second
     run from fetching and detecting for nothing."""
-    return store.put("lock", "run", {"owner": owner, "since": time.time()}, version=None,
-                     expires_at=time.time() + seconds)
+    doc = {"owner": owner, "since": time.time()}
+    if store.put("lock", "run", doc, version=None, expires_at=time.time() + seconds):
+        return True
+    # Lambda retries a timed-out invocation with the same request id: that retry may take over its own lock
+    held = store.get("lock", "run")
+    return held is not None and held.doc.get("owner") == owner and store.put(
+        "lock", "run", doc, version=held.version, expires_at=time.time() + seconds)
 
 
 def release_lock(store: Store, owner: str) -> None:

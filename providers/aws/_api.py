@@ -69,7 +69,12 @@ class Api:
         key = (service, region)
         with self._lock:
             if key not in self._clients:
-                self._clients[key] = self.session.client(service, region_name=region, config=self.config)
+                try:
+                    self._clients[key] = self.session.client(service, region_name=region, config=self.config)
+                except bce.BotoCoreError as e:  # credential_process / SSO failures surface here, not in call()
+                    raise ProviderError(f"aws: cannot create the {service} client{_in(region)}: "
+                                        f"{type(e).__name__}; check the AWS credential chain (profile, SSO "
+                                        "login, environment)") from None
             return self._clients[key]
 
     def call(self, client: Any, operation: str, *, region: str | None = None, **params: Any) -> dict[str, Any]:
