@@ -43,6 +43,7 @@ __all__ = [
     "GROUP_BY_LABELS",
     "PROVIDER_TYPES",
     "AlertingConfig",
+    "AthenaConfig",
     "AwsProviderConfig",
     "AzureProviderConfig",
     "Config",
@@ -137,12 +138,26 @@ class FilesProviderConfig(_Model):
     type: Literal["files"] = "files"
     costs: str | list[str] | None = None
     usage: str | list[str] | None = None
+    # how cost exports are read: pandas (every row), duckdb (daily sums), auto (duckdb for large inputs)
+    engine: Literal["auto", "pandas", "duckdb"] = "auto"
 
     @model_validator(mode="after")
     def _needs_something(self) -> FilesProviderConfig:
         if not self.costs and not self.usage:
             raise ValueError("a files provider needs 'costs' and/or 'usage'")
         return self
+
+
+class AthenaConfig(_Model):
+    """Where an AWS Data Export (FOCUS 1.2 or CUR 2.0, Parquet, ``billing_period`` partition) is queried in
+    Athena when ``cost_source: athena``; names are checked here because they are spliced into the SQL."""
+
+    database: str = Field(pattern=r"^[A-Za-z0-9_-]{1,255}$")
+    table: str = Field(pattern=r"^[A-Za-z0-9_-]{1,255}$")
+    workgroup: str = Field(default="primary", pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    output_location: str | None = Field(default=None, pattern=r"^s3://[^/\s]+(/\S*)?$")
+    export: Literal["focus", "cur2"] = "focus"
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 
 
 class AwsProviderConfig(_Model):
@@ -163,6 +178,15 @@ class AwsProviderConfig(_Model):
     max_workers: int = Field(default=8, ge=1, le=64)
     assume_role: str | None = Field(default=None, pattern=r"^[\w+=,.@/-]{1,128}$")
     guardduty: bool = True
+    # where daily spend comes from: Cost Explorer, or the Data Export in S3 through Athena (``athena:``)
+    cost_source: Literal["cost_explorer", "athena"] = "cost_explorer"
+    athena: AthenaConfig | None = None
+
+    @model_validator(mode="after")
+    def _athena_needs_its_table(self) -> AwsProviderConfig:
+        if self.cost_source == "athena" and self.athena is None:
+            raise ValueError("cost_source: athena needs an 'athena' block with database and table")
+        return self
 
     @field_validator("cache_path")
     @classmethod

@@ -21,7 +21,9 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_usage
+from costwatch.providers._daycache import DayCache
 
+from . import athena as athena_source
 from . import compute, guardduty
 from ._api import Api
 from .cache import Cache
@@ -42,13 +44,18 @@ class AwsProvider:
     def __init__(self, *, name: str = "aws", cache_path: str | Path, profile: str | None = None,
                  metric: str = "UnblendedCost", restate_days: int = 3, regions: list[str] | None = None,
                  owner_tag: str = "owner", cpu: bool = True, max_workers: int = 8,
-                 assume_role: str | None = None, guardduty: bool = True,
-                 clock: Callable[[], pd.Timestamp] = _now) -> None:
+                 assume_role: str | None = None, guardduty: bool = True, cost_source: str = "cost_explorer",
+                 athena: Any = None, clock: Callable[[], pd.Timestamp] = _now) -> None:
         self.name = name
         self.api = Api(profile, max_workers)
         self.cache = Cache(cache_path, scope=name)
         self.clock = clock
         self.ce = CostExplorer(self.api, self.cache, metric, restate_days, clock)
+        # cost_source "athena": the Data Export through Athena (``athena`` holds AthenaConfig's fields)
+        self.restate_days = restate_days
+        self.athena = athena_source.AthenaExport(
+            self.api, DayCache(cache_path, scope=name), **_fields(athena), owner_tag=owner_tag,
+            restate_days=restate_days, clock=clock) if cost_source == "athena" else None
         self.regions = regions
         self.owner_tag = owner_tag
         self.cpu = cpu
@@ -73,6 +80,11 @@ class AwsProvider:
     def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Daily cost rows for [start, end), fetching from AWS only the days the cache cannot answer."""
         days = day_range(start, end, self.clock().date())
+        if self.athena is not None:
+            rows = self.athena.daily(days)
+            names, owners = self.accounts()
+            return athena_source.costs_frame(rows, self.athena.export, self.clock().date(), self.restate_days,
+                                             names, owners)
         svc_rows, svc_est = self.ce.daily("service", days)
         reg_rows, reg_est = self.ce.daily("region", days)
         estimated = {d: svc_est.get(d, False) or reg_est.get(d, False) for d in {*svc_est, *reg_est}}
@@ -157,8 +169,13 @@ class AwsProvider:
 
     def stats(self) -> dict[str, Any]:
         c = self.api.counts
+        athena = self.athena.counts if self.athena is not None else athena_source.Counts()
         return {
             "ce_requests": self.ce.requests,
+            "athena_queries": athena.queries,
+            "athena_result_pages": athena.pages,
+            "athena_bytes_scanned": athena.bytes_scanned,
+            "athena_days_fetched": athena.days_fetched,
             "ce_days_fetched": self.ce.fetched_days,
             "organizations_requests": c["organizations"],
             "ec2_requests": c["ec2"],
@@ -188,4 +205,14 @@ def from_config(provider_cfg: Any, cfg: Any = None) -> AwsProvider:
         regions=provider_cfg.regions, owner_tag=provider_cfg.owner_tag, cpu=provider_cfg.cpu,
         max_workers=provider_cfg.max_workers, assume_role=provider_cfg.assume_role,
         guardduty=getattr(provider_cfg, "guardduty", True),
+        cost_source=getattr(provider_cfg, "cost_source", "cost_explorer"), athena=getattr(provider_cfg, "athena", None),
     )
+
+
+def _fields(athena: Any) -> dict[str, Any]:
+    """AthenaConfig (or a plain dict of its keys) as keyword arguments of AthenaExport."""
+    if athena is None:
+        raise ProviderError("aws: cost_source is athena but the athena block (database, table) is missing")
+    data = athena.model_dump() if hasattr(athena, "model_dump") else dict(athena)
+    return {k: data[k] for k in ("database", "table", "workgroup", "output_location", "export", "region")
+            if data.get(k) is not None}

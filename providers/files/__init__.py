@@ -14,6 +14,7 @@ import pandas as pd
 
 from costwatch.model import empty_costs, empty_usage
 
+from . import duckdb_focus
 from .focus import concat_frames, load_focus
 from .usage import load_usage
 
@@ -31,18 +32,33 @@ def _as_paths(value: PathArg) -> list[Path]:
 
 
 class FilesProvider:
-    """Costs and usage from local files or folders; several paths are concatenated in the order given."""
+    """Costs and usage from local files or folders; several paths are concatenated in the order given.
+
+    ``engine`` picks the cost reader per path: ``pandas`` keeps every export row, ``duckdb`` aggregates to
+    daily rows in DuckDB (see ``duckdb_focus``), ``auto`` uses DuckDB when it is installed and the path holds
+    more than ``duckdb_focus.AUTO_BYTES`` of CSV text.  ``owner_tags`` are the tags DuckDB keeps.
+    """
 
     name = "files"
 
-    def __init__(self, costs: PathArg = None, usage: PathArg = None) -> None:
+    def __init__(self, costs: PathArg = None, usage: PathArg = None, *, engine: str = "auto",
+                 owner_tags: Sequence[str] = duckdb_focus.DEFAULT_OWNER_TAGS) -> None:
         self.cost_paths = _as_paths(costs)
         self.usage_paths = _as_paths(usage)
+        self.engine = engine
+        self.owner_tags = list(owner_tags)
+        if engine == "duckdb":
+            duckdb_focus.require()
 
     def fetch_costs(self, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None) -> pd.DataFrame:
         """All rows of the files; ``start``/``end`` are accepted for the provider protocol but files are
         read whole, since detection needs the history before ``start`` anyway."""
-        return concat_frames((load_focus(p) for p in self.cost_paths), empty_costs)
+        return concat_frames((self._load_costs(p) for p in self.cost_paths), empty_costs)
+
+    def _load_costs(self, path: Path) -> pd.DataFrame:
+        if duckdb_focus.choose_engine(path, self.engine) == "duckdb":
+            return duckdb_focus.load_focus_daily(path, owner_tags=self.owner_tags)
+        return load_focus(path)
 
     def fetch_usage(self, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None) -> pd.DataFrame:
         return concat_frames((load_usage(p) for p in self.usage_paths), empty_usage)
@@ -50,4 +66,6 @@ class FilesProvider:
 
 def from_config(provider_cfg: Any, cfg: Any = None) -> FilesProvider:
     """Registry factory (``type: files``); paths were already resolved against the config file."""
-    return FilesProvider(costs=provider_cfg.costs, usage=provider_cfg.usage)
+    owner_tags = getattr(getattr(cfg, "alerting", None), "owner_tags", None) or duckdb_focus.DEFAULT_OWNER_TAGS
+    return FilesProvider(costs=provider_cfg.costs, usage=provider_cfg.usage,
+                         engine=getattr(provider_cfg, "engine", "auto"), owner_tags=owner_tags)
