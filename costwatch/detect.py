@@ -183,15 +183,12 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
                              sensitivity=det.sensitivity, min_ratio=det.min_band_ratio,
                              min_history=det.history_days)
     else:
-        kw = {"lookback": det.lookback_days, "z": det.band_z, "sensitivity": det.sensitivity,
-              "min_ratio": det.min_band_ratio}
-        first = bl.weekday_bands(m.values, **kw)  # type: ignore[arg-type]
-        # second pass without the days the first pass found out of band, so an incident does not become
-        # its own baseline; a lasting new level is still learned once the first pass accepts it (~1 week)
-        with np.errstate(invalid="ignore"):
-            out1 = (first.history >= det.history_days) & (m.values > first.upper)
-        bands = bl.weekday_bands(np.where(out1, np.nan, m.values), **kw)  # type: ignore[arg-type]
-        bands.history = first.history
+        # two passes, the second without the days the first found out of band (bl.detection_bands); bands
+        # from the first day whose alert can fall in the window on (a day earlier, to be safe)
+        first_day = since.floor("D") - DAY - pd.Timedelta(hours=det.cost_delay_hours)
+        bands = bl.detection_bands(m.values, scored_from=int(m.days.searchsorted(first_day)),
+                                   history_days=det.history_days, lookback=det.lookback_days, z=det.band_z,
+                                   sensitivity=det.sensitivity, min_ratio=det.min_band_ratio)
     if not m.values.size:
         z = np.zeros(m.values.shape, dtype=bool)
         return SeriesBands(m, bands, z, z)
@@ -637,8 +634,10 @@ def _budget_alerts(costs: pd.DataFrame, cfg: Config, meta: pd.DataFrame, since: 
 # ------------------------------------------------------------------------------------- usage bands
 
 # The NAB-tuned usage scorer (5-minute rows) translated to hourly CPU: two weeks of history, 2 h level
-# window, 4 h spread window, ~1.5 days between onsets, two days of history before a node is scored.
-HOURLY_USAGE = UsageScoreParams(history=336, min_history=48, level_window=2, spread_window=4, refractory=38)
+# window, 4 h spread window and step-size window, a day of stillness, ~12 h between onsets after 2 quiet hours,
+# two days of history before a node is scored.
+HOURLY_USAGE = UsageScoreParams(history=336, min_history=48, level_window=2, spread_window=4, rough_window=4,
+                                still_min=24, refractory=12, quiet=2)
 
 
 def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timestamp,
@@ -648,7 +647,7 @@ def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timest
     Not an alert: a usage departure alone is often a deploy or a batch job.  It is the context an owner
     reads next to the mining and cost alerts, scored by the same code as ``bench/nab.py``."""
     scores = score_matrix(cm.values, params=HOURLY_USAGE)
-    onsets = episode_onsets(scores, refractory=HOURLY_USAGE.refractory)
+    onsets = episode_onsets(scores, refractory=HOURLY_USAGE.refractory, quiet=HOURLY_USAGE.quiet)
     in_win = np.asarray((cm.hours >= since) & (cm.hours + HOUR <= as_of))
     rows, cols = np.nonzero(onsets & in_win[None, :])
     out: dict[str, list[dict[str, Any]]] = {}

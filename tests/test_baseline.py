@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -113,3 +115,150 @@ def test_blocks_of_series_give_the_same_bands(monkeypatch: pytest.MonkeyPatch) -
     blocks = bl.weekday_bands(x)
     for name in ("expected", "lower", "upper", "sigma", "history"):
         np.testing.assert_allclose(getattr(blocks, name), getattr(whole, name))
+
+
+# ------------------------------------------------------------------------------------------------------
+# The network implementation against the (series x day x lookback) tensor version it replaced, kept here
+# as the specification: same bands up to float32 rounding, same days out of band.
+
+def _reference_bands(values: np.ndarray, *, lookback: int = 28, z: float = 4.0, sensitivity: float = 1.0,
+                     min_ratio: float = 0.15) -> bl.Bands:
+    lookback = max(7, int(np.ceil(lookback / 7)) * 7)
+    s, d = values.shape
+    y = np.log1p(np.clip(values, 0.0, None))
+
+    def windows(a: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([np.full((s, lookback), np.nan), a], axis=1)
+        return np.lib.stride_tricks.sliding_window_view(padded, lookback, axis=1)[:, :d, :]
+
+    by_wd = windows(y).reshape(s, d, lookback // 7, 7)
+    week_med = bl.nanmedian(by_wd)
+    wd_dev = bl.nanmedian((by_wd - week_med[..., None]).transpose(0, 1, 3, 2))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        season = np.nan_to_num(wd_dev - np.nanmean(wd_dev, axis=2, keepdims=True), nan=0.0)
+    flat = (by_wd - season[:, :, None, :]).reshape(s, d, lookback)
+    level = bl.nanmedian(flat[:, :, -7:])
+    prior = bl.nanmedian(flat[:, :, -14:-7]) if lookback >= 14 else np.full(level.shape, np.nan)
+    trend = np.where(np.isnan(prior), 0.0, (level - prior) / 7.0)
+    ey = level + np.clip(0.5 * 4.0 * trend, -bl.MAX_TREND, bl.MAX_TREND) + season[:, :, 0]
+    err_w = windows(y - ey)
+    sigma_oos = 1.4826 * bl.nanmedian(np.abs(err_w))
+    ref = bl.nanmedian(flat[:, :, -14:])
+    sigma_in = 2.0 * 1.4826 * bl.nanmedian(np.abs(flat[:, :, -14:] - ref[:, :, None]))
+    sigma = np.where((~np.isnan(err_w)).sum(axis=2) >= 7, sigma_oos, sigma_in)
+    known = ~np.isnan(values)
+    history = np.cumsum(known, axis=1) - known
+    half = np.maximum(z / sensitivity * np.nan_to_num(sigma, nan=0.0), np.log1p(min_ratio))
+    return bl.Bands(np.expm1(ey), np.expm1(np.maximum(ey - half, 0.0)), np.expm1(ey + half),
+                    np.maximum(sigma, np.log1p(min_ratio) / z), history, "weekday")
+
+
+def _reference_detection(values: np.ndarray, history_days: int = 14, **kw: float) -> bl.Bands:
+    first = _reference_bands(values, **kw)  # type: ignore[arg-type]
+    with np.errstate(invalid="ignore"):
+        out1 = (first.history >= history_days) & (values > first.upper)
+    bands = _reference_bands(np.where(out1, np.nan, values), **kw)  # type: ignore[arg-type]
+    bands.history = first.history
+    return bands
+
+
+def _messy(n: int = 400, d: int = 100, seed: int = 0, gaps: bool = True) -> np.ndarray:
+    """Spikes, a lasting incident and, with ``gaps``, missing days, late starts and zero days."""
+    x, _ = _series(n=n, d=d, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    hit = rng.uniform(size=x.shape) < 0.01
+    x[hit] *= rng.uniform(1.5, 4, hit.sum())
+    x[: n // 10, 40:50] *= 2.5
+    if gaps:
+        x[rng.uniform(size=x.shape) < 0.01] = np.nan
+        late = np.where(rng.uniform(size=n) < 0.2, rng.integers(0, d, n), 0)
+        x[np.arange(d)[None, :] < late[:, None]] = np.nan
+        x[rng.uniform(size=x.shape) < 0.01] = 0.0
+    return x
+
+
+def _assert_same_bands(new: bl.Bands, ref: bl.Bands, values: np.ndarray, cols: slice = slice(None)) -> None:
+    for name in ("expected", "lower", "upper", "sigma"):
+        a, b = getattr(new, name)[:, cols].astype(float), getattr(ref, name)[:, cols]
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5, equal_nan=True, err_msg=name)
+    np.testing.assert_array_equal(new.history, ref.history)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(values[:, cols] > new.upper[:, cols], values[:, cols] > ref.upper[:, cols])
+
+
+@pytest.mark.parametrize("lookback", [7, 14, 28, 35])
+@pytest.mark.parametrize("gaps", [False, True])
+def test_bands_match_the_tensor_reference(lookback: int, gaps: bool) -> None:
+    x = _messy(gaps=gaps)
+    _assert_same_bands(bl.weekday_bands(x, lookback=lookback), _reference_bands(x, lookback=lookback), x)
+    part = bl.weekday_bands(x, lookback=lookback, scored_from=60)
+    assert np.isnan(part.upper[:, :60]).all()
+    _assert_same_bands(part, _reference_bands(x, lookback=lookback), x, slice(60, None))
+
+
+@pytest.mark.parametrize("scored_from", [0, 30, 70, 99])
+@pytest.mark.parametrize("gaps", [False, True])
+def test_detection_bands_are_two_full_passes_on_the_scored_days(scored_from: int, gaps: bool) -> None:
+    x = _messy(gaps=gaps, seed=scored_from)
+    ref = _reference_detection(x, sensitivity=1.5)
+    b = bl.detection_bands(x, scored_from=scored_from, sensitivity=1.5)
+    _assert_same_bands(b, ref, x, slice(scored_from, None))
+    # series out of band on the first scored day (their episode may have begun before) get every day
+    with np.errstate(invalid="ignore"):
+        at_start = x[:, scored_from] > ref.upper[:, scored_from]
+    if scored_from and at_start.any():
+        _assert_same_bands(_rows(b, at_start), _rows(ref, at_start), x[at_start])
+
+
+def _rows(b: bl.Bands, sel: np.ndarray) -> bl.Bands:
+    return bl.Bands(b.expected[sel], b.lower[sel], b.upper[sel], b.sigma[sel], b.history[sel], b.method)
+
+
+def test_threads_and_blocks_do_not_change_detection_bands(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _messy(n=300)
+    one = bl.detection_bands(x, scored_from=50, workers=1)
+    monkeypatch.setattr(bl, "CHUNK_SERIES", 32)
+    many = bl.detection_bands(x, scored_from=50, workers=3)
+    for name in ("expected", "lower", "upper", "sigma", "history"):
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name))
+
+
+def test_sorting_networks_sort() -> None:
+    """0-1 principle: a comparator network sorts every input iff it sorts every 0/1 input."""
+    for n in range(1, 13):
+        bits = ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(np.int8)
+        w = [bits[:, i] for i in range(n)]
+        for a, b in bl._sorting_network(n):
+            w[a], w[b] = np.minimum(w[a], w[b]), np.maximum(w[a], w[b])
+        out = np.stack(w, axis=1)
+        assert (np.diff(out, axis=1) >= 0).all(), n
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 13, 20])
+def test_elementwise_medians_match_nanmedian(n: int) -> None:
+    rng = np.random.default_rng(n)
+    views = [rng.normal(size=(50, 40)).astype(np.float32) for _ in range(n)]
+    for v in views:
+        v[rng.uniform(size=v.shape) < 0.3] = np.nan
+    views[0][:5] = np.nan
+    ref = bl.nanmedian(np.stack(views, axis=-1))
+    np.testing.assert_allclose(bl.elementwise_median(views), ref, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(bl.elementwise_median(views, gappy=True), ref, rtol=1e-6, equal_nan=True)
+    # rows before a view's start are treated as NaN for that view
+    starts = [3 * j for j in range(n)]
+    masked = [np.where(np.arange(50)[:, None] < s, np.nan, v) for v, s in zip(views, starts, strict=True)]
+    ref = bl.nanmedian(np.stack(masked, axis=-1))
+    np.testing.assert_allclose(bl.elementwise_median(views, starts), ref, rtol=1e-6, equal_nan=True)
+
+
+def test_series_that_ended_get_their_last_days_band() -> None:
+    """Reports show a series' band at its last day; one that ended before the window still has it."""
+    x = _messy(n=50, gaps=False)
+    x[0, 60:] = np.nan
+    ref = _reference_detection(x)
+    b = bl.detection_bands(x, scored_from=80)
+    np.testing.assert_allclose(b.upper[0, :60], ref.upper[0, :60], rtol=2e-4, equal_nan=True)
+    assert np.isnan(b.upper[1:, :80]).all()
+    beyond = bl.detection_bands(x, scored_from=500)  # nothing scored: every day, like a full run
+    np.testing.assert_allclose(beyond.upper, ref.upper, rtol=2e-4, atol=1e-5, equal_nan=True)
