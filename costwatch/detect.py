@@ -201,8 +201,11 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
         big = (impact >= det.min_impact) & (impact >= det.min_impact_pct / 100.0 * bands.expected)
         banded = enough & (x > bands.upper) & (x >= floor) & big
         # plain threshold for short histories: several times the typical day seen so far
-        prior_med = _expanding_median(x)
         short = ~enough & (bands.history >= 3)
+        prior_med = np.full(x.shape, np.nan)
+        rows = np.flatnonzero(short.any(axis=1))  # only series with a short history need it (scale: 1M rows)
+        if rows.size:
+            prior_med[rows] = _expanding_median(x[rows])
         plain = short & (x >= floor) & (x > 3.0 / max(det.sensitivity, 1e-6) * prior_med)
     return SeriesBands(m, bands, np.nan_to_num(banded | plain).astype(bool), ~enough)
 
