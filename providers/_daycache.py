@@ -39,15 +39,18 @@ def default_cache_path(cfg: Any, file_name: str) -> Path:
     return base / file_name
 
 
-class DayCache:
-    """One connection per call: providers write from one thread and runs are short-lived."""
+class SqliteFile:
+    """One connection per call (a short transaction each): providers write from worker threads and runs are
+    short-lived.  Subclasses set ``SCHEMA``."""
+
+    SCHEMA = ""
 
     def __init__(self, path: str | Path, scope: str) -> None:
         self.path = Path(path)
         self.scope = scope
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.executescript(SCHEMA)
+            db.executescript(self.SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -58,6 +61,10 @@ class DayCache:
                 yield db
         finally:
             db.close()
+
+
+class DayCache(SqliteFile):
+    SCHEMA = SCHEMA
 
     def fetched_days(self, source: str, part: str = "") -> set[str]:
         with self._connect() as db:
@@ -88,4 +95,4 @@ class DayCache:
             return [json.loads(r) for d, r in cur.fetchall() if d in wanted]
 
 
-__all__ = ["DayCache", "default_cache_path"]
+__all__ = ["DayCache", "SqliteFile", "default_cache_path"]

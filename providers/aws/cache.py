@@ -10,11 +10,10 @@ organizations apart in one file.
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from costwatch.providers._daycache import SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ce_days (
@@ -35,25 +34,8 @@ CREATE TABLE IF NOT EXISTS kv (scope TEXT NOT NULL, key TEXT NOT NULL, value TEX
 Row = tuple[str, str, str, float, str]
 
 
-class Cache:
-    """One connection per call: the provider is used from one thread and runs are short-lived."""
-
-    def __init__(self, path: str | Path, scope: str) -> None:
-        self.path = Path(path)
-        self.scope = scope
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A transaction on a fresh connection, closed afterwards (``with sqlite3.connect()`` only commits)."""
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+class Cache(SqliteFile):
+    SCHEMA = SCHEMA
 
     def fetched_days(self, kind: str, metric: str, granularity: str) -> dict[str, bool]:
         """Days already fetched -> whether AWS marked them estimated."""
