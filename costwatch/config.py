@@ -160,7 +160,20 @@ class AthenaConfig(_Model):
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 
 
-class AwsProviderConfig(_Model):
+class _CachedProvider(_Model):
+    """A cloud provider keeping fetched days in a local SQLite cache (default: next to the state file)."""
+
+    cache_path: str | None = None
+
+    @field_validator("cache_path")
+    @classmethod
+    def _cache_next_to_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """Relative like every other path in the file: next to the config file, when there is one."""
+        base = (info.context or {}).get("base_dir") if info is not None else None
+        return _resolve_one(v, Path(base)) if v and base is not None else v
+
+
+class AwsProviderConfig(_CachedProvider):
     """Cost Explorer spend plus EC2/CloudWatch CPU from the AWS APIs (``pip install 'costwatch[aws]'``).
 
     Credentials and endpoints come from the standard boto3 chain (env, profile, instance role,
@@ -171,7 +184,6 @@ class AwsProviderConfig(_Model):
     profile: str | None = None
     metric: Literal["UnblendedCost", "NetUnblendedCost", "AmortizedCost"] = "UnblendedCost"
     restate_days: int = Field(default=3, ge=0, le=31)
-    cache_path: str | None = None
     regions: list[str] | None = None
     owner_tag: str = Field(default="owner", min_length=1)
     cpu: bool = True
@@ -188,15 +200,8 @@ class AwsProviderConfig(_Model):
             raise ValueError("cost_source: athena needs an 'athena' block with database and table")
         return self
 
-    @field_validator("cache_path")
-    @classmethod
-    def _cache_next_to_config(cls, v: str | None, info: ValidationInfo) -> str | None:
-        """Relative like every other path in the file: next to the config file, when there is one."""
-        base = (info.context or {}).get("base_dir") if info is not None else None
-        return _resolve_one(v, Path(base)) if v and base is not None else v
 
-
-class GcpProviderConfig(_Model):
+class GcpProviderConfig(_CachedProvider):
     """Cloud Billing export (BigQuery) spend plus Cloud Monitoring CPU (``pip install 'costwatch[gcp]'``).
 
     Credentials come from Application Default Credentials, never from this file."""
@@ -210,19 +215,12 @@ class GcpProviderConfig(_Model):
     bigquery_project: str | None = None  # project billed for the queries; default: the table's project
     projects: list[str] | None = None    # projects whose CPU is read; default: every billed project
     restate_days: int = Field(default=3, ge=0, le=31)
-    cache_path: str | None = None
     owner_label: str = Field(default="owner", min_length=1)
     cpu: bool = True
     max_workers: int = Field(default=8, ge=1, le=64)
 
-    @field_validator("cache_path")
-    @classmethod
-    def _cache_next_to_config(cls, v: str | None, info: ValidationInfo) -> str | None:
-        base = (info.context or {}).get("base_dir") if info is not None else None
-        return _resolve_one(v, Path(base)) if v and base is not None else v
 
-
-class AzureProviderConfig(_Model):
+class AzureProviderConfig(_CachedProvider):
     """Consumption (or Cost Management) spend plus Azure Monitor CPU (``pip install 'costwatch[azure]'``).
 
     Credentials come from azure-identity's DefaultAzureCredential, never from this file."""
@@ -234,16 +232,9 @@ class AzureProviderConfig(_Model):
                     | None) = None
     source: Literal["consumption", "costmanagement"] = "consumption"
     restate_days: int = Field(default=3, ge=0, le=31)
-    cache_path: str | None = None
     owner_tag: str = Field(default="owner", min_length=1)
     cpu: bool = True
     max_workers: int = Field(default=8, ge=1, le=64)
-
-    @field_validator("cache_path")
-    @classmethod
-    def _cache_next_to_config(cls, v: str | None, info: ValidationInfo) -> str | None:
-        base = (info.context or {}).get("base_dir") if info is not None else None
-        return _resolve_one(v, Path(base)) if v and base is not None else v
 
 
 # A discriminated union on ``type``, so an error in one provider is reported against that provider's keys
