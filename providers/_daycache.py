@@ -13,12 +13,15 @@ never imports a cloud SDK.  (The AWS provider keeps its own, older, Cost Explore
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache_days (
@@ -30,6 +33,30 @@ CREATE TABLE IF NOT EXISTS cache_rows (
 );
 CREATE INDEX IF NOT EXISTS cache_rows_day ON cache_rows (scope, source, part, day);
 """
+
+
+def day_range(start: pd.Timestamp, end: pd.Timestamp, today: dt.date) -> list[dt.date]:
+    """UTC days touching [start, end), never past today (no cloud has cost for tomorrow)."""
+    s, e = pd.Timestamp(start), pd.Timestamp(end)
+    s = s.tz_convert("UTC") if s.tzinfo else s.tz_localize("UTC")
+    e = e.tz_convert("UTC") if e.tzinfo else e.tz_localize("UTC")
+    first, last = s.date(), min((e - pd.Timedelta(microseconds=1)).date(), today)
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def fetch_windows(days: list[dt.date], cached: set[str], today: dt.date, restate_days: int, *,
+                  merge_gap: int = 0) -> list[tuple[dt.date, dt.date]]:
+    """[start, end) windows covering the days to fetch: not cached yet, or recent enough to still change.
+    Windows at most ``merge_gap`` cached days apart merge, re-reading those days to save a request (per-request
+    APIs); 0 merges only touching days (per-byte engines, where a re-read cached day is paid for)."""
+    recent = today - dt.timedelta(days=restate_days)
+    windows: list[tuple[dt.date, dt.date]] = []
+    for d in (d for d in days if d.isoformat() not in cached or d >= recent):
+        if windows and (d - windows[-1][1]).days <= merge_gap:
+            windows[-1] = (windows[-1][0], d + dt.timedelta(days=1))
+        else:
+            windows.append((d, d + dt.timedelta(days=1)))
+    return windows
 
 
 def default_cache_path(cfg: Any, file_name: str) -> Path:
@@ -95,4 +122,4 @@ class DayCache(SqliteFile):
             return [json.loads(r) for d, r in cur.fetchall() if d in wanted]
 
 
-__all__ = ["DayCache", "SqliteFile", "default_cache_path"]
+__all__ = ["DayCache", "SqliteFile", "day_range", "default_cache_path", "fetch_windows"]

@@ -22,9 +22,10 @@ from moto.server import ThreadedMotoServer
 
 from costwatch.errors import ProviderError
 from costwatch.model import validate_costs, validate_usage
+from costwatch.providers._daycache import fetch_windows
 from costwatch.providers.aws import AwsProvider, compute
 from costwatch.providers.aws._api import Api
-from costwatch.providers.aws.costs import fetch_windows, service_category
+from costwatch.providers.aws.costs import MERGE_GAP_DAYS, service_category
 
 DATA = Path(__file__).parent / "data" / "aws"
 MOTO_API = "http://motoapi.amazonaws.com"
@@ -172,9 +173,10 @@ def test_fetch_windows_merge_small_gaps() -> None:
     today = dt.date(2024, 6, 30)
     days = [today - dt.timedelta(days=i) for i in range(30, -1, -1)]
     cached = {d.isoformat() for d in days if d.day not in (1, 2, 25)}
-    assert fetch_windows(days, cached, today, 3) == [(dt.date(2024, 6, 1), dt.date(2024, 6, 3)),
-                                                     (dt.date(2024, 6, 25), dt.date(2024, 7, 1))]
-    assert fetch_windows(days, {d.isoformat() for d in days}, today, 0) == [(today, today + dt.timedelta(days=1))]
+    assert fetch_windows(days, cached, today, 3, merge_gap=MERGE_GAP_DAYS) == [
+        (dt.date(2024, 6, 1), dt.date(2024, 6, 3)), (dt.date(2024, 6, 25), dt.date(2024, 7, 1))]
+    assert fetch_windows(days, {d.isoformat() for d in days}, today, 0, merge_gap=MERGE_GAP_DAYS) == [
+        (today, today + dt.timedelta(days=1))]
 
 
 def test_service_category_fallbacks() -> None:

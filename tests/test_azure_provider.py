@@ -495,9 +495,11 @@ def test_miner_in_new_region_is_detected(arm: fa.Server, tmp_path: Path) -> None
 
 
 def test_day_helpers_never_ask_for_tomorrow() -> None:
-    from costwatch.providers.azure.costs import day_range, fetch_windows
+    from costwatch.providers._daycache import day_range, fetch_windows
+    from costwatch.providers.azure.costs import MERGE_GAP_DAYS
 
     days = day_range(utc("2024-09-01 05:00"), utc("2024-09-12"), dt.date(2024, 9, 10))
     assert days[0] == dt.date(2024, 9, 1) and days[-1] == dt.date(2024, 9, 10)
     cached = {d.isoformat() for d in days[:5]}
-    assert fetch_windows(days, cached, dt.date(2024, 9, 10), 3) == [(dt.date(2024, 9, 6), dt.date(2024, 9, 11))]
+    assert fetch_windows(days, cached, dt.date(2024, 9, 10), 3, merge_gap=MERGE_GAP_DAYS) == [
+        (dt.date(2024, 9, 6), dt.date(2024, 9, 11))]

@@ -26,8 +26,9 @@ from google.auth.credentials import AnonymousCredentials
 from costwatch.config import GcpProviderConfig, parse_config
 from costwatch.errors import ConfigError, ProviderError
 from costwatch.model import validate_costs, validate_usage
+from costwatch.providers._daycache import fetch_windows
 from costwatch.providers.gcp import GcpProvider, from_config
-from costwatch.providers.gcp.billing import build_sql, fetch_windows, quoted_table, service_category
+from costwatch.providers.gcp.billing import build_sql, quoted_table, service_category
 from costwatch.providers.gcp.monitoring import region_of
 
 TABLE = "billing-proj.billing_ds.gcp_billing_export_v1_012345_6789AB_CDEF01"

@@ -21,13 +21,13 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_usage
-from costwatch.providers._daycache import DayCache
+from costwatch.providers._daycache import DayCache, day_range
 
 from . import athena as athena_source
 from . import compute, guardduty
 from ._api import Api
 from .cache import Cache
-from .costs import CostExplorer, combine, day_range
+from .costs import CostExplorer, combine
 
 __all__ = ["AwsProvider", "from_config"]
 

@@ -47,10 +47,10 @@ import pandas as pd
 
 from costwatch.errors import ConfigError, ProviderError
 from costwatch.model import empty_costs, normalize_costs
-from costwatch.providers._daycache import DayCache
+from costwatch.providers._daycache import DayCache, fetch_windows
 
 from ._api import _ACCOUNT, _ARN, Api, AwsCallError
-from .costs import fetch_windows, service_category
+from .costs import service_category
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # Glue database and table names
 EXPORTS = ("focus", "cur2")

@@ -29,6 +29,7 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, normalize_costs
+from costwatch.providers._daycache import fetch_windows
 
 from ._api import Api
 from .cache import Cache, Row
@@ -113,30 +114,6 @@ def service_category(service: str) -> str:
     return next((cat for pattern, cat in _KEYWORDS if re.search(pattern, low)), "Other")
 
 
-def day_range(start: pd.Timestamp, end: pd.Timestamp, today: dt.date) -> list[dt.date]:
-    """UTC days touching [start, end), never past today (Cost Explorer has nothing for tomorrow)."""
-    first = pd.Timestamp(start).tz_convert("UTC").date() if pd.Timestamp(start).tzinfo else \
-        pd.Timestamp(start).date()
-    end_ts = pd.Timestamp(end)
-    end_ts = end_ts.tz_convert("UTC") if end_ts.tzinfo else end_ts.tz_localize("UTC")
-    last = min((end_ts - pd.Timedelta(microseconds=1)).date(), today)
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-
-
-def fetch_windows(days: list[dt.date], cached: set[str], today: dt.date, restate_days: int,
-                  ) -> list[tuple[dt.date, dt.date]]:
-    """[start, end) windows covering the days to fetch: missing from the cache or still restating."""
-    recent = today - dt.timedelta(days=restate_days)
-    need = [d for d in days if d.isoformat() not in cached or d >= recent]
-    windows: list[tuple[dt.date, dt.date]] = []
-    for d in need:
-        if windows and (d - windows[-1][1]).days <= MERGE_GAP_DAYS:
-            windows[-1] = (windows[-1][0], d + dt.timedelta(days=1))
-        else:
-            windows.append((d, d + dt.timedelta(days=1)))
-    return windows
-
-
 class CostExplorer:
     """GetCostAndUsage through the cache; ``requests`` counts this provider's Cost Explorer calls."""
 
@@ -155,7 +132,7 @@ class CostExplorer:
         estimated flag per day."""
         today = self.clock().date()
         cached = self.cache.fetched_days(kind, self.metric, GRANULARITY)
-        for a, b in fetch_windows(days, set(cached), today, self.restate_days):
+        for a, b in fetch_windows(days, set(cached), today, self.restate_days, merge_gap=MERGE_GAP_DAYS):
             got_days, rows = self._query(kind, a, b)
             # days inside the window that AWS returned nothing for are still "fetched, empty"
             for i in range((b - a).days):

@@ -22,12 +22,12 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, empty_usage
-from costwatch.providers._daycache import DayCache
+from costwatch.providers._daycache import DayCache, day_range
 from costwatch.providers._daycache import default_cache_path as _cache_path
 
 from . import monitor
 from ._arm import ROLE_COST, SUBSCRIPTIONS_API, Azure, translate
-from .costs import Costs, Row, day_range, frame
+from .costs import Costs, Row, frame
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

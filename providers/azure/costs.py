@@ -30,7 +30,7 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, normalize_costs
-from costwatch.providers._daycache import DayCache
+from costwatch.providers._daycache import DayCache, fetch_windows
 
 from ._arm import MAX_PAGES, ROLE_COST, Azure, translate
 
@@ -141,7 +141,6 @@ CHARGE_CATEGORIES = {"usage": "Usage", "unusedreservation": "Usage", "unusedsavi
 Row = tuple[str, str, str | None, str | None, str | None, str | None, str | None, str, float, str, dict[str, str]]
 
 
-
 def service_category(meter_category: str) -> str:
     """FOCUS ServiceCategory for an Azure meter category; "Other" when nothing matches."""
     if meter_category in SERVICE_CATEGORIES:
@@ -164,29 +163,6 @@ def charge_category(charge_type: Any, amount: float) -> str:
     if amount < 0:
         return "Credit"
     return CHARGE_CATEGORIES.get(str(charge_type or "usage").replace(" ", "").lower(), "Usage")
-
-
-def day_range(start: pd.Timestamp, end: pd.Timestamp, today: dt.date) -> list[dt.date]:
-    """UTC days touching [start, end), never past today (there is no cost for tomorrow)."""
-    s, e = pd.Timestamp(start), pd.Timestamp(end)
-    s = s.tz_convert("UTC") if s.tzinfo else s.tz_localize("UTC")
-    e = e.tz_convert("UTC") if e.tzinfo else e.tz_localize("UTC")
-    first, last = s.date(), min((e - pd.Timedelta(microseconds=1)).date(), today)
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-
-
-def fetch_windows(days: list[dt.date], cached: set[str], today: dt.date, restate_days: int,
-                  ) -> list[tuple[dt.date, dt.date]]:
-    """[start, end) windows covering the days to fetch (missing from the cache or still restating); nearby
-    windows merge, re-reading a few cached days to save a request."""
-    recent = today - dt.timedelta(days=restate_days)
-    windows: list[tuple[dt.date, dt.date]] = []
-    for d in (d for d in days if d.isoformat() not in cached or d >= recent):
-        if windows and (d - windows[-1][1]).days <= MERGE_GAP_DAYS:
-            windows[-1] = (windows[-1][0], d + dt.timedelta(days=1))
-        else:
-            windows.append((d, d + dt.timedelta(days=1)))
-    return windows
 
 
 def _float(value: Any) -> float | None:
@@ -249,7 +225,7 @@ class Costs:
         today = self.clock().date()
         cached = self.cache.fetched_days(self.source, part=subscription)
         fetch = self._consumption if self.source == "consumption" else self._query
-        for a, b in fetch_windows(days, cached, today, self.restate_days):
+        for a, b in fetch_windows(days, cached, today, self.restate_days, merge_gap=MERGE_GAP_DAYS):
             rows = fetch(subscription, a, b)
             window = [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days)]
             self.cache.store(self.source, window, [(r[0], r) for r in rows], self.clock().isoformat(),

@@ -23,12 +23,12 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, empty_usage
-from costwatch.providers._daycache import DayCache
+from costwatch.providers._daycache import DayCache, day_range
 from costwatch.providers._daycache import default_cache_path as _cache_path
 
 from . import monitoring
 from ._api import Calls, default_credentials
-from .billing import BillingExport, costs_frame, day_range
+from .billing import BillingExport, costs_frame
 from .projects import ProjectBilling, list_projects
 
 __all__ = ["GcpProvider", "from_config"]

@@ -33,7 +33,7 @@ import pandas as pd
 
 from costwatch.errors import ConfigError, ProviderError
 from costwatch.model import empty_costs, normalize_costs
-from costwatch.providers._daycache import DayCache
+from costwatch.providers._daycache import DayCache, fetch_windows
 
 from ._api import Calls, translate
 
@@ -196,31 +196,6 @@ def query_parameters(export: str, start: dt.date, end: dt.date, today: dt.date, 
         params += [bigquery.ScalarQueryParameter("partition_start", "TIMESTAMP", _utc(start - dt.timedelta(days=1))),
                    bigquery.ScalarQueryParameter("partition_end", "TIMESTAMP", _utc(max(last, end)))]
     return params
-
-
-def day_range(start: pd.Timestamp, end: pd.Timestamp, today: dt.date) -> list[dt.date]:
-    """UTC days touching [start, end), never past today (the export has nothing for tomorrow)."""
-    s, e = pd.Timestamp(start), pd.Timestamp(end)
-    s = s.tz_convert("UTC") if s.tzinfo else s.tz_localize("UTC")
-    e = e.tz_convert("UTC") if e.tzinfo else e.tz_localize("UTC")
-    first, last = s.date(), min((e - pd.Timedelta(microseconds=1)).date(), today)
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-
-
-def fetch_windows(days: list[dt.date], cached: set[str], today: dt.date, restate_days: int,
-                  ) -> list[tuple[dt.date, dt.date]]:
-    """[start, end) runs of consecutive days to query: not cached yet, or recent enough to still change.
-    Only touching days are merged: a gap of cached days would be bytes scanned for nothing."""
-    recent = today - dt.timedelta(days=restate_days)
-    windows: list[tuple[dt.date, dt.date]] = []
-    for d in days:
-        if d.isoformat() in cached and d < recent:
-            continue
-        if windows and windows[-1][1] == d:
-            windows[-1] = (windows[-1][0], d + dt.timedelta(days=1))
-        else:
-            windows.append((d, d + dt.timedelta(days=1)))
-    return windows
 
 
 class BillingExport:
