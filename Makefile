@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench lambda clean
+.PHONY: demo test lint typecheck bench lambda audit clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,9 @@ bench: $(STAMP)
 
 lambda: $(STAMP)
 	$(BIN)/python deploy/lambda/build.py
+
+audit: $(STAMP)
+	bash .ci/audit
 
 clean:
 	rm -rf $(VENV) costwatch-demo build *.egg-info

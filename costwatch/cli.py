@@ -267,7 +267,8 @@ def silence(config_path: Path | None, project: str, kind: str | None, until: str
             end = _as_of(until) if until else now + pd.Timedelta(parse_duration(duration or ""))
         except ValueError as e:
             raise ConfigError(f"silence: --for {duration!r}: {e}") from None
-        assert end is not None
+        if end is None:
+            raise ConfigError("silence: --until needs an ISO 8601 time")
         store = _store(config_path)
         s = silences.add(store, project=project, until=end, reason=reason, kind=kind, planned=planned, now=now)
         store.close()

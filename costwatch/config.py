@@ -7,6 +7,10 @@ Why this is more than ``yaml.safe_load`` plus ``Config.model_validate``:
   tree ourselves and keep a map from key path to line number.
 * ``${ENV_VAR}`` / ``${ENV_VAR:-default}`` is expanded on parsed scalar strings, not on the raw text, so a
   secret containing ``:`` or ``#`` cannot change the YAML structure, and a reference in a comment is inert.
+  So are secret references ``${file:PATH}``, ``${ssm:NAME}`` and ``${secretsmanager:ID#key}``
+  (``costwatch.secrets``), resolved once at load time.
+* The file is hostile input too: its size, nesting depth, node count and text after expanding aliases
+  ("billion laughs") are bounded, and a scalar PyYAML cannot construct (``2026-13-45``) is a located error.
 * The config holds Slack tokens and SMTP passwords.  Error messages never echo an input value that came
   from the environment or sits in a secret-looking field, and exceptions are raised ``from None`` so a
   ``--debug`` traceback does not carry pydantic's ``input_value=...`` either.
@@ -38,6 +42,7 @@ from pydantic import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError, where
+from .secrets import SecretError, SecretResolver
 
 __all__ = [
     "GROUP_BY_LABELS",
@@ -338,12 +343,16 @@ class AlertingConfig(_Model):
     # `costwatch run` exits non-zero when a notification has been undeliverable for longer than this
     stuck_after: str = "6h"
     max_attempts: int = Field(default=50, ge=1, le=1000)
+    # a provider still fetching after this is reported as timed out; the run goes on with the others
+    provider_timeout: str = "5m"
+    # more new notifications than this for one channel/mailbox in one run are folded into one digest (0: never)
+    digest_after: int = Field(default=10, ge=0, le=10_000)
 
-    @field_validator("stuck_after")
+    @field_validator("stuck_after", "provider_timeout")
     @classmethod
-    def _valid_stuck(cls, v: str) -> str:
+    def _valid_stuck(cls, v: str, info: ValidationInfo) -> str:
         if parse_duration(v) <= timedelta(0):
-            raise ValueError("stuck_after must be longer than zero")
+            raise ValueError(f"{info.field_name} must be longer than zero")
         return v
 
     @field_validator("group_by")
@@ -374,6 +383,10 @@ class AlertingConfig(_Model):
     @property
     def stuck_after_td(self) -> timedelta:
         return parse_duration(self.stuck_after)
+
+    @property
+    def provider_timeout_td(self) -> timedelta:
+        return parse_duration(self.provider_timeout)
 
 
 class OwnerConfig(_Model):
@@ -572,7 +585,13 @@ def load_config(path: str | Path) -> Config:
     p = Path(path)
     src = str(path)
     try:
-        text = p.expanduser().read_text(encoding="utf-8")
+        # at most the limit (+1 to notice): a config named /dev/zero or a 10 GB log must not be read whole
+        with p.expanduser().open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{src}: config file is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
+                              "is this really the YAML config?")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{src}: config file not found") from None
     except IsADirectoryError:
@@ -585,13 +604,19 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None, *,
-                 env: Mapping[str, str] | None = None) -> Config:
+                 env: Mapping[str, str] | None = None, secrets: SecretResolver | None = None) -> Config:
     """Parse YAML text into a ``Config``.
 
     ``source`` is only used in messages; ``base_dir`` anchors relative paths; ``env`` replaces
-    ``os.environ`` for ``${VAR}`` expansion so callers and tests need not mutate the process environment.
+    ``os.environ`` for ``${VAR}`` expansion so callers and tests need not mutate the process environment;
+    ``secrets`` resolves ``${file:…}``, ``${ssm:…}`` and ``${secretsmanager:…}`` (default: a fresh
+    ``SecretResolver`` anchored at ``base_dir``, using boto3's default credential chain).
     """
-    builder = _Builder(source, os.environ if env is None else env)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where(source)}config is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
+                          "is this really the YAML config?")
+    builder = _Builder(source, os.environ if env is None else env,
+                       secrets if secrets is not None else SecretResolver(base_dir))
     data = builder.load(text)
     if data is None:
         data = {}
@@ -606,12 +631,19 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
 
 
 _Path = tuple[str | int, ...]
-_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+# ``$$``; a secret reference ``${file:…}``/``${ssm:…}``/``${secretsmanager:…}`` (``${ssm:-x}`` stays an env
+# variable named ssm with a default); ``${VAR}``/``${VAR:-default}``; and a stray ``${`` (malformed)
+_ENV_REF = re.compile(r"\$\$|\$\{(file|ssm|secretsmanager):(?!-)([^}]*)\}"
+                      r"|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 _SECRETISH = re.compile(r"token|passw|secret|key|webhook|credential", re.IGNORECASE)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MAX_NODES = 200_000  # alias bombs ("billion laughs") stop here instead of eating memory
+# ... and so does their text: 10,000 aliases of a 1 MB string are 10 GB once validators copy or scan them
+_MAX_TEXT = 4_000_000
+_MAX_DEPTH = 64  # YAML nesting; PyYAML's composer recurses, so thousands of "[" would be a RecursionError
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config is a few KB; larger input is refused before parsing
 # pydantic error types whose message may quote the input; replaced for secret or env-derived values
 _MAY_ECHO = {"value_error", "assertion_error", "union_tag_invalid"}
 
@@ -620,23 +652,39 @@ class _Builder:
     """Turns YAML text into plain data while remembering where each key was and which values came from
     which environment variable; both are needed later to write a safe, located error message."""
 
-    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+    def __init__(self, source: str, env: Mapping[str, str], secrets: SecretResolver | None = None) -> None:
         self.source = source
         self.env = env
+        self.secrets = secrets if secrets is not None else SecretResolver()
         self.lines: dict[_Path, int] = {}
+        # path -> names of what filled it: env variables ("SLACK_TOKEN") and secret references ("ssm:/x")
         self.from_env: dict[_Path, list[str]] = {}
+        # name -> value, only to check that no error message quotes it
+        self.values: dict[str, str] = {}
         self.missing: list[tuple[str, _Path]] = []
         self._count = 0
+        self._text = 0
+        # one expansion per scalar node, however many aliases point at it: (result, names used, missing)
+        self._expanded: dict[int, tuple[str, list[str], list[str]]] = {}
 
     # -- YAML -> data
 
     def load(self, text: str) -> Any:
-        loader = yaml.SafeLoader(text)
+        try:
+            # the reader rejects control characters (NUL, ESC, lone surrogates) already in the constructor
+            loader = yaml.SafeLoader(text)
+        except yaml.reader.ReaderError as e:
+            at = text.count("\n", 0, max(e.position, 0)) + 1
+            raise ConfigError(f"{where(self.source, at)}invalid YAML: control character "
+                              f"#x{int(e.character):04x} is not allowed (is this a text file?)") from None
         try:
             node = loader.get_single_node()
             if node is None:
                 return None
             data = self._build(loader, node, (), set())
+        except RecursionError:
+            raise ConfigError(f"{where(self.source)}config is nested too deeply (more than {_MAX_DEPTH} levels)"
+                              ) from None
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark is not None else None
@@ -659,6 +707,9 @@ class _Builder:
         if self._count > _MAX_NODES:
             raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is too large "
                               "(too many nodes after expanding aliases)")
+        if len(path) > _MAX_DEPTH:
+            raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is nested too deeply "
+                              f"(more than {_MAX_DEPTH} levels)")
         if id(node) in stack:
             raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}{_dotted(path)}: "
                               "an alias refers to itself")
@@ -671,10 +722,52 @@ class _Builder:
                 out_list.append(self._build(loader, item, (*path, i), stack | {id(node)}))
             return out_list
         if isinstance(node, ScalarNode):
-            value = loader.construct_object(node)
-            return self._interpolate(value, path) if isinstance(value, str) else value
-        # !!set, !!omap and other standard tags: let PyYAML build them; pydantic will reject the type
-        return loader.construct_object(node, deep=True)
+            value = self._construct(loader, node, path)
+            if isinstance(value, str):
+                value = self._interpolate(value, path, id(node))
+            self._charge(len(value) if isinstance(value, str) else len(node.value), node)
+            return value
+        # !!set, !!omap and other standard tags: let PyYAML build them (within the same bounds); pydantic
+        # will reject the type where it does not fit
+        self._charge_tree(node, len(path))
+        return self._construct(loader, node, path, deep=True)
+
+    def _construct(self, loader: yaml.SafeLoader, node: Node, path: _Path, deep: bool = False) -> Any:
+        """PyYAML's constructors raise ValueError/KeyError for scalars that match a type's pattern but not
+        its range (``2026-13-45``, ``!!int abc``, ``!!bool maybe``, a 5000-digit int): report it here."""
+        try:
+            return loader.construct_object(node, deep=deep)
+        except (ValueError, KeyError, TypeError, OverflowError):
+            tag = str(node.tag).rsplit(":", 1)[-1]
+            mark = node.start_mark
+            raise ConfigError(f"{where(self.source, mark.line + 1, str(mark.column + 1))}{_dotted(path)}: "
+                              f"cannot be read as a YAML {tag} (malformed or out of range); quote it if it is "
+                              "meant as text") from None
+
+    def _charge(self, chars: int, node: Node) -> None:
+        self._text += chars
+        if self._text > _MAX_TEXT:
+            raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is too large "
+                              f"(more than {_MAX_TEXT:,} characters of text after expanding aliases)")
+
+    def _charge_tree(self, root: Node, depth: int) -> None:
+        """Count a subtree PyYAML builds itself against the same node, text and depth limits."""
+        todo: list[tuple[Node, int]] = [(root, depth)]
+        while todo:
+            node, d = todo.pop()
+            self._count += 1
+            if self._count > _MAX_NODES:
+                raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is too large "
+                                  "(too many nodes after expanding aliases)")
+            if d > _MAX_DEPTH:
+                raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is nested too deeply "
+                                  f"(more than {_MAX_DEPTH} levels)")
+            if isinstance(node, ScalarNode):
+                self._charge(len(node.value), node)
+            elif isinstance(node, SequenceNode):
+                todo.extend((n, d + 1) for n in node.value)
+            elif isinstance(node, MappingNode):
+                todo.extend((n, d + 1) for kv in node.value for n in kv)
 
     def _build_mapping(self, loader: yaml.SafeLoader, node: MappingNode, path: _Path,
                        stack: set[int]) -> dict[str, Any]:
@@ -695,37 +788,60 @@ class _Builder:
         for knode, vnode in node.value:
             # The raw text, not the constructed scalar: project ids like 012345678901 must stay strings.
             key = str(knode.value)
+            self._charge(len(key), knode)
             child = (*path, key)
             self.lines[child] = knode.start_mark.line + 1
             out[key] = self._build(loader, vnode, child, stack)
         return out
 
-    def _interpolate(self, value: str, path: _Path) -> str:
+    def _interpolate(self, value: str, path: _Path, node_id: int) -> str:
         if "$" not in value:
             return value
+        cached = self._expanded.get(node_id)
+        if cached is None:
+            cached = self._expanded[node_id] = self._expand(value, path)
+        out, used, missing = cached
+        if used:
+            self.from_env[path] = used
+        self.missing += [(var, path) for var in missing]
+        return out
+
+    def _expand(self, value: str, path: _Path) -> tuple[str, list[str], list[str]]:
+        """One pass over the scalar: substituted values are never expanded again."""
         used: list[str] = []
+        missing: list[str] = []
 
         def sub(m: re.Match[str]) -> str:
             whole = m.group(0)
             if whole == "$$":
                 return "$"
-            var, default = m.group(1), m.group(2)
+            scheme, ref, var, default = m.group(1), m.group(2), m.group(3), m.group(4)
+            if scheme is not None:
+                name = f"{scheme}:{ref}"
+                try:
+                    secret = self.secrets.resolve(scheme, ref).get_secret_value()
+                except SecretError as e:
+                    raise ConfigError(f"{where(self.source, self.line_for(path))}{_dotted(path)}: "
+                                      f"${{{name}}}: {e}") from None
+                used.append(name)
+                self.values[name] = secret
+                return secret
             if var is None:
                 raise ConfigError(f"{where(self.source, self.line_for(path))}{_dotted(path)}: malformed "
-                                  "${...} reference; use ${NAME} or ${NAME:-default}, and $$ for a literal $")
+                                  "${...} reference; use ${NAME} or ${NAME:-default}, ${file:PATH}, ${ssm:NAME} "
+                                  "or ${secretsmanager:NAME#key}, and $$ for a literal $")
             used.append(var)
             got = self.env.get(var)
+            if got is not None:
+                self.values[var] = got
             if got is not None and (got != "" or default is None):
                 return got
             if default is not None:
                 return default
-            self.missing.append((var, path))
+            missing.append(var)
             return ""
 
-        out = _ENV_REF.sub(sub, value)
-        if used:
-            self.from_env[path] = used
-        return out
+        return _ENV_REF.sub(sub, value), used, missing
 
     # -- pydantic errors -> one readable message
 
@@ -774,7 +890,7 @@ class _Builder:
         field = next((e for e in reversed(path) if isinstance(e, str)), "")
         # Belt and braces: any message that quotes the value (or any env value used here) is replaced.
         secretish = bool(_SECRETISH.search(field))
-        values = [self.env.get(v) or "" for v in env_vars]
+        values = [self.values.get(v) or "" for v in env_vars]
         here = _node_at(path, data)
         if secretish and isinstance(here, str | int | float):
             values.append(str(here))

@@ -105,12 +105,33 @@ def summary(result: Any) -> dict[str, Any]:
         "pending": result.delivery.pending,
         "failed": result.delivery.failed,
         "stuck": result.delivery.stuck,
+        "digests": result.delivery.digests,
+        "digested": result.delivery.digested,
+        "deferred": result.delivery.deferred,
+        "delivered_after_retry": len(result.delivery.retried),
         "delivery_errors": result.delivery.errors[:20],
         "provider_errors": result.provider_errors[:20],
         "cost_explorer_requests": sum(int(s.get("ce_requests", 0)) for s in stats.values()),
         "providers": {name: {k: v for k, v in s.items() if not isinstance(v, list | dict)}
                       for name, s in stats.items()},
     }
+
+
+# kept back from the Lambda's remaining time for detection, delivery and writing state after the fetches
+RESERVE_SECONDS = 90.0
+
+
+def provider_deadline(cfg: Any, context: Any = None) -> float:
+    """Seconds each provider may fetch: ``alerting.provider_timeout``, cut so that all providers (fetched one
+    after the other) finish with :data:`RESERVE_SECONDS` left of the invocation.  A hung provider must end as
+    "timed out" in the summary with the alerts of the others delivered, not as a Lambda timeout that loses
+    the whole run."""
+    configured = float(cfg.alerting.provider_timeout_td.total_seconds())
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    if not callable(remaining_ms):
+        return configured
+    share = (remaining_ms() / 1000.0 - RESERVE_SECONDS) / max(1, len(cfg.providers))
+    return max(5.0, min(configured, share))
 
 
 def handle(event: dict[str, Any] | None = None, context: Any = None) -> dict[str, Any]:
@@ -127,7 +148,7 @@ def handle(event: dict[str, Any] | None = None, context: Any = None) -> dict[str
         log.info("secrets loaded", extra={"costwatch": {"secrets": sorted(names)}})
     cfg = load_handler_config()
     try:
-        result = run_once(cfg, lock_owner=request_id)
+        result = run_once(cfg, lock_owner=request_id, provider_deadline=provider_deadline(cfg, context))
     except RunLocked as e:
         out = {"status": "skipped", "reason": str(e), "request_id": request_id}
         log.info("run skipped", extra={"costwatch": out})
@@ -137,4 +158,4 @@ def handle(event: dict[str, Any] | None = None, context: Any = None) -> dict[str
     return out
 
 
-__all__ = ["JsonFormatter", "handle", "load_handler_config", "load_secrets", "summary"]
+__all__ = ["JsonFormatter", "handle", "load_handler_config", "load_secrets", "provider_deadline", "summary"]

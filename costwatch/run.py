@@ -8,6 +8,7 @@ is completed by the next one without losing or repeating a message.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from .detect import Detection, detect
 from .errors import ConfigError, CostwatchError
 from .notify import Notifier
 from .routing import project_owners_from_tags
-from .state import Store, open_store
+from .state import StateError, Store, open_store, sqlite_error
 
 log = logging.getLogger("costwatch.run")
 
@@ -78,6 +79,7 @@ class RunResult:
         out += [f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items() if not isinstance(v, list))
                 for name, st in self.provider_stats.items()]
         out += [f"missing data: {e}" for e in self.provider_errors]
+        out += [f"retried: {e}" for e in self.delivery.retried]
         out += [f"not delivered: {e}" for e in self.delivery.errors]
         if self.delivery.stuck:
             out.append(f"{self.delivery.stuck} notification(s) stuck (failed, or pending past alerting.stuck_after): "
@@ -101,9 +103,18 @@ def build_notifiers(cfg: Config) -> dict[str, Notifier]:
 def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestamp | None = None,
              providers: list[Any] | None = None, notifiers: dict[str, Notifier] | None = None,
              store: Store | None = None, charts: bool = True, lock_owner: str | None = None,
-             sleep: Callable[[float], None] = time.sleep) -> RunResult:
+             sleep: Callable[[float], None] = time.sleep, provider_deadline: float | None = None,
+             digest_after: int | None = None) -> RunResult:
     """One scheduled run.  With ``lock_owner`` the run first takes the state lock and raises
-    :class:`RunLocked` when another run holds it."""
+    :class:`RunLocked` when another run holds it.
+
+    ``provider_deadline``: seconds each provider may take (default ``alerting.provider_timeout``: long enough
+    for a first 90-day backfill, short enough that a hung API cannot hold the hourly run); one that takes
+    longer is reported as timed out and the others are used.
+    ``digest_after``: more notifications than this due for one target in one run are sent as one digest
+    (default ``alerting.digest_after``; 0 turns digests off).
+    A state store that cannot be written (locked by another process, read-only) raises
+    :class:`~costwatch.state.StateError` naming the file and the cause."""
     if now is None:
         now = pd.Timestamp.now(tz="UTC")
     else:
@@ -115,28 +126,53 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
         providers = [sources.build(p, cfg) for p in cfg.providers]
     if notifiers is None:
         notifiers = build_notifiers(cfg)  # a notifier config error fails before any work is done
+    deadline = provider_deadline if provider_deadline is not None else _provider_deadline(cfg)
+    digest = digest_after if digest_after is not None else _digest_after(cfg)
     own_store = store is None
     store = store or open_store(cfg.state)
-    if lock_owner is not None and not acquire_lock(store, lock_owner):
-        if own_store:
-            store.close()
-        raise RunLocked("another costwatch run holds the state lock; this one did nothing "
-                        f"(a crashed run's lock lapses after {LOCK_SECONDS // 60} minutes)")
     try:
-        return _run(cfg, now, end, providers, notifiers, store, charts, sleep)
+        try:
+            locked = lock_owner is not None and not acquire_lock(store, lock_owner)
+        except sqlite3.Error as e:
+            raise _state_error(e, cfg, "taking the run lock") from None
+        if locked:
+            raise RunLocked("another costwatch run holds the state lock; this one did nothing "
+                            f"(a crashed run's lock lapses after {LOCK_SECONDS // 60} minutes)")
+        try:
+            return _run(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest)
+        except sqlite3.Error as e:
+            raise _state_error(e, cfg, "during the run") from None
+        finally:
+            if lock_owner is not None:
+                try:
+                    release_lock(store, lock_owner)
+                except (sqlite3.Error, StateError) as e:  # never hide the run's own outcome or error
+                    log.warning("could not release the run lock (%s); it lapses after %d minutes",
+                                type(e).__name__, LOCK_SECONDS // 60)
     finally:
-        if lock_owner is not None:
-            release_lock(store, lock_owner)
         if own_store:
             store.close()
+
+
+def _provider_deadline(cfg: Config) -> float:
+    return float(cfg.alerting.provider_timeout_td.total_seconds())
+
+
+def _digest_after(cfg: Config) -> int:
+    return cfg.alerting.digest_after
+
+
+def _state_error(e: sqlite3.Error, cfg: Config, when: str) -> StateError:
+    return sqlite_error(e, getattr(cfg.state, "path", None) or "the state store", when)
 
 
 def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any], notifiers: dict[str, Notifier],
-         store: Store, charts: bool, sleep: Callable[[float], None]) -> RunResult:
+         store: Store, charts: bool, sleep: Callable[[float], None], deadline: float | None,
+         digest_after: int) -> RunResult:
     since = end - ALERT_WINDOW
     start = since - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
-    got = sources.gather(providers, start, end)
-    if providers and len(got.errors) >= 2 * len(providers):
+    got = sources.gather(providers, start, end, deadline=deadline)
+    if got.every_provider_failed(providers):
         raise CostwatchError("every provider failed: " + "; ".join(got.errors))
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=end, since=since,
                  findings=got.findings)
@@ -158,12 +194,13 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
                                if doc.get("status") == "open")
     if charts:
         _attach_charts(det, p, cfg)
-    for n in p.notifications:
-        result.queued += outbox.enqueue(store, n, now)
+    result.queued, digests, folded = outbox.enqueue_many(store, p.notifications, now, digest_after)
     result.conflicts = incidents.commit(store, p)
     result.delivery = outbox.deliver(
         store, notifiers, now, max_attempts=cfg.alerting.max_attempts,
-        stuck_after=pd.Timedelta(cfg.alerting.stuck_after_td), sleep=sleep)
+        stuck_after=pd.Timedelta(cfg.alerting.stuck_after_td), sleep=sleep, digest_after=digest_after)
+    result.delivery.digests += digests
+    result.delivery.digested += folded
     return result
 
 

@@ -1083,7 +1083,8 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int, alive_a
         elif op.kind == "step":
             shape[rr, sl] *= op.level
         else:
-            assert cpu is not None
+            if cpu is None:
+                raise ValueError(f"scenario op {op.kind!r} changes CPU, but the scenario has no CPU matrix")
             flat = op.level + op.std * w.rng.standard_normal((rr.size, op.t1 - op.t0))
             cpu[rr, sl] = flat if op.kind == "pin" else np.maximum(cpu[rr, sl], flat)
     if cpu is None:

@@ -9,10 +9,12 @@ backends are tested with the same behaviour suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +56,21 @@ def _check_table(table: str) -> None:
         raise ValueError(f"unknown state table {table!r}")
 
 
+def sqlite_error(e: sqlite3.Error, where: object, when: str) -> StateError:
+    """SQLite's own words plus what to do.  A run stopped by it loses nothing: the outbox is written before
+    any send, so everything queued stays queued for the next run."""
+    text = str(e)
+    if "locked" in text or "busy" in text:
+        hint = ("another process holds a write lock on it (a hung costwatch run, a backup, an open sqlite3 "
+                "shell); the next run redoes this one")
+    elif "readonly" in text or "read-only" in text:
+        hint = ("the state file or its folder is read-only for this user: check the permissions of state.path; "
+                "the next run that can write redoes this one")
+    else:
+        hint = "check state.path (disk full? permissions?); the next run redoes this one"
+    return StateError(f"state: cannot use {where} {when}: {text}: {hint}")
+
+
 class SqliteStore:
     """One file, WAL mode, one row per document.  Safe for the overlapping runs cron can produce on one
     machine: writes are conditional, and SQLite serializes them."""
@@ -72,9 +89,19 @@ class SqliteStore:
             raise StateError(f"state: cannot open {self.path}: {e}; check state.path and its permissions") from None
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """SQLite's errors (locked by another process, read-only file, disk full) become one StateError that
+        names the file and what to do, for every caller (run, silence, ack, outbox), not a traceback."""
+        try:
+            with self._lock:
+                yield
+        except sqlite3.Error as e:
+            raise sqlite_error(e, self.path, what) from None
+
     def get(self, table: str, key: str) -> Record | None:
         _check_table(table)
-        with self._lock:
+        with self._guard(f"reading {table}"):
             row = self._db.execute("SELECT version, doc, expires_at FROM records WHERE tbl=? AND key=?",
                                    (table, key)).fetchone()
         if row is None or (row[2] is not None and row[2] < time.time()):
@@ -85,7 +112,7 @@ class SqliteStore:
             expires_at: float | None = None) -> bool:
         _check_table(table)
         raw = json.dumps(doc, sort_keys=True, default=str)
-        with self._lock:
+        with self._guard(f"writing {table}"):
             if version is None:
                 # an expired row counts as absent, as DynamoDB's TTL would eventually make it
                 self._db.execute("DELETE FROM records WHERE tbl=? AND key=? AND expires_at IS NOT NULL "
@@ -101,7 +128,7 @@ class SqliteStore:
 
     def scan(self, table: str) -> list[Record]:
         _check_table(table)
-        with self._lock:
+        with self._guard(f"reading {table}"):
             rows = self._db.execute("SELECT key, version, doc FROM records WHERE tbl=? AND "
                                     "(expires_at IS NULL OR expires_at >= ?) ORDER BY key",
                                     (table, time.time())).fetchall()
@@ -109,7 +136,7 @@ class SqliteStore:
 
     def delete(self, table: str, key: str) -> None:
         _check_table(table)
-        with self._lock:
+        with self._guard(f"deleting from {table}"):
             self._db.execute("DELETE FROM records WHERE tbl=? AND key=?", (table, key))
 
     def close(self) -> None:
@@ -227,4 +254,4 @@ def open_store(state_cfg: Any) -> Store:
 
 
 __all__ = ["TABLES", "DynamoStore", "Record", "SqliteStore", "StateError", "Store", "create_dynamodb_table",
-           "open_store"]
+           "open_store", "sqlite_error"]

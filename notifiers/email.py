@@ -122,9 +122,11 @@ class _SmtpSession:
                 if failure is not None:
                     self.broken = failure
                     return failure
-            assert self.conn is not None
+            conn = self.conn
+            if conn is None:  # _open reported no failure but left no connection: retry later, never crash
+                return _transient(f"SMTP {self.where}: no connection after connecting; will retry")
             try:
-                refused = self.conn.send_message(p.msg, from_addr=sender, to_addrs=p.rcpts)
+                refused = conn.send_message(p.msg, from_addr=sender, to_addrs=p.rcpts)
             except smtplib.SMTPRecipientsRefused as e:
                 self._drop_if_closed()
                 return self._all_refused(e.recipients)
@@ -455,7 +457,8 @@ class EmailNotifier:
         sender = self.sender.addr_spec
         if self._ses is not None:
             return self._ses.deliver(p, sender)
-        assert session is not None
+        if session is None:
+            return _transient("email: no SMTP session was opened for this batch; will retry")
         return session.deliver(p, sender)
 
     def _prepare(self, n: Notification) -> _Prepared | Delivery:

@@ -269,7 +269,9 @@ class SlackNotifier:
         return self._post(n, channel, text, blocks)
 
     def _post(self, n: Notification, channel: str, text: str, blocks: list[dict[str, Any]]) -> Delivery:
-        assert self._web is not None
+        web = self._web
+        if web is None:
+            return Delivery(ok=False, permanent=True, error="Slack: no bot token configured for chat.postMessage")
         args: dict[str, Any] = {
             "channel": channel, "text": text, "blocks": blocks, "unfurl_links": False, "unfurl_media": False,
             "metadata": {"event_type": METADATA_EVENT, "event_payload": {"id": n.id, "group": n.group_key}},
@@ -280,7 +282,7 @@ class SlackNotifier:
             if n.event in ("updated", "resolved"):
                 args["reply_broadcast"] = True
         try:
-            resp = self._web.chat_postMessage(**args)
+            resp = web.chat_postMessage(**args)
         except SlackApiError as e:
             return _api_failure(e, channel)
         except SlackClientError:
@@ -322,9 +324,11 @@ class SlackNotifier:
             log.warning("slack: chart for %s not uploaded (%s)", n.id, type(e).__name__)
 
     def _send_webhook(self, text: str, blocks: list[dict[str, Any]]) -> Delivery:
-        assert self._hook is not None
+        hook = self._hook
+        if hook is None:
+            return Delivery(ok=False, permanent=True, error="Slack: no webhook_url configured")
         try:
-            resp = self._hook.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
+            resp = hook.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
         except SlackClientError:
             return Delivery(ok=False, permanent=True, error="slack-sdk refused the webhook URL; check "
                             "notify.slack.webhook_url")
@@ -401,9 +405,11 @@ class SlackNotifier:
             return channel
         if channel in self._channel_ids:
             return self._channel_ids[channel]
-        assert self._web is not None
+        web = self._web
+        if web is None:
+            return None
         name = channel.lstrip("#")
-        for page in self._pages(self._web.conversations_list, types="public_channel,private_channel",
+        for page in self._pages(web.conversations_list, types="public_channel,private_channel",
                                 exclude_archived=True, limit=1000):
             for c in page.get("channels") or []:
                 if isinstance(c, dict) and c.get("name") == name and isinstance(c.get("id"), str):

@@ -10,7 +10,9 @@ status; and the files v2 upload flow (``files.getUploadURLExternal``, a POST to 
 It also checks Block Kit's documented limits and answers ``invalid_blocks`` like Slack does, so a test
 that passes here proves the message would be accepted.  Every request is recorded (method, parsed params,
 headers); faults can be queued per method: a status, an error code, ``Retry-After``, a hang past the
-client's timeout, or a dropped connection.
+client's timeout, or a dropped connection.  ``limit_rate`` enforces Slack's posting limit per channel
+(about one message per second, short bursts allowed): a post over it gets HTTP 429 with ``Retry-After``
+in whole seconds, as Slack answers, and is not posted.
 
     with FakeSlack() as slack:
         slack.fail("chat.postMessage", status=429, retry_after=1)
@@ -24,6 +26,7 @@ import base64
 import email.parser
 import email.policy
 import json
+import math
 import secrets
 import socket
 import struct
@@ -174,6 +177,9 @@ class FakeSlack:
         self._pending: dict[str, dict[str, Any]] = {}  # file_id -> getUploadURLExternal args and bytes
         self._faults: dict[str, list[Fault]] = {}
         self._lock = threading.Lock()
+        self._rate: tuple[str, float, int] | None = None        # (method, posts per second, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}       # channel id -> (tokens, at monotonic time)
+        self.rate_limited: list[Recorded] = []                   # posts refused by limit_rate
         self._stopping = threading.Event()
         self._last_ts = 0.0
         self._server: ThreadingHTTPServer | None = None
@@ -233,6 +239,31 @@ class FakeSlack:
         with self._lock:
             self._faults.setdefault(method, []).extend(Fault(**fault) for _ in range(times))
 
+    def limit_rate(self, per_second: float = 1.0, *, burst: int = 1, method: str = "chat.postMessage") -> None:
+        """Refuse ``method`` calls to one channel beyond ``per_second`` (a token bucket of ``burst``) with
+        HTTP 429, ``{"ok": false, "error": "ratelimited"}`` and ``Retry-After`` (whole seconds)."""
+        with self._lock:
+            self._rate = (method, per_second, burst)
+            self._buckets = {}
+
+    def _over_rate(self, method: str, params: dict[str, Any]) -> float | None:
+        """Seconds until the channel may post again, when this call is over the limit; else None (and the
+        call takes a token).  Call with the lock held."""
+        if self._rate is None or self._rate[0] != method:
+            return None
+        _, rate, burst = self._rate
+        ref = params.get("channel")
+        ch = self._channel(ref) if isinstance(ref, str) else None
+        key = ch.id if isinstance(ch, Channel) else str(ref)
+        now = time.monotonic()
+        tokens, at = self._buckets.get(key, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return None
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / rate
+
     def calls(self, method: str) -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if r.method == method]
@@ -280,6 +311,10 @@ class FakeSlack:
             self.requests.append(rec)
             queue = self._faults.get(method)
             fault = queue.pop(0) if queue else None
+            wait = self._over_rate(method, params) if fault is None else None
+            if wait is not None:
+                fault = Fault(status=429, retry_after=float(max(1, math.ceil(wait))))
+                self.rate_limited.append(rec)
         if fault is not None and fault.accept and method not in ("webhook", "upload"):
             self._api(method, params, headers)  # Slack did it; the client just never hears back
         if fault is not None:

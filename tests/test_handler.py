@@ -302,3 +302,26 @@ def test_scheduled_run_posts_to_slack(aws: None, tmp_path: Path, capsys: pytest.
     out, err = capsys.readouterr()
     json_lines(out)
     assert SECRET not in out + err and SECRET not in json.dumps([first, again])
+
+
+def test_provider_deadline_leaves_the_run_time_to_deliver() -> None:
+    """Three providers and 300 s left: each may fetch (300 - 90) / 3 = 70 s, so a hung one times out inside
+    the invocation; with time to spare the configured provider_timeout holds; it never drops below 5 s."""
+    from costwatch.config import parse_config
+    from costwatch.handler import provider_deadline
+
+    text = ("providers:\n" + "".join(f"  - {{type: files, costs: c{i}.csv}}\n" for i in range(3))
+            + "alerting: {provider_timeout: 2m}\n")
+    cfg = parse_config(text, source="t.yaml")
+
+    @dataclass
+    class Left(Context):
+        left_ms: int = 0
+
+        def get_remaining_time_in_millis(self) -> int:
+            return self.left_ms
+
+    assert provider_deadline(cfg, Left("r", left_ms=300_000)) == pytest.approx(70.0)
+    assert provider_deadline(cfg, Left("r", left_ms=900_000)) == pytest.approx(120.0)
+    assert provider_deadline(cfg, Left("r", left_ms=60_000)) == pytest.approx(5.0)
+    assert provider_deadline(cfg, None) == pytest.approx(120.0)

@@ -211,7 +211,8 @@ class Azure:
         url: str | None = path
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
-            assert url is not None
+            if not url:
+                return
             page = self.get(url)
             yield from (v for v in page.get("value") or [] if isinstance(v, dict))
             url = page.get("nextLink") or None

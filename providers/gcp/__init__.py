@@ -91,7 +91,9 @@ class GcpProvider:
             if api == "bigquery":
                 from google.cloud import bigquery
 
-                assert self.export is not None
+                if self.export is None:
+                    raise ProviderError("gcp: BigQuery is only queried with providers.gcp.export set (the billing "
+                                        "export table); add it to the config")
                 self._clients[api] = bigquery.Client(project=self.export.query_project, credentials=self._creds(),
                                                      client_options=options)
             elif api == "billing":
