@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -346,16 +347,25 @@ def show_outbox(config_path: Path | None, show_all: bool) -> None:
 
     try:
         store = _store(config_path)
-        rows = [r for r in outbox.items(store) if show_all or r["status"] != "delivered"]
+        every = outbox.items(store)
         store.close()
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
+    # a flood folds thousands of notifications into a few digests: list the digests with their size, and
+    # the members themselves only with --all (their fate is the digest's)
+    folded = Counter(r["digest"] for r in every if r["status"] == "digested")
+    rows = [r for r in every if show_all or r["status"] not in ("delivered", "digested")]
     if not rows:
         click.echo("outbox empty" if show_all else "nothing waiting or failed")
     for r in rows:
-        click.echo(f"{r['status']:<9} {r['created_at']} {r['event']:<8} {r['target']}  {r['title']}"
-                   + (f"  (attempts {r['attempts']}, next {r['next_attempt']}: {r['last_error']})"
-                      if r["status"] != "delivered" else ""))
+        size = f" [digest of {folded[r['id']]}]" if folded.get(r["id"]) else ""
+        if r["status"] == "digested":
+            tail = f"  (in digest {r['digest']})"
+        elif r["status"] == "delivered":
+            tail = ""
+        else:
+            tail = f"  (attempts {r['attempts']}, next {r['next_attempt']}: {r['last_error']})"
+        click.echo(f"{r['status']:<9} {r['created_at']} {r['event']:<8} {r['target']}  {r['title']}{size}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -552,7 +552,8 @@ def items(store: Store) -> list[dict[str, Any]]:
         n = Notification.from_json(r.doc["notification"])
         out.append({"id": r.key, "status": r.doc.get("status"), "event": n.event, "target": n.target.key,
                     "title": n.title, "attempts": r.doc.get("attempts", 0), "created_at": r.doc.get("created_at"),
-                    "next_attempt": r.doc.get("next_attempt"), "last_error": r.doc.get("last_error")})
+                    "next_attempt": r.doc.get("next_attempt"), "last_error": r.doc.get("last_error"),
+                    "digest": r.doc.get("digest")})
     return sorted(out, key=lambda d: d["created_at"] or "", reverse=True)
 
 

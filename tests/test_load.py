@@ -455,3 +455,25 @@ def test_digest_killed_between_send_and_mark_is_not_sent_twice(tmp_path: Path) -
     ref = store.get("thread", f"{batch[0].group_key}|{batch[0].target.key}")
     assert ref is not None and ref.doc["ref"] == f"ref-{rec.accepted[0].id}"
     store.close()
+
+
+def test_outbox_command_lists_a_digest_not_its_thousand_members(tmp_path: Path) -> None:
+    """`costwatch outbox` after a flood: one line for the pending digest with its size; the members (whose
+    fate is the digest's) only with --all, each naming its digest."""
+    from click.testing import CliRunner
+
+    from costwatch.cli import cli
+
+    store = SqliteStore(tmp_path / "state.db")
+    batch = notes(15)
+    assert outbox.enqueue_many(store, batch, T0) == (15, 1, 15)
+    store.close()
+    cfg = tmp_path / "costwatch.yaml"
+    cfg.write_text(yaml.safe_dump({"state": {"path": str(tmp_path / "state.db")}}))
+    short = CliRunner().invoke(cli, ["outbox", "--config", str(cfg)])
+    assert short.exit_code == 0, short.output
+    lines = short.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pending") and "[digest of 15]" in lines[0]
+    full = CliRunner().invoke(cli, ["outbox", "--config", str(cfg), "--all"])
+    rows = full.output.strip().splitlines()
+    assert len(rows) == 16 and sum("(in digest " in r for r in rows) == 15
