@@ -66,6 +66,8 @@ def daily_matrix(costs: pd.DataFrame, keys: list[str], value: str = "effective_c
     A day on which a project has no rows at all is missing (NaN) for all its series: exports skip days,
     and a gap is not a zero.  A day on which the project has rows but this series has none is a real zero.
     Days before a series first appears are NaN, so new services count as short history.
+    Detection puts ``currency`` in ``keys``, so no cell ever adds two currencies; presence stays per project,
+    so a day a project was billed only in its other currency is a real zero for this one.
     """
     if costs.empty:
         return DailyMatrix(pd.DataFrame(columns=keys), pd.DatetimeIndex([], tz="UTC"), np.zeros((0, 0)))

@@ -26,13 +26,16 @@ def _label(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _series_row(sb: SeriesBands | None, project: str, category: str | None) -> int | None:
+def _series_row(sb: SeriesBands | None, project: str, category: str | None, currency: str | None = None) -> int | None:
+    """The alert's own series: a project billed in two currencies has one per currency, never a sum."""
     if sb is None or not len(sb.matrix.keys):
         return None
     keys = sb.matrix.keys
     sel = keys["project_id"].astype(str) == project
     if category is not None and "service_category" in keys:
         sel &= keys["service_category"].astype(str) == category
+    if currency and "currency" in keys:
+        sel &= keys["currency"].astype(str) == currency
     idx = np.flatnonzero(sel.to_numpy())
     return int(idx[0]) if idx.size else None
 
@@ -50,9 +53,9 @@ def alert_chart(det: Detection, alert: Alert, path: Path) -> Path:
     ax = axes[0][0]
     cat = alert.service if alert.kind in ("cost_spike", "mining_suspected") else None
     sb = det.categories if cat else det.totals
-    i = _series_row(sb, alert.project, cat)
+    i = _series_row(sb, alert.project, cat, alert.currency)
     if i is None and cat:
-        sb, i = det.totals, _series_row(det.totals, alert.project, None)
+        sb, i = det.totals, _series_row(det.totals, alert.project, None, alert.currency)
     if sb is not None and i is not None:
         m, b = sb.matrix, sb.bands
         days = m.days.tz_convert(None)

@@ -3,6 +3,14 @@
 Everything is evaluated as if costwatch had run every hour up to ``as_of``: inputs are cut at ``as_of``,
 bands and CPU profiles only look backwards, and an alert's ``detected_at`` is the end of the first data
 period (hour of CPU, day of cost plus its publication delay) at which it would have fired.
+
+Amounts in different currencies are never added: the currency is part of every cost series' identity, so a
+project billed in USD and EUR is two series, each with its own band, figures and currency label.  The
+project's main currency (the one its thresholds and budget are configured in, else the one most of its rows
+are in) keeps the plain alert identity; a cost alert on another currency's series carries ``@EUR`` (say) in
+its scope, so single-currency projects keep their fingerprints.  Thresholds and budgets are compared with the
+series in their configured currency only (``ProjectConfig.currency`` when set, else the main currency), and
+a note says which spend was not compared.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from .usage_score import UsageScoreParams, episode_onsets, score_matrix
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
 NEW_REGION_GRACE_DAYS = 3
+DEFAULT_CURRENCY = "USD"  # of rows without one (frames built by hand) and of projects seen only in CPU data
+SERIES = ["provider", "project_id", "currency"]  # a cost series: never sums two currencies
 
 
 @dataclass
@@ -80,14 +90,17 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
         costs = costs[day_end + delay <= as_of_ts]
     if not usage.empty:
         usage = usage[usage["timestamp"].dt.floor("h") + HOUR <= as_of_ts]
+    if not costs.empty and costs["currency"].isna().any():
+        costs = costs.assign(currency=costs["currency"].fillna(DEFAULT_CURRENCY))
     notes: list[str] = []
-    meta = _project_meta(costs, usage, cfg)
+    pairs = _currency_rows(costs)
+    meta = _project_meta(costs, usage, cfg, pairs)
 
     gross = costs[bl.usage_rows(costs)] if not costs.empty else costs
-    totals = _series_bands(gross, ["provider", "project_id"], cfg, since_ts, meta)
+    totals = _series_bands(gross, SERIES, cfg, since_ts, meta)
     cats = _series_bands(gross.assign(service_category=gross["service_category"].fillna("Other"))
                          if not gross.empty else gross,
-                         ["provider", "project_id", "service_category"], cfg, since_ts, meta)
+                         [*SERIES, "service_category"], cfg, since_ts, meta)
     alerts: list[Alert] = []
     cost_alerts = _cost_alerts(gross, totals, cats, meta, since_ts, delay)
 
@@ -110,12 +123,12 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     alerts = [a for a in alerts if since_ts <= a.detected_at <= as_of_ts]
     alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
     usage_flags = _usage_anomalies(cm, since_ts, as_of_ts) if cm is not None and cm.values.size else {}
-    projects = _project_summaries(costs, gross, totals, cm, feats, alerts, meta, cfg, since_ts, as_of_ts, delay)
+    projects = _project_summaries(costs, totals, cm, feats, alerts, meta, pairs, usage_flags, cfg, since_ts,
+                                  as_of_ts)
     for p in projects:
-        if p["project"] in usage_flags:
-            p["usage_anomalies"] = usage_flags[p["project"]]
         if p["band_status"].startswith("short"):
-            notes.append(f"{p['project']}: {p['band_status']}")
+            notes.append(f"{_series_name(p['project'], p['currency'], meta)}: {p['band_status']}")
+    notes += _currency_notes(meta, pairs, cfg)
     if usage.empty:
         notes.append("no CPU usage data: mining is judged from cost alone (new regions, compute spikes)")
     return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats)
@@ -147,31 +160,107 @@ def _resolve_since(as_of: pd.Timestamp, since: pd.Timestamp | str | pd.Timedelta
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _project_meta(costs: pd.DataFrame, usage: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """One row per project: provider, name, currency, min spend, and config (thresholds, budget)."""
+def _currency_rows(costs: pd.DataFrame) -> pd.Series:
+    """Rows per (project_id, currency), index sorted: which currencies each project is billed in."""
+    if costs.empty:
+        return pd.Series(dtype="int64", index=pd.MultiIndex.from_tuples([], names=["project_id", "currency"]))
+    n = costs.groupby([costs["project_id"].astype(str), costs["currency"].astype(str)], observed=True).size()
+    n.index = n.index.set_names(["project_id", "currency"])
+    return n
+
+
+def _configured_currency(pc: ProjectConfig | None) -> str | None:
+    """The currency a project's threshold and budget are in, if the config says so (the field defaults to
+    USD, but an unset currency means the project's own)."""
+    return pc.currency if pc is not None and "currency" in pc.model_fields_set else None
+
+
+def _project_meta(costs: pd.DataFrame, usage: pd.DataFrame, cfg: Config, pairs: pd.Series) -> pd.DataFrame:
+    """One row per project: provider, name, main currency, the currency its limits are compared in, the
+    number of currencies it is billed in, and min spend.
+
+    The main currency is the configured one if the project has rows in it, else the one most of its rows
+    are in (ties: alphabetical)."""
     parts = []
     if not costs.empty:
         c = costs.groupby("project_id", observed=True).agg(
-            provider=("provider", "first"), project_name=("project_name", "first"),
-            currency=("currency", lambda s: s.mode().iat[0] if len(s.mode()) else "USD"))
+            provider=("provider", "first"), project_name=("project_name", "first"))
+        c.index = c.index.astype(str)
+        conf = {pid: cur for pid, pc in cfg.projects.items() if (cur := _configured_currency(pc)) is not None}
+        # rank each (project, currency) by its rows, the configured currency above all; idxmax keeps the first
+        # (alphabetical) of a tie, like Series.mode
+        rank = pairs.astype("float64")
+        if conf:
+            preferred = np.asarray(pairs.index.get_level_values("project_id").map(conf)
+                                   == pairs.index.get_level_values("currency"), dtype=bool)
+            rank = rank.where(~preferred, np.inf)
+        best = rank.groupby(level="project_id").idxmax().str[1]
+        c["currency"] = best.set_axis(best.index.astype(str)).reindex(c.index)
+        c["n_currencies"] = pairs.groupby(level="project_id").size().reindex(c.index).to_numpy()
         parts.append(c)
     if not usage.empty:
         u = usage.groupby("project", observed=True).agg(provider=("provider", "first"))
+        u.index = u.index.astype(str)
         u.index.name = "project_id"
         u["project_name"] = u.index.astype("string")
-        u["currency"] = "USD"
+        u["currency"] = DEFAULT_CURRENCY
+        u["n_currencies"] = 0
         parts.append(u)
     if not parts:
-        return pd.DataFrame(columns=["provider", "project_name", "currency", "min_spend"])
+        return pd.DataFrame(columns=["provider", "project_name", "currency", "limit_currency", "n_currencies",
+                                     "min_spend"])
     meta = pd.concat(parts)
     meta = meta[~meta.index.duplicated(keep="first")].copy()
     meta.index = meta.index.astype(str)
     pcfg = {pid: cfg.projects.get(pid) for pid in meta.index}
     meta["project_name"] = [
         (p.name if p and p.name else str(n)) for p, n in zip(pcfg.values(), meta["project_name"], strict=True)]
+    meta["limit_currency"] = [
+        _configured_currency(p) or str(cur) for p, cur in zip(pcfg.values(), meta["currency"], strict=True)]
     meta["min_spend"] = [
         (p.min_spend if p and p.min_spend is not None else cfg.detection.min_spend) for p in pcfg.values()]
     return meta
+
+
+def _series_scope(scope: str, currency: str, main: str) -> str:
+    """An alert's scope for one currency of a project: the main currency's is the plain scope (so the
+    fingerprints of single-currency projects never change), another currency's is suffixed."""
+    return scope if currency == main else f"{scope}@{currency}"
+
+
+def _series_name(pid: str, currency: str, meta: pd.DataFrame) -> str:
+    """How notes name a series: the project, with the currency when the project is billed in several."""
+    multi = pid in meta.index and int(meta.at[pid, "n_currencies"]) > 1
+    return f"{pid} ({currency})" if multi else pid
+
+
+def _currency_notes(meta: pd.DataFrame, pairs: pd.Series, cfg: Config) -> list[str]:
+    """Projects billed in several currencies, and spend a threshold or budget was not compared with."""
+    notes: list[str] = []
+    if pairs.empty:
+        return notes
+    n = pairs.groupby(level="project_id").size()
+    limited = {pid for pid, pc in cfg.projects.items() if pc.daily_threshold is not None
+               or pc.monthly_budget is not None}
+    wanted = n.index[(n > 1).to_numpy() | n.index.isin(list(limited))]
+    if not len(wanted):
+        return notes
+    sub = pairs[pairs.index.get_level_values("project_id").isin(wanted)]
+    by_project = sub.reset_index().groupby("project_id", sort=True)["currency"].agg(list)
+    for pid, curs in by_project.items():  # only projects in several currencies or with limits
+        pid = str(pid)
+        pc = cfg.projects.get(pid)
+        limits = [what for what, v in (("daily threshold", pc.daily_threshold if pc else None),
+                                       ("monthly budget", pc.monthly_budget if pc else None)) if v is not None]
+        limit_cur = str(meta.at[pid, "limit_currency"]) if pid in meta.index else DEFAULT_CURRENCY
+        if len(curs) > 1:
+            notes.append(f"{pid}: billed in {', '.join(curs)}; each currency is banded and reported on its own, "
+                         "never summed")
+        others = [c for c in curs if c != limit_cur]
+        if limits and others:
+            notes.append(f"{pid}: spend in {', '.join(others)} was not compared with the {' and '.join(limits)} "
+                         f"(configured in {limit_cur})")
+    return notes
 
 
 def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.Timestamp,
@@ -246,37 +335,37 @@ def _episodes(mask_row: np.ndarray) -> list[tuple[int, int]]:
 def _cost_alerts(gross: pd.DataFrame, totals: SeriesBands, cats: SeriesBands, meta: pd.DataFrame,
                  since: pd.Timestamp, delay: pd.Timedelta) -> list[Alert]:
     out: list[Alert] = []
-    spans: dict[str, list[tuple[int, int]]] = {}
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = {}  # per (project, currency)
     for sb, scope_of in ((cats, lambda k: str(k["service_category"])), (totals, lambda k: "total")):
         m = sb.matrix
         days = m.days
         rows = np.flatnonzero(sb.anomalous.any(axis=1))
         for i in rows:
             key = m.keys.iloc[i]
-            pid = str(key["project_id"])
+            pid, cur = str(key["project_id"]), str(key["currency"])
             scope = scope_of(key)
             for a, b in _episodes(sb.anomalous[i]):
                 detected = days[a] + DAY + delay
                 if detected < since:
                     continue
-                if scope == "total" and any(not (b < c0 or a > c1) for c0, c1 in spans.get(pid, [])):
+                if scope == "total" and any(not (b < c0 or a > c1) for c0, c1 in spans.get((pid, cur), [])):
                     continue  # already explained by a category alert
                 if scope != "total":
-                    spans.setdefault(pid, []).append((a, b))
-                out.append(_cost_alert(gross, sb, int(i), a, b, pid, scope, meta, detected))
+                    spans.setdefault((pid, cur), []).append((a, b))
+                out.append(_cost_alert(gross, sb, int(i), a, b, pid, cur, scope, meta, detected))
     return out
 
 
-def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pid: str, scope: str,
+def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pid: str, cur: str, scope: str,
                 meta: pd.DataFrame, detected: pd.Timestamp) -> Alert:
     m, bands = sb.matrix, sb.bands
     days = m.days
     obs, exp = float(m.values[i, a]), float(bands.expected[i, a])
     short = bool(sb.short[i, a])
-    whole = gross[gross["project_id"].astype(str) == pid]
-    proj = whole
+    whole = gross[gross["project_id"].astype(str) == pid]  # every currency: which regions the project used
+    proj = whole[whole["currency"].astype(str) == cur]  # the series' own amounts
     if scope != "total":
-        proj = whole[whole["service_category"].fillna("Other").astype(str) == scope]
+        proj = proj[proj["service_category"].fillna("Other").astype(str) == scope]
     evidence = _cost_evidence(proj, whole, days, a, b, exp if not short else np.nan)
     excess = obs - (exp if np.isfinite(exp) else 0.0)
     evidence.update({
@@ -297,11 +386,11 @@ def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pi
         service=None if scope == "total" else scope, region=_top_region(evidence),
         start=days[a], detected_at=detected, severity=severity, observed=obs,
         expected=exp if not short else float(np.nan), lower=float(bands.lower[i, a]) if not short else np.nan,
-        upper=float(bands.upper[i, a]) if not short else np.nan, currency=str(row["currency"]),
-        score=zscore, scope=f"cost:{scope}", evidence=evidence,
-        summary=(f"{what} spend {obs:,.2f} {row['currency']}/day vs expected {exp:,.2f} "
+        upper=float(bands.upper[i, a]) if not short else np.nan, currency=cur,
+        score=zscore, scope=_series_scope(f"cost:{scope}", cur, str(row["currency"])), evidence=evidence,
+        summary=(f"{what} spend {obs:,.2f} {cur}/day vs expected {exp:,.2f} "
                  f"(+{excess:,.2f})" if not short else
-                 f"{what} spend {obs:,.2f} {row['currency']}/day, several times its short history"),
+                 f"{what} spend {obs:,.2f} {cur}/day, several times its short history"),
     )
 
 
@@ -448,11 +537,13 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
                             "new_regions": c.evidence.get("new_regions", [])}
         c.evidence["explained_by"] = "mining_suspected"
         observed, expected, lower, upper, unit = c.observed, c.expected, c.lower, c.upper, "daily_cost"
+        currency = c.currency  # the figures are that cost series', in its currency
     else:
         observed = float(np.mean([e.level for e in g]))
         expected = float(np.mean([e.baseline for e in g]))
         lower, upper = 0.0, float(min(100.0, expected + s.min_excess))
         unit = "cpu_percent"
+        currency = str(row["currency"])
     evidence["metric"] = unit
     strong = bool(related) or bool(new_regions) or evidence["gpu_nodes"] > 0 or len(pinned) >= 1
     severity = "critical" if strong else "high"
@@ -471,7 +562,7 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         kind="mining_suspected", project=pid, project_name=str(row["project_name"]),
         provider=str(row["provider"]), service=COMPUTE_CATEGORY, region=new_regions[0] if new_regions else
         (g[0].region), start=start, detected_at=detected, severity=severity, observed=observed,
-        expected=expected, lower=lower, upper=upper, currency=str(row["currency"]), score=max(score, 0.0),
+        expected=expected, lower=lower, upper=upper, currency=currency, score=max(score, 0.0),
         scope="mining", evidence=evidence, summary="; ".join(parts),
     )
 
@@ -547,14 +638,19 @@ def _cost_only_mining(cost_alerts: list[Alert], projects_with_cpu: set[str], cov
 
 def _threshold_alerts(totals: SeriesBands, cfg: Config, meta: pd.DataFrame, since: pd.Timestamp,
                       delay: pd.Timedelta) -> list[Alert]:
+    """Days over a project's daily threshold, on its series in the threshold's currency only."""
     out: list[Alert] = []
     m = totals.matrix
-    for i in range(len(m.keys)):
-        pid = str(m.keys.iloc[i]["project_id"])
-        pc = cfg.projects.get(pid)
-        if not pc or pc.daily_threshold is None:
-            continue
-        over = np.nan_to_num(m.values[i]) > pc.daily_threshold
+    limits = {pid: pc.daily_threshold for pid, pc in cfg.projects.items() if pc.daily_threshold is not None}
+    if not limits or not len(m.keys):
+        return out
+    pids = m.keys["project_id"].astype(str)
+    threshold = pids.map(limits).to_numpy(dtype=float)
+    same_currency = m.keys["currency"].astype(str).to_numpy() == \
+        pids.map(meta["limit_currency"]).astype(str).to_numpy()
+    for i in np.flatnonzero(~np.isnan(threshold) & same_currency):
+        pid, limit = str(pids.iat[i]), float(threshold[i])
+        over = np.nan_to_num(m.values[i]) > limit
         for a, b in _episodes(over):
             detected = m.days[a] + DAY + delay
             if detected < since:
@@ -564,12 +660,12 @@ def _threshold_alerts(totals: SeriesBands, cfg: Config, meta: pd.DataFrame, sinc
             out.append(Alert(
                 kind="threshold_exceeded", project=pid, project_name=str(row["project_name"]),
                 provider=str(row["provider"]), start=m.days[a], detected_at=detected,
-                severity="high" if obs > 2 * pc.daily_threshold else "warning", observed=obs,
-                expected=float(totals.bands.expected[i, a]), lower=0.0, upper=float(pc.daily_threshold),
-                currency=str(row["currency"]), score=obs / pc.daily_threshold, scope="threshold:daily",
-                evidence={"metric": "daily_cost", "threshold": pc.daily_threshold, "days": int(b - a + 1),
+                severity="high" if obs > 2 * limit else "warning", observed=obs,
+                expected=float(totals.bands.expected[i, a]), lower=0.0, upper=limit,
+                currency=str(row["limit_currency"]), score=obs / limit, scope="threshold:daily",
+                evidence={"metric": "daily_cost", "threshold": limit, "days": int(b - a + 1),
                           "peak": float(np.nanmax(m.values[i, a: b + 1]))},
-                summary=f"daily spend {obs:,.2f} over the threshold {pc.daily_threshold:,.2f}",
+                summary=f"daily spend {obs:,.2f} {row['limit_currency']} over the threshold {limit:,.2f}",
             ))
     return out
 
@@ -591,16 +687,20 @@ def month_forecast(net: pd.Series, day: pd.Timestamp) -> tuple[float, float, int
 
 def _budget_alerts(costs: pd.DataFrame, cfg: Config, meta: pd.DataFrame, since: pd.Timestamp,
                    as_of: pd.Timestamp, delay: pd.Timedelta) -> list[Alert]:
+    """Month-end forecasts over a project's monthly budget, from its net spend in the budget's currency only."""
     out: list[Alert] = []
     if costs.empty:
         return out
-    budgeted = {pid: pc for pid, pc in cfg.projects.items() if pc.monthly_budget is not None}
-    if not budgeted:
+    budgets = {pid: float(pc.monthly_budget) for pid, pc in cfg.projects.items() if pc.monthly_budget is not None}
+    if not budgets:
         return out
-    sub = costs[costs["project_id"].astype(str).isin(list(budgeted))]
+    pids = costs["project_id"].astype(str)
+    sel = pids.isin(list(budgets))
+    sub, sub_pids = costs[sel], pids[sel]
+    sub = sub[sub["currency"].astype(str).to_numpy() == sub_pids.map(meta["limit_currency"]).astype(str).to_numpy()]
     daily = sub.groupby([sub["project_id"].astype(str), sub["period_start"].dt.floor("D")])[
         "effective_cost"].sum()
-    for pid, pc in budgeted.items():
+    for pid, budget in budgets.items():
         if pid not in daily.index.get_level_values(0):
             continue
         net = daily.loc[pid]
@@ -613,22 +713,22 @@ def _budget_alerts(costs: pd.DataFrame, cfg: Config, meta: pd.DataFrame, since: 
             if month in fired:
                 continue
             mtd, forecast, left, rate = month_forecast(net, day)
-            assert pc.monthly_budget is not None
-            if forecast <= pc.monthly_budget:
+            if forecast <= budget:
                 continue
             fired.add(month)
             row = meta.loc[pid]
-            over = mtd > pc.monthly_budget
+            over = mtd > budget
+            cur = str(row["limit_currency"])
             out.append(Alert(
                 kind="budget_forecast_exceeded", project=pid, project_name=str(row["project_name"]),
                 provider=str(row["provider"]), start=day.replace(day=1), detected_at=detected,
-                severity="high" if over else "warning", observed=forecast, expected=float(pc.monthly_budget),
-                lower=mtd, upper=float(pc.monthly_budget), currency=str(row["currency"]),
-                score=forecast / pc.monthly_budget, scope=f"budget:{month}",
+                severity="high" if over else "warning", observed=forecast, expected=budget,
+                lower=mtd, upper=budget, currency=cur,
+                score=forecast / budget, scope=f"budget:{month}",
                 evidence={"metric": "month_forecast", "month": month, "month_to_date": mtd,
-                          "forecast": forecast, "budget": pc.monthly_budget, "days_left": left,
+                          "forecast": forecast, "budget": budget, "days_left": left,
                           "run_rate": rate, "already_over": over},
-                summary=(f"{month} forecast {forecast:,.2f} exceeds budget {pc.monthly_budget:,.2f} "
+                summary=(f"{month} forecast {forecast:,.2f} {cur} exceeds budget {budget:,.2f} "
                          f"(month to date {mtd:,.2f})"),
             ))
     return out
@@ -665,21 +765,43 @@ def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timest
 
 # ---------------------------------------------------------------------------------------- summaries
 
-def _project_summaries(costs: pd.DataFrame, gross: pd.DataFrame, totals: SeriesBands,
-                       cm: cpumod.CpuMatrix | None, cpu_features: cpumod.CpuFeatures | None,
-                       alerts: list[Alert], meta: pd.DataFrame, cfg: Config,
-                       since: pd.Timestamp, as_of: pd.Timestamp, delay: pd.Timedelta) -> list[dict[str, Any]]:
+def _project_summaries(costs: pd.DataFrame, totals: SeriesBands, cm: cpumod.CpuMatrix | None,
+                       cpu_features: cpumod.CpuFeatures | None, alerts: list[Alert], meta: pd.DataFrame,
+                       pairs: pd.Series, usage_flags: dict[str, list[dict[str, Any]]], cfg: Config,
+                       since: pd.Timestamp, as_of: pd.Timestamp) -> list[dict[str, Any]]:
+    """One row per cost series: a project billed in two currencies has two rows, each with its own figures
+    in its own currency (CPU figures go on the main currency's row), and a project seen only in CPU data
+    has one.  Thresholds and budgets show on the row of the currency they are configured in."""
     out = []
     m = totals.matrix
-    row_of = {str(k): i for i, k in enumerate(m.keys["project_id"])} if len(m.keys) else {}
+    row_of = ({(str(pid), str(cur)): i for i, (pid, cur) in enumerate(zip(m.keys["project_id"], m.keys["currency"],
+                                                                         strict=True))}
+              if len(m.keys) else {})
     hist_needed = cfg.detection.history_days
-    for pid, row in meta.iterrows():
-        pid = str(pid)
+    credits, nets = _series_money(costs, since)
+    by_project: dict[str, list[str]] = (
+        pairs.reset_index().groupby("project_id", sort=False)["currency"].agg(list).to_dict() if len(pairs) else {})
+    series: list[tuple[str, str]] = []
+    for pid, main in zip(meta.index.astype(str), meta["currency"].astype(str), strict=True):
+        series += [(pid, main), *((pid, str(c)) for c in by_project.get(pid, []) if c != main)]
+    known = set(series)
+    kinds_of: dict[tuple[str, str], dict[str, int]] = {}
+    for a in alerts:
+        key = (a.project, a.currency)
+        if key not in known and a.project in meta.index:
+            key = (a.project, str(meta.at[a.project, "currency"]))
+        kinds = kinds_of.setdefault(key, {})
+        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+    for pid, cur in series:
+        row = meta.loc[pid]
+        is_main = cur == str(row["currency"])
         pc: ProjectConfig | None = cfg.projects.get(pid)
         p: dict[str, Any] = {"project": pid, "project_name": str(row["project_name"]),
-                             "provider": str(row["provider"]), "currency": str(row["currency"]),
+                             "provider": str(row["provider"]), "currency": cur,
                              "owner": pc.owner if pc else None}
-        i = row_of.get(pid)
+        if int(row["n_currencies"]) > 1:
+            p["currencies"] = by_project[pid]
+        i = row_of.get((pid, cur))
         if i is not None:
             vals = m.values[i]
             valid = np.flatnonzero(~np.isnan(vals))
@@ -699,19 +821,18 @@ def _project_summaries(costs: pd.DataFrame, gross: pd.DataFrame, totals: SeriesB
                                     f"short history: {hist} of {hist_needed} days, plain thresholds"),
                 })
         p.setdefault("band_status", "no cost data")
-        proj_costs = costs[costs["project_id"].astype(str) == pid] if not costs.empty else costs
-        if len(proj_costs):
-            cat = proj_costs["charge_category"].astype("string").str.lower()
-            win = (proj_costs["period_start"] >= since)
-            p["credits"] = float(proj_costs.loc[win & (proj_costs["effective_cost"] < 0)
-                                                & cat.isin(["credit", "adjustment"]), "effective_cost"].sum())
-            net = proj_costs.groupby(proj_costs["period_start"].dt.floor("D"))["effective_cost"].sum()
+        net = nets.get((pid, cur))
+        if net is not None:
+            p["credits"] = float(credits.get((pid, cur), 0.0))
             mtd, forecast, _, _ = month_forecast(net, net.index.max())
             p.update({"month_to_date": mtd, "forecast": forecast})
         if pc:
-            p["monthly_budget"] = pc.monthly_budget
-            p["daily_threshold"] = pc.daily_threshold
-        if cm is not None and len(cm.nodes):
+            compared = cur == str(row["limit_currency"])
+            p["monthly_budget"] = pc.monthly_budget if compared else None
+            p["daily_threshold"] = pc.daily_threshold if compared else None
+            if not compared and (pc.monthly_budget is not None or pc.daily_threshold is not None):
+                p["limits_currency"] = str(row["limit_currency"])  # this series was not compared with them
+        if is_main and cm is not None and len(cm.nodes):
             sel = (cm.nodes["project"].astype(str) == pid).to_numpy()
             if sel.any():
                 recent = cm.values[sel][:, -24:]
@@ -722,14 +843,28 @@ def _project_summaries(costs: pd.DataFrame, gross: pd.DataFrame, totals: SeriesB
                         usual = cpu_features.profile[sel][:, -24:]
                         p["cpu_expected_24h"] = _f(float(np.nanmean(np.where(np.isnan(recent), np.nan, usual))))
                     p["cpu_max_node_24h"] = _f(np.nanmax(np.nanmean(recent, axis=1)))
-        kinds: dict[str, int] = {}
-        for a in alerts:
-            if a.project == pid:
-                kinds[a.kind] = kinds.get(a.kind, 0) + 1
-        p["alerts"] = kinds
+        p["alerts"] = kinds_of.get((pid, cur), {})
+        if is_main and pid in usage_flags:
+            p["usage_anomalies"] = usage_flags[pid]
         out.append(p)
     out.sort(key=lambda p: (-sum(p["alerts"].values()), -(p.get("spend") or 0.0)))
     return out
+
+
+def _series_money(costs: pd.DataFrame, since: pd.Timestamp,
+                  ) -> tuple[pd.Series, dict[tuple[str, str], pd.Series]]:
+    """Per (project, currency): credits in the window, and net spend per day (all charges), by one groupby
+    each over the whole frame."""
+    if costs.empty:
+        return pd.Series(dtype="float64"), {}
+    pid, cur = costs["project_id"].astype(str), costs["currency"].astype(str)
+    cat = costs["charge_category"].astype("string").str.lower()
+    credit = ((costs["period_start"] >= since) & (costs["effective_cost"] < 0)
+              & cat.isin(["credit", "adjustment"]).fillna(False)).to_numpy(dtype=bool)
+    credits = costs["effective_cost"][credit].groupby([pid[credit], cur[credit]]).sum()
+    daily = costs["effective_cost"].groupby([pid, cur, costs["period_start"].dt.floor("D")]).sum()
+    nets = {(str(k[0]), str(k[1])): g.droplevel([0, 1]) for k, g in daily.groupby(level=[0, 1], sort=False)}
+    return credits, nets
 
 
 def _f(x: float) -> float | None:

@@ -1,7 +1,9 @@
 """Render a Detection as a rich table, JSON, CSV or Markdown.
 
 The JSON shape is the contract other tools read: ``{"generated_at", "as_of", "since", "projects",
-"alerts", "notes"}`` with ISO 8601 UTC times.
+"alerts", "notes", "totals"}`` with ISO 8601 UTC times.  A project row is one currency of a project (a
+project billed in two currencies has two rows), and ``totals`` has one entry per currency: amounts in
+different currencies are never added.
 """
 
 from __future__ import annotations
@@ -36,7 +38,31 @@ def to_dict(det: Detection, generated_at: pd.Timestamp | None = None) -> dict[st
         "projects": [_jsonable_project(p) for p in det.projects],
         "alerts": [a.to_dict() for a in det.alerts],
         "notes": list(det.notes),
+        "totals": [_jsonable_project(t) for t in currency_totals(det)],
     }
+
+
+def currency_totals(det: Detection) -> list[dict[str, Any]]:
+    """Spend in the window, month to date and month-end forecast summed over the project rows, one entry per
+    currency (by currency code): never one grand total across currencies."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in det.projects:
+        if p.get("spend") is None and p.get("forecast") is None:
+            continue  # no cost data (a project seen only in CPU data)
+        t = out.setdefault(str(p["currency"]), {"currency": str(p["currency"]), "projects": 0, "spend": 0.0,
+                                                "month_to_date": 0.0, "forecast": 0.0})
+        t["projects"] += 1
+        for k in ("spend", "month_to_date", "forecast"):
+            t[k] += float(p.get(k) or 0.0)
+    return [out[c] for c in sorted(out)]
+
+
+def _totals_line(det: Detection) -> str:
+    parts = [f"{t['spend']:,.0f} {t['currency']}" for t in currency_totals(det)]
+    if not parts:
+        return ""
+    each = " per currency, never added" if len(parts) > 1 else ""
+    return f"Total spend in the window{each}: " + "; ".join(parts)
 
 
 def _jsonable_project(p: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +106,8 @@ def renderable(det: Detection) -> Group:
                 else ("short history" if p.get("band_status", "").startswith("short") else ""))
         budget = (f"{p.get('forecast', 0):,.0f}/{p['monthly_budget']:,.0f}" if p.get("monthly_budget")
                   else (f"{p['forecast']:,.0f}" if p.get("forecast") is not None else ""))
+        if p.get("limits_currency"):
+            budget = f"{budget} (limits in {p['limits_currency']})".strip()
         cpu_txt = ""
         if p.get("nodes") and p.get("cpu_mean_24h") is not None:
             usual = f" ({p['cpu_expected_24h']:.0f}%)" if p.get("cpu_expected_24h") is not None else ""
@@ -89,6 +117,9 @@ def renderable(det: Detection) -> Group:
         pt.add_row(p["project_name"], p["provider"], f"{p.get('spend', 0):,.0f} {p['currency']}",
                    f"{p['last_day_cost']:,.0f}" if p.get("last_day_cost") is not None else "",
                    band, budget, cpu_txt, off, Text(alerts, style="bold red" if "mining" in alerts else ""))
+    totals = _totals_line(det)
+    if totals:
+        pt.caption = totals
     blocks: list[Any] = [Text(f"Alerts ({len(det.alerts)})", style="bold")] if det.alerts else []
     for a in det.alerts:
         style = {"critical": "bold red", "high": "red", "warning": "yellow"}.get(a.severity, "")
@@ -174,6 +205,12 @@ def _markdown(det: Detection) -> str:
             p["project_name"], p["provider"], f"{p.get('spend', 0):,.2f} {p['currency']}", band,
             f"{p.get('forecast', 0):,.2f}", p.get("monthly_budget") or "",
             ", ".join(f"{k}×{v}" for k, v in p["alerts"].items()))) + " |")
+    totals = currency_totals(det)
+    if totals:
+        lines += ["", "## Totals per currency", "", "| currency | projects | spend | month to date | month forecast |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {_md_escape(t['currency'])} | {t['projects']} | {t['spend']:,.2f} | {t['month_to_date']:,.2f} "
+                  f"| {t['forecast']:,.2f} |" for t in totals]
     if det.notes:
         lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in det.notes]
     return "\n".join(lines) + "\n"
