@@ -93,10 +93,43 @@ def line_of(lines: LineMap, pos: int) -> int:
     return int(lines[pos]) if isinstance(lines, np.ndarray) else pos + lines
 
 
+# The times a nanosecond frame can hold, from the first whole UTC day (a charge's day must be representable too,
+# as ``baseline.daily_matrix`` floors to it) to pandas' last nanosecond.  Earlier or later times are refused
+# with a located error rather than failing later as pandas' OutOfBoundsDatetime.
+FIRST_TIME = pd.Timestamp("1677-09-22", tz="UTC")
+LAST_TIME = pd.Timestamp.max.tz_localize("UTC")
+TIME_RANGE = "costwatch reads times from 1677-09-22 to 2262-04-11 UTC"
+
+
+def out_of_range_message(shown: str) -> str:
+    return f"is out of range: {shown[:40]!r} ({TIME_RANGE})"
+
+
+def _is_out_of_range(text: str) -> bool:
+    """Whether ``text`` is a real ISO 8601 time that a nanosecond frame cannot hold, which ``to_datetime``
+    reports as unparseable; ``Timestamp`` parses it at a coarser unit.  Only called on an error path, and only
+    for years near or outside the range (so text that is merely malformed is never parsed twice)."""
+    import re
+
+    year = re.match(r"\s*([+-]?\d{4,})-\d\d", text, re.ASCII)
+    if year is None or FIRST_TIME.year < int(year.group(1)) < LAST_TIME.year:
+        return False
+    try:
+        ts = pd.Timestamp(text.strip())
+    except (ValueError, TypeError, OverflowError):
+        return False
+    if ts is pd.NaT:
+        return False
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return bool(ts < FIRST_TIME or ts > LAST_TIME)
+
+
 def to_utc(values: pd.Series, *, file: str | None, column: str, line_offset: LineMap = 2) -> pd.Series:
     """Parse timestamps to UTC; naive times are taken as UTC (FOCUS and CloudWatch both mean UTC).
 
     Raises a DataError naming the first unparseable row, since a silently dropped hour is a missed miner.
+    ``format="mixed"`` parses value by value, so a column mixing offsets and naive times is read right
+    (the ISO 8601 fast path of ``focus.parse_times`` is not, and splits such columns first).
     """
     raw = values.astype("string")
     parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
@@ -104,8 +137,13 @@ def to_utc(values: pd.Series, *, file: str | None, column: str, line_offset: Lin
     missing = raw.isna() | (raw.str.strip() == "")
     if bad.any() or missing.any():
         pos = int(np.flatnonzero((bad | missing).to_numpy())[0])
-        shown = raw.iloc[pos]
-        what = "is empty" if missing.iloc[pos] else f"is not a timestamp: {str(shown)[:40]!r}"
+        shown = str(raw.iloc[pos])
+        if missing.iloc[pos]:
+            what = "is empty"
+        elif _is_out_of_range(shown):
+            what = out_of_range_message(shown)
+        else:
+            what = f"is not a timestamp: {shown[:40]!r}"
         raise DataError(f"{where(file, line_of(line_offset, pos), column)}{what}")
     return parsed.astype("datetime64[ns, UTC]")
 
@@ -220,7 +258,12 @@ def parse_tags(value: Any) -> dict[str, str]:
     text = str(value).strip()
     if not text or text.upper() == "NULL":
         return {}
-    obj = json.loads(text)
-    if not isinstance(obj, dict):
-        raise ValueError("Tags must be a JSON object")
-    return {str(k): str(v) for k, v in obj.items()}
+    try:
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError("Tags must be a JSON object")
+        return {str(k): str(v) for k, v in obj.items()}
+    except RecursionError:
+        # json (and str() of what it built) recurse once per level: thousands of nested brackets are not
+        # tags, and are refused like any other text that is not a JSON object of tags
+        raise ValueError("Tags are nested too deeply") from None

@@ -34,21 +34,19 @@ column, double-quoted.
 
 from __future__ import annotations
 
-import csv
-import gzip
 import importlib.util
 import re
 import tempfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from costwatch.errors import ConfigError, DataError, where
-from costwatch.model import empty_costs, line_of, normalize_costs
+from costwatch.model import empty_costs, line_of, normalize_costs, out_of_range_message
 
 from .focus import (
     _FALSE,
@@ -62,8 +60,10 @@ from .focus import (
     _canonical,
     _line_map,
     canonical_provider,
+    describe_headers,
     input_files,
     map_unique,
+    read_header,
 )
 
 if TYPE_CHECKING:
@@ -81,7 +81,12 @@ AUTO_BYTES = 128 * 2**20
 EXPANSION = {".gz": 8, ".parquet": 6}
 DEFAULT_OWNER_TAGS = ("owner", "team")
 
-_WS = " \t\r\n\f\v"
+# Python's whitespace (str.isspace(), what the pandas loader's .str.strip() removes), so that a cell of
+# no-break spaces is blank in both engines: DuckDB's trim() and RE2's \s know only ASCII whitespace.
+_WS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+       "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_WS_CLASS = ("[\\t-\\r\\x{1c}-\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}"
+             "\\x{3000}]")  # _WS as an RE2 class
 _CSV_OPTIONS = "header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"', compression = 'auto'"
 _CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
 _CSV_COUNT = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
@@ -156,16 +161,22 @@ def load_focus_daily(path: str | Path | Sequence[str | Path], *, owner_tags: Seq
             parts = [_aggregate_file(con, f, keys, resources) for f in files]
         finally:
             con.close()
-    return _finish(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(), keys, merge=len(parts) > 1)
+    out = _finish(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(), keys, merge=len(parts) > 1)
+    # each file's sums were finite; adding up the same day across files (or spellings) may still overflow
+    _check_finite(out.assign(day=out["period_start"]), ", ".join(str(p) for p in paths),
+                  {"billed_cost": "BilledCost", "effective_cost": "EffectiveCost"})
+    return out
 
 
 # cw_clean(x) is ``clean_text``: NULL for the missing markers (any case, any surrounding whitespace), else the
 # text stripped.  A regular expression and a look at the first and last character, because an IN list is
-# planned as a join per use and trim() with a character list is slow, both ~10x this on every value.
-_MISSING = "[\\s\\x0b]*(?i:" + "|".join(re.escape(v) for v in sorted(_NULLS) if v) + ")?[\\s\\x0b]*"
+# planned as a join per use and trim() with a character list is slow, both ~10x this on every value (a value
+# that starts or ends with a control character, a space or any character from U+0085 on is trimmed).
+_MISSING = f"{_WS_CLASS}*(?i:" + "|".join(re.escape(v) for v in sorted(_NULLS) if v) + f")?{_WS_CLASS}*"
 _CLEAN_MACROS = (
     f"CREATE TEMP MACRO cw_clean_text(t) AS CASE WHEN regexp_full_match(t, '{_MISSING}') THEN NULL "
-    f"WHEN ascii(t) <= 32 OR ascii(right(t, 1)) <= 32 THEN trim(t, '{_WS}') ELSE t END",
+    f"WHEN ascii(t) <= 32 OR ascii(t) >= 133 OR ascii(right(t, 1)) <= 32 OR ascii(right(t, 1)) >= 133 "
+    f"THEN trim(t, '{_WS}') ELSE t END",
     "CREATE TEMP MACRO cw_clean(x) AS cw_clean_text(CAST(x AS VARCHAR))",
 )
 
@@ -222,19 +233,9 @@ def _source(con: duckdb.DuckDBPyConnection, path: Path) -> _Source:
 
 def _csv_header(path: Path) -> list[str]:
     """The header record, read with the csv module: DuckDB's sniffer guesses, and a guess could take a data
-    row for the header; with the names given, DuckDB rejects any row with a different field count."""
-    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
-            for record in csv.reader(fh):
-                if record and any(f.strip() for f in record):
-                    return [f.strip() for f in record]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text; is it compressed without a .gz suffix?") from e
-    except (OSError, EOFError, zlib.error, csv.Error) as e:
-        hint = "corrupt or truncated gzip file" if path.name.lower().endswith(".gz") else "cannot read file"
-        raise DataError(f"{path}: {hint} ({_first_line(e)})") from e
-    raise DataError(f"{path}: file is empty; expected a header line and data rows")
+    row for the header; with the names given, DuckDB rejects any row with a different field count.  Read
+    within the pandas loader's bounds (``focus.read_header``): its length and its number of columns."""
+    return read_header(path)
 
 
 def _dedupe(headers: list[str]) -> list[str]:
@@ -274,6 +275,7 @@ class _Check:
     value: str  # SQL: the offending value as text (NULL when missing)
     kind: str  # how to word the message
     per_row: bool  # checked on every row in stage 1; else on stage 1's groups in stage 2
+    flag: str = "false"  # SQL: true when the row fails for the check's second reason (a time out of range)
 
 
 def _is_text(t: str) -> bool:
@@ -290,6 +292,11 @@ def _is_number(t: str) -> bool:
 
 
 _NULL_TEXT = "CAST(NULL AS VARCHAR)"
+# model.FIRST_TIME and LAST_TIME (to the microsecond, DuckDB's unit): the times a nanosecond frame holds.
+# DuckDB reads years 1 to 294246 (and 'infinity'); outside this range the day would fail as pandas'
+# OutOfBoundsDatetime when the result becomes a frame, so such rows are refused like unparseable ones.
+_FIRST_TIME = "TIMESTAMPTZ '1677-09-22 00:00:00+00'"
+_LAST_TIME = "TIMESTAMPTZ '2262-04-11 23:47:16.854775+00'"
 
 
 @dataclass
@@ -322,11 +329,10 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
 
     missing = [c for c in REQUIRED_FOCUS if col(c) is None]
     if missing:
-        found = ", ".join(src.headers[:8]) + (", …" if len(src.headers) > 8 else "")
         raise DataError(
             f"{src.path}: missing FOCUS column(s) {', '.join(missing)}. Expected a FOCUS 1.0–1.2 cost export with "
             f"columns {', '.join(REQUIRED_FOCUS)} (and optionally {', '.join(OPTIONAL_FOCUS)}); "
-            f"found {found or 'no columns'}"
+            f"found {describe_headers(src.headers)}"
         )
     c_start, c_end, c_billed, c_cur, c_prov, c_acct = (str(col(c)) for c in REQUIRED_FOCUS)
     q = _quote
@@ -348,10 +354,13 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
     def time(c: str) -> str:
         if _is_time(types[c]):
             expr = f"CAST({q(c)} AS TIMESTAMPTZ)"
-            checks.append(_Check(c, f"{expr} IS NULL", _NULL_TEXT, "time", True))
+            shown = f"CAST({expr} AS VARCHAR)"  # NULL ("is empty") when missing
         else:
             expr = f"TRY_CAST(trim({q(c)}, '{_WS}') AS TIMESTAMPTZ)"
-            checks.append(_Check(c, f"{expr} IS NULL", f"cw_clean({q(c)})", "time", True))
+            shown = f"cw_clean({q(c)})"
+        # one check for both reasons, so the first bad row is the one the pandas loader names
+        outside = f"({expr} < {_FIRST_TIME} OR {expr} > {_LAST_TIME})"
+        checks.append(_Check(c, f"{expr} IS NULL OR {outside}", shown, "time", True, flag=outside))
         return expr
 
     def number(c: str, allow_missing: bool) -> str:
@@ -361,7 +370,10 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
             bad = f"isinf({v})" if allow_missing else f"NOT coalesce(isfinite({v}), false)"
             checks.append(_Check(c, bad, value, "finite", True))
             return f"CASE WHEN isnan({v}) THEN NULL ELSE {v} END"
-        v = f"TRY_CAST({q(c)} AS DOUBLE)"
+        # concat(): DuckDB 2.0 pushes a TRY_CAST of a bare column into the CSV reader as a hard cast (duckdb
+        # issue 23818), so one "x" in the column failed the whole read without a line; concat() of one value
+        # is that value (NULL -> '', which TRY_CAST also makes NULL) and is not simplified away
+        v = f"TRY_CAST(concat({q(c)}) AS DOUBLE)"
         if allow_missing:  # a blank or NaN is missing, anything else unparseable is an error
             bad = f"CASE WHEN coalesce(isfinite({v}), false) THEN false ELSE cw_clean({q(c)}) IS NOT NULL END"
         else:
@@ -389,7 +401,7 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
     if c_res is None or resources == "none" or (resources == "compute" and c_cat is None):
         row["cw_resource"] = _NULL_TEXT
     elif resources == "compute":
-        compute = f"regexp_full_match(CAST({q(str(c_cat))} AS VARCHAR), '(?i)[\\s\\x0b]*compute[\\s\\x0b]*')"
+        compute = f"regexp_full_match(CAST({q(str(c_cat))} AS VARCHAR), '(?i){_WS_CLASS}*compute{_WS_CLASS}*')"
         row["cw_resource"] = f"CASE WHEN {compute} THEN {q(c_res)} END"
     else:
         row["cw_resource"] = q(c_res)
@@ -497,7 +509,21 @@ def _aggregate_file(con: duckdb.DuckDBPyConnection, path: Path, keys: list[str],
         raise DataError(f"{path}: has a header but no data rows")
     if int(got["bad_rows"].sum()):
         raise _locate(con, src, plan, total)
-    return got.drop(columns=["n_rows", "bad_rows"])
+    got = got.drop(columns=["n_rows", "bad_rows"])
+    _check_finite(got, str(path), {"billed_cost": src.columns["billedcost"],
+                                   "effective_cost": src.columns.get("effectivecost", src.columns["billedcost"])})
+    return got
+
+
+def _check_finite(df: pd.DataFrame, source: str, columns: dict[str, str]) -> None:
+    """Every row's cost is finite, but a day's sum of them need not be (two costs of 1e308): refuse the file
+    as the pandas loader refuses an infinite cost, rather than hand detection an infinite day."""
+    for out, column in columns.items():
+        bad = ~np.isfinite(df[out].to_numpy(dtype="float64"))
+        if bad.any():
+            day = pd.Timestamp(df["day"].iloc[int(np.flatnonzero(bad)[0])]).date()
+            raise DataError(f"{where(source, None, column)}the costs of {day} add up to more than a 64-bit float "
+                            "holds (the daily sum is not a finite number)")
 
 
 def _read_error(path: Path, parquet: bool, e: Exception) -> DataError:
@@ -525,23 +551,26 @@ def _locate(con: duckdb.DuckDBPyConnection, src: _Source, plan: _Plan, total: in
     checks = plan.checks
     code = "CASE " + " ".join(f"WHEN coalesce({c.fails}, false) THEN {i}" for i, c in enumerate(checks)) + " END"
     value = "CASE cw_code " + " ".join(f"WHEN {i} THEN {c.value}" for i, c in enumerate(checks)) + " END"
+    flag = "CASE cw_code " + " ".join(f"WHEN {i} THEN {c.flag}" for i, c in enumerate(checks)) + " END"
     if not src.parquet:
         con.execute("SET threads = 1")
     sql = (f"WITH c AS (SELECT {code} AS cw_code, * FROM {src.numbered})\n"
-           f"SELECT cw_pos, cw_code, {value} AS cw_value FROM c WHERE cw_code IS NOT NULL "
-           f"ORDER BY cw_code, cw_pos LIMIT 1")
-    pos, i, shown = con.execute(sql, src.params).fetchone() or (0, 0, None)
+           f"SELECT cw_pos, cw_code, {value} AS cw_value, coalesce({flag}, false) AS cw_flag FROM c "
+           f"WHERE cw_code IS NOT NULL ORDER BY cw_code, cw_pos LIMIT 1")
+    pos, i, shown, flagged = con.execute(sql, src.params).fetchone() or (0, 0, None, False)
     check = checks[int(i)]
     line = int(pos) + 1 if src.parquet else line_of(_line_map(src.path, total), int(pos))
-    return DataError(f"{where(str(src.path), line, check.column)}{_message(check, shown)}")
+    return DataError(f"{where(str(src.path), line, check.column)}{_message(check, shown, bool(flagged))}")
 
 
-def _message(check: _Check, shown: str | None) -> str:
+def _message(check: _Check, shown: str | None, flagged: bool = False) -> str:
     kind = check.kind
     if kind.startswith("after:"):
         return f"must be after {kind.removeprefix('after:')}"
     if shown is None:
         return "is empty"
+    if kind == "time" and flagged:
+        return out_of_range_message(shown)
     if kind == "time":
         return (f"is not a timestamp: {shown[:40]!r} (the DuckDB engine reads ISO 8601 timestamps such as "
                 "2024-09-01T00:00:00Z, as FOCUS requires; set engine: pandas to read other formats)")

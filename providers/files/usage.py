@@ -19,6 +19,7 @@ from .focus import (
     clean_text,
     column_lookup,
     concat_frames,
+    describe_headers,
     fail,
     first_true,
     input_files,
@@ -46,10 +47,10 @@ def _load_usage_file(path: Path) -> pd.DataFrame:
     cols = column_lookup(df)
     missing = [c for c in REQUIRED_USAGE if c not in cols]
     if missing:
-        found = ", ".join(headers) or "no columns"
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)}. Expected a CPU usage CSV with columns "
-            f"{', '.join(REQUIRED_USAGE)} (and optionally {', '.join(OPTIONAL_USAGE)}); found {found}"
+            f"{', '.join(REQUIRED_USAGE)} (and optionally {', '.join(OPTIONAL_USAGE)}); "
+            f"found {describe_headers(headers)}"
         )
     if df.empty:
         raise DataError(f"{path}: has a header but no data rows")
