@@ -111,6 +111,37 @@ def test_unusable_sqlite_path_is_a_clear_error(tmp_path: Path) -> None:
         SqliteStore(blocker / "state.db")
 
 
+def test_sqlite_failures_after_open_are_state_errors_for_every_command(tmp_path: Path) -> None:
+    """Another process breaks the file under a running store (here: its table dropped, as a restore of an
+    old backup would): reads, writes and the CLI answer with one StateError naming the file, never a
+    sqlite3 traceback."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from costwatch.cli import cli
+
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    assert store.put("silence", "s1", {"a": 1}, version=None)
+    other = sqlite3.connect(path)
+    other.execute("DROP TABLE records")
+    other.commit()
+    other.close()
+    for call in (lambda: store.get("silence", "s1"), lambda: store.scan("outbox"),
+                 lambda: store.put("outbox", "k", {}, version=None), lambda: store.delete("thread", "k")):
+        with pytest.raises(StateError, match=r"state: cannot use .*state\.db .*no such table"):
+            call()
+    store.close()
+    cfg = tmp_path / "costwatch.yaml"
+    cfg.write_text(f"state: {{path: {path}}}\n")
+    res = CliRunner().invoke(cli, ["outbox", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output  # the next open re-creates the table: an empty outbox, not a crash
+    path.write_bytes(b"this is not a database" * 100)
+    res = CliRunner().invoke(cli, ["silences", "--config", str(cfg)])
+    assert res.exit_code == 2 and "state: cannot open" in res.output and "Traceback" not in res.output
+
+
 def test_missing_dynamodb_table_says_what_to_do(aws_env: Any) -> None:
     import boto3
     from moto import mock_aws
