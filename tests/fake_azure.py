@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
+import pandas as pd
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
@@ -471,3 +473,33 @@ def serve(token: str, cert: tuple[Path, Path]) -> Iterator[Server]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def miner_story(fake: Any, sid: str, now: pd.Timestamp, rng: np.random.Generator) -> None:
+    """The Azure mining signature the provider test and the fault suite both replay: a month of two web VMs
+    and storage in East US; since yesterday three new VMs in Brazil South (``rg-tmp-7731``) pinned at ~99%
+    CPU and compute spend out of its band, all added to ``fake``."""
+    today = now.floor("D")
+    for d in pd.date_range(today - pd.Timedelta(days=30), today):
+        day = d.strftime("%Y-%m-%d")
+        for i in (1, 2):
+            fake.usage[sid].append(legacy_item(sid, day, 20 + rng.normal(0, 0.8), "Virtual Machines", "USEast",
+                                               "rg-web", f"Microsoft.Compute/virtualMachines/web-{i}"))
+        fake.usage[sid].append(legacy_item(sid, day, 3 + rng.normal(0, 0.1), "Storage", "USEast", "rg-web",
+                                           "Microsoft.Storage/storageAccounts/stweb"))
+        if d >= today - pd.Timedelta(days=1):
+            for n in range(3):
+                fake.usage[sid].append(legacy_item(sid, day, 26.4 if d < today else 13.0, "Virtual Machines",
+                                                   "BrazilSouth", "rg-tmp-7731",
+                                                   f"Microsoft.Compute/virtualMachines/xmr-{n}"))
+    web = [vm(sid, "rg-web", f"web-{i}", "eastus", "Standard_D4s_v3") for i in (1, 2)]
+    miners = [vm(sid, "rg-tmp-7731", f"xmr-{n}", "brazilsouth", "Standard_F16s_v2") for n in range(3)]
+    fake.vms[sid] += web + miners
+    history = pd.date_range(now - pd.Timedelta(days=10), now - pd.Timedelta(hours=1), freq="h")
+    for v in web:
+        fake.set_cpu(v["id"], {t.strftime("%Y-%m-%dT%H:%M:%SZ"): (
+            (c := 25 + 15 * np.sin(2 * np.pi * t.hour / 24) + rng.normal(0, 4)), min(100.0, c + 10))
+            for t in history})
+    pinned = pd.date_range(today - pd.Timedelta(hours=18), now - pd.Timedelta(hours=1), freq="h")
+    for v in miners:
+        fake.set_cpu(v["id"], {t.strftime("%Y-%m-%dT%H:%M:%SZ"): (99.0 + rng.normal(0, 0.2), 100.0) for t in pinned})

@@ -442,35 +442,13 @@ def test_miner_in_new_region_is_detected(arm: fa.Server, tmp_path: Path) -> None
     now = utc("2024-09-30 12:00")
     today = now.floor("D")
     rng = np.random.default_rng(11)
-    web_rid = "Microsoft.Compute/virtualMachines/web-{}"
-    for d in pd.date_range(today - pd.Timedelta(days=30), today):
-        day = d.strftime("%Y-%m-%d")
-        for i in (1, 2):
-            fake.usage[A].append(fa.legacy_item(A, day, 20 + rng.normal(0, 0.8), "Virtual Machines", "USEast",
-                                                "rg-web", web_rid.format(i)))
-        fake.usage[A].append(fa.legacy_item(A, day, 3 + rng.normal(0, 0.1), "Storage", "USEast", "rg-web",
-                                            "Microsoft.Storage/storageAccounts/stweb"))
-        if d >= today - pd.Timedelta(days=1):
-            for n in range(3):
-                fake.usage[A].append(fa.legacy_item(A, day, 26.4 if d < today else 13.0, "Virtual Machines",
-                                                    "BrazilSouth", "rg-tmp-7731",
-                                                    f"Microsoft.Compute/virtualMachines/xmr-{n}"))
-    web = [fa.vm(A, "rg-web", f"web-{i}", "eastus", "Standard_D4s_v3") for i in (1, 2)]
-    miners = [fa.vm(A, "rg-tmp-7731", f"xmr-{n}", "brazilsouth", "Standard_F16s_v2") for n in range(3)]
+    fa.miner_story(fake, A, now, rng)
     pool = fa.load("virtual_machine_scale_sets.json")["value"][0]
-    fake.vms[A] += web + miners
     fake.scale_sets[A].append(pool)
     history = pd.date_range(now - pd.Timedelta(days=10), now - pd.Timedelta(hours=1), freq="h")
-    for v in web:
-        fake.set_cpu(v["id"], {t.strftime("%Y-%m-%dT%H:%M:%SZ"): (
-            (c := 25 + 15 * np.sin(2 * np.pi * t.hour / 24) + rng.normal(0, 4)), min(100.0, c + 10))
-            for t in history})
     for i in range(2):
         fake.set_cpu(pool["id"], {t.strftime("%Y-%m-%dT%H:%M:%SZ"): (30 + rng.normal(0, 5), 60.0) for t in history},
                      instance=f"aks-nodepool1-12345678-vmss_{i}")
-    pinned = pd.date_range(today - pd.Timedelta(hours=18), now - pd.Timedelta(hours=1), freq="h")
-    for v in miners:
-        fake.set_cpu(v["id"], {t.strftime("%Y-%m-%dT%H:%M:%SZ"): (99.0 + rng.normal(0, 0.2), 100.0) for t in pinned})
 
     p = provider(arm, tmp_path, now=str(now.tz_convert(None)), subscriptions=[A])
     costs = p.fetch_costs(today - pd.Timedelta(days=30), now)

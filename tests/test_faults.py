@@ -376,32 +376,7 @@ class World:
         fake = self.arm.fake
         fake.add_subscription(SUB, "Payments Production")
         fake.page_size = 50
-        now, today = self.now, self.now.floor("D")
-        rng = np.random.default_rng(11)
-        for d in pd.date_range(today - pd.Timedelta(days=30), today):
-            day = d.strftime("%Y-%m-%d")
-            for i in (1, 2):
-                fake.usage[SUB].append(fa.legacy_item(SUB, day, 20 + rng.normal(0, 0.8), "Virtual Machines", "USEast",
-                                                      "rg-web", f"Microsoft.Compute/virtualMachines/web-{i}"))
-            fake.usage[SUB].append(fa.legacy_item(SUB, day, 3 + rng.normal(0, 0.1), "Storage", "USEast", "rg-web",
-                                                  "Microsoft.Storage/storageAccounts/stweb"))
-            if d >= today - pd.Timedelta(days=1):
-                for n in range(3):
-                    fake.usage[SUB].append(fa.legacy_item(SUB, day, 26.4 if d < today else 13.0, "Virtual Machines",
-                                                          "BrazilSouth", "rg-tmp-7731",
-                                                          f"Microsoft.Compute/virtualMachines/xmr-{n}"))
-        web = [fa.vm(SUB, "rg-web", f"web-{i}", "eastus", "Standard_D4s_v3") for i in (1, 2)]
-        miners = [fa.vm(SUB, "rg-tmp-7731", f"xmr-{n}", "brazilsouth", "Standard_F16s_v2") for n in range(3)]
-        fake.vms[SUB] += web + miners
-        history = pd.date_range(now - pd.Timedelta(days=10), now - H, freq="h")
-        for v in web:
-            fake.set_cpu(v["id"], {t.strftime("%Y-%m-%dT%H:%M:%SZ"): (
-                (c := 25 + 15 * np.sin(2 * np.pi * t.hour / 24) + rng.normal(0, 4)), min(100.0, c + 10))
-                for t in history})
-        pinned = pd.date_range(today - pd.Timedelta(hours=18), now - H, freq="h")
-        for v in miners:
-            fake.set_cpu(v["id"], {t.strftime("%Y-%m-%dT%H:%M:%SZ"): (99.0 + rng.normal(0, 0.2), 100.0)
-                                   for t in pinned})
+        fa.miner_story(fake, SUB, self.now, np.random.default_rng(11))
 
     # -------------------------------------------------------------- per scenario
 
