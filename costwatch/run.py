@@ -8,7 +8,6 @@ is completed by the next one without losing or repeating a message.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from .detect import Detection, detect
 from .errors import ConfigError, CostwatchError
 from .notify import Notifier
 from .routing import project_owners_from_tags
-from .state import StateError, Store, open_store, sqlite_error
+from .state import StateError, Store, open_store
 
 log = logging.getLogger("costwatch.run")
 
@@ -131,22 +130,17 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
     own_store = store is None
     store = store or open_store(cfg.state)
     try:
-        try:
-            locked = lock_owner is not None and not acquire_lock(store, lock_owner)
-        except sqlite3.Error as e:
-            raise _state_error(e, cfg, "taking the run lock") from None
-        if locked:
+        # the store itself turns SQLite's errors (locked, read-only, disk full) into a StateError naming the file
+        if lock_owner is not None and not acquire_lock(store, lock_owner):
             raise RunLocked("another costwatch run holds the state lock; this one did nothing "
                             f"(a crashed run's lock lapses after {LOCK_SECONDS // 60} minutes)")
         try:
             return _run(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest)
-        except sqlite3.Error as e:
-            raise _state_error(e, cfg, "during the run") from None
         finally:
             if lock_owner is not None:
                 try:
                     release_lock(store, lock_owner)
-                except (sqlite3.Error, StateError) as e:  # never hide the run's own outcome or error
+                except StateError as e:  # never hide the run's own outcome or error
                     log.warning("could not release the run lock (%s); it lapses after %d minutes",
                                 type(e).__name__, LOCK_SECONDS // 60)
     finally:
@@ -160,10 +154,6 @@ def _provider_deadline(cfg: Config) -> float:
 
 def _digest_after(cfg: Config) -> int:
     return cfg.alerting.digest_after
-
-
-def _state_error(e: sqlite3.Error, cfg: Config, when: str) -> StateError:
-    return sqlite_error(e, getattr(cfg.state, "path", None) or "the state store", when)
 
 
 def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any], notifiers: dict[str, Notifier],

@@ -144,7 +144,7 @@ class _Fetch:
             if not self.abandoned:
                 self.stats = snap
 
-    def give_up(self, deadline: float) -> None:
+    def give_up(self) -> None:
         """Past the deadline: the parts not finished are errors, later results are dropped."""
         with self.lock:
             self.abandoned = True
@@ -163,7 +163,6 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
     finished (a hung API, a retry loop): the run goes on with the next.  Its thread is a daemon thread,
     left to finish or die with the process; nothing it returns later is used."""
     jobs = [_Fetch(p, start, end, strict) for p in providers]
-    wait = 0.0 if deadline is None else deadline
     if deadline is None:
         for job in jobs:
             job.run()
@@ -176,7 +175,7 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
             t.join(deadline)
             if t.is_alive():
                 log.warning("provider %s timed out after %gs", job.p.name, deadline)
-                job.give_up(deadline)
+                job.give_up()
             elif job.raised is not None:
                 raise job.raised
     parts: dict[str, list[pd.DataFrame]] = {part: [] for part in _PARTS}
@@ -192,7 +191,7 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
                     errors.append(f"{job.p.name} {part}: {job.errors[part]}")
                     failed.setdefault(job.p.name, []).append(part)
             if job.timed_out:
-                errors.append(f"{job.p.name} {', '.join(job.timed_out)}: timed out after {wait:g}s (the provider "
+                errors.append(f"{job.p.name} {', '.join(job.timed_out)}: timed out after {deadline:g}s (the provider "
                               "did not answer in time; what it had fetched and the other providers are used)")
                 failed.setdefault(job.p.name, []).extend(job.timed_out)
             if job.stats is not None:
