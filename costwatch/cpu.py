@@ -199,7 +199,10 @@ def _block(xt: np.ndarray, new: np.ndarray, s: CpuSettings) -> tuple[np.ndarray,
         x2 = np.where(masked, np.nan, xt[:, hit])
         p2, s2, d2 = _profile(x2, s.profile_days, True)
         f2 = _flags(np.ascontiguousarray(xt[:, hit]), p2, s2, d2, new[hit], s)
-        for arr, new_part in zip((profile, spread, pdays, pinned, plateau, level), (p2, s2, d2, *f2), strict=True):
+        # explicit element types: mypy joins a tuple of differently-typed arrays to `object` nondeterministically
+        targets: list[np.ndarray] = [profile, spread, pdays, pinned, plateau, level]
+        parts: list[np.ndarray] = [p2, s2, d2, *f2]
+        for arr, new_part in zip(targets, parts, strict=True):
             arr[:, hit] = new_part
     return profile, spread, pdays, pinned, plateau, level
 
@@ -220,11 +223,12 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
     pdays = np.empty((n, t), dtype=np.int16)
     pinned = np.empty((n, t), dtype=bool)
     plateau = np.empty((n, t), dtype=bool)
+    outs: list[np.ndarray] = [profile, spread, pdays, pinned, plateau, level]
     for r0 in range(0, n, CHUNK_NODES):
         r1 = min(r0 + CHUNK_NODES, n)
         xt = np.ascontiguousarray(x[r0:r1].T, dtype=np.float32)
-        for arr, part in zip((profile, spread, pdays, pinned, plateau, level), _block(xt, new[r0:r1], s),
-                             strict=True):
+        block: list[np.ndarray] = list(_block(xt, new[r0:r1], s))
+        for arr, part in zip(outs, block, strict=True):
             arr[r0:r1] = part.T
     surge = _project_surge(m, x, profile, pinned | plateau, s)
     if surge is not None:
