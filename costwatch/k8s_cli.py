@@ -98,7 +98,7 @@ def suggestions_yaml(contexts: list[ClusterContext]) -> str:
         for ns in ctx.namespaces:
             for m in ns.suggestions:
                 head = f"# cluster {clean(ctx.name, 80)}, namespace {clean(ns.name, 63)}: {m['kind']} sized " \
-                       f"{clean(m['metadata']['annotations']['costwatch/sized-from'], 80)}; review, then kubectl apply"
+                       f"{clean(m['metadata']['annotations']['costwatch/sized-from'], 240)}; review, then kubectl apply"
                 docs.append(head + "\n" + yaml.safe_dump(m, sort_keys=False, allow_unicode=False))
     return "---\n".join(docs)
 

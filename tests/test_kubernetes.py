@@ -343,7 +343,7 @@ def test_suggestions_sized_from_usage_and_valid(kubeconfig: Path) -> None:
                                                   "limits.memory": "3Gi", "pods": "10"}
     assert b["LimitRange"]["spec"]["limits"][0]["default"] == {"cpu": "3", "memory": "768Mi"}
     mc = {m["kind"]: m for m in ns(ctx, "metrics-collector").suggestions}
-    assert mc["ResourceQuota"]["spec"]["hard"]["requests.cpu"] == "12"  # 2 x 5.91 cores in use, rounded up
+    assert mc["ResourceQuota"]["spec"]["hard"]["requests.cpu"] == "1"   # only a miner runs there: the floor
     ml = {m["kind"]: m for m in ns(ctx, "ml").suggestions}
     assert "requests.cpu" not in ml["ResourceQuota"]["spec"]["hard"]   # only what its partial quota misses
     assert set(ml["ResourceQuota"]["spec"]["hard"]) == {"limits.cpu", "requests.memory", "limits.memory", "pods"}
@@ -673,3 +673,77 @@ def test_cronjob_runs_costwatch_hourly_locked_down() -> None:
     cfg = parse_config(config_text, env={"SLACK_BOT_TOKEN": "xoxb-test", "SMTP_PASSWORD": "pw"})
     assert cfg.state.path.startswith("/var/lib/costwatch/")
     assert [c.in_cluster for c in cfg.kubernetes.clusters] == [True] and "${SLACK_BOT_TOKEN}" in config_text
+
+
+# --------------------------------------------------------------------------------------------- issue 15
+
+
+def _sandbox_cluster(kube: FakeKube) -> None:
+    """The issue's ``ml-sandbox``: three nodes of 3.93 cores (11.79 allocatable), two xmrig pods pinning two of
+    them, one honest notebook on the third, a sidecar sharing a miner's node, and a namespace with no pods."""
+    for i, node in enumerate(("node-a", "node-b", "node-c")):
+        kube.add_node(node, f"aws:///us-east-1a/i-0abc123456789000{i}", cpu="3930m", memory="16Gi")
+    kube.add_namespace("ml-sandbox")
+    kube.add_namespace("idle")
+    kube.add_pod("ml-sandbox", "notebook", node="node-a", created=T0, containers=[container(
+        "nb", "registry.k8s.io/jupyter:1", requests={"cpu": "500m", "memory": "1Gi"}, limits={"cpu": "1"})])
+    kube.pod_usage("ml-sandbox", "notebook", {"nb": ("300m", "800Mi")})
+    for node in ("node-b", "node-c"):
+        kube.add_pod("ml-sandbox", f"miner-{node}", node=node, created=T0 + timedelta(days=8), containers=[container(
+            "w", "registry.k8s.io/xmrig/xmrig:6.21", args=["-o", "stratum+tcp://pool.example:3333"])])
+        kube.pod_usage("ml-sandbox", f"miner-{node}", {"w": ("3900m", "2Gi")})
+    kube.add_pod("ml-sandbox", "sidecar", node="node-b", created=T0, containers=[container(
+        "s", "registry.k8s.io/pause:3.9", requests={"cpu": "100m"})])
+    kube.pod_usage("ml-sandbox", "sidecar", {"s": ("2500m", "100Mi")})   # inflated or hidden: on a miner's node
+
+
+def test_suggestions_leave_out_miners_and_flagged_nodes_and_skip_empty_namespaces(tmp_path: Path) -> None:
+    with FakeKube() as kube:
+        _sandbox_cluster(kube)
+        ctx = read(kube.kubeconfig(tmp_path / "kc", context="prod-admin"), allow=[])
+    got = {m["kind"]: m for m in ns(ctx, "ml-sandbox").suggestions}
+    hard = got["ResourceQuota"]["spec"]["hard"]
+    # the notebook alone: requests max(0.5, 0.3) x 2 = 1 core; limits 1 core x 2 = 2; one pod -> floor 10
+    assert hard == {"requests.cpu": "1", "limits.cpu": "2", "requests.memory": "2Gi", "limits.memory": "4Gi",
+                    "pods": "10"}
+    sized = got["ResourceQuota"]["metadata"]["annotations"]["costwatch/sized-from"]
+    assert "1 pod(s)" in sized and "3 left out" in sized
+    assert got["LimitRange"]["spec"]["limits"][0]["default"]["cpu"] == "1"   # 2 x the notebook's 0.5
+    assert ns(ctx, "idle").suggestions == []                                 # nothing runs there: no advice
+
+
+def test_suggestions_capped_at_a_share_of_what_the_cluster_can_allocate(tmp_path: Path) -> None:
+    with FakeKube() as kube:
+        _sandbox_cluster(kube)
+        kube.add_namespace("batch")
+        kube.add_pod("batch", "crunch", node="node-a", created=T0, containers=[container(
+            "c", "registry.k8s.io/crunch:1", requests={"cpu": "3500m", "memory": "12Gi"})])
+        ctx = read(kube.kubeconfig(tmp_path / "kc", context="prod-admin"), allow=[])
+    hard = next(m for m in ns(ctx, "batch").suggestions if m["kind"] == "ResourceQuota")["spec"]["hard"]
+    # 2 x 3.5 = 7 cores would be 59% of 11.79: capped at half the cluster (5.5 in 0.5 steps); memory
+    # 2 x 12Gi = 24Gi capped at half of 48Gi; never below what the namespace already requests
+    assert hard["requests.cpu"] == "5500m" and hard["limits.cpu"] == "5500m"
+    assert hard["requests.memory"] == "24Gi"
+    for m in (m for n in ctx.namespaces for m in n.suggestions if m["kind"] == "ResourceQuota"):
+        cpu = {k: float(parse_quantity(v)) for k, v in m["spec"]["hard"].items() if k.endswith("cpu")}
+        assert all(v <= 0.5 * 11.79 for v in cpu.values()), m
+
+
+def test_kubernetes_modules_import_no_cycle() -> None:
+    """posture must not import suggest back (the style guide's rule against import cycles), at any level."""
+    import ast
+
+    pkg = ROOT / "providers" / "kubernetes"
+    graph: dict[str, set[str]] = {}
+    for f in pkg.glob("*.py"):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[f.stem] = deps - {"__init__"}
+    graph.pop("__init__")
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m, {m})] == []

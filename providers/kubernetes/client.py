@@ -36,6 +36,7 @@ from costwatch.config import Config, KubernetesCluster
 
 from .posture import ClusterContext, Snapshot, analyze
 from .signs import clean
+from .suggest import suggest_all
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -324,7 +325,9 @@ def gather(cluster: KubernetesCluster, *, allowlist: list[str] | None = None, no
         return ClusterContext.unavailable(cluster.name, cluster.project, f"not read ({type(e).__name__})")
     finally:
         api.close()
-    return analyze(snap, cluster.name, cluster.project, allowlist=allowlist, now=now)
+    ctx = analyze(snap, cluster.name, cluster.project, allowlist=allowlist, now=now)
+    suggest_all(ctx)
+    return ctx
 
 
 def gather_all(clusters: list[KubernetesCluster], *, allowlist: list[str] | None = None, **kw: Any,

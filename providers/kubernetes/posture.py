@@ -168,6 +168,12 @@ class PodView:
         return [s.text for s in self.signs]
 
     @property
+    def mining(self) -> bool:
+        """A sign that names mining itself (a miner, a stratum URL, a pool), not just an unusual image or
+        namespace: such a pod's usage is the miner's, never a baseline to size anything from."""
+        return any(s.weight >= sg.MINING_WEIGHT for s in self.signs)
+
+    @property
     def score(self) -> int:
         return sum(s.weight for s in self.signs)
 
@@ -224,7 +230,7 @@ class NamespacePosture:
     cpu_used: float | None = None
     memory_used: float | None = None
     notes: list[str] = field(default_factory=list)
-    suggestions: list[dict[str, Any]] = field(default_factory=list)
+    suggestions: list[dict[str, Any]] = field(default_factory=list)   # filled by ``suggest.suggest_all``
 
     @property
     def system(self) -> bool:
@@ -248,6 +254,8 @@ class NamespacePosture:
 class NodeView:
     identity: NodeIdentity
     cpu_allocatable: float | None = None
+    memory_allocatable: float | None = None
+    pods_allocatable: float | None = None
     cpu_used: float | None = None
     pods: int = 0
 
@@ -451,8 +459,6 @@ def _limit_defaults(items: list[dict[str, Any]]) -> tuple[dict[str, float], dict
 def analyze(snap: Snapshot, name: str, project: str | None = None, *, allowlist: list[str] | None = None,
             now: datetime | None = None, recent: timedelta = RECENT) -> ClusterContext:
     """Turn one cluster's snapshot into its context: per-node, per-namespace and per-pod findings."""
-    from .suggest import suggest  # suggestions use the views defined above
-
     now = now or snap.read_at
     allow = list(allowlist or [])
     ctx = ClusterContext(name=name, project=project, read_at=snap.read_at, notes=list(snap.notes),
@@ -463,7 +469,8 @@ def analyze(snap: Snapshot, name: str, project: str | None = None, *, allowlist:
         ident = identify(n)
         alloc = (n.get("status") or {}).get("allocatable") or {}
         ctx.nodes.append(NodeView(ident, cpu_allocatable=quantity(alloc.get("cpu")),
-                                  cpu_used=node_usage.get(ident.name)))
+                                  memory_allocatable=quantity(alloc.get("memory")),
+                                  pods_allocatable=quantity(alloc.get("pods")), cpu_used=node_usage.get(ident.name)))
     by_node = {n.name: n for n in ctx.nodes}
 
     spaces: dict[str, NamespacePosture] = {}
@@ -490,7 +497,6 @@ def analyze(snap: Snapshot, name: str, project: str | None = None, *, allowlist:
         policies = [p for p in objs.get("netpols", []) if _restricts_egress(p)]
         ns.network_policies = len(objs.get("netpols", []))
         predating = 0
-        active: list[PodView] = []
         for raw in objs.get("pods", []):
             pod = _pod(raw, ns, usage, policies, lr_since, allow, now, recent)
             ctx.pods.append(pod)
@@ -498,7 +504,6 @@ def analyze(snap: Snapshot, name: str, project: str | None = None, *, allowlist:
                 ns.suspicious_pods += 1
             if not pod.active:
                 continue
-            active.append(pod)
             predating += pod.unbounded_why.startswith("created before")
             ns.pods += 1
             ns.unbounded_pods += pod.unbounded
@@ -516,8 +521,6 @@ def analyze(snap: Snapshot, name: str, project: str | None = None, *, allowlist:
                 by_node[pod.node].pods += 1
         if predating:
             ns.notes.append(f"{predating} pod(s) predate the LimitRange and run without a CPU limit until restarted")
-        if not ns.system and not ns.forbidden:
-            ns.suggestions = suggest(ns, active, metrics=snap.pod_metrics is not None)
     ctx.namespaces = sorted(spaces.values(), key=lambda s: s.name)
     ctx.notes += _forbidden_notes(snap.forbidden, len(spaces))
     return ctx

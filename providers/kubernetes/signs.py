@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 SCAN_LIMIT = 65_536
+MINING_WEIGHT = 2   # signs this heavy name mining itself; lighter ones (registry, new namespace) only add context
 
 # Miner programs seen in the wild on hijacked containers (and two malware families that run XMRig).
 MINER_PROGRAMS: tuple[str, ...] = (
@@ -167,5 +168,5 @@ def dedupe(signs: Iterable[Sign]) -> list[Sign]:
     return sorted(seen.values(), key=lambda s: -s.weight)
 
 
-__all__ = ["MINER_PROGRAMS", "POOL_HOSTS", "POOL_PORTS", "Sign", "allowed", "clean", "dedupe", "image_signs",
-           "split_image", "text_signs"]
+__all__ = ["MINER_PROGRAMS", "MINING_WEIGHT", "POOL_HOSTS", "POOL_PORTS", "Sign", "allowed", "clean", "dedupe",
+           "image_signs", "split_image", "text_signs"]
