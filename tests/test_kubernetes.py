@@ -747,3 +747,26 @@ def test_kubernetes_modules_import_no_cycle() -> None:
         return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in graph.get(start, ()))
 
     assert [m for m in graph if reaches(m, m, {m})] == []
+
+
+def test_forbidden_namespace_is_in_the_alerts_namespaces(kube: FakeKube, kubeconfig: Path) -> None:
+    kube.forbid("pods", "team-b")
+    ctx = read(kubeconfig)
+    for alert in (_alert(project=SUB, nodes=[]), _alert(project="x", nodes=[AWS_NODE])):  # whole cluster; by node
+        attach([alert], [ctx])
+        rows = {r["namespace"]: r for r in alert.evidence["kubernetes"]["namespaces"]}
+        assert rows["team-b"]["forbidden"] == ["pods"] and rows["team-b"]["pods"] is None, rows
+        assert all(r["forbidden"] == [] for n, r in rows.items() if n != "team-b")
+        assert "team-b" in "\n".join(lines(alert.evidence["kubernetes"]))
+
+
+def test_unbounded_pods_and_namespaces_cover_the_same_namespaces(kubeconfig: Path) -> None:
+    ctx = read(kubeconfig)
+    for alert in (_alert(project=SUB, nodes=[]), _alert(project="x", nodes=[AWS_NODE])):
+        attach([alert], [ctx])
+        ev = alert.evidence["kubernetes"]
+        counts: dict[str, int] = {}
+        for p in ev["unbounded_pods"]:
+            counts[p["namespace"]] = counts.get(p["namespace"], 0) + 1
+        rows = {r["namespace"]: r["unbounded_pods"] for r in ev["namespaces"] if r["unbounded_pods"]}
+        assert counts == rows and counts, (counts, rows)

@@ -103,6 +103,23 @@ def _near_start(alert: Alert, pod: PodView) -> str | None:
     return None
 
 
+def namespace_rows(ctx: ClusterContext, in_scope: dict[str, list[PodView]]) -> list[dict[str, Any]]:
+    """One row per namespace with pods in scope, plus every namespace that answered 403 (its pods, if any,
+    could not be seen, so it may well run some on the flagged nodes); weakest quota first."""
+    rows: list[dict[str, Any]] = []
+    for ns in ctx.namespaces:
+        pods = in_scope.get(ns.name)
+        if pods is None and not ns.forbidden:
+            continue
+        seen = "pods" not in ns.forbidden
+        rows.append({"namespace": ns.name, "quota": ns.quota_status, "pods": len(pods or []) if seen else None,
+                     "unbounded_pods": sum(p.unbounded for p in pods or []) if seen else None,
+                     "forbidden": list(ns.forbidden)})
+    rows.sort(key=lambda r: (_QUOTA_ORDER.get(r["quota"], 9), -(r["unbounded_pods"] or 0), -(r["pods"] or 0),
+                             r["namespace"]))
+    return rows
+
+
 def evidence(alert: Alert, ctx: ClusterContext, matched: list[tuple[str, NodeView]]) -> dict[str, Any]:
     """The compact evidence for one alert and one cluster (see the module docstring for the shape)."""
     ev: dict[str, Any] = {"cluster": ctx.name, "status": ctx.status, "nodes": [], "namespaces": [],
@@ -114,21 +131,14 @@ def evidence(alert: Alert, ctx: ClusterContext, matched: list[tuple[str, NodeVie
     ev["nodes"] = [{"node": clean(a, 120), "name": nv.name,
                     "cpu": None if nv.cpu_used is None else round(nv.cpu_used, 2),
                     "cpu_allocatable": nv.cpu_allocatable, "pods": nv.pods} for a, nv in matched][:MAX_ITEMS]
-    scope = [p for p in ctx.pods if p.active and (not on_nodes or p.node in on_nodes)]
-
     spaces = {ns.name: ns for ns in ctx.namespaces}
+    # one scope for every list: the flagged nodes' pods, or (no node matched) the cluster's own namespaces'
+    scope = [p for p in ctx.pods if p.active and (p.node in on_nodes if on_nodes else
+                                                   p.namespace in spaces and not spaces[p.namespace].system)]
     in_scope: dict[str, list[PodView]] = {}
     for p in scope:
         in_scope.setdefault(p.namespace, []).append(p)
-    rows: list[dict[str, Any]] = []
-    for name, pods in in_scope.items():
-        ns = spaces.get(name)
-        if ns is None or (not on_nodes and ns.system):
-            continue
-        rows.append({"namespace": name, "quota": ns.quota_status, "pods": len(pods),
-                     "unbounded_pods": sum(p.unbounded for p in pods)})
-    rows.sort(key=lambda r: (_QUOTA_ORDER.get(r["quota"], 9), -r["unbounded_pods"], -r["pods"], r["namespace"]))
-    _cap(ev, "namespaces", rows)
+    _cap(ev, "namespaces", namespace_rows(ctx, in_scope))
     _cap(ev, "namespaces_without_quota", [ns.name for ns in ctx.namespaces
                                           if ns.quota_status == "none" and not ns.system and ns.pods])
 
@@ -171,8 +181,12 @@ def lines(ev: dict[str, Any]) -> list[str]:
                    f"{clean(p.get('node'), 80) or '?'} ({clean(p.get('image'), 120)}{cpu}): "
                    + "; ".join(clean(r, 120) for r in p.get("reasons") or []))
     for ns in ev.get("namespaces") or []:
-        out.append(f"namespace {clean(ns.get('namespace'), 63)}: quota {clean(ns.get('quota'), 10)}, "
-                   f"{ns.get('unbounded_pods', 0)} of {ns.get('pods', 0)} pod(s) without a CPU limit")
+        head = f"namespace {clean(ns.get('namespace'), 63)}: quota {clean(ns.get('quota'), 10)}, "
+        if ns.get("pods") is None:
+            out.append(head + "forbidden (HTTP 403) to list " + ", ".join(clean(r, 40) for r in ns.get("forbidden")
+                                                                          or ["pods"]) + ": not analysed")
+        else:
+            out.append(head + f"{ns.get('unbounded_pods', 0)} of {ns.get('pods', 0)} pod(s) without a CPU limit")
     more = ev.get("more") or {}
     if more:
         out.append("and more: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in more.items()))
