@@ -510,6 +510,20 @@ class KubernetesConfig(_Model):
 
     clusters: list[KubernetesCluster] = Field(default_factory=list)
     registry_allowlist: list[str] = Field(default_factory=list)
+    # the most time one cluster may take (connect + every read, retries included); a hung API server
+    # would otherwise hold `run` and `report` (they wait for the context before sending)
+    timeout: str = "10s"
+
+    @field_validator("timeout")
+    @classmethod
+    def _valid_timeout(cls, v: str) -> str:
+        if not timedelta(0) < parse_duration(v) <= timedelta(minutes=10):
+            raise ValueError("timeout must be longer than zero and at most 10m")
+        return v
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout).total_seconds()
 
     @field_validator("clusters")
     @classmethod

@@ -185,7 +185,8 @@ def k8s(config_path: Path | None, names: tuple[str, ...], fmt: str) -> None:
     except CostwatchError as e:
         _fail(e)
     now = datetime.now(UTC)
-    contexts = gather_all(clusters, allowlist=list(cfg.kubernetes.registry_allowlist), now=now)
+    contexts = gather_all(clusters, allowlist=list(cfg.kubernetes.registry_allowlist), now=now,
+                          deadline=cfg.kubernetes.timeout_seconds)
     if fmt == "json":
         click.echo(to_json(contexts, now))
     elif fmt == "yaml":

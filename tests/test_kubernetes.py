@@ -26,6 +26,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from costwatch.alerts import Alert
 from costwatch.config import Config, KubernetesCluster, parse_config
+from costwatch.errors import ConfigError
 from costwatch.k8s_cli import k8s
 from costwatch.providers.kubernetes import (
     ClusterContext,
@@ -770,3 +771,36 @@ def test_unbounded_pods_and_namespaces_cover_the_same_namespaces(kubeconfig: Pat
             counts[p["namespace"]] = counts.get(p["namespace"], 0) + 1
         rows = {r["namespace"]: r["unbounded_pods"] for r in ev["namespaces"] if r["unbounded_pods"]}
         assert counts == rows and counts, (counts, rows)
+
+
+def test_a_server_that_never_answers_is_cut_at_the_configured_deadline(kube: FakeKube, tmp_path: Path) -> None:
+    silent = socket.socket()  # accepts connections (kernel backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        kc = kube.kubeconfig(tmp_path / "kc", context="prod-admin",
+                             extra_contexts={"hung": f"http://127.0.0.1:{silent.getsockname()[1]}"})
+        cfg = parse_config("kubernetes:\n  timeout: 1s\n  clusters:\n    - {name: hung, context: hung}\n"
+                           "    - {name: prod, context: prod-admin}\n")
+        hung, prod = contexts_from_config(cfg, kubeconfig=str(kc), now=NOW)   # the config's deadline, nothing else
+    finally:
+        silent.close()
+    assert hung.status.startswith("unavailable: no complete answer from the API server at http://127.0.0.1:")
+    assert "within 1 s (kubernetes.timeout)" in hung.status and "listing namespaces" in hung.status
+    assert prod.status == "ok"
+
+
+def test_the_deadline_bounds_the_whole_cluster_not_each_request(kube: FakeKube, kubeconfig: Path) -> None:
+    kube.state.hang = 0.15   # every answer is slow, none is slow enough to time out on its own
+    cfg = parse_config("kubernetes:\n  timeout: 0.5s\n  clusters: [{name: prod, context: prod-admin}]\n")
+    (ctx,) = contexts_from_config(cfg, kubeconfig=str(kubeconfig), now=NOW)
+    assert ctx.status.startswith("unavailable: no complete answer from the API server") and "within 0.5 s" in ctx.status
+    assert len(kube.requests) < 8   # it stopped asking: a full read takes eight lists
+
+
+def test_kubernetes_timeout_config() -> None:
+    assert Config().kubernetes.timeout_seconds == 10.0
+    assert parse_config("kubernetes:\n  timeout: 1m30s\n").kubernetes.timeout_seconds == 90.0
+    for bad in ("0s", "2h", "ten"):
+        with pytest.raises(ConfigError, match="timeout"):
+            parse_config(f"kubernetes:\n  timeout: {bad}\n")

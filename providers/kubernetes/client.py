@@ -12,9 +12,11 @@ Why it looks the way it does:
   answering 403 is named in the notes while the others are kept.
 * metrics.k8s.io is optional: no metrics-server (404) or one that is down (503) is a note, not an error.
 * A cluster that cannot be reached, or rejects the credentials, raises ``Unavailable`` with a reason; the
-  caller turns it into a context saying so, so the alert still goes out.  Timeouts are short (5 s to
-  connect, 20 s per page, 5 min per cluster) and a failed request is retried once, so an unreachable
-  cluster costs seconds and a crawling one cannot hold the run.
+  caller turns it into a context saying so, so the alert still goes out.  One deadline bounds the whole
+  cluster (``kubernetes.timeout``, default 10 s): every request's connect and read wait is cut to what is
+  left of it (and to 5 s / 20 s), a body is read in chunks with the deadline checked between them, and a
+  failed request is retried once only while time is left.  An API server that accepts the connection and
+  never answers costs the deadline, not the 41 s two full read timeouts took.
 * Reasons never contain credentials: they are built from status codes and the API's ``Status.message``,
   never from exception text that could carry headers, and are scrubbed of token-looking strings anyway.
 """
@@ -26,7 +28,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +47,8 @@ log = logging.getLogger("costwatch.kubernetes")
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 20.0
-DEADLINE = 300.0   # a cluster that answers, but so slowly that reading it would hold up the run, is given up
+DEADLINE = 10.0    # default ``kubernetes.timeout``: connect + every read of one cluster, retries included
+CHUNK = 1 << 16
 PAGE_SIZE = 500
 MAX_WORKERS = 4
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -102,7 +105,7 @@ def connect(cluster: KubernetesCluster, *, kubeconfig: str | None = None,
         raise Unavailable(f"{where}: {scrub(str(e))}") from None
     except Exception as e:  # exec plugins and malformed files fail in many ways; never show their text raw
         raise Unavailable(f"kubeconfig could not be loaded ({type(e).__name__}: {scrub(str(e))})") from None
-    conf.retries = 1
+    conf.retries = 0   # ``Reader`` retries itself, within the cluster's deadline
     return client.ApiClient(conf)
 
 
@@ -170,6 +173,45 @@ class Reader:
         self.budget = deadline
         self.deadline = time.monotonic() + deadline
 
+    def too_slow(self, what: str) -> str:
+        at = f" at {scrub(self.host, 120)}" if self.host else ""
+        return (f"no complete answer from the API server{at} within {self.budget:g} s (kubernetes.timeout) "
+                f"listing {what}: it is overloaded or not answering; raise kubernetes.timeout for a very large "
+                "cluster")
+
+    def _left(self, what: str) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Unavailable(self.too_slow(what))
+        return left
+
+    def page(self, call: Callable[..., Any], what: str, *args: Any, **kw: Any) -> bytes:
+        """One response body; a network failure is retried once while the deadline allows, and a wait cut
+        short by the deadline is reported as the deadline, not as a generic timeout."""
+        from urllib3.exceptions import HTTPError
+
+        retried = False
+        while True:
+            left = self._left(what)
+            try:
+                resp = call(*args, _preload_content=False, **kw,
+                            _request_timeout=(min(self.timeout[0], left), min(self.timeout[1], left)))
+                try:
+                    return b"".join(self._chunks(resp, what))
+                finally:
+                    resp.release_conn()
+            except HTTPError:
+                if time.monotonic() + 0.05 >= self.deadline:   # the wait was cut to what was left of it
+                    raise Unavailable(self.too_slow(what)) from None
+                if retried:
+                    raise
+                retried = True
+
+    def _chunks(self, resp: Any, what: str) -> Iterator[bytes]:
+        for chunk in resp.stream(CHUNK):   # a server trickling bytes cannot outlast the deadline
+            self._left(what)
+            yield chunk
+
     def list_all(self, call: Callable[..., Any], what: str, *args: Any, **kw: Any) -> list[dict[str, Any]]:
         """Every item, following ``metadata.continue``; HTTP errors are raised as ``ApiException``."""
         from kubernetes.client.exceptions import ApiException
@@ -179,24 +221,18 @@ class Reader:
         seen: set[str] = set()
         restarted = False
         while True:
-            if time.monotonic() > self.deadline:
-                raise Unavailable(f"reading the cluster took longer than {self.budget:g} s (at {what}); the API "
-                                  "server is overloaded or the cluster is very large")
             try:
-                resp = call(*args, limit=self.page_size, _continue=token, _preload_content=False,
-                            _request_timeout=self.timeout, **kw)
+                body = self.page(call, what, *args, limit=self.page_size, _continue=token, **kw)
             except ApiException as e:
                 if e.status == 410 and token and not restarted:  # continue token expired: one fresh start
                     restarted, items, token, seen = True, [], None, set()
                     continue
                 raise
             try:
-                doc = json.loads(resp.data)
+                doc = json.loads(body)
             except ValueError:
                 raise Unavailable(f"the API server{' at ' + self.host if self.host else ''} answered something "
                                   f"that is not JSON listing {what}") from None
-            finally:
-                resp.release_conn()
             if not isinstance(doc, dict):
                 raise Unavailable(f"unexpected answer listing {what}")
             items.extend(i for i in doc.get("items") or [] if isinstance(i, dict))
@@ -233,12 +269,13 @@ class Reader:
 
 
 def read(api: ApiClient, *, page_size: int = PAGE_SIZE,
-         timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)) -> Snapshot:
-    """Everything ``posture`` needs from one cluster; raises ``Unavailable`` when the cluster cannot be read."""
+         timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT), deadline: float = DEADLINE) -> Snapshot:
+    """Everything ``posture`` needs from one cluster; raises ``Unavailable`` when the cluster cannot be read
+    within ``deadline`` seconds."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    r = Reader(api, page_size=page_size, timeout=timeout)
+    r = Reader(api, page_size=page_size, timeout=timeout, deadline=deadline)
     snap = Snapshot()
     what = "namespaces"
     try:
@@ -308,14 +345,15 @@ def _metrics(r: Reader, snap: Snapshot) -> None:
 def gather(cluster: KubernetesCluster, *, allowlist: list[str] | None = None, now: datetime | None = None,
            kubeconfig: str | None = None, service_account_dir: Path = SERVICE_ACCOUNT_DIR,
            environ: Mapping[str, str] | None = None, page_size: int = PAGE_SIZE,
-           timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)) -> ClusterContext:
+           timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT), deadline: float = DEADLINE,
+           ) -> ClusterContext:
     """One cluster's context; never raises for the cluster's sake (it says "unavailable: …" instead)."""
     try:
         api = connect(cluster, kubeconfig=kubeconfig, service_account_dir=service_account_dir, environ=environ)
     except Unavailable as e:
         return ClusterContext.unavailable(cluster.name, cluster.project, str(e))
     try:
-        snap = read(api, page_size=page_size, timeout=timeout)
+        snap = read(api, page_size=page_size, timeout=timeout, deadline=deadline)
     except Unavailable as e:
         log.warning("kubernetes cluster %s unavailable: %s", cluster.name, e)
         return ClusterContext.unavailable(cluster.name, cluster.project, str(e))
@@ -332,7 +370,7 @@ def gather(cluster: KubernetesCluster, *, allowlist: list[str] | None = None, no
 
 def gather_all(clusters: list[KubernetesCluster], *, allowlist: list[str] | None = None, **kw: Any,
                ) -> list[ClusterContext]:
-    """Several clusters in parallel (each bounded by its own timeouts), in the order given."""
+    """Several clusters in parallel (each bounded by its own deadline), in the order given."""
     if not clusters:
         return []
     with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(clusters))) as pool:
@@ -342,8 +380,10 @@ def gather_all(clusters: list[KubernetesCluster], *, allowlist: list[str] | None
 def contexts_from_config(cfg: Config, *, names: list[str] | None = None, now: datetime | None = None,
                          **kw: Any) -> list[ClusterContext]:
     """Every configured cluster's context (or the ones in ``names``), in config order; never raises for a
-    cluster's sake, so ``costwatch run`` can call it unguarded and alerts still go out."""
+    cluster's sake, so ``costwatch run`` can call it unguarded and alerts still go out; each cluster is
+    bounded by ``kubernetes.timeout``."""
     clusters = [c for c in cfg.kubernetes.clusters if names is None or c.name in names]
+    kw.setdefault("deadline", cfg.kubernetes.timeout_seconds)
     return gather_all(clusters, allowlist=list(cfg.kubernetes.registry_allowlist), now=now, **kw)
 
 
