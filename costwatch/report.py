@@ -22,6 +22,7 @@ from rich.text import Text
 
 from .alerts import Alert, iso
 from .detect import Detection
+from .k8s_summary import evidence_lines, markdown_section, markup_escape
 
 FORMATS = ("table", "json", "csv", "markdown")
 SHORT_KIND = {"mining_suspected": "mining", "cost_spike": "spike", "threshold_exceeded": "threshold",
@@ -127,7 +128,7 @@ def renderable(det: Detection) -> Group:
                               f"  {a.project_name} ({a.provider}:{a.project})",
                               f"  {a.service}" if a.service else "")
         body = [f"started {iso(a.start)}, detected {iso(a.detected_at)}", _observed_text(a),
-                _evidence_text(a.summary, a.evidence)]
+                _evidence_text(a.summary, a.evidence)] + [markup_escape(x) for x in evidence_lines(a.evidence)]
         if a.evidence.get("silence"):
             s = a.evidence["silence"]
             body.append(f"{'planned activity' if s.get('planned') else 'silenced'} until {s.get('until')}: "
@@ -197,6 +198,7 @@ def _markdown(det: Detection) -> str:
                 a.summary)) + " |")
     else:
         lines.append("No alerts in the window.")
+    lines += markdown_section(det.alerts)
     lines += ["", "## Projects", "", "| project | provider | spend | band | month forecast | budget | alerts |",
               "|---|---|---|---|---|---|---|"]
     for p in det.projects:

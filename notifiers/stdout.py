@@ -10,6 +10,7 @@ import re
 import sys
 from typing import Any, TextIO
 
+from costwatch.k8s_summary import evidence_lines
 from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Delivery, Notification
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -30,6 +31,7 @@ def render(n: Notification) -> str:
         lines.append(f"  {_clean(a.get('severity', ''))} {_clean(a.get('kind', ''))} {_clean(a.get('project_name'))}"
                      f" ({_clean(a.get('provider'))}/{_clean(a.get('project'))}) since {_clean(a.get('start'))}:"
                      f" {_clean(a.get('summary', ''))}" + (f" [{money}]" if money else ""))
+        lines += [f"    {_clean(x)}" for x in evidence_lines(a.get("evidence"))]
     if len(n.alerts) > 10:
         lines.append(f"  … and {len(n.alerts) - 10} more alerts")
     kind = str(n.alerts[0].get("kind", "")) if n.alerts else ""

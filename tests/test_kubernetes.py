@@ -804,3 +804,57 @@ def test_kubernetes_timeout_config() -> None:
     for bad in ("0s", "2h", "ten"):
         with pytest.raises(ConfigError, match="timeout"):
             parse_config(f"kubernetes:\n  timeout: {bad}\n")
+
+
+EVIL_POD = "evil\x1b[31m[bold red]x[/]\u202e\x9b2J"
+
+
+def _attached_with_a_hostile_pod(tmp_path: Path) -> Alert:
+    with FakeKube(token=TOKEN) as kube:
+        populate(kube)
+        kube.add_pod("team-b", EVIL_POD, node=AZ_VM, containers=[container("m", "xmrig/xmrig:6.21")])
+        ctx = read(kube.kubeconfig(tmp_path / "kc", context="prod-admin"))
+    alert = _demo_mining_alert()
+    attach([alert], [ctx])
+    return alert
+
+
+def test_report_formats_and_stdout_show_the_kubernetes_context(tmp_path: Path) -> None:
+    from costwatch.detect import Detection
+    from costwatch.notifiers import stdout
+    from costwatch.notify import Notification, Target
+    from costwatch.report import render
+
+    alert = _attached_with_a_hostile_pod(tmp_path)
+    det = Detection(as_of=pd.Timestamp(NOW), since=pd.Timestamp(NOW) - pd.Timedelta(days=7), alerts=[alert],
+                    projects=[])
+    note = Notification(id="n1", group_key="g", event="firing", target=Target("stdout"), title="mining",
+                        alerts=[alert.to_dict()], created_at="2026-11-10T06:00:00Z")
+    outputs = {"table": render(det, "table", width=400), "markdown": render(det, "markdown"),
+               "stdout": stdout.render(note)}
+    for fmt, text in outputs.items():
+        assert "Kubernetes cluster prod: ok" in text, fmt
+        assert "metrics-collector/kube-proxy-helper-7d9f8" in text and "miner image: xmrig" in text, fmt
+        assert "trainer-0" in text and "stratum URL in command" in text, fmt
+        assert "without a ResourceQuota: metrics-collector, team-b" in text, fmt
+        assert "pod(s) without a CPU limit" in text, fmt
+        assert not any(ch in text for ch in "\x1b\u202e\x9b"), fmt     # names from the cluster are inert
+        literal = r"\[bold red\]x\[/\]" if fmt == "markdown" else "[bold red]x[/]"
+        assert literal in text, fmt                                       # shown as typed, never as markup
+
+
+def test_report_shows_an_unavailable_cluster(kube: FakeKube, tmp_path: Path) -> None:
+    from costwatch.detect import Detection
+    from costwatch.report import render
+
+    kc = kube.kubeconfig(tmp_path / "kc", context="prod-admin", extra_contexts={
+        "down": f"http://127.0.0.1:{_closed_port()}"})
+    alert = _demo_mining_alert()
+    (down,) = contexts_from_config(Config(kubernetes={"clusters": [{"name": "down", "context": "down",
+                                                                    "project": alert.project}]}), kubeconfig=str(kc))
+    attach([alert], [down])
+    det = Detection(as_of=pd.Timestamp(NOW), since=pd.Timestamp(NOW) - pd.Timedelta(days=7), alerts=[alert],
+                    projects=[])
+    for fmt in ("table", "markdown"):
+        assert "Kubernetes cluster down: unavailable: cannot connect to the API server" in render(det, fmt,
+                                                                                                  width=400)
