@@ -96,7 +96,7 @@ def summarize_one(ev: dict[str, Any], limit: int = MAX_SHOWN) -> ClusterSummary:
     pods = _dicts(ev.get(key))
     ns = [str(n) for n in _list(ev.get("namespaces_without_quota")) if isinstance(n, str | int)]
     return ClusterSummary(
-        cluster=str(ev.get("cluster") or "?"), status=str(ev.get("status") or "ok"), pods_label=label,
+        cluster=str(ev.get("cluster") or ""), status=str(ev.get("status") or "ok"), pods_label=label,
         pods=[_pod(p) for p in pods[:limit]], pods_total=_total(ev, key, pods),
         without_quota=ns[:limit], without_quota_total=_total(ev, "namespaces_without_quota", ns),
         unbounded=_total(ev, "unbounded_pods", _dicts(ev.get("unbounded_pods"))),
@@ -124,7 +124,7 @@ def _pod_text(label: str, p: PodLine) -> str:
 
 def text_lines(s: ClusterSummary) -> list[str]:
     """Plain-text lines for one cluster, every value from the cluster neutralised (no rich markup escaping)."""
-    out = [f"Kubernetes cluster {neutral(s.cluster, 80)}: {neutral(s.status, 300)}"]
+    out = [f"Kubernetes cluster {neutral(s.cluster, 80) or '?'}: {neutral(s.status, 300)}"]
     if s.without_quota:
         out.append("namespaces without a ResourceQuota: " + ", ".join(neutral(n, 63) for n in s.without_quota)
                    + _more(len(s.without_quota), s.without_quota_total))

@@ -30,6 +30,7 @@ from email.utils import formatdate, getaddresses
 from pathlib import Path
 from typing import Any
 
+from costwatch.k8s_summary import summarize_one
 from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Notification
 
 log = logging.getLogger(__name__)
@@ -246,29 +247,25 @@ def _kubernetes(ev: dict[str, Any]) -> Section | None:
     if not isinstance(raw, dict):
         return Section("Kubernetes", lines=[clean(raw, 300)])
     s = Section("Kubernetes")
-    if raw.get("cluster"):
-        s.lines.append(f"Cluster: {clean(raw.get('cluster'), 80)}")
-    ns = [clean(x, 60) for x in _list(raw.get("namespaces_without_quota")) if clean(x, 60)]
+    c = summarize_one(raw, MAX_ITEMS)   # the same picks as Slack, stdout and the report
+    if c.cluster:
+        s.lines.append(f"Cluster: {clean(c.cluster, 80)}")
+    ns = [clean(x, 60) for x in c.without_quota if clean(x, 60)]
     if ns:
-        more = f" and {len(ns) - MAX_ITEMS} more" if len(ns) > MAX_ITEMS else ""
-        s.lines.append("Namespaces without a ResourceQuota: " + ", ".join(ns[:MAX_ITEMS]) + more)
-    pods = [p for p in (_list(raw.get("suspicious_pods")) or _list(raw.get("top_pods")) or _list(raw.get("pods")))
-            if isinstance(p, dict)]
-    unbounded = _list(raw.get("unbounded_pods"))
-    if unbounded:
-        s.lines.append(f"{len(unbounded)} pod(s) on these nodes have no CPU limit")
-    for note in _list(raw.get("notes"))[:MAX_ITEMS]:
-        s.lines.append(clean(note, 200))
-    if pods:
+        more = f" and {c.without_quota_total - len(ns)} more" if c.without_quota_total > len(ns) else ""
+        s.lines.append("Namespaces without a ResourceQuota: " + ", ".join(ns) + more)
+    if c.forbidden:
+        s.lines.append("Namespaces that answered 403 (not read): " + ", ".join(clean(x, 60) for x in c.forbidden))
+    if c.unbounded:
+        s.lines.append(f"{c.unbounded} pod(s) on these nodes have no CPU limit")
+    s.lines += [clean(note, 200) for note in c.notes]
+    if c.pods:
         s.table = [["namespace", "pod", "image", "CPU", "why"]]
-        for p in pods[:MAX_ITEMS]:
-            cpu = _num(p.get("cpu"))
-            why = "; ".join(clean(r, 80) for r in _list(p.get("reasons"))[:3])
-            s.table.append([clean(p.get("namespace"), 60), clean(p.get("name"), 80) or "?",
-                            clean(p.get("image"), 120), f"{cpu:g}" if cpu is not None else clean(p.get("cpu"), 20),
-                            why])
-        if len(pods) > MAX_ITEMS:
-            s.more = f"and {len(pods) - MAX_ITEMS} more pods"
+        s.table += [[clean(p.namespace, 60), clean(p.name, 80) or "?", clean(p.image, 120),
+                     f"{p.cpu:g}" if p.cpu is not None else "", "; ".join(clean(r, 80) for r in p.reasons[:3])]
+                    for p in c.pods]
+        if c.pods_total > len(c.pods):
+            s.more = f"and {c.pods_total - len(c.pods)} more pods"
     for key, value in raw.items():  # anything else a newer collector adds, shown rather than dropped
         if key not in ("cluster", "namespaces_without_quota", "pods", "notes") and isinstance(value, str | int | float):
             s.lines.append(f"{clean(key, 40)}: {clean(value, 120)}")

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from costwatch.k8s_summary import summarize
 from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Notification
 
 # Slack's documented Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
@@ -350,34 +351,26 @@ def _guardduty(a: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _kubernetes(a: dict[str, Any]) -> list[dict[str, Any]]:
-    k8s = _ev(a).get("kubernetes")
-    clusters = [k8s] if isinstance(k8s, dict) else _dicts(k8s)
+    clusters = summarize(_ev(a), _TOP_NODES)   # the same picks as email, stdout and the report
     lines: list[str] = []
     for c in clusters[:2]:
-        lines.append("*Kubernetes*" + (f" cluster {code(c['cluster'], 60)}" if c.get("cluster") else ""))
-        status = c.get("status")
-        if isinstance(status, str) and status != "ok":
-            lines.append(f"Cluster context {code(status, 200)}: the pods below may be missing")
-        ns = c.get("namespaces_without_quota")
-        if isinstance(ns, list) and ns:
-            shown = ns[:_TOP_NODES]
-            lines.append("Namespaces without a ResourceQuota: " + ", ".join(code(x, 60) for x in shown)
-                         + "".join(f" {m}" for m in _more(len(shown), len(ns), "namespace")))
-        pods = _dicts(c.get("suspicious_pods")) or _dicts(c.get("top_pods")) or _dicts(c.get("pods"))
-        unbounded = _dicts(c.get("unbounded_pods"))
-        if unbounded:
-            lines.append(f"{len(unbounded)} pod(s) on these nodes have no CPU limit")
-        for p in pods[:_TOP_NODES]:
-            cpu = _num(p.get("cpu"))
-            pod = f"{p.get('namespace') or '?'}/{p.get('name') or '?'}"
-            line = f"• pod {code(pod, 100)}"
-            if p.get("image"):
-                line += f" image {code(p['image'], 120)}"
-            line += f" CPU {cpu:g}" if cpu is not None else ""
-            reasons = [str(r) for r in p.get("reasons") or [] if isinstance(r, str)] if isinstance(
-                p.get("reasons"), list) else []
-            lines.append(line + (f" — {code('; '.join(reasons[:3]), 160)}" if reasons else ""))
-        lines += _more(min(len(pods), _TOP_NODES), len(pods), "pod")
+        lines.append("*Kubernetes*" + (f" cluster {code(c.cluster, 60)}" if c.cluster else ""))
+        if c.status != "ok":
+            lines.append(f"Cluster context {code(c.status, 200)}: the pods below may be missing")
+        if c.without_quota:
+            lines.append("Namespaces without a ResourceQuota: " + ", ".join(code(x, 60) for x in c.without_quota)
+                         + "".join(f" {m}" for m in _more(len(c.without_quota), c.without_quota_total, "namespace")))
+        if c.forbidden:
+            lines.append("Namespaces that answered 403 (not read): " + ", ".join(code(x, 60) for x in c.forbidden))
+        if c.unbounded:
+            lines.append(f"{c.unbounded} pod(s) on these nodes have no CPU limit")
+        for p in c.pods:
+            line = f"• pod {code(f'{p.namespace}/{p.name}', 100)}"
+            if p.image:
+                line += f" image {code(p.image, 120)}"
+            line += f" CPU {p.cpu:g}" if p.cpu is not None else ""
+            lines.append(line + (f" — {code('; '.join(p.reasons[:3]), 160)}" if p.reasons else ""))
+        lines += _more(len(c.pods), c.pods_total, "pod")
     lines += _more(min(len(clusters), 2), len(clusters), "cluster")
     return [_section(_fit(lines, MAX_SECTION_TEXT))] if lines else []
 

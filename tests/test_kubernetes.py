@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -858,3 +859,24 @@ def test_report_shows_an_unavailable_cluster(kube: FakeKube, tmp_path: Path) -> 
     for fmt in ("table", "markdown"):
         assert "Kubernetes cluster down: unavailable: cannot connect to the API server" in render(det, fmt,
                                                                                                   width=400)
+
+
+def test_every_medium_names_the_namespaces_that_answered_403(kube: FakeKube, kubeconfig: Path) -> None:
+    from email.headerregistry import Address
+
+    from costwatch.notifiers import email_render, slack_blocks, stdout
+    from costwatch.notify import Notification, Target
+
+    kube.forbid("pods", "team-b")
+    alert = _demo_mining_alert()
+    attach([alert], [read(kubeconfig)])
+    note = Notification(id="n1", group_key="g", event="firing", target=Target("stdout"), title="mining",
+                        alerts=[alert.to_dict()], created_at="2026-11-10T06:00:00Z")
+    _, blocks = slack_blocks.render(note)
+    mail = email_render.build_message(note, sender=Address("c", addr_spec="c@example.com"),
+                                      recipients=[Address("o", addr_spec="o@example.com")], msgid="<1@example.com>")
+    texts = {"slack": json.dumps(blocks), "email": mail.get_body(("plain",)).get_content(),  # type: ignore[union-attr]
+             "stdout": stdout.render(note)}
+    for medium, text in texts.items():
+        assert "kube-proxy-helper-7d9f8" in text, medium
+        assert re.search(r"(403|HTTP 403)[^\n]*team-b", text), medium
