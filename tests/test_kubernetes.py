@@ -7,11 +7,13 @@ and the ``costwatch k8s`` command, and check the manifests in deploy/kubernetes 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -880,3 +882,39 @@ def test_every_medium_names_the_namespaces_that_answered_403(kube: FakeKube, kub
     for medium, text in texts.items():
         assert "kube-proxy-helper-7d9f8" in text, medium
         assert re.search(r"(403|HTTP 403)[^\n]*team-b", text), medium
+
+
+def test_a_server_trickling_its_answer_is_cut_at_the_deadline(kube: FakeKube, tmp_path: Path) -> None:
+    """Each byte comes well within the read timeout, the whole answer (6 s) never within the deadline."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+    sent: list[int] = []
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n")
+                for _ in range(60):
+                    if stop.wait(0.1):
+                        return
+                    conn.sendall(b" ")
+                    sent.append(1)
+
+    worker = threading.Thread(target=trickle, daemon=True)
+    worker.start()
+    try:
+        kc = kube.kubeconfig(tmp_path / "kc", context="prod-admin",
+                             extra_contexts={"slow": f"http://127.0.0.1:{srv.getsockname()[1]}"})
+        ctx = gather(KubernetesCluster(name="slow", context="slow"), kubeconfig=str(kc), deadline=0.5)
+        worker.join()   # the server stops at the first write after costwatch hung up
+    finally:
+        stop.set()
+        srv.close()
+        worker.join()
+    assert ctx.status.startswith("unavailable: no complete answer from the API server")
+    assert "within 0.5 s (kubernetes.timeout) listing namespaces" in ctx.status
+    assert len(sent) < 30   # it hung up long before the answer was complete, rather than waiting it out

@@ -198,6 +198,9 @@ class Reader:
                             _request_timeout=(min(self.timeout[0], left), min(self.timeout[1], left)))
                 try:
                     return b"".join(self._chunks(resp, what))
+                except Unavailable:
+                    resp.close()   # hang up: a server must not go on sending into a connection nobody reads
+                    raise
                 finally:
                     resp.release_conn()
             except HTTPError:
@@ -208,9 +211,11 @@ class Reader:
                 retried = True
 
     def _chunks(self, resp: Any, what: str) -> Iterator[bytes]:
-        for chunk in resp.stream(CHUNK):   # a server trickling bytes cannot outlast the deadline
-            self._left(what)
+        """The body as it arrives: ``read1`` returns whatever came (``read`` would wait for a full chunk), so a
+        server trickling bytes, each within the read timeout, is still cut at the deadline."""
+        while chunk := resp.read1(CHUNK):
             yield chunk
+            self._left(what)
 
     def list_all(self, call: Callable[..., Any], what: str, *args: Any, **kw: Any) -> list[dict[str, Any]]:
         """Every item, following ``metadata.continue``; HTTP errors are raised as ``ApiException``."""
