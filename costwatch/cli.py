@@ -122,6 +122,7 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     from . import sources
     from .detect import detect
     from .report import render, renderable
+    from .routing import set_report_owners
 
     providers = _providers(cfg, cost_paths, usage_paths)
     end = as_of or pd.Timestamp.now(tz="UTC").floor("h")
@@ -135,6 +136,7 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since,
                  findings=got.findings)
     _mark_silenced(det, cfg)
+    set_report_owners(det.projects, got.costs, cfg)  # the owner `run` would route to
     if cfg.kubernetes.clusters and det.alerts:
         from costwatch.providers.kubernetes import attach, contexts_from_config
 
