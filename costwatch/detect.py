@@ -199,10 +199,13 @@ def _project_meta(costs: pd.DataFrame, usage: pd.DataFrame, cfg: Config, pairs: 
         c["n_currencies"] = pairs.groupby(level="project_id").size().reindex(c.index).to_numpy()
         parts.append(c)
     if not usage.empty:
-        u = usage.groupby("project", observed=True).agg(provider=("provider", "first"))
+        has_name = "project_name" in usage.columns
+        u = usage.groupby("project", observed=True).agg(
+            provider=("provider", "first"), **({"project_name": ("project_name", "first")} if has_name else {}))
         u.index = u.index.astype(str)
         u.index.name = "project_id"
-        u["project_name"] = u.index.astype("string")
+        named = u["project_name"].astype("string") if has_name else pd.Series(pd.NA, index=u.index, dtype="string")
+        u["project_name"] = named.fillna(pd.Series(u.index, index=u.index, dtype="string"))
         u["currency"] = DEFAULT_CURRENCY
         u["n_currencies"] = 0
         parts.append(u)

@@ -42,6 +42,9 @@ USAGE_COLUMNS: dict[str, str] = {
     "cluster": "string",
     "region": "string",
     "instance_type": "string",
+    # optional: the project's display name where the provider knows it (a subscription whose costs could not
+    # be read still has a name); detection falls back to the cost data's name, then the id
+    "project_name": "string",
 }
 
 REQUIRED_USAGE = ("timestamp", "provider", "project", "node", "cpu_utilization")

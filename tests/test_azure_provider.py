@@ -481,3 +481,23 @@ def test_day_helpers_never_ask_for_tomorrow() -> None:
     cached = {d.isoformat() for d in days[:5]}
     assert fetch_windows(days, cached, dt.date(2024, 9, 10), 3, merge_gap=MERGE_GAP_DAYS) == [
         (dt.date(2024, 9, 6), dt.date(2024, 9, 11))]
+
+
+def test_cpu_only_mining_alert_is_named_from_the_subscription_list(arm: fa.Server, tmp_path: Path) -> None:
+    """The costs of the miner's subscription cannot be read (403), its CPU can: the mining alert raised from
+    CPU alone carries the display name the subscription list gave in the same run, not the GUID."""
+    from costwatch.detect import detect
+    from costwatch.sources import gather
+
+    fake = arm.fake
+    fake.add_subscription(A, "Payments Production")
+    fake.add_subscription(B, "Data Science Sandbox")
+    now = utc("2024-09-30 12:00")
+    fa.miner_story(fake, B, now, np.random.default_rng(11))
+    fake.fail("GET", f"/subscriptions/{B}{USAGE_PATH[:-1]}", 403)
+    got = gather([provider(arm, tmp_path, now=str(now.tz_convert(None)))], now - pd.Timedelta(days=30), now)
+    assert got.failed == {}  # one subscription's costs are missing, not the provider's
+    assert B not in set(got.costs["project_id"]) and B in set(got.usage["project"])
+    (mining,) = [a for a in detect(got.costs, got.usage, Config(), as_of=now).alerts if a.kind == "mining_suspected"]
+    assert (mining.project, mining.project_name) == (B, "Data Science Sandbox")
+    assert {n["node"] for n in mining.evidence["nodes"]} == {"xmr-0", "xmr-1", "xmr-2"}

@@ -163,7 +163,9 @@ class AzureProvider:
         self._vms = result.targets
         if subs and result.failed_subscriptions == len(subs):
             raise _all_failed(result.errors, "azure: CPU")
-        return result.frame
+        # the listing's display names, so a subscription whose costs failed is still named in its CPU alerts
+        frame = result.frame
+        return frame.assign(project_name=frame["project"].map(self._names).astype("string"))
 
     def stats(self) -> dict[str, Any]:
         c = self.azure.counts
