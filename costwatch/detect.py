@@ -519,6 +519,7 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
             "instance_type": e.instance_type,
             "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
             "start": e.start, "detected_at": e.detected_at,
+            **({"instance_id": e.instance_id} if e.instance_id else {}),
         })
     new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})
     related = [a for a in cost_alerts if a.project == pid and a.service in (COMPUTE_CATEGORY, None)

@@ -290,6 +290,7 @@ _rows = st.lists(st.fixed_dictionaries({
     "region": st.none() | _names,
     "instance_type": st.none() | _names,
     "project_name": st.none() | _names,
+    "instance_id": st.none() | _names,
 }), min_size=1, max_size=20)
 
 

@@ -300,11 +300,11 @@ def test_monitoring_cpu_hourly_percent_paged(mon: FakeMonitoring, tmp_path: Path
     meta = {n: tuple(None if pd.isna(v) else v for v in g[["cluster", "region", "instance_type"]].iloc[0])
             for n, g in usage.groupby("node")}
     # the GKE Standard node's VM series is kept (labelled with its cluster); the Autopilot node has its own
-    assert meta == {"4520871392201931845": (None, "us-central1", "n2-standard-4"),
-                    "7710234598812340021": ("web", "us-central1", "e2-standard-8"),
+    assert meta == {"web-1": (None, "us-central1", "n2-standard-4"),
+                    "gke-web-pool-1-abcd": ("web", "us-central1", "e2-standard-8"),
                     "gk3-auto-pool-1-xyz": ("auto", "europe-west1", None)}
     assert usage.groupby("node").size().tolist() == [6, 6, 6]
-    web1 = usage[usage["node"] == "4520871392201931845"].sort_values("timestamp")
+    web1 = usage[usage["node"] == "web-1"].sort_values("timestamp")
     assert web1["cpu_utilization"].round(6).tolist() == [21.0, 25.0, 32.0, 40.0, 38.0, 30.0]
     assert web1["timestamp"].iloc[0] == day("2024-03-10 06:00")  # point stamped 07:00 covers 06:00-07:00
     assert (usage["timestamp"] == usage["timestamp"].dt.floor("h")).all()
@@ -312,6 +312,35 @@ def test_monitoring_cpu_hourly_percent_paged(mon: FakeMonitoring, tmp_path: Path
     # 6 + 6 VM points at 4 a page = 3 pages; 12 node points (6 kept) = 3 pages
     assert p.stats()["monitoring_requests"] == 6 == len(mon.requests)
     assert p.stats()["nodes"] == 3
+
+
+def test_vms_are_named_as_the_console_and_kubernetes_name_them(mon: FakeMonitoring, tmp_path: Path) -> None:
+    """Nodes are instance names, not numeric ids: from the metric label, else the system label; two instances
+    sharing a name in different zones are ``zone/name``; the id stays in ``instance_id``; a GKE node's name is
+    what its Kubernetes ``spec.providerID`` names, so alerts still find its pods."""
+    from costwatch.providers.kubernetes.nodes import identify
+
+    hours = pd.date_range(day("2024-03-10 06:00"), periods=3, freq="h")
+    pts = [(t, 0.5) for t in hours]
+    no_metric_label = vm_series("313490938602983863", "api-7", "us-east1-b", "e2-small", pts)
+    no_metric_label["metric"]["labels"] = {}  # name only in metadata.system_labels
+    nameless = vm_series("555", "", "us-east1-b", None, pts)
+    nameless["metric"]["labels"] = {}
+    mon.series["web-prod"] = [
+        vm_series("313490938602983863", "api-7", "us-east1-b", "e2-small", pts), no_metric_label,
+        vm_series("111", "worker", "us-east1-b", "e2-small", pts),
+        vm_series("222", "worker", "europe-west1-c", "e2-small", pts),
+        vm_series("333", "gke-web-pool-1-abcd", "us-central1-a", "e2-standard-8", pts), nameless,
+        node_series("gke-web-pool-1-abcd", "web", "us-central1", pts)]
+    usage = provider(tmp_path, mon, projects=["web-prod"]).fetch_usage(day("2024-03-10"), day(NOW))
+    validate_usage(usage)
+    ids = usage.groupby("node")["instance_id"].agg(set).to_dict()
+    assert ids == {"api-7": {"313490938602983863"}, "us-east1-b/worker": {"111"}, "europe-west1-c/worker": {"222"},
+                   "gke-web-pool-1-abcd": {"333"}, "555": {"555"}}
+    assert set(usage.loc[usage["node"] == "gke-web-pool-1-abcd", "cluster"]) == {"web"}
+    gke_node = {"metadata": {"name": "gke-web-pool-1-abcd"},
+                "spec": {"providerID": "gce://web-prod/us-central1-a/gke-web-pool-1-abcd"}}
+    assert "gke-web-pool-1-abcd" in identify(gke_node).aliases
 
 
 def test_one_project_failing_is_reported_and_others_kept(mon: FakeMonitoring, tmp_path: Path) -> None:
@@ -492,7 +521,7 @@ def test_service_categories() -> None:
 def test_miner_in_new_region_is_detected(bq: FakeBigQuery, mon: FakeMonitoring, tmp_path: Path) -> None:
     """30 days of one project in us-central1 with web VMs on a daily CPU shape.  Yesterday afternoon new VMs
     appear in asia-southeast1, flat at ~99% ever since, and yesterday's compute spend leaves its band:
-    ``detect`` on the provider's frames must call it mining, naming the new region and the instance ids."""
+    ``detect`` on the provider's frames must call it mining, naming the new region and the instances."""
     from costwatch.detect import detect
 
     now = pd.Timestamp("2024-03-31 12:00", tz="UTC")
@@ -537,7 +566,8 @@ def test_miner_in_new_region_is_detected(bq: FakeBigQuery, mon: FakeMonitoring, 
     a = mining[0]
     assert a.project == "ml-prod" and a.provider == "gcp" and a.region == "asia-southeast1"
     assert a.evidence["new_regions"] == ["asia-southeast1"]
-    assert {n["node"] for n in a.evidence["nodes"]} == set(miners)
+    # named as the console and Kubernetes name them, the numeric id kept beside the name
+    assert {n["node"]: n["instance_id"] for n in a.evidence["nodes"]} == {v: k for k, v in miners.items()}
     assert all(n["instance_type"] == "c2-standard-60" for n in a.evidence["nodes"])
     assert a.evidence["cost"]["new_regions"] and a.severity == "critical"
     st = p.stats()
