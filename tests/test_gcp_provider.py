@@ -236,6 +236,55 @@ def test_second_run_queries_only_restated_days(bq: FakeBigQuery, tmp_path: Path)
     assert third.stats()["bigquery_days_fetched"] == 4
 
 
+def test_replay_asks_what_a_run_at_as_of_asked_and_leaves_the_cache_sound(bq: FakeBigQuery, mon: FakeMonitoring,
+                                                                          tmp_path: Path) -> None:
+    """Hourly runs have kept the cache warm up to now (Mar 10, 12:00).  A replay nine days back (``report
+    --as-of``, gathered with ``now`` = as_of) queries the restate window ending at as_of, as the run then did,
+    and Monitoring up to as_of, and marks those days estimated.  Partitions are read up to the real today, so a
+    day cached by a replay holds the late usage exported since.  The next hourly run re-reads its own restate
+    days; an as_of in the future asks for and caches nothing past today."""
+    from costwatch.providers._daycache import DayCache
+    from costwatch.sources import gather
+
+    rows = [standard_row(d.date().isoformat(), "web-prod", "Compute Engine", 10.0)
+            for d in pd.date_range("2024-02-10", "2024-03-10", freq="D")]
+    rows.append(standard_row("2024-02-29", "web-prod", "Compute Engine", 5.0, partition_lag_days=3))  # late
+    bq.tables[TABLE] = ("standard", rows)
+    hours = pd.date_range(day("2024-02-20"), day(NOW), freq="h", inclusive="left")
+    mon.series["web-prod"] = [vm_series("1", "web-1", "us-central1-a", "e2-small", [(t, 0.2) for t in hours])]
+    mon.page_size = 10_000
+    real = day(NOW)
+
+    def run(as_of: pd.Timestamp) -> pd.DataFrame:
+        bq.received.clear()
+        mon.requests.clear()
+        got = gather([provider(tmp_path, bq, mon, projects=["web-prod"])], day("2024-02-10"), as_of, now=as_of)
+        assert got.errors == []
+        return got.costs
+
+    def windows() -> list[tuple[str, str]]:
+        params = [{q["name"]: q["parameterValue"]["value"][:10] for q in b["queryParameters"]} for b in bq.queries]
+        return [(p["start"], p["end"]) for p in params]
+
+    run(real)  # the hourly run that warmed the cache
+    as_of = day("2024-03-01 06:00")
+    costs = run(as_of)
+    assert windows() == [("2024-02-27", "2024-03-02")]
+    partition_end = {q["name"]: q["parameterValue"]["value"] for q in bq.queries[0]["queryParameters"]}
+    assert partition_end["partition_end"] == "2024-03-09 00:00:00+00:00"
+    assert {pd.Timestamp(r.interval.end_time) for r in mon.requests} == {as_of}
+    daily = costs.groupby(costs["period_start"].dt.strftime("%Y-%m-%d")).agg(
+        cost=("effective_cost", "sum"), estimated=("estimated", "first"))
+    assert daily.index.max() == "2024-03-01" and daily.at["2024-02-29", "cost"] == pytest.approx(15.0)
+    assert list(daily.index[daily["estimated"]]) == ["2024-02-27", "2024-02-28", "2024-02-29", "2024-03-01"]
+
+    run(real)  # the next hourly run: its own restate window, not the replay's
+    assert windows() == [("2024-03-07", "2024-03-11")]
+    future = run(real + pd.Timedelta(days=3))
+    assert windows() == [("2024-03-07", "2024-03-11")] and future["period_start"].max() == day("2024-03-10")
+    assert max(DayCache(tmp_path / "gcp-cache.db", scope="gcp").fetched_days(f"standard:{TABLE}")) == "2024-03-10"
+
+
 def test_fetch_windows_merge_only_touching_days() -> None:
     import datetime as dt
 
