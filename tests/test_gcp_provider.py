@@ -285,6 +285,22 @@ def test_replay_asks_what_a_run_at_as_of_asked_and_leaves_the_cache_sound(bq: Fa
     assert max(DayCache(tmp_path / "gcp-cache.db", scope="gcp").fetched_days(f"standard:{TABLE}")) == "2024-03-10"
 
 
+def test_report_owner_is_the_project_label(bq: FakeBigQuery, tmp_path: Path) -> None:
+    """The report's ``projects[].owner`` is the project's ``owner`` label from the export, as ``run`` routes."""
+    from costwatch.detect import detect
+    from costwatch.routing import set_report_owners
+
+    bq.tables[TABLE] = ("standard", [
+        standard_row(d.date().isoformat(), pid, "Compute Engine", 10.0, owner=owner)
+        for d in pd.date_range("2024-02-20", "2024-03-09", freq="D")
+        for pid, owner in (("ml-prod", "ml-team"), ("web-prod", None))])
+    costs = provider(tmp_path, bq).fetch_costs(day("2024-02-20"), day(NOW))
+    cfg = parse_config("alerting:\n  default_owner: finops\n")
+    det = detect(costs, None, cfg, as_of=day(NOW))
+    set_report_owners(det.projects, costs, cfg)
+    assert {p["project"]: p["owner"] for p in det.projects} == {"ml-prod": "ml-team", "web-prod": "finops"}
+
+
 def test_fetch_windows_merge_only_touching_days() -> None:
     import datetime as dt
 
