@@ -122,6 +122,7 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     from . import sources
     from .detect import detect
     from .report import render, renderable
+    from .routing import set_report_owners
 
     providers = _providers(cfg, cost_paths, usage_paths)
     end = as_of or pd.Timestamp.now(tz="UTC").floor("h")
@@ -129,12 +130,13 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     start = (since if isinstance(since, pd.Timestamp) else end - (since or pd.Timedelta(days=28)))
     start = start - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
     # a single provider fails loudly (exit 2); with several, the others still report and the gap is named
-    got = sources.gather(providers, start, end, strict=len(providers) == 1)
+    got = sources.gather(providers, start, end, strict=len(providers) == 1, now=end)  # providers answer as of --as-of
     if len(providers) > 1 and len(got.errors) >= 2 * len(providers):
         raise CostwatchError("every provider failed: " + "; ".join(got.errors))
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since,
                  findings=got.findings)
     _mark_silenced(det, cfg)
+    set_report_owners(det.projects, got.costs, cfg)  # the owner `run` would route to
     if cfg.kubernetes.clusters and det.alerts:
         from costwatch.providers.kubernetes import attach, contexts_from_config
 

@@ -67,9 +67,10 @@ def cpu_matrix(usage: pd.DataFrame) -> CpuMatrix:
     wide = u.pivot_table(index=keys, columns="_hour", values="cpu_utilization", aggfunc="mean", observed=True)
     hours = pd.date_range(hour.min(), hour.max(), freq="h")
     wide = wide.reindex(columns=hours)
+    ids = {"instance_id": ("instance_id", "first")} if "instance_id" in u.columns else {}
     meta = (u.sort_values("_hour").groupby(keys, observed=True)
             .agg(cluster=("cluster", "first"), region=("region", "first"),
-                 instance_type=("instance_type", "first"), first_seen=("_hour", "min"))
+                 instance_type=("instance_type", "first"), first_seen=("_hour", "min"), **ids)
             .reindex(wide.index).reset_index())
     project_start = meta.groupby("project")["first_seen"].transform("min")
     meta["new"] = meta["first_seen"] >= project_start + pd.Timedelta(hours=24)
@@ -303,6 +304,7 @@ class NodeEpisode:
     instance_type: str | None
     cluster: str | None
     baseline: float  # profile CPU at detection
+    instance_id: str | None = None  # the cloud's id where the node is named otherwise (GCE)
 
 
 def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int = 3) -> list[NodeEpisode]:
@@ -339,7 +341,7 @@ def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int =
             flatness=float(np.nanstd(x[i, max(first, 0): c0 + 1])),
             signal=signal, new_node=bool(f.new_node[i]), region=_str(meta["region"]),
             instance_type=_str(meta["instance_type"]), cluster=_str(meta["cluster"]),
-            baseline=_mean(f.profile[i, max(first, 0): c0 + 1]),
+            baseline=_mean(f.profile[i, max(first, 0): c0 + 1]), instance_id=_str(meta.get("instance_id")),
         ))
     return out
 

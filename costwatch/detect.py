@@ -199,10 +199,13 @@ def _project_meta(costs: pd.DataFrame, usage: pd.DataFrame, cfg: Config, pairs: 
         c["n_currencies"] = pairs.groupby(level="project_id").size().reindex(c.index).to_numpy()
         parts.append(c)
     if not usage.empty:
-        u = usage.groupby("project", observed=True).agg(provider=("provider", "first"))
+        has_name = "project_name" in usage.columns
+        u = usage.groupby("project", observed=True).agg(
+            provider=("provider", "first"), **({"project_name": ("project_name", "first")} if has_name else {}))
         u.index = u.index.astype(str)
         u.index.name = "project_id"
-        u["project_name"] = u.index.astype("string")
+        named = u["project_name"].astype("string") if has_name else pd.Series(pd.NA, index=u.index, dtype="string")
+        u["project_name"] = named.fillna(pd.Series(u.index, index=u.index, dtype="string"))
         u["currency"] = DEFAULT_CURRENCY
         u["n_currencies"] = 0
         parts.append(u)
@@ -516,6 +519,7 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
             "instance_type": e.instance_type,
             "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
             "start": e.start, "detected_at": e.detected_at,
+            **({"instance_id": e.instance_id} if e.instance_id else {}),
         })
     new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})
     related = [a for a in cost_alerts if a.project == pid and a.service in (COMPUTE_CATEGORY, None)

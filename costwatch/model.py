@@ -42,6 +42,11 @@ USAGE_COLUMNS: dict[str, str] = {
     "cluster": "string",
     "region": "string",
     "instance_type": "string",
+    # optional: the project's display name where the provider knows it (a subscription whose costs could not
+    # be read still has a name); detection falls back to the cost data's name, then the id
+    "project_name": "string",
+    # optional: the cloud's own id of a node named otherwise (GCE's numeric instance id), kept for evidence
+    "instance_id": "string",
 }
 
 REQUIRED_USAGE = ("timestamp", "provider", "project", "node", "cpu_utilization")

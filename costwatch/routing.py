@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -52,6 +53,14 @@ def owner_of(project: str, cfg: Config, tag_owners: dict[str, str]) -> str | Non
     if pc is not None and pc.owner:
         return pc.owner
     return tag_owners.get(project) or cfg.alerting.default_owner
+
+
+def set_report_owners(projects: list[dict[str, Any]], costs: pd.DataFrame, cfg: Config) -> None:
+    """Fill each report row's ``owner`` with the owner ``run`` routes that project's alerts to (config, then
+    cost tags, then ``default_owner``), so the report never disagrees with where the messages go."""
+    tag_owners = project_owners_from_tags(costs, cfg.alerting.owner_tags)
+    for p in projects:
+        p["owner"] = owner_of(str(p["project"]), cfg, tag_owners)
 
 
 def owners_for(project: str, severity: str, cfg: Config, tag_owners: dict[str, str]) -> list[str]:
@@ -99,4 +108,5 @@ def routes(owners: list[str], cfg: Config) -> list[Route]:
     return list(by_key.values())
 
 
-__all__ = ["Route", "owner_of", "owners_for", "project_owners_from_tags", "routes"]
+__all__ = ["Route", "owner_of", "owners_for", "project_owners_from_tags", "routes",
+           "set_report_owners"]

@@ -161,7 +161,7 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
          digest_after: int) -> RunResult:
     since = end - ALERT_WINDOW
     start = since - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
-    got = sources.gather(providers, start, end, deadline=deadline)
+    got = sources.gather(providers, start, end, deadline=deadline, now=end)  # as of the run's (or replay's) end
     if got.every_provider_failed(providers):
         raise CostwatchError("every provider failed: " + "; ".join(got.errors))
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=end, since=since,

@@ -2,13 +2,17 @@
 
 A provider is any object with ``name``, ``fetch_costs(start, end)`` and ``fetch_usage(start, end)``
 returning normalized frames (``costwatch.model``), and optionally ``stats() -> dict`` (requests made,
-bytes scanned) for the run summary.  Providers register by config ``type``; modules are imported only
-when used, so a user without ``costwatch[aws]`` never imports boto3.
+bytes scanned) for the run summary.  A provider that reads a live API takes ``now`` as well (keyword): the
+moment the fetch answers for, so ``report --as-of`` asks what an hourly run at that time would have asked
+(its last day, restate window and CPU hours) rather than going by the provider's own clock.  Providers
+register by config ``type``; modules are imported only when used, so a user without ``costwatch[aws]`` never
+imports boto3.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -77,13 +81,23 @@ _CHECKS: dict[str, Callable[[pd.DataFrame, str], None]] = {
     "costs": validate_costs, "usage": validate_usage, "findings": _no_check}
 
 
+def _takes_now(fetch: Callable[..., Any]) -> bool:
+    """Whether a fetch method accepts ``now`` (API providers); file readers and simple providers do not."""
+    try:
+        params = inspect.signature(fetch).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "now" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 class _Fetch:
     """One provider's fetch, part by part, recording what finished.  Run in a worker thread when the
     caller sets a deadline; whatever has not finished by then is reported as timed out and whatever
     arrives later is ignored."""
 
-    def __init__(self, provider: Provider, start: pd.Timestamp, end: pd.Timestamp, strict: bool) -> None:
-        self.p, self.start, self.end, self.strict = provider, start, end, strict
+    def __init__(self, provider: Provider, start: pd.Timestamp, end: pd.Timestamp, strict: bool,
+                 now: pd.Timestamp | None = None) -> None:
+        self.p, self.start, self.end, self.strict, self.now = provider, start, end, strict, now
         self.lock = threading.Lock()
         self.frames: dict[str, pd.DataFrame] = {}
         self.errors: dict[str, str] = {}
@@ -114,7 +128,10 @@ class _Fetch:
     def _one(self, part: str) -> tuple[pd.DataFrame | None, str | None]:
         fetch = getattr(self.p, f"fetch_{part}")
         try:
-            frame = fetch(self.start, self.end)
+            if self.now is not None and _takes_now(fetch):
+                frame = fetch(self.start, self.end, now=self.now)
+            else:
+                frame = fetch(self.start, self.end)
             if len(frame):
                 _CHECKS[part](frame, f"{self.p.name} {part}")
                 return frame, None
@@ -152,8 +169,12 @@ class _Fetch:
 
 
 def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
-           strict: bool = False, deadline: float | None = None) -> Gathered:
+           strict: bool = False, deadline: float | None = None, now: pd.Timestamp | None = None) -> Gathered:
     """Fetch from every provider; with ``strict`` the first error is raised (one provider, CLI use).
+
+    ``now``: the moment the fetch answers for, passed to the providers that take it (see the module
+    docstring); ``run`` and ``report`` pass the end of the window they evaluate (``--as-of`` when replaying),
+    so a replay and the hourly run it replays ask the clouds the same things.  None: each provider's clock.
 
     Costs and usage are required parts of the protocol; findings are optional (``fetch_findings``).
 
@@ -162,7 +183,7 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
     provider still busy after ``deadline`` seconds is reported as timed out for the parts it had not
     finished (a hung API, a retry loop): the run goes on with the next.  Its thread is a daemon thread,
     left to finish or die with the process; nothing it returns later is used."""
-    jobs = [_Fetch(p, start, end, strict) for p in providers]
+    jobs = [_Fetch(p, start, end, strict, now) for p in providers]
     if deadline is None:
         for job in jobs:
             job.run()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,22 @@ CREATE TABLE IF NOT EXISTS cache_rows (
 );
 CREATE INDEX IF NOT EXISTS cache_rows_day ON cache_rows (scope, source, part, day);
 """
+
+
+def fetch_clock(now: pd.Timestamp | None, clock: Callable[[], pd.Timestamp]) -> pd.Timestamp:
+    """The moment a fetch answers for: ``now`` (the end of the window a run or a replay evaluates, see
+    ``costwatch.sources.gather``), else the provider's clock; never later than the clock, since no cloud has
+    data from the future and a day asked for before it exists would be cached as empty.
+
+    It sets the last day fetched, the restate window (a replay at a past ``as_of`` re-reads the days a run at
+    that time would have re-read, and marks them estimated as that run would have) and the CPU window.  The
+    cache itself stays on the real clock: what is fetched is what the cloud says now, and a later run still
+    re-reads its own last ``restate_days`` because it computes them from its own clock."""
+    real = clock()
+    if now is None:
+        return real
+    t = pd.Timestamp(now)
+    return min(t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC"), real)
 
 
 def day_range(start: pd.Timestamp, end: pd.Timestamp, today: dt.date) -> list[dt.date]:
@@ -122,4 +138,4 @@ class DayCache(SqliteFile):
             return [json.loads(r) for d, r in cur.fetchall() if d in wanted]
 
 
-__all__ = ["DayCache", "SqliteFile", "day_range", "default_cache_path", "fetch_windows"]
+__all__ = ["DayCache", "SqliteFile", "day_range", "default_cache_path", "fetch_clock", "fetch_windows"]

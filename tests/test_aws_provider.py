@@ -169,6 +169,81 @@ def test_hourly_run_refetches_only_recent_days(moto: None, tmp_path: Path) -> No
     assert p3.stats()["ce_requests"] == 4
 
 
+def ce_windows(p: AwsProvider) -> list[tuple[str, str]]:
+    """Every GetCostAndUsage TimePeriod this provider's Cost Explorer client sends, in order (a botocore hook)."""
+    seen: list[tuple[str, str]] = []
+    p.api.client("ce").meta.events.register(
+        "provide-client-params.ce.GetCostAndUsage",
+        lambda params, **_: seen.append((params["TimePeriod"]["Start"], params["TimePeriod"]["End"])))
+    return seen
+
+
+def test_replay_asks_what_a_run_at_as_of_asked_and_leaves_the_cache_sound(moto: None, tmp_path: Path) -> None:
+    """Hourly runs have kept the cache warm up to now (Jun 30, 12:00).  A replay ten days back (``report
+    --as-of``, gathered with ``now`` = as_of) asks Cost Explorer for the restate window ending at as_of, as the
+    run then did.  The next hourly run still re-reads its own restate days; an as_of in the future asks for
+    and caches nothing past today."""
+    from costwatch.sources import gather
+
+    days = day_list("2024-06-01", 30)
+    queue_ce([ce_result(days, {ACCOUNT: {EC2_SVC: 10.0}}, "SERVICE"),
+              ce_result(days, {ACCOUNT: {"us-east-1": 10.0}}, "REGION")])
+    real = pd.Timestamp("2024-06-30 12:00", tz="UTC")
+
+    def run(as_of: pd.Timestamp) -> list[tuple[str, str]]:
+        p = provider(tmp_path, str(real.tz_convert(None)), cpu=False, guardduty=False)
+        asked = ce_windows(p)
+        got = gather([p], pd.Timestamp("2024-06-01", tz="UTC"), as_of, now=as_of)
+        assert got.errors == []
+        return asked
+
+    assert run(real) == [("2024-06-01", "2024-07-01")] * 2  # the hourly run that warmed the cache
+    assert run(pd.Timestamp("2024-06-20 06:00", tz="UTC")) == [("2024-06-17", "2024-06-21")] * 2
+    assert run(real) == [("2024-06-27", "2024-07-01")] * 2  # the next run: its own restate window
+    assert run(real + pd.Timedelta(days=3)) == [("2024-06-27", "2024-07-01")] * 2
+    cache = provider(tmp_path).cache
+    assert max(cache.fetched_days("service", "UnblendedCost", "DAILY")) == "2024-06-30"
+
+
+def test_report_and_run_as_of_hand_the_replay_time_to_the_providers(moto: None, tmp_path: Path) -> None:
+    """Through the CLI, with the real clock: ``report --as-of`` and ``run --as-of`` ten days back re-read the
+    days that were still restating at as_of (as the hourly run then did), and only those."""
+    import sqlite3
+
+    import yaml
+    from click.testing import CliRunner
+
+    from costwatch.cli import cli
+
+    as_of = pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(days=10)
+    days = day_list((as_of - pd.Timedelta(days=80)).date().isoformat(), 81)
+    queue_ce([ce_result(days, {ACCOUNT: {EC2_SVC: 10.0}}, "SERVICE"),
+              ce_result(days, {ACCOUNT: {"us-east-1": 10.0}}, "REGION")])
+    config = tmp_path / "costwatch.yaml"
+    config.write_text(yaml.safe_dump({
+        "providers": [{"type": "aws", "regions": ["us-east-1"], "cpu": False, "guardduty": False}],
+        "state": {"path": str(tmp_path / "state.db")}}))
+
+    def refetched(*args: str) -> set[str]:
+        """Days whose Cost Explorer rows this command fetched again."""
+        def stamps() -> dict[str, str]:
+            if not (tmp_path / "aws-cache.db").exists():
+                return {}
+            with sqlite3.connect(tmp_path / "aws-cache.db") as db:
+                return dict(db.execute("SELECT day, fetched_at FROM ce_days WHERE kind='service'").fetchall())
+
+        before = stamps()
+        res = CliRunner().invoke(cli, [*args, "--config", str(config), "--as-of", as_of.isoformat()],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return {d for d, at in stamps().items() if before.get(d) != at}
+
+    assert max(refetched("report", "--format", "json")) == as_of.date().isoformat()  # first: the whole window
+    restating = {(as_of - pd.Timedelta(days=i)).date().isoformat() for i in range(4)}
+    assert refetched("report", "--format", "json") == restating
+    assert refetched("run", "--no-charts") == restating
+
+
 def test_fetch_windows_merge_small_gaps() -> None:
     today = dt.date(2024, 6, 30)
     days = [today - dt.timedelta(days=i) for i in range(30, -1, -1)]

@@ -388,6 +388,52 @@ def test_vm_and_scale_set_cpu_hourly_with_aks_cluster(arm: fa.Server, tmp_path: 
     assert st["vms_and_scale_sets"] == 4 and st["monitor_requests"] == 4 and st["compute_requests"] == 3
 
 
+def test_replay_asks_what_a_run_at_as_of_asked_and_leaves_the_cache_sound(arm: fa.Server, tmp_path: Path) -> None:
+    """Hourly runs have kept the cache warm up to now (Sep 30, 12:00).  A replay ten days back (``report
+    --as-of``, gathered with ``now`` = as_of) asks Azure for the restate window ending at as_of, as the run then
+    did, reads CPU up to as_of, and marks the days estimated as that run saw them.  The next hourly run still
+    re-reads its own last restate days, and an as_of in the future asks for and caches nothing past today."""
+    from costwatch.providers._daycache import DayCache
+    from costwatch.sources import gather
+
+    fake = arm.fake
+    fake.add_subscription(A, "Payments Production")
+    fake.usage[A] += [fa.legacy_item(A, d, 10.0, "Virtual Machines", "USEast", "rg-web",
+                                     "Microsoft.Compute/virtualMachines/web-01")
+                      for d in pd.date_range("2024-08-20", "2024-09-30").strftime("%Y-%m-%d")]
+    web = fa.vm(A, "rg-web", "web-01", "eastus", "Standard_B2s")
+    fake.vms[A].append(web)
+    fake.set_cpu(web["id"], hourly("2024-09-10 00:00", 21 * 24, lambda t: 20.0))
+    real = utc("2024-09-30 12:00")
+
+    def run(as_of: pd.Timestamp) -> pd.DataFrame:
+        fake.log.clear()
+        got = gather([provider(arm, tmp_path, now=str(real.tz_convert(None)), subscriptions=[A])],
+                     utc("2024-08-20"), as_of, now=as_of)
+        assert got.errors == []
+        return got.costs
+
+    def cost_filters() -> list[str]:
+        return [r.query["$filter"] for r in fake.requests_to(USAGE_PATH)]
+
+    run(real)  # the hourly run that warmed the cache
+    as_of = utc("2024-09-20 06:00")
+    costs = run(as_of)
+    assert cost_filters() == ["properties/usageStart ge '2024-09-17' and properties/usageEnd le '2024-09-20'"]
+    assert fake.requests_to(r"/metrics$")[-1].query["timespan"].endswith("/2024-09-20T06:00:00Z")
+    estimated = costs.groupby(costs["period_start"].dt.strftime("%Y-%m-%d"))["estimated"].first()
+    assert estimated.index.max() == "2024-09-20"
+    assert list(estimated[estimated].index) == ["2024-09-17", "2024-09-18", "2024-09-19", "2024-09-20"]
+
+    run(real)  # the next hourly run: its own restate window, not the replay's
+    assert cost_filters() == ["properties/usageStart ge '2024-09-27' and properties/usageEnd le '2024-09-30'"]
+    future = run(real + pd.Timedelta(days=3))
+    assert cost_filters() == ["properties/usageStart ge '2024-09-27' and properties/usageEnd le '2024-09-30'"]
+    assert future["period_start"].max() == utc("2024-09-30")
+    cached = DayCache(tmp_path / "cache" / "azure.db", scope="azure").fetched_days("consumption", part=A)
+    assert max(cached) == "2024-09-30"
+
+
 def test_cpu_failure_in_one_subscription_is_reported(arm: fa.Server, tmp_path: Path) -> None:
     fake = arm.fake
     for sid in (A, B):
@@ -481,3 +527,23 @@ def test_day_helpers_never_ask_for_tomorrow() -> None:
     cached = {d.isoformat() for d in days[:5]}
     assert fetch_windows(days, cached, dt.date(2024, 9, 10), 3, merge_gap=MERGE_GAP_DAYS) == [
         (dt.date(2024, 9, 6), dt.date(2024, 9, 11))]
+
+
+def test_cpu_only_mining_alert_is_named_from_the_subscription_list(arm: fa.Server, tmp_path: Path) -> None:
+    """The costs of the miner's subscription cannot be read (403), its CPU can: the mining alert raised from
+    CPU alone carries the display name the subscription list gave in the same run, not the GUID."""
+    from costwatch.detect import detect
+    from costwatch.sources import gather
+
+    fake = arm.fake
+    fake.add_subscription(A, "Payments Production")
+    fake.add_subscription(B, "Data Science Sandbox")
+    now = utc("2024-09-30 12:00")
+    fa.miner_story(fake, B, now, np.random.default_rng(11))
+    fake.fail("GET", f"/subscriptions/{B}{USAGE_PATH[:-1]}", 403)
+    got = gather([provider(arm, tmp_path, now=str(now.tz_convert(None)))], now - pd.Timedelta(days=30), now)
+    assert got.failed == {}  # one subscription's costs are missing, not the provider's
+    assert B not in set(got.costs["project_id"]) and B in set(got.usage["project"])
+    (mining,) = [a for a in detect(got.costs, got.usage, Config(), as_of=now).alerts if a.kind == "mining_suspected"]
+    assert (mining.project, mining.project_name) == (B, "Data Science Sandbox")
+    assert {n["node"] for n in mining.evidence["nodes"]} == {"xmr-0", "xmr-1", "xmr-2"}

@@ -289,6 +289,8 @@ _rows = st.lists(st.fixed_dictionaries({
     "cluster": st.none() | _names,
     "region": st.none() | _names,
     "instance_type": st.none() | _names,
+    "project_name": st.none() | _names,
+    "instance_id": st.none() | _names,
 }), min_size=1, max_size=20)
 
 

@@ -236,6 +236,71 @@ def test_second_run_queries_only_restated_days(bq: FakeBigQuery, tmp_path: Path)
     assert third.stats()["bigquery_days_fetched"] == 4
 
 
+def test_replay_asks_what_a_run_at_as_of_asked_and_leaves_the_cache_sound(bq: FakeBigQuery, mon: FakeMonitoring,
+                                                                          tmp_path: Path) -> None:
+    """Hourly runs have kept the cache warm up to now (Mar 10, 12:00).  A replay nine days back (``report
+    --as-of``, gathered with ``now`` = as_of) queries the restate window ending at as_of, as the run then did,
+    and Monitoring up to as_of, and marks those days estimated.  Partitions are read up to the real today, so a
+    day cached by a replay holds the late usage exported since.  The next hourly run re-reads its own restate
+    days; an as_of in the future asks for and caches nothing past today."""
+    from costwatch.providers._daycache import DayCache
+    from costwatch.sources import gather
+
+    rows = [standard_row(d.date().isoformat(), "web-prod", "Compute Engine", 10.0)
+            for d in pd.date_range("2024-02-10", "2024-03-10", freq="D")]
+    rows.append(standard_row("2024-02-29", "web-prod", "Compute Engine", 5.0, partition_lag_days=3))  # late
+    bq.tables[TABLE] = ("standard", rows)
+    hours = pd.date_range(day("2024-02-20"), day(NOW), freq="h", inclusive="left")
+    mon.series["web-prod"] = [vm_series("1", "web-1", "us-central1-a", "e2-small", [(t, 0.2) for t in hours])]
+    mon.page_size = 10_000
+    real = day(NOW)
+
+    def run(as_of: pd.Timestamp) -> pd.DataFrame:
+        bq.received.clear()
+        mon.requests.clear()
+        got = gather([provider(tmp_path, bq, mon, projects=["web-prod"])], day("2024-02-10"), as_of, now=as_of)
+        assert got.errors == []
+        return got.costs
+
+    def windows() -> list[tuple[str, str]]:
+        params = [{q["name"]: q["parameterValue"]["value"][:10] for q in b["queryParameters"]} for b in bq.queries]
+        return [(p["start"], p["end"]) for p in params]
+
+    run(real)  # the hourly run that warmed the cache
+    as_of = day("2024-03-01 06:00")
+    costs = run(as_of)
+    assert windows() == [("2024-02-27", "2024-03-02")]
+    partition_end = {q["name"]: q["parameterValue"]["value"] for q in bq.queries[0]["queryParameters"]}
+    assert partition_end["partition_end"] == "2024-03-09 00:00:00+00:00"
+    assert {pd.Timestamp(r.interval.end_time) for r in mon.requests} == {as_of}
+    daily = costs.groupby(costs["period_start"].dt.strftime("%Y-%m-%d")).agg(
+        cost=("effective_cost", "sum"), estimated=("estimated", "first"))
+    assert daily.index.max() == "2024-03-01" and daily.at["2024-02-29", "cost"] == pytest.approx(15.0)
+    assert list(daily.index[daily["estimated"]]) == ["2024-02-27", "2024-02-28", "2024-02-29", "2024-03-01"]
+
+    run(real)  # the next hourly run: its own restate window, not the replay's
+    assert windows() == [("2024-03-07", "2024-03-11")]
+    future = run(real + pd.Timedelta(days=3))
+    assert windows() == [("2024-03-07", "2024-03-11")] and future["period_start"].max() == day("2024-03-10")
+    assert max(DayCache(tmp_path / "gcp-cache.db", scope="gcp").fetched_days(f"standard:{TABLE}")) == "2024-03-10"
+
+
+def test_report_owner_is_the_project_label(bq: FakeBigQuery, tmp_path: Path) -> None:
+    """The report's ``projects[].owner`` is the project's ``owner`` label from the export, as ``run`` routes."""
+    from costwatch.detect import detect
+    from costwatch.routing import set_report_owners
+
+    bq.tables[TABLE] = ("standard", [
+        standard_row(d.date().isoformat(), pid, "Compute Engine", 10.0, owner=owner)
+        for d in pd.date_range("2024-02-20", "2024-03-09", freq="D")
+        for pid, owner in (("ml-prod", "ml-team"), ("web-prod", None))])
+    costs = provider(tmp_path, bq).fetch_costs(day("2024-02-20"), day(NOW))
+    cfg = parse_config("alerting:\n  default_owner: finops\n")
+    det = detect(costs, None, cfg, as_of=day(NOW))
+    set_report_owners(det.projects, costs, cfg)
+    assert {p["project"]: p["owner"] for p in det.projects} == {"ml-prod": "ml-team", "web-prod": "finops"}
+
+
 def test_fetch_windows_merge_only_touching_days() -> None:
     import datetime as dt
 
@@ -300,11 +365,11 @@ def test_monitoring_cpu_hourly_percent_paged(mon: FakeMonitoring, tmp_path: Path
     meta = {n: tuple(None if pd.isna(v) else v for v in g[["cluster", "region", "instance_type"]].iloc[0])
             for n, g in usage.groupby("node")}
     # the GKE Standard node's VM series is kept (labelled with its cluster); the Autopilot node has its own
-    assert meta == {"4520871392201931845": (None, "us-central1", "n2-standard-4"),
-                    "7710234598812340021": ("web", "us-central1", "e2-standard-8"),
+    assert meta == {"web-1": (None, "us-central1", "n2-standard-4"),
+                    "gke-web-pool-1-abcd": ("web", "us-central1", "e2-standard-8"),
                     "gk3-auto-pool-1-xyz": ("auto", "europe-west1", None)}
     assert usage.groupby("node").size().tolist() == [6, 6, 6]
-    web1 = usage[usage["node"] == "4520871392201931845"].sort_values("timestamp")
+    web1 = usage[usage["node"] == "web-1"].sort_values("timestamp")
     assert web1["cpu_utilization"].round(6).tolist() == [21.0, 25.0, 32.0, 40.0, 38.0, 30.0]
     assert web1["timestamp"].iloc[0] == day("2024-03-10 06:00")  # point stamped 07:00 covers 06:00-07:00
     assert (usage["timestamp"] == usage["timestamp"].dt.floor("h")).all()
@@ -312,6 +377,35 @@ def test_monitoring_cpu_hourly_percent_paged(mon: FakeMonitoring, tmp_path: Path
     # 6 + 6 VM points at 4 a page = 3 pages; 12 node points (6 kept) = 3 pages
     assert p.stats()["monitoring_requests"] == 6 == len(mon.requests)
     assert p.stats()["nodes"] == 3
+
+
+def test_vms_are_named_as_the_console_and_kubernetes_name_them(mon: FakeMonitoring, tmp_path: Path) -> None:
+    """Nodes are instance names, not numeric ids: from the metric label, else the system label; two instances
+    sharing a name in different zones are ``zone/name``; the id stays in ``instance_id``; a GKE node's name is
+    what its Kubernetes ``spec.providerID`` names, so alerts still find its pods."""
+    from costwatch.providers.kubernetes.nodes import identify
+
+    hours = pd.date_range(day("2024-03-10 06:00"), periods=3, freq="h")
+    pts = [(t, 0.5) for t in hours]
+    no_metric_label = vm_series("313490938602983863", "api-7", "us-east1-b", "e2-small", pts)
+    no_metric_label["metric"]["labels"] = {}  # name only in metadata.system_labels
+    nameless = vm_series("555", "", "us-east1-b", None, pts)
+    nameless["metric"]["labels"] = {}
+    mon.series["web-prod"] = [
+        vm_series("313490938602983863", "api-7", "us-east1-b", "e2-small", pts), no_metric_label,
+        vm_series("111", "worker", "us-east1-b", "e2-small", pts),
+        vm_series("222", "worker", "europe-west1-c", "e2-small", pts),
+        vm_series("333", "gke-web-pool-1-abcd", "us-central1-a", "e2-standard-8", pts), nameless,
+        node_series("gke-web-pool-1-abcd", "web", "us-central1", pts)]
+    usage = provider(tmp_path, mon, projects=["web-prod"]).fetch_usage(day("2024-03-10"), day(NOW))
+    validate_usage(usage)
+    ids = usage.groupby("node")["instance_id"].agg(set).to_dict()
+    assert ids == {"api-7": {"313490938602983863"}, "us-east1-b/worker": {"111"}, "europe-west1-c/worker": {"222"},
+                   "gke-web-pool-1-abcd": {"333"}, "555": {"555"}}
+    assert set(usage.loc[usage["node"] == "gke-web-pool-1-abcd", "cluster"]) == {"web"}
+    gke_node = {"metadata": {"name": "gke-web-pool-1-abcd"},
+                "spec": {"providerID": "gce://web-prod/us-central1-a/gke-web-pool-1-abcd"}}
+    assert "gke-web-pool-1-abcd" in identify(gke_node).aliases
 
 
 def test_one_project_failing_is_reported_and_others_kept(mon: FakeMonitoring, tmp_path: Path) -> None:
@@ -492,7 +586,7 @@ def test_service_categories() -> None:
 def test_miner_in_new_region_is_detected(bq: FakeBigQuery, mon: FakeMonitoring, tmp_path: Path) -> None:
     """30 days of one project in us-central1 with web VMs on a daily CPU shape.  Yesterday afternoon new VMs
     appear in asia-southeast1, flat at ~99% ever since, and yesterday's compute spend leaves its band:
-    ``detect`` on the provider's frames must call it mining, naming the new region and the instance ids."""
+    ``detect`` on the provider's frames must call it mining, naming the new region and the instances."""
     from costwatch.detect import detect
 
     now = pd.Timestamp("2024-03-31 12:00", tz="UTC")
@@ -537,7 +631,8 @@ def test_miner_in_new_region_is_detected(bq: FakeBigQuery, mon: FakeMonitoring, 
     a = mining[0]
     assert a.project == "ml-prod" and a.provider == "gcp" and a.region == "asia-southeast1"
     assert a.evidence["new_regions"] == ["asia-southeast1"]
-    assert {n["node"] for n in a.evidence["nodes"]} == set(miners)
+    # named as the console and Kubernetes name them, the numeric id kept beside the name
+    assert {n["node"]: n["instance_id"] for n in a.evidence["nodes"]} == {v: k for k, v in miners.items()}
     assert all(n["instance_type"] == "c2-standard-60" for n in a.evidence["nodes"])
     assert a.evidence["cost"]["new_regions"] and a.severity == "critical"
     st = p.stats()

@@ -21,7 +21,7 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_usage
-from costwatch.providers._daycache import DayCache, day_range
+from costwatch.providers._daycache import DayCache, day_range, fetch_clock
 
 from . import athena as athena_source
 from . import compute, guardduty
@@ -77,28 +77,30 @@ class AwsProvider:
             self._accounts = compute.accounts(self.api, self.cache, self.owner_tag, self.clock(), self.notes)
         return self._accounts
 
-    def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """Daily cost rows for [start, end), fetching from AWS only the days the cache cannot answer."""
-        days = day_range(start, end, self.clock().date())
+    def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Daily cost rows for [start, end) as of ``now`` (a replay's as_of; see ``fetch_clock``), fetching from
+        AWS only the days the cache cannot answer or that were still restating then."""
+        today = fetch_clock(now, self.clock).date()
+        days = day_range(start, end, today)
         if self.athena is not None:
-            rows = self.athena.daily(days)
+            rows = self.athena.daily(days, today)
             names, owners = self.accounts()
-            return athena_source.costs_frame(rows, self.athena.export, self.clock().date(), self.restate_days,
-                                             names, owners)
-        svc_rows, svc_est = self.ce.daily("service", days)
-        reg_rows, reg_est = self.ce.daily("region", days)
+            return athena_source.costs_frame(rows, self.athena.export, today, self.restate_days, names, owners)
+        svc_rows, svc_est = self.ce.daily("service", days, today)
+        reg_rows, reg_est = self.ce.daily("region", days, today)
         estimated = {d: svc_est.get(d, False) or reg_est.get(d, False) for d in {*svc_est, *reg_est}}
         names, owners = self.accounts()
         return combine(svc_rows, reg_rows, estimated, names, owners)
 
-    def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """Hourly CPU of every instance in every region; failed regions go to ``stats()["errors"]`` and
-        only a failure of all of them raises."""
+    def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Hourly CPU of every instance in every region up to ``now`` (see ``fetch_clock``); failed regions go
+        to ``stats()["errors"]`` and only a failure of all of them raises."""
         if not self.cpu:
             return empty_usage()
         targets = self._targets()
         self._regions_seen = sorted({r for _, r in targets})
-        results = compute.scan(targets, start, end, cpu=True, max_workers=self.max_workers, now=self.clock())
+        results = compute.scan(targets, start, end, cpu=True, max_workers=self.max_workers,
+                               now=fetch_clock(now, self.clock))
         failed = [r for r in results if r.error]
         self.errors += [str(r.error) for r in failed]
         if failed and len(failed) == len(results):

@@ -202,9 +202,10 @@ class AthenaExport:
     def client(self) -> Any:
         return self.api.client("athena", self.region)
 
-    def daily(self, days: list[dt.date]) -> list[dict[str, Any]]:
-        """Rows for ``days``, querying Athena only for what the cache cannot answer."""
-        today = self.clock().date()
+    def daily(self, days: list[dt.date], today: dt.date | None = None) -> list[dict[str, Any]]:
+        """Rows for ``days``, querying Athena only for what the cache cannot answer and the days within
+        ``restate_days`` of ``today`` (the clock's, or a replay's)."""
+        today = today or self.clock().date()
         cached = self.cache.fetched_days(self.source)
         for a, b in fetch_windows(days, cached, today, self.restate_days):
             rows = self.query(a, b)

@@ -127,10 +127,11 @@ class CostExplorer:
         self.requests = 0
         self.fetched_days = 0
 
-    def daily(self, kind: str, days: list[dt.date]) -> tuple[list[Row], dict[str, bool]]:
-        """Rows for ``days`` of one query kind (fetching what the cache cannot answer) and the
-        estimated flag per day."""
-        today = self.clock().date()
+    def daily(self, kind: str, days: list[dt.date], today: dt.date | None = None,
+              ) -> tuple[list[Row], dict[str, bool]]:
+        """Rows for ``days`` of one query kind (fetching what the cache cannot answer, and the days within
+        ``restate_days`` of ``today``: the clock's, or a replay's) and the estimated flag per day."""
+        today = today or self.clock().date()
         cached = self.cache.fetched_days(kind, self.metric, GRANULARITY)
         for a, b in fetch_windows(days, set(cached), today, self.restate_days, merge_gap=MERGE_GAP_DAYS):
             got_days, rows = self._query(kind, a, b)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, empty_usage
-from costwatch.providers._daycache import DayCache, day_range
+from costwatch.providers._daycache import DayCache, day_range, fetch_clock
 from costwatch.providers._daycache import default_cache_path as _cache_path
 
 from . import monitor
@@ -117,14 +117,15 @@ class AzureProvider:
 
     # --------------------------------------------------------------------------------------------- costs
 
-    def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """Daily cost rows for [start, end), fetching from Azure only the days the cache cannot answer."""
+    def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Daily cost rows for [start, end) as of ``now`` (a replay's as_of; see ``fetch_clock``), fetching from
+        Azure only the days the cache cannot answer or that were still restating then."""
         subs = self.subscriptions()
-        today = self.clock().date()
+        today = fetch_clock(now, self.clock).date()
         days = day_range(start, end, today)
         if not subs or not days:
             return empty_costs()
-        results = self._each(subs, lambda s: self.costs.daily(s, days))
+        results = self._each(subs, lambda s: self.costs.daily(s, days, today))
         rows: list[Row] = []
         errors: list[str] = []
         for sub, got in zip(subs, results, strict=True):
@@ -151,19 +152,21 @@ class AzureProvider:
 
     # --------------------------------------------------------------------------------------------- usage
 
-    def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """Hourly CPU of every VM and scale-set instance; failed subscriptions go to ``stats()["errors"]`` and
-        only a failure of all of them raises."""
+    def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Hourly CPU of every VM and scale-set instance up to ``now`` (see ``fetch_clock``); failed subscriptions
+        go to ``stats()["errors"]`` and only a failure of all of them raises."""
         if not self.cpu:
             return empty_usage()
         subs = self.subscriptions()
         result = monitor.scan(self.azure, subs, pd.Timestamp(start), pd.Timestamp(end),
-                              max_workers=self.max_workers, now=self.clock())
+                              max_workers=self.max_workers, now=fetch_clock(now, self.clock))
         self.errors += result.errors
         self._vms = result.targets
         if subs and result.failed_subscriptions == len(subs):
             raise _all_failed(result.errors, "azure: CPU")
-        return result.frame
+        # the listing's display names, so a subscription whose costs failed is still named in its CPU alerts
+        frame = result.frame
+        return frame.assign(project_name=frame["project"].map(self._names).astype("string"))
 
     def stats(self) -> dict[str, Any]:
         c = self.azure.counts

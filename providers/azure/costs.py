@@ -220,9 +220,10 @@ class Costs:
         self.clock = clock
         self.fetched_days = 0
 
-    def daily(self, subscription: str, days: list[dt.date]) -> list[Row]:
-        """Rows of one subscription for ``days``, asking Azure only for what the cache cannot answer."""
-        today = self.clock().date()
+    def daily(self, subscription: str, days: list[dt.date], today: dt.date | None = None) -> list[Row]:
+        """Rows of one subscription for ``days``, asking Azure only for what the cache cannot answer and the days
+        within ``restate_days`` of ``today`` (the clock's, or a replay's)."""
+        today = today or self.clock().date()
         cached = self.cache.fetched_days(self.source, part=subscription)
         fetch = self._consumption if self.source == "consumption" else self._query
         for a, b in fetch_windows(days, cached, today, self.restate_days, merge_gap=MERGE_GAP_DAYS):

@@ -2,7 +2,8 @@
 
 CPU is the second half of the mining signature, and it comes from whatever the user already has
 (Prometheus, CloudWatch, Cloud Monitoring exports), so the format is a deliberately small CSV:
-``timestamp,provider,project,node,cpu_utilization`` plus optional ``cluster,region,instance_type``.
+``timestamp,provider,project,node,cpu_utilization`` plus optional
+``cluster,region,instance_type,project_name,instance_id``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .focus import (
     require_text,
 )
 
-OPTIONAL_USAGE = ("cluster", "region", "instance_type")
+OPTIONAL_USAGE = ("cluster", "region", "instance_type", "project_name", "instance_id")
 
 
 def load_usage(path: str | Path) -> pd.DataFrame:

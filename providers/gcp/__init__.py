@@ -23,7 +23,7 @@ import pandas as pd
 
 from costwatch.errors import ProviderError
 from costwatch.model import empty_costs, empty_usage
-from costwatch.providers._daycache import DayCache, day_range
+from costwatch.providers._daycache import DayCache, day_range, fetch_clock
 from costwatch.providers._daycache import default_cache_path as _cache_path
 
 from . import monitoring
@@ -107,27 +107,29 @@ class GcpProvider:
 
     # ------------------------------------------------------------------------------------------ fetch
 
-    def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """Daily cost rows for [start, end), querying BigQuery only for days the cache cannot answer."""
+    def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Daily cost rows for [start, end) as of ``now`` (a replay's as_of; see ``fetch_clock``), querying
+        BigQuery only for days the cache cannot answer or that were still restating then."""
         if self.export is None:
             self._note("billing_table is not set, so no GCP costs are read; set it to the billing export table")
             return empty_costs()
-        today = self.clock().date()
-        rows = self.export.daily(day_range(start, end, today))
+        today = fetch_clock(now, self.clock).date()
+        rows = self.export.daily(day_range(start, end, today), today)
         self._cost_projects |= {str(r["project_id"]) for r in rows
                                 if r.get("project_id") and not str(r["project_id"]).startswith("billingAccounts/")}
         return costs_frame(rows, today, self.restate_days)
 
-    def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """Hourly CPU of every VM and GKE node of the projects; a failed project goes to ``stats()["errors"]``
-        and only a failure of all of them raises."""
+    def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Hourly CPU of every VM and GKE node of the projects up to ``now`` (see ``fetch_clock``); a failed
+        project goes to ``stats()["errors"]`` and only a failure of all of them raises."""
         if not self.cpu:
             return empty_usage()
         projects = self._cpu_projects()
         self._scanned = projects
         if not projects:
             return empty_usage()
-        results = monitoring.scan(self._client("monitoring"), projects, start, end, self.clock(), calls=self.calls,
+        results = monitoring.scan(self._client("monitoring"), projects, start, end, fetch_clock(now, self.clock),
+                                  calls=self.calls,
                                   retry=self._retry["monitoring"], max_workers=self.max_workers)
         failed = [r for r in results if r.error]
         self.errors += [str(r.error) for r in failed]

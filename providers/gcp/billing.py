@@ -217,12 +217,15 @@ class BillingExport:
         self.calls = calls
         self.retry = retry
 
-    def daily(self, days: list[dt.date]) -> list[dict[str, Any]]:
-        """Rows for ``days``, querying BigQuery only for what the cache cannot answer."""
-        today = self.clock().date()
+    def daily(self, days: list[dt.date], today: dt.date | None = None) -> list[dict[str, Any]]:
+        """Rows for ``days``, querying BigQuery only for what the cache cannot answer and the days within
+        ``restate_days`` of ``today`` (the clock's, or a replay's)."""
+        real_today = self.clock().date()
         cached = self.cache.fetched_days(self.source)
-        for a, b in fetch_windows(days, cached, today, self.restate_days):
-            rows = self._query(a, b, today)
+        for a, b in fetch_windows(days, cached, today or real_today, self.restate_days):
+            # partitions up to the real today: the late usage that has arrived since a replay's as_of is read,
+            # so the days cached here are complete for the runs that come after
+            rows = self._query(a, b, real_today)
             fetched = [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days)]
             self.cache.store(self.source, fetched, [(r["day"], r) for r in rows], self.clock().isoformat())
             self.calls.add("bigquery_days_fetched", len(fetched))

@@ -2,8 +2,11 @@
 
 Two metrics per project, both aligned to hourly means server-side (ALIGN_MEAN, 3600 s) so a page carries a
 handful of points per node instead of one a minute:
-  * ``compute.googleapis.com/instance/cpu/utilization`` of every ``gce_instance`` (node = instance id; the
-    instance name, zone and, where Monitoring attaches it, ``metadata.system_labels.machine_type``);
+  * ``compute.googleapis.com/instance/cpu/utilization`` of every ``gce_instance``.  The node is named as the
+    console and Kubernetes name it, by the instance name (metric label ``instance_name``, else
+    ``metadata.system_labels.name``; ``zone/name`` where two instances of the project share a name in different
+    zones); the numeric instance id stays in the frame's ``instance_id`` (and so in the alert's evidence), the
+    machine type comes from ``metadata.system_labels.machine_type`` where Monitoring attaches it;
   * ``kubernetes.io/node/cpu/allocatable_utilization`` of every ``k8s_node``.  A GKE Standard node is also a
     VM of the project, so its VM series is kept (whole-VM CPU, what a miner burns) and only labelled with the
     cluster; nodes with no VM series in the project (GKE Autopilot) get their own rows, node = node name.
@@ -36,8 +39,8 @@ ALIGNMENT = dt.timedelta(hours=1)
 CALL_TIMEOUT = 120.0
 _ZONE = re.compile(r"^([a-z]+(?:-[a-z]+)*\d+)-[a-z]$")
 
-# (hour start, node, cpu %, cluster, region, instance type)
-Sample = tuple[pd.Timestamp, str, float, str | None, str | None, str | None]
+# (hour start, node, cpu %, cluster, region, instance type, instance id)
+Sample = tuple[pd.Timestamp, str, float, str | None, str | None, str | None, str | None]
 
 
 @dataclass
@@ -96,6 +99,29 @@ def _system_label(ts: Any, key: str) -> str | None:
     return str(value) if value else None
 
 
+def _vm_name(ts: Any) -> str:
+    """The instance name: the metric label Compute Engine sets, else the system label Monitoring attaches."""
+    return str(ts.metric.labels.get("instance_name") or _system_label(ts, "name") or "")
+
+
+def _vm_nodes(vms: list[Any]) -> dict[tuple[str | None, str, str], str]:
+    """(instance id, name, zone) -> node: the instance name, which is what the console, ``gcloud`` and GKE
+    (node name, ``spec.providerID``) call it.  Names are unique per zone only, so instances of one project
+    sharing a name in different zones become ``zone/name``; an instance without a name keeps its id."""
+    keys = {(str(ts.resource.labels.get("instance_id") or "") or None, _vm_name(ts),
+             str(ts.resource.labels.get("zone") or "")) for ts in vms}
+    ids_of: dict[str, set[str | None]] = {}
+    for iid, name, _ in keys:
+        ids_of.setdefault(name, set()).add(iid)
+    out: dict[tuple[str | None, str, str], str] = {}
+    for iid, name, zone in keys:
+        if not name:
+            out[(iid, name, zone)] = iid or ""
+        else:
+            out[(iid, name, zone)] = f"{zone}/{name}" if len(ids_of[name]) > 1 and zone else name
+    return out
+
+
 def read_project(client: Any, project: str, start: dt.datetime, end: dt.datetime, calls: Calls, retry: Any,
                  ) -> ProjectResult:
     """VM and GKE-node CPU of one project; an error is kept in the result rather than raised."""
@@ -116,18 +142,20 @@ def read_project(client: Any, project: str, start: dt.datetime, end: dt.datetime
             clusters[str(ts.resource.labels.get("node_name", ""))] = str(ts.resource.labels["cluster_name"])
     vm_names: set[str] = set()
     nodes: set[str] = set()
+    named = _vm_nodes(vms)
     for ts in vms:
         labels = ts.resource.labels
-        node = str(labels.get("instance_id") or ts.metric.labels.get("instance_name") or "")
+        iid = str(labels.get("instance_id") or "") or None
+        name = _vm_name(ts)
+        node = named.get((iid, name, str(labels.get("zone") or "")), "")
         if not node:
             continue
-        name = str(ts.metric.labels.get("instance_name") or "")
         vm_names.add(name)
         nodes.add(node)
         cluster = clusters.get(name)
         region = region_of(labels.get("zone"))
         itype = _system_label(ts, "machine_type")
-        result.samples += [(t, node, v, cluster, region, itype) for t, v in _points(ts)]
+        result.samples += [(t, node, v, cluster, region, itype, iid) for t, v in _points(ts)]
     for ts in gke:
         labels = ts.resource.labels
         node = str(labels.get("node_name") or "")
@@ -135,7 +163,7 @@ def read_project(client: Any, project: str, start: dt.datetime, end: dt.datetime
             continue
         nodes.add(node)
         cluster, region = labels.get("cluster_name") or None, region_of(labels.get("location"))
-        result.samples += [(t, node, v, cluster, region, None) for t, v in _points(ts)]
+        result.samples += [(t, node, v, cluster, region, None, None) for t, v in _points(ts)]
     result.nodes = len(nodes)
     return result
 
@@ -155,12 +183,12 @@ def scan(client: Any, projects: list[str], start: pd.Timestamp, end: pd.Timestam
 
 def usage_frame(results: list[ProjectResult], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     """Samples of every project as costwatch's usage frame (project = project id)."""
-    rows = [(t, r.project, node, v, cluster, region, itype)
-            for r in results for t, node, v, cluster, region, itype in r.samples]
+    rows = [(t, r.project, node, v, cluster, region, itype, iid)
+            for r in results for t, node, v, cluster, region, itype, iid in r.samples]
     if not rows:
         return empty_usage()
     df = pd.DataFrame(rows, columns=["timestamp", "project", "node", "cpu_utilization", "cluster", "region",
-                                     "instance_type"])
+                                     "instance_type", "instance_id"])
     df = df[(df["timestamp"] >= pd.Timestamp(start)) & (df["timestamp"] < pd.Timestamp(end))]
     df = df.drop_duplicates(["timestamp", "project", "node"], keep="last")
     df["provider"] = "gcp"
