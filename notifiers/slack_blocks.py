@@ -32,6 +32,8 @@ from typing import Any
 
 from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Notification
 
+from .slack_actions import actions_block
+
 # Slack's documented Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -415,8 +417,9 @@ def _text_size(blocks: Iterable[dict[str, Any]]) -> int:
     return total
 
 
-def render(n: Notification) -> tuple[str, list[dict[str, Any]]]:
-    """The fallback ``text`` (notifications, screen readers) and the blocks for one notification."""
+def render(n: Notification, interactive: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """The fallback ``text`` (notifications, screen readers) and the blocks for one notification; with
+    ``interactive`` (the app has a request URL and signing secret) incident messages end in answer buttons."""
     alerts = [a for a in n.alerts if isinstance(a, dict)]
     lead = alerts[0] if alerts else {}
     emoji = _emoji(lead, n.event)
@@ -470,7 +473,9 @@ def render(n: Notification) -> tuple[str, list[dict[str, Any]]]:
         if shown < len(rest):
             body.append({"type": "context", "elements": [_mrkdwn(
                 f"… and {len(rest) - shown} more alerts in this incident; `costwatch report` lists them all")]})
-    blocks = (head + body + tail)[:MAX_BLOCKS]
+    answers = actions_block(n.group_key, {"status": "resolved" if n.event == "resolved" else "open"}) \
+        if interactive and n.event != "digest" else None
+    blocks = (head + body + tail)[:MAX_BLOCKS - (answers is not None)] + ([answers] if answers else [])
 
     summary = clean(lead.get("summary") or "", 500) if lead else ""
     # cut before escaping: an entity is at most 5 characters, so this stays under MAX_FALLBACK_TEXT
