@@ -12,16 +12,17 @@ import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
-import urllib.error
-import urllib.request
 import pandas as pd
 import pytest
+from fake_slack import FakeSlack
 from slack_sdk.signature import SignatureVerifier
 
 from costwatch import answers, feedback, incidents, outbox, silences
@@ -30,8 +31,6 @@ from costwatch.config import Config, parse_config
 from costwatch.notifiers.slack import from_config
 from costwatch.notifiers.slack_actions import ACTIONS_BLOCK
 from costwatch.state import DynamoStore, SqliteStore, Store, create_dynamodb_table
-
-from fake_slack import FakeSlack
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 NOW = pd.Timestamp("2026-11-20T10:00:00Z")
@@ -155,7 +154,8 @@ class Answer:
 
 
 def http(url: str, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
-    req = urllib.request.Request(url, data=raw, headers=headers or {}, method="POST" if raw is not None else "GET")
+    req = urllib.request.Request(url, data=raw, headers=headers or {},  # noqa: S310 - loopback test server
+                                 method="POST" if raw is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback test server
             return Answer(r.status, r.read().decode())

@@ -176,7 +176,8 @@ def build_app(cfg: Config, store: Store, *, client: WebClient | None = None,
     if slack is None or slack.signing_secret is None or slack.token is None:
         raise ConfigError("answers from Slack need notify.slack.token and notify.slack.signing_secret "
                           "(the Slack app's Signing Secret)")
-    client = client or WebClient(token=slack.token.get_secret_value(), base_url=slack.api_url or DEFAULT_API_URL, timeout=int(slack.timeout))
+    client = client or WebClient(token=slack.token.get_secret_value(), base_url=slack.api_url or DEFAULT_API_URL,
+                                 timeout=int(slack.timeout))
     app = App(signing_secret=slack.signing_secret.get_secret_value(), client=client, token_verification_enabled=False,
               process_before_response=True, logger=log)
     app.use(_replay_guard(store))
