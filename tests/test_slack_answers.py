@@ -381,3 +381,24 @@ def test_check_config_needs_the_signing_secret_for_interactivity(slack: FakeSlac
     text = (f"notify:\n  slack:\n    token: {slack.token}\n    channel: '#alerts'\n    interactive: true\n")
     with pytest.raises(ConfigError, match="signing_secret"):
         parse_config(text)
+
+
+def test_cli_lists_answers_and_serve_refuses_without_a_signing_secret(slack: FakeSlack, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from costwatch.cli import cli
+
+    cfg = config(slack, tmp_path)
+    store = SqliteStore(tmp_path / "state.db")
+    group = post_incident(cfg, store, [spike()])
+    answers.apply(store, "not_anomaly", group, "UOWNER1", pd.Timestamp.now(tz="UTC"))
+    store.close()
+    path = tmp_path / "costwatch.yaml"
+    path.write_text(f"notify:\n  slack:\n    token: {slack.token}\n    channel: '#alerts'\n"
+                    f"state:\n  path: {tmp_path / 'state.db'}\n", encoding="utf-8")
+    listed = CliRunner().invoke(cli, ["feedback", "--config", str(path), "--project", "payments-prod"])
+    assert listed.exit_code == 0 and "not an anomaly: cost_spike in payments-prod Compute" in listed.output
+    assert "by UOWNER1" in listed.output
+    assert "no answers" in CliRunner().invoke(cli, ["feedback", "--config", str(path), "--project", "x"]).output
+    refused = CliRunner().invoke(cli, ["serve", "--config", str(path), "--port", "3999"])
+    assert refused.exit_code == 2 and "signing_secret" in refused.output
