@@ -42,6 +42,7 @@ class Outcome:
 
     text: str
     state: dict[str, Any] = field(default_factory=dict)
+    incident: str = ""      # "<kind> in <project>", for surfaces that list many incidents in one message
 
 
 def split_group(group: str) -> tuple[str, int]:
@@ -156,6 +157,14 @@ def undo_feedback(store: Store, group: str, by: str, now: pd.Timestamp) -> Outco
 
 def apply(store: Store, action: str, group: str, by: str, now: pd.Timestamp, hours: float | None = None) -> Outcome:
     """One entry point for every surface."""
+    out = _apply(store, action, group, by, now, hours)
+    rec = store.get("incident", split_group(group)[0])
+    if rec is not None:
+        out.incident = f"{str(_lead(rec.doc).get('kind') or 'alert').replace('_', ' ')} in {_name(rec.doc)}"
+    return out
+
+
+def _apply(store: Store, action: str, group: str, by: str, now: pd.Timestamp, hours: float | None) -> Outcome:
     if action == "ack":
         return ack(store, group, by, now)
     if action == "unack":

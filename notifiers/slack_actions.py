@@ -62,6 +62,19 @@ def actions_block(group: str, state: dict[str, Any] | None = None) -> dict[str, 
     return {"type": "actions", "block_id": ACTIONS_BLOCK, "elements": elements}
 
 
+DIGEST_CHOICES = (("ack", "Acknowledge"), ("silence6", "Silence 6 h"), ("silence24", "Silence 24 h"),
+                  ("expected", "Expected"), ("not_anomaly", "Not an anomaly"))
+
+
+def digest_menu(group: str) -> dict[str, Any] | None:
+    """The answers for one incident listed in a digest, as a section's overflow menu (Slack allows 5 options,
+    values of 150 characters): value ``<answer>|<group>``."""
+    if not _GROUP.fullmatch(group or ""):
+        return None
+    return {"type": "overflow", "action_id": ACTION_IDS["digest"],
+            "options": [_option(text, f"{verb}|{group}") for verb, text in DIGEST_CHOICES]}
+
+
 def _who(user: Any) -> str:
     return f"<@{user}>" if isinstance(user, str) and _USER.fullmatch(user) else "someone"
 
@@ -93,5 +106,6 @@ def with_answers(blocks: list[dict[str, Any]], group: str, state: dict[str, Any]
     return body + extra
 
 
-__all__ = ["ACTIONS_BLOCK", "ACTION_IDS", "SILENCE_HOURS", "STATUS_BLOCK", "actions_block", "status_block",
+__all__ = ["ACTIONS_BLOCK", "ACTION_IDS", "DIGEST_CHOICES", "SILENCE_HOURS", "STATUS_BLOCK", "actions_block",
+           "digest_menu", "status_block",
            "with_answers"]

@@ -32,7 +32,7 @@ from typing import Any
 
 from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Notification
 
-from .slack_actions import actions_block
+from .slack_actions import actions_block, digest_menu
 
 # Slack's documented Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
 MAX_BLOCKS = 50
@@ -384,8 +384,9 @@ def _kubernetes(a: dict[str, Any]) -> list[dict[str, Any]]:
     return [_section(_fit(lines, MAX_SECTION_TEXT))] if lines else []
 
 
-def _compact(a: dict[str, Any], event: str) -> list[dict[str, Any]]:
-    """One more alert of a group in at most two blocks: the numbers, then the summary as plain text."""
+def _compact(a: dict[str, Any], event: str, interactive: bool = False) -> list[dict[str, Any]]:
+    """One more alert of a group in at most two blocks: the numbers, then the summary as plain text; in an
+    interactive digest the numbers carry the incident's answer menu."""
     where = " · ".join(code(a[k], 60) for k in ("service", "region") if a.get(k))
     head = f"{_emoji(a, event)} {_kind_md(a)} · {code(_project(a))}" + (f" · {where}" if where else "")
     facts = _impact(a)
@@ -393,6 +394,9 @@ def _compact(a: dict[str, Any], event: str) -> list[dict[str, Any]]:
     impact = "; ".join(f.replace("\n", ": ", 1) for f in picked)
     text = f"{head}\n{impact}\nsince {_when(a.get('start'))}" if impact else f"{head}\nsince {_when(a.get('start'))}"
     out = [_section(text)]
+    menu = digest_menu(str(a.get("group") or "")) if interactive and event == "digest" else None
+    if menu is not None:
+        out[0]["accessory"] = menu
     summary = plain(a.get("summary") or "", 300)
     if summary:
         out.append({"type": "context", "elements": [{"type": "plain_text", "text": summary, "emoji": False}]})
@@ -463,7 +467,7 @@ def render(n: Notification, interactive: bool = False) -> tuple[str, list[dict[s
         size = _text_size(head) + _text_size(tail)
         shown = 0
         for a in rest:
-            part = _safe(lambda x: _compact(x, n.event), a)
+            part = _safe(lambda x: _compact(x, n.event, interactive), a)
             if len(part) > budget or size + _text_size(part) > MAX_TOTAL_TEXT:
                 break
             body += part

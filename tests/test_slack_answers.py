@@ -402,3 +402,29 @@ def test_cli_lists_answers_and_serve_refuses_without_a_signing_secret(slack: Fak
     assert "no answers" in CliRunner().invoke(cli, ["feedback", "--config", str(path), "--project", "x"]).output
     refused = CliRunner().invoke(cli, ["serve", "--config", str(path), "--port", "3999"])
     assert refused.exit_code == 2 and "signing_secret" in refused.output
+
+
+def test_a_digest_lists_each_incident_with_its_own_answer_menu(slack: FakeSlack, tmp_path: Path,
+                                                               store: Store) -> None:
+    cfg = config(slack, tmp_path)
+    alerts = [spike(project=f"10000000000{i}") for i in range(12)]   # more than digest_after: one digest
+    post_incident(cfg, store, alerts)
+    (digest,) = [m for m in slack.channels["C0ALERTS"].messages if not m.get("parent_ts")]
+    menus = [b["accessory"] for b in digest["blocks"] if b.get("accessory", {}).get("type") == "overflow"]
+    assert len(menus) == 12 and buttons(digest) == []
+    value = menus[3]["options"][1]["value"]               # "silence6|<group>"
+    assert value.startswith("silence6|")
+    group = value.split("|", 1)[1]
+    rec = store.get("incident", group.split("#")[0])
+    assert rec is not None
+    project = rec.doc["alerts"][0]["project"]
+    with Server(cfg, store) as srv:
+        body = payload(slack, "costwatch_digest", "", message=digest)
+        body["actions"][0] = {"action_id": "costwatch_digest", "type": "overflow", "block_id": "x",
+                              "selected_option": {"text": {"type": "plain_text", "text": "Silence 6 h"},
+                                                  "value": value}, "action_ts": "1"}
+        assert press(srv, body).status_code == 200
+    assert [s.project for s in silences.active(store, NOW)] == [project]
+    reply = [m for m in slack.channels["C0ALERTS"].messages if m.get("parent_ts") == digest["ts"]][-1]
+    assert "cost spike in payments-prod: silenced by <@UOWNER1>" in reply["text"]
+    assert slack.calls("chat.update") == []   # the digest itself is not rewritten

@@ -60,7 +60,13 @@ class _Press:
         self.thread_ts = str(self.message.get("thread_ts") or "")
         self.action = str(action.get("action_id") or "").removeprefix(PREFIX)
         value = str(action.get("value") or (action.get("selected_option") or {}).get("value") or "")
-        self.group, _, hours = value.partition("|")
+        self.digest = self.action == "digest"
+        if self.digest:  # a digest's overflow menu: "<answer>|<group>", silences as silence6 / silence24
+            verb, _, value = value.partition("|")
+            self.action, hours = ("silence", verb[7:]) if verb.startswith("silence") else (verb, "")
+            self.group = value
+        else:
+            self.group, _, hours = value.partition("|")
         self.hours = float(hours) if hours.replace(".", "", 1).isdigit() else None
 
     @property
@@ -148,8 +154,11 @@ def handle_press(store: Store, client: WebClient, body: dict[str, Any], action: 
         _say(client, press, f"not done: {e}", private=True)
         return f"not done: {e}"
     text = outcome.text.replace(press.user, f"<@{press.user}>")
+    if press.digest and outcome.incident:
+        text = f"{outcome.incident}: {text}"
     try:
-        _refresh(client, press, outcome.state)
+        if not press.digest:  # a digest lists many incidents: it is answered in its thread, not rewritten
+            _refresh(client, press, outcome.state)
     except SlackApiError as e:  # the answer is recorded; the message just shows it later
         log.warning("slack answer: message not updated (%s)", e.response.get("error") if e.response else "?")
     _say(client, press, text, private=False)
