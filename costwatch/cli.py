@@ -167,7 +167,7 @@ def _mark_silenced(det: Any, cfg: Any) -> None:
     from dataclasses import asdict
     from pathlib import Path as _P
 
-    from . import silences
+    from . import feedback, silences
     from .state import open_store
 
     if cfg.state.backend == "sqlite" and not _P(cfg.state.path).exists():
@@ -175,10 +175,14 @@ def _mark_silenced(det: Any, cfg: Any) -> None:
     try:
         store = open_store(cfg.state)
         quiet = silences.active(store, pd.Timestamp.now(tz="UTC"))
+        answers = feedback.load(store, pd.Timestamp.now(tz="UTC"))
         store.close()
     except CostwatchError as e:
         det.notes.append(f"silences not shown: {e}")
         return
+    _, held = feedback.apply(det.alerts, answers)  # marks the held alerts' evidence; the report keeps them all
+    det.notes.extend(f"owner answer {feedback.describe(fb)} ({sum(h is fb for _, h in held)} alert(s) held back)"
+                     for fb in answers)
     for s in quiet:
         hits = [a for a in det.alerts if s.matches(a, pd.Timestamp.now(tz="UTC"))]
         for a in hits:
@@ -368,6 +372,51 @@ def show_outbox(config_path: Path | None, show_all: bool) -> None:
         else:
             tail = f"  (attempts {r['attempts']}, next {r['next_attempt']}: {r['last_error']})"
         click.echo(f"{r['status']:<9} {r['created_at']} {r['event']:<8} {r['target']}  {r['title']}{size}{tail}")
+
+
+@cli.command("feedback")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config naming the state store.")
+@click.option("--project", default=None, help="Only this project (id or name).")
+def list_feedback(config_path: Path | None, project: str | None) -> None:
+    """Owners' answers ("expected", "not an anomaly") still in force, and what they hold back."""
+    from . import feedback
+
+    try:
+        store = _store(config_path)
+        given = feedback.load(store, pd.Timestamp.now(tz="UTC"), project=project)
+        store.close()
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    if not given:
+        click.echo("no answers" + (f" for {project}" if project else ""))
+    for fb in given:
+        click.echo(feedback.describe(fb))
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="Config with notify.slack.token, notify.slack.signing_secret and the state store.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")  # noqa: S104
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535))
+def serve(config_path: Path, host: str, port: int) -> None:
+    """Serve the Slack app that takes owners' answers: POST /slack/events (Slack's request URL), GET /healthz."""
+    try:
+        cfg = _load_cfg(config_path)
+        try:
+            from .surfaces.serve import serve as run_server
+        except ImportError as e:
+            raise ConfigError(f"costwatch serve needs the 'serve' extra: pip install 'costwatch[serve]' ({e.name} "
+                              "is missing)") from None
+        from .state import open_store
+
+        store = open_store(cfg.state)
+        from .surfaces.slack_app import build_app
+
+        build_app(cfg, store)  # fail now, with exit 2, on a missing token or signing secret
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    click.echo(f"costwatch: serving Slack answers on http://{host}:{port}/slack/events", err=True)
+    run_server(cfg, store, host=host, port=port)
 
 
 def main(argv: list[str] | None = None) -> None:

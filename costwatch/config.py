@@ -421,6 +421,14 @@ class SlackConfig(_Model):
     api_url: str | None = None     # Slack Web API base, e.g. a proxy; default https://slack.com/api/
     timeout: float = Field(default=15.0, gt=0, le=300)
     charts: bool = True            # upload a PNG of band, spike and CPU (bot token only)
+    # answers from Slack (costwatch serve / the Lambda's function URL): the app's signing secret verifies
+    # every request; `interactive` puts the buttons on messages (default: on when a signing secret is set)
+    signing_secret: SecretStr | None = None
+    interactive: bool | None = None
+
+    @property
+    def buttons(self) -> bool:
+        return bool(self.interactive if self.interactive is not None else self.signing_secret is not None)
 
     @model_validator(mode="after")
     def _usable(self) -> SlackConfig:
@@ -430,6 +438,12 @@ class SlackConfig(_Model):
             raise ValueError("slack 'token' needs a 'channel' to post to")
         if self.webhook_url is not None and not self.webhook_url.get_secret_value().startswith("https://"):
             raise ValueError("slack 'webhook_url' must be an https:// URL")
+        if self.interactive and self.signing_secret is None:
+            raise ValueError("slack 'interactive: true' needs 'signing_secret' (the Slack app's Signing Secret, "
+                             "Basic Information page) to verify button presses")
+        if self.interactive and self.token is None:
+            raise ValueError("slack 'interactive: true' needs a bot 'token': answers update messages with "
+                             "chat.update")
         return self
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import answers
 from .alerts import SEVERITY_ORDER, Alert, iso
 from .config import Config
 from .notify import Notification, notification_id
@@ -182,7 +183,8 @@ def _notifications(key: str, doc: dict[str, Any], event: str, cfg: Config, tag_o
 
 def acknowledge(store: Store, project: str, by: str, now: pd.Timestamp) -> list[str]:
     """Mark the open incidents of a project (id or name) as acknowledged: no more repeats, but updates
-    when they grow and the resolve still go out.  Returns the incident titles acknowledged."""
+    when they grow and the resolve still go out.  Returns the incident titles acknowledged.  Each goes
+    through :func:`costwatch.answers.ack`, the same write a Slack button makes."""
     done = []
     for rec in store.scan("incident"):
         doc = rec.doc
@@ -190,9 +192,12 @@ def acknowledge(store: Store, project: str, by: str, now: pd.Timestamp) -> list[
             continue
         if not any(project in (a.get("project"), a.get("project_name")) for a in doc.get("alerts", [])):
             continue
-        if store.put("incident", rec.key, {**doc, "acked_by": by[:100], "acked_at": iso(now)}, version=rec.version):
-            lead = doc.get("alerts", [{}])[0]
-            done.append(f"{lead.get('kind')} in {lead.get('project_name') or lead.get('project')}")
+        try:
+            answers.ack(store, f"{rec.key}#{int(doc.get('number', 0))}", by, now)
+        except answers.AnswerRefused:
+            continue  # resolved or renumbered by a run in between: nothing left to acknowledge
+        lead = doc.get("alerts", [{}])[0]
+        done.append(f"{lead.get('kind')} in {lead.get('project_name') or lead.get('project')}")
     return done
 
 

@@ -400,9 +400,12 @@ def _evidence(alert: dict[str, Any]) -> dict[str, Any]:
     return ev if isinstance(ev, dict) else {}
 
 
-def _slim(alert: dict[str, Any], event: str) -> dict[str, Any]:
-    """An alert as a digest lists it: the numbers and the summary, not the full evidence."""
+def _slim(alert: dict[str, Any], event: str, group: str = "") -> dict[str, Any]:
+    """An alert as a digest lists it: the numbers and the summary, not the full evidence; ``group`` is its
+    incident, so a digest can carry per-incident answer menus."""
     out = {k: alert.get(k) for k in _ALERT_KEYS if k in alert}
+    if group and event != "resolved":
+        out["group"] = group
     ev = _evidence(alert)
     slim_ev: dict[str, Any] = {k: ev[k] for k in _EVIDENCE_KEYS if k in ev}
     if isinstance(ev.get("new_regions"), list):
@@ -488,7 +491,7 @@ def digest_notification(nid: str, group: str, members: list[Notification], now: 
     title = (f"costwatch digest: {len(leads):,} incidents ({_counts(events, _EVENT_WORD)}): {_counts(kinds)}")
     return Notification(
         id=nid, group_key=group, event="digest", target=members[0].target, title=title,
-        alerts=[head] + [_slim(a, m.event) for m, a in leads[:DIGEST_LIST]], created_at=iso(now) or "",
+        alerts=[head] + [_slim(a, m.event, m.group_key) for m, a in leads[:DIGEST_LIST]], created_at=iso(now) or "",
         owner=", ".join(list(owners)[:10]) or None, mention=",".join(mentions) or None, sequence=0,
         labels={"digest": f"{len(leads)} incidents"})
 

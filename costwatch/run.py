@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import incidents, outbox, silences, sources
+from . import feedback, incidents, outbox, silences, sources
 from .config import Config
 from .detect import Detection, detect
 from .errors import ConfigError, CostwatchError
@@ -66,6 +66,7 @@ class RunResult:
     provider_errors: list[str] = field(default_factory=list)
     provider_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
+    held: int = 0                      # alerts an owner's earlier answer holds back (costwatch.feedback)
 
     @property
     def exit_code(self) -> int:
@@ -74,7 +75,9 @@ class RunResult:
 
     def lines(self) -> list[str]:
         out = [f"as of {self.as_of.isoformat()}: {self.alerts_active} active alert(s) in {self.incidents_open} "
-               f"incident(s), {self.silenced} silenced; queued {self.queued}; {self.delivery.summary()}"]
+               f"incident(s), {self.silenced} silenced"
+               + (f", {self.held} held back by owners' answers" if self.held else "")
+               + f"; queued {self.queued}; {self.delivery.summary()}"]
         out += [f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items() if not isinstance(v, list))
                 for name, st in self.provider_stats.items()]
         out += [f"missing data: {e}" for e in self.provider_errors]
@@ -176,7 +179,9 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
         result.provider_errors += [f"kubernetes {c.name}: {c.status}" for c in contexts if not c.available]
     tag_owners = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
     quiet = silences.active(store, now)
-    p = incidents.plan(det.alerts, store, cfg, now, as_of=det.as_of, tag_owners=tag_owners, silences=quiet,
+    owed, held = feedback.apply(det.alerts, feedback.load(store, now))
+    result.held = len(held)
+    p = incidents.plan(owed, store, cfg, now, as_of=det.as_of, tag_owners=tag_owners, silences=quiet,
                        data_end=incidents.data_ends(got.costs, got.usage))
     result.silenced = len(p.silenced)
     result.incidents_open = p.open_groups

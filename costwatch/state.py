@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 from .errors import ConfigError, CostwatchError
 
-TABLES = ("incident", "outbox", "thread", "silence", "lock")
+# feedback: owners' answers (costwatch.feedback); answer: Slack request ids already acted on (replays)
+TABLES = ("incident", "outbox", "thread", "silence", "lock", "feedback", "answer")
 
 
 class StateError(CostwatchError):

@@ -206,13 +206,15 @@ class SlackNotifier:
     name = "slack"
 
     def __init__(self, *, token: str | None = None, webhook_url: str | None = None, channel: str | None = None,
-                 api_url: str | None = None, timeout: float = 15.0, charts: bool = True) -> None:
+                 api_url: str | None = None, timeout: float = 15.0, charts: bool = True,
+                 interactive: bool = False) -> None:
         if not token and not webhook_url:
             raise ValueError("SlackNotifier needs a bot token or a webhook URL")
         self._secrets = [s for s in (token, webhook_url) if s]
         self.channel = channel or ""
         self.timeout = timeout
         self.charts = charts
+        self.interactive = interactive and token is not None
         self._channel_ids: dict[str, str] = {}
         sdk_log = _sdk_logger(self._secrets)
         # urllib takes float seconds; the SDK's hint says int.
@@ -257,7 +259,7 @@ class SlackNotifier:
 
     def _deliver(self, n: Notification, channel: str) -> Delivery:
         try:
-            text, blocks = render(n)
+            text, blocks = render(n, self.interactive)
         except Exception as e:  # a rendering bug must not take the rest of the batch down
             log.error("slack: could not render %s (%s); this is a costwatch bug", n.id, type(e).__name__)
             return Delivery(ok=False, permanent=True, error=f"could not render the message ({type(e).__name__})")
@@ -441,7 +443,8 @@ def from_config(section: SlackConfig, cfg: Config) -> SlackNotifier:
     return SlackNotifier(
         token=section.token.get_secret_value() if section.token else None,
         webhook_url=section.webhook_url.get_secret_value() if section.webhook_url else None,
-        channel=section.channel, api_url=section.api_url, timeout=section.timeout, charts=section.charts)
+        channel=section.channel, api_url=section.api_url, timeout=section.timeout, charts=section.charts,
+        interactive=section.buttons)
 
 
 __all__ = ["SlackNotifier", "from_config", "redact"]

@@ -33,6 +33,8 @@ from typing import Any
 from costwatch.k8s_summary import summarize
 from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Notification
 
+from .slack_actions import actions_block, digest_menu
+
 # Slack's documented Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -375,8 +377,9 @@ def _kubernetes(a: dict[str, Any]) -> list[dict[str, Any]]:
     return [_section(_fit(lines, MAX_SECTION_TEXT))] if lines else []
 
 
-def _compact(a: dict[str, Any], event: str) -> list[dict[str, Any]]:
-    """One more alert of a group in at most two blocks: the numbers, then the summary as plain text."""
+def _compact(a: dict[str, Any], event: str, interactive: bool = False) -> list[dict[str, Any]]:
+    """One more alert of a group in at most two blocks: the numbers, then the summary as plain text; in an
+    interactive digest the numbers carry the incident's answer menu."""
     where = " · ".join(code(a[k], 60) for k in ("service", "region") if a.get(k))
     head = f"{_emoji(a, event)} {_kind_md(a)} · {code(_project(a))}" + (f" · {where}" if where else "")
     facts = _impact(a)
@@ -384,6 +387,9 @@ def _compact(a: dict[str, Any], event: str) -> list[dict[str, Any]]:
     impact = "; ".join(f.replace("\n", ": ", 1) for f in picked)
     text = f"{head}\n{impact}\nsince {_when(a.get('start'))}" if impact else f"{head}\nsince {_when(a.get('start'))}"
     out = [_section(text)]
+    menu = digest_menu(str(a.get("group") or "")) if interactive and event == "digest" else None
+    if menu is not None:
+        out[0]["accessory"] = menu
     summary = plain(a.get("summary") or "", 300)
     if summary:
         out.append({"type": "context", "elements": [{"type": "plain_text", "text": summary, "emoji": False}]})
@@ -408,8 +414,9 @@ def _text_size(blocks: Iterable[dict[str, Any]]) -> int:
     return total
 
 
-def render(n: Notification) -> tuple[str, list[dict[str, Any]]]:
-    """The fallback ``text`` (notifications, screen readers) and the blocks for one notification."""
+def render(n: Notification, interactive: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """The fallback ``text`` (notifications, screen readers) and the blocks for one notification; with
+    ``interactive`` (the app has a request URL and signing secret) incident messages end in answer buttons."""
     alerts = [a for a in n.alerts if isinstance(a, dict)]
     lead = alerts[0] if alerts else {}
     emoji = _emoji(lead, n.event)
@@ -453,7 +460,7 @@ def render(n: Notification) -> tuple[str, list[dict[str, Any]]]:
         size = _text_size(head) + _text_size(tail)
         shown = 0
         for a in rest:
-            part = _safe(lambda x: _compact(x, n.event), a)
+            part = _safe(lambda x: _compact(x, n.event, interactive), a)
             if len(part) > budget or size + _text_size(part) > MAX_TOTAL_TEXT:
                 break
             body += part
@@ -463,7 +470,9 @@ def render(n: Notification) -> tuple[str, list[dict[str, Any]]]:
         if shown < len(rest):
             body.append({"type": "context", "elements": [_mrkdwn(
                 f"… and {len(rest) - shown} more alerts in this incident; `costwatch report` lists them all")]})
-    blocks = (head + body + tail)[:MAX_BLOCKS]
+    answers = actions_block(n.group_key, {"status": "resolved" if n.event == "resolved" else "open"}) \
+        if interactive and n.event != "digest" else None
+    blocks = (head + body + tail)[:MAX_BLOCKS - (answers is not None)] + ([answers] if answers else [])
 
     summary = clean(lead.get("summary") or "", 500) if lead else ""
     # cut before escaping: an entity is at most 5 characters, so this stays under MAX_FALLBACK_TEXT

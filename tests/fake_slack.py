@@ -76,6 +76,7 @@ class Channel:
     member: bool = True
     archived: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)   # oldest first, replies included
+    members: list[str] = field(default_factory=lambda: ["UOWNER1", "UOWNER2"])  # people in the channel
 
 
 # ------------------------------------------------------------------------------------------ block checks
@@ -84,7 +85,49 @@ _TEXT_KEYS = {"plain_text": {"type", "text", "emoji"}, "mrkdwn": {"type", "text"
 _BLOCK_KEYS = {"header": {"type", "text", "block_id"}, "section": {"type", "text", "fields", "block_id", "accessory",
                                                                     "expand"},
                "context": {"type", "elements", "block_id"}, "divider": {"type", "block_id"},
-               "image": {"type", "image_url", "alt_text", "title", "block_id"}}
+               "image": {"type", "image_url", "alt_text", "title", "block_id"},
+               "actions": {"type", "elements", "block_id"}}
+_ELEMENT_KEYS = {"button": {"type", "action_id", "text", "value", "style", "url", "confirm", "accessibility_label"},
+                 "static_select": {"type", "action_id", "placeholder", "options", "initial_option", "confirm"},
+                 "overflow": {"type", "action_id", "options", "confirm"}}
+
+
+def _check_option(o: Any, at: str, errors: list[str]) -> None:
+    if not isinstance(o, dict):
+        errors.append(f"must be an object [json-pointer:{at}]")
+        return
+    _check_text(o.get("text"), f"{at}/text", 75, errors, ("plain_text",))
+    if not isinstance(o.get("value"), str) or not 0 < len(o["value"]) <= 150:
+        errors.append(f"must be 1 to 150 characters [json-pointer:{at}/value]")
+
+
+def _check_element(el: Any, at: str, errors: list[str]) -> None:
+    """Interactive elements as Slack documents them: buttons (text 75, value 2000, action_id 255), selects
+    and overflow menus (options 100 and 5, option text 75, value 150)."""
+    if not isinstance(el, dict) or el.get("type") not in _ELEMENT_KEYS:
+        errors.append(f"unsupported type [json-pointer:{at}/type]")
+        return
+    extra = set(el) - _ELEMENT_KEYS[el["type"]]
+    if extra:
+        errors.append(f"unknown field {sorted(extra)[0]} [json-pointer:{at}]")
+    if not isinstance(el.get("action_id"), str) or not 0 < len(el["action_id"]) <= 255:
+        errors.append(f"must be 1 to 255 characters [json-pointer:{at}/action_id]")
+    if el["type"] == "button":
+        _check_text(el.get("text"), f"{at}/text", 75, errors, ("plain_text",))
+        if len(str(el.get("value", ""))) > 2000:
+            errors.append(f"must be less than 2001 characters [json-pointer:{at}/value]")
+        if el.get("style") not in (None, "primary", "danger"):
+            errors.append(f"must be primary or danger [json-pointer:{at}/style]")
+        return
+    if el["type"] == "static_select":
+        _check_text(el.get("placeholder"), f"{at}/placeholder", 150, errors, ("plain_text",))
+    options = el.get("options")
+    most = 100 if el["type"] == "static_select" else 5
+    if not isinstance(options, list) or not 0 < len(options) <= most:
+        errors.append(f"must have 1 to {most} items [json-pointer:{at}/options]")
+        return
+    for j, o in enumerate(options):
+        _check_option(o, f"{at}/options/{j}", errors)
 
 
 def _check_text(obj: Any, where: str, limit: int, errors: list[str], types: tuple[str, ...] = ("plain_text", "mrkdwn"),
@@ -145,6 +188,13 @@ def check_blocks(blocks: Any) -> list[str]:
                     errors.append(f"no more than 10 items allowed [json-pointer:{at}/elements]")
                 for j, el in enumerate(elements):
                     _check_text(el, f"{at}/elements/{j}", 3000, errors)
+        elif kind == "actions":
+            elements = b.get("elements")
+            if not isinstance(elements, list) or not 0 < len(elements) <= 25:
+                errors.append(f"must have 1 to 25 items [json-pointer:{at}/elements]")
+            else:
+                for j, el in enumerate(elements):
+                    _check_element(el, f"{at}/elements/{j}", errors)
     return errors
 
 
@@ -180,6 +230,7 @@ class FakeSlack:
         self._rate: tuple[str, float, int] | None = None        # (method, posts per second, burst)
         self._buckets: dict[str, tuple[float, float]] = {}       # channel id -> (tokens, at monotonic time)
         self.rate_limited: list[Recorded] = []                   # posts refused by limit_rate
+        self.ephemeral: list[dict[str, Any]] = []                # chat.postEphemeral: channel, user, text
         self._stopping = threading.Event()
         self._last_ts = 0.0
         self._server: ThreadingHTTPServer | None = None
@@ -388,6 +439,9 @@ class FakeSlack:
             return {"ok": False, "error": "invalid_auth"}
         handler = {
             "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.postEphemeral": self._ephemeral,
+            "conversations.members": self._members,
             "conversations.history": self._history,
             "conversations.replies": self._replies,
             "conversations.list": self._list,
@@ -466,6 +520,47 @@ class FakeSlack:
                     parent["reply_count"] = parent.get("reply_count", 0) + 1
         ch.messages.append(msg)
         return {"ok": True, "channel": ch.id, "ts": msg["ts"], "message": self._public(msg, True)}
+
+    def _update(self, p: dict[str, Any]) -> dict[str, Any]:
+        """chat.update: only the bot's own messages, blocks checked like a post; replaces text and blocks."""
+        ch = self._channel(p.get("channel"), by_name=False)
+        if isinstance(ch, str):
+            return {"ok": False, "error": ch}
+        msg = next((m for m in ch.messages if m["ts"] == p.get("ts")), None)
+        if msg is None:
+            return {"ok": False, "error": "message_not_found"}
+        if msg.get("bot_id") != "BFAKE":
+            return {"ok": False, "error": "cant_update_message"}
+        blocks = self._json_arg(p["blocks"]) if "blocks" in p else None
+        if "blocks" in p:
+            errors = check_blocks(blocks)
+            if blocks is None or errors:
+                return {"ok": False, "error": "invalid_blocks", "errors": errors}
+            msg["blocks"] = blocks
+        if p.get("text") is not None:
+            msg["text"] = p["text"]
+        msg["edited"] = {"user": "UBOT", "ts": self._ts()}
+        return {"ok": True, "channel": ch.id, "ts": msg["ts"], "text": msg.get("text", ""),
+                "message": self._public(msg, False)}
+
+    def _ephemeral(self, p: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel(p.get("channel"), by_name=False, post=True)
+        if isinstance(ch, str):
+            return {"ok": False, "error": ch}
+        if p.get("user") not in ch.members:
+            return {"ok": False, "error": "user_not_in_channel"}
+        self.ephemeral.append({"channel": ch.id, "user": p.get("user"), "text": p.get("text") or ""})
+        return {"ok": True, "message_ts": self._ts()}
+
+    def _members(self, p: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel(p.get("channel"), by_name=False)
+        if isinstance(ch, str):
+            return {"ok": False, "error": ch}
+        try:
+            page, meta = self._page([{"id": u} for u in ch.members], p)
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": True, "members": [u["id"] for u in page], **meta}
 
     @staticmethod
     def _public(m: dict[str, Any], metadata: bool) -> dict[str, Any]:

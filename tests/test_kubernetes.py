@@ -627,7 +627,8 @@ def _manifests() -> list[tuple[str, dict[str, Any]]]:
 def test_manifests_validate(version: str) -> None:
     docs = _manifests()
     assert {d["kind"] for _, d in docs} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                            "ConfigMap", "PersistentVolumeClaim", "CronJob"}
+                                            "ConfigMap", "PersistentVolumeClaim", "CronJob", "Deployment",
+                                            "Service"}
     for _, d in docs:
         kubernetes_validate.validate(d, version, strict=True)
     cron = next(d for _, d in docs if d["kind"] == "CronJob")
@@ -635,6 +636,10 @@ def test_manifests_validate(version: str) -> None:
     typo["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(typo, version, strict=True)
+    serve = next(d for _, d in docs if d["kind"] == "Deployment")
+    box = serve["spec"]["template"]["spec"]["containers"][0]
+    assert box["args"][0] == "serve" and box["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {e["name"] for e in box["env"]} >= {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"}
 
 
 def test_cluster_role_grants_exactly_what_the_client_reads(kube: FakeKube, kubeconfig: Path) -> None:

@@ -303,7 +303,7 @@ def test_function_schedule_and_failure_queue(template: dict[str, Any]) -> None:
     from costwatch.run import LOCK_SECONDS
 
     build = build_module()
-    (fn,) = resources(template, "AWS::Lambda::Function").values()
+    fn = resources(template, "AWS::Lambda::Function")["RunLambdaFunction"]
     p = fn["Properties"]
     assert p["Handler"] == "costwatch.handler.handle"
     assert p["Runtime"] == f"python{build.DEFAULT_PYTHON}"
@@ -320,22 +320,43 @@ def test_function_schedule_and_failure_queue(template: dict[str, Any]) -> None:
     (rule,) = resources(template, "AWS::Events::Rule").values()
     assert rule["Properties"]["ScheduleExpression"] == "rate(2 hours)" and rule["Properties"]["State"] == "ENABLED"
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["RunLambdaFunction", "Arn"]}
-    (perm,) = resources(template, "AWS::Lambda::Permission").values()
-    assert perm["Properties"]["Principal"] == "events.amazonaws.com"
+    perms = [r for r in resources(template, "AWS::Lambda::Permission").values()
+             if r["Properties"]["FunctionName"] == {"Fn::GetAtt": ["RunLambdaFunction", "Arn"]}]
+    assert [p["Properties"]["Principal"] for p in perms] == ["events.amazonaws.com"]
 
-    (conf,) = resources(template, "AWS::Lambda::EventInvokeConfig").values()
+    (conf,) = [c for c in resources(template, "AWS::Lambda::EventInvokeConfig").values()
+               if "FailedRuns" in json.dumps(c)]
     assert conf["Properties"]["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["FailedRuns", "Arn"]}
     (queue,) = resources(template, "AWS::SQS::Queue").values()
     assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
-    (logs,) = resources(template, "AWS::Logs::LogGroup").values()
-    assert logs["Properties"]["RetentionInDays"] == 30
+    logs = resources(template, "AWS::Logs::LogGroup").values()
+    assert [g["Properties"]["RetentionInDays"] for g in logs] == [30, 30]
+
+
+def test_slack_answers_function_has_a_url_and_only_the_state_and_config(template: dict[str, Any]) -> None:
+    """The second function (issue 19): Bolt behind a function URL, its own role with only the state table,
+    its config and secrets (no cloud reads, no email), the same environment as the run."""
+    fns = resources(template, "AWS::Lambda::Function")
+    p = fns["SlackLambdaFunction"]["Properties"]
+    assert p["Handler"] == "costwatch.surfaces.slack_lambda.handle" and p["Timeout"] <= 30
+    assert p["Role"] == {"Fn::GetAtt": ["SlackAnswersRole", "Arn"]}
+    assert p["Environment"]["Variables"] == fns["RunLambdaFunction"]["Properties"]["Environment"]["Variables"]
+    (url,) = resources(template, "AWS::Lambda::Url").values()
+    assert url["Properties"]["AuthType"] == "NONE"  # Slack cannot sign AWS requests; Bolt checks Slack's signature
+    role = resources(template, "AWS::IAM::Role")["SlackAnswersRole"]
+    granted = {a for pol in role["Properties"]["Policies"] for st in pol["PolicyDocument"]["Statement"]
+               for a in actions(st)}
+    assert granted == {"logs:CreateLogStream", "logs:PutLogEvents", "dynamodb:GetItem", "dynamodb:PutItem",
+                       "dynamodb:DeleteItem", "dynamodb:Query", "ssm:GetParameter", "ssm:GetParametersByPath",
+                       "kms:Decrypt"}
+    assert "SlackAnswersUrl" in template["Outputs"]
 
 
 def test_dockerfile_not_needed(template: dict[str, Any]) -> None:
-    """The zip fits, so the function deploys the zip, not a container image."""
-    (fn,) = resources(template, "AWS::Lambda::Function").values()
-    assert "S3Key" in fn["Properties"]["Code"] and fn["Properties"]["Code"]["S3Key"].endswith("/costwatch.zip")
-    assert "PackageType" not in fn["Properties"]
+    """The zip fits, so the functions deploy the zip, not a container image."""
+    for fn in resources(template, "AWS::Lambda::Function").values():
+        assert "S3Key" in fn["Properties"]["Code"] and fn["Properties"]["Code"]["S3Key"].endswith("/costwatch.zip")
+        assert "PackageType" not in fn["Properties"]
 
 
 @pytest.fixture(autouse=True)
