@@ -126,16 +126,27 @@ def unsilence(store: Store, group: str, by: str, now: pd.Timestamp) -> Outcome:
     return Outcome(f"silence {sid} ended by {by}", answer_state(doc))
 
 
+PLANNED_DAYS = 14   # "expected": the new level is planned activity for this long; the answer itself lasts longer
+
+
 def give_feedback(store: Store, group: str, by: str, now: pd.Timestamp, kind: str) -> Outcome:
     rec = _load(store, group)
     records = [feedback.from_alert(a, kind, by, now, incident=group) for a in rec.doc.get("alerts") or []
                if isinstance(a, dict) and a.get("fingerprint")]
     for fb in records:
         feedback.record(store, fb)
+    planned = None
+    lead = _lead(rec.doc)
+    if kind == "expected" and lead.get("kind") != "mining_suspected" and lead.get("project"):
+        # the same mark as `costwatch silence --planned --kind cost_spike`: detection accepts the level from
+        # the incident's first days, so the band learns it instead of alerting daily; mining is never covered
+        planned = silences.add(store, project=str(lead["project"]), until=now + pd.Timedelta(days=PLANNED_DAYS),
+                               reason=f"expected: answered by {by}", kind="cost_spike", planned=True, now=now,
+                               created_by=by)
 
     def change(doc: dict[str, Any]) -> dict[str, Any]:
         return {**doc, "feedback_kind": kind, "feedback_by": by[:100], "feedback_at": iso(now),
-                "feedback_ids": [f.id for f in records]}
+                "feedback_ids": [f.id for f in records], "planned_id": planned.id if planned else None}
     doc = _update(store, group, change)
     what = ("expected: the new level is accepted as this project's baseline; a further jump or a miner still "
             "alerts") if kind == "expected" else ("not an anomaly: the same pattern on these series is held back; "
@@ -150,8 +161,10 @@ def undo_feedback(store: Store, group: str, by: str, now: pd.Timestamp) -> Outco
         raise AnswerRefused("no answer to undo on this incident")
     for fid in ids:
         feedback.remove(store, str(fid))
+    if rec.doc.get("planned_id"):
+        silences.remove(store, str(rec.doc["planned_id"]))
     doc = _update(store, group, lambda d: {**d, "feedback_kind": None, "feedback_by": None, "feedback_at": None,
-                                           "feedback_ids": []})
+                                           "feedback_ids": [], "planned_id": None})
     return Outcome(f"answer withdrawn by {by}: these series alert as before", answer_state(doc))
 
 

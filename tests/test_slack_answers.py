@@ -299,6 +299,9 @@ def test_expected_and_not_an_anomaly_hold_back_the_same_pattern_only(slack: Fake
         assert press(srv, payload(slack, "costwatch_expected", group)).status_code == 200
     accepted = feedback.load(store, NOW)
     assert [f.kind for f in accepted] == ["expected"]
+    # and a planned-activity mark for cost spikes, as `costwatch silence --planned --kind cost_spike` makes
+    (mark,) = silences.active(store, NOW)
+    assert mark.planned and mark.kind == "cost_spike" and mark.project == "123456789012"
     later = spike(start="2026-11-25", observed=1050.0)   # the new level, with some growth
     jump = spike(start="2026-11-25", observed=1600.0)
     kept, held = feedback.apply([later, jump], accepted)
