@@ -86,6 +86,16 @@ class UsageScoreParams:
     softness: float = 0.1  # excess (in band widths) that moves the score from 0.5 to 0.73
     refractory: int = 150  # rows after an onset during which no new onset is reported
     quiet: int = 24  # ... and rows the score must have stayed below the threshold before a new onset
+    # method="calibrated": per-view tail p-values against the series' own history (see module doc);
+    # it reads history, min_history, the windows, still_min, refractory and quiet, and these three
+    method: str = "range"  # "range" (the NAB-tuned novelty score above) or "calibrated"
+    alpha: float = 2e-3  # calibrated: combined p-value that scores 0.5 (false-alarm rate per row and series)
+    tail: float = 0.05  # calibrated: reference quantile (1 - tail) where the exponential tail starts
+    jump: bool = True  # calibrated: also a view of x minus the median of the previous level_window rows
+
+    def __post_init__(self) -> None:
+        if self.method not in ("range", "calibrated"):
+            raise ValueError(f"unknown usage score method {self.method!r} (range, calibrated)")
 
 
 def _past_range(stat: pd.DataFrame, lag: int, p: UsageScoreParams,
@@ -139,18 +149,104 @@ def _components(x: np.ndarray, p: UsageScoreParams) -> dict[str, np.ndarray]:
 
     # stillness: an unchanged value for longer than any still run in the history (a dead or pinned node)
     if p.still_min > 0:
-        with np.errstate(invalid="ignore"):
-            still = np.abs(np.diff(x, axis=0, prepend=np.nan)) <= 1e-12 * (1.0 + np.abs(x))
-        run = _run_length(still)
-        ended = np.zeros(x.shape)  # length of a still run, on the row that ends it
-        ended[1:] = np.where(still[1:], 0, run[:-1])
-        longest = pd.DataFrame(ended).rolling(p.history, min_periods=1).max().to_numpy()
-        seen_before = np.cumsum(~np.isnan(x), axis=0) - run  # observations before the run began
+        run, longest, seen_before = _still_runs(x, p)
         with np.errstate(invalid="ignore"):
             e = run / np.maximum(longest, p.still_min) - 1.0
         # a series that has never moved is not "stuck", it is what it always was
         out["still"] = np.where(np.isfinite(band) & (seen_before > p.min_history), e, np.nan)
     return out
+
+
+def _reference(stat: pd.DataFrame, lag: int, p: UsageScoreParams, min_windows: int = 1) -> dict[str, np.ndarray]:
+    """Quantiles, extremes and count of a statistic over the history ending ``lag`` rows back (no overlap)."""
+    need = min(p.history, max(p.min_history, min_windows * lag))
+    past = stat.shift(lag).rolling(p.history, min_periods=need)
+    return {"med": past.median().to_numpy(), "hi": past.quantile(1.0 - p.tail).to_numpy(),
+            "lo": past.quantile(p.tail).to_numpy(), "max": past.max().to_numpy(), "min": past.min().to_numpy(),
+            "n": past.count().to_numpy()}
+
+
+def _tail_logp(s: np.ndarray, med: np.ndarray, q: np.ndarray, ext: np.ndarray, n: np.ndarray, tail: float,
+               floor: np.ndarray) -> np.ndarray:
+    """Natural log of the upper tail probability of ``s`` under the reference (pass negated values for lower).
+
+    Between the median (p = 1/2) and the ``1 - tail`` quantile the log-probability is interpolated
+    linearly (the empirical distribution, coarsely); beyond it the tail is exponential, with the scale that
+    also puts the largest value seen at probability ``1/n``, so a history's own heavy tail widens it.
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        body = np.maximum(q - med, 0.0)
+        beta = np.fmax(body / np.log(0.5 / tail), (ext - q) / np.maximum(np.log(n * tail), 1.0))
+        beta = np.fmax(beta, floor)
+        inner = np.log(0.5) + (s - med) / np.maximum(body, 1e-300) * np.log(2.0 * tail)
+        outer = np.log(tail) - (s - q) / beta
+        lp = np.where(s <= med, 0.0, np.where(s <= q, np.fmax(inner, np.log(tail)), outer))
+    return np.minimum(lp, 0.0)
+
+
+def _two_sided(s: np.ndarray, ref: dict[str, np.ndarray], tail: float, floor: np.ndarray,
+               upper: bool = True, lower: bool = True) -> list[np.ndarray]:
+    out = []
+    if upper:
+        out.append(_tail_logp(s, ref["med"], ref["hi"], ref["max"], ref["n"], tail, floor))
+    if lower:
+        out.append(_tail_logp(-s, -ref["med"], -ref["lo"], -ref["min"], ref["n"], tail, floor))
+    return out
+
+
+def _calibrated_components(x: np.ndarray, p: UsageScoreParams) -> dict[str, np.ndarray]:
+    """Log tail probability of each view (natural log, <= 0; NaN = no reference yet), samples x series."""
+    frame = pd.DataFrame(x)
+    out: dict[str, np.ndarray] = {}
+    hist = frame.shift(1).rolling(p.history, min_periods=p.min_history)
+    level = np.abs(hist.median().to_numpy())
+    floor = 1e-3 * level + 1e-9  # resolution: a thousandth of the level is never a surprise by itself
+    # value: a single row (a spike), against the values before it
+    ref = _reference(frame, 1, p)
+    out["spike_up"], out["spike_down"] = _two_sided(x, ref, p.tail, floor)
+    # level: a short median, which turns a level shift into one step
+    k = p.level_window
+    if k > 1:
+        med = frame.rolling(k, min_periods=1).median()
+        ref = _reference(med, k, p)
+        out["level_up"], out["level_down"] = _two_sided(med.to_numpy(), ref, p.tail, floor)
+    if p.jump and k > 1:
+        resid = frame - frame.shift(1).rolling(k, min_periods=1).median()
+        ref = _reference(resid, 1, p)
+        out["jump_up"], out["jump_down"] = _two_sided(resid.to_numpy(), ref, p.tail, floor)
+    # shape: spread (oscillation, or a flat line) and typical step size (a new rhythm)
+    w = p.spread_window
+    if w > 1:
+        spread = frame.rolling(w, min_periods=min(w, max(3, w // 2))).std()
+        ref = _reference(spread, w, p, SHAPE_WINDOWS)
+        out["spread_up"], out["spread_down"] = _two_sided(spread.to_numpy(), ref, p.tail, floor)
+    if p.rough_window > 0:
+        w = p.rough_window
+        rough = frame.diff().abs().rolling(w, min_periods=min(w, max(3, w // 2))).median()
+        ref = _reference(rough, w, p, SHAPE_WINDOWS)
+        (out["rough"],) = _two_sided(rough.to_numpy(), ref, p.tail, floor, lower=False)
+    if p.still_min > 0:
+        run, longest, seen_before = _still_runs(x, p)
+        n = hist.count().to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # the longest still run of the history sits at probability 1/n; each further such length
+            # multiplies by 1/n again
+            lp = -np.log(np.maximum(n, 2.0)) * run / np.maximum(longest, p.still_min)
+        out["still"] = np.where(np.isfinite(level) & (seen_before > p.min_history), lp, np.nan)
+    return out
+
+
+def _still_runs(x: np.ndarray, p: UsageScoreParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: rows the value has stayed unchanged, the longest still run that ended in the history, and
+    the observations seen before the current run began."""
+    with np.errstate(invalid="ignore"):
+        still = np.abs(np.diff(x, axis=0, prepend=np.nan)) <= 1e-12 * (1.0 + np.abs(x))
+    run = _run_length(still)
+    ended = np.zeros(x.shape)  # length of a still run, on the row that ends it
+    ended[1:] = np.where(still[1:], 0, run[:-1])
+    longest = pd.DataFrame(ended).rolling(p.history, min_periods=1).max().to_numpy()
+    seen_before = np.cumsum(~np.isnan(x), axis=0) - run  # observations before the run began
+    return run, longest, seen_before
 
 
 def _run_length(flag: np.ndarray) -> np.ndarray:
@@ -168,6 +264,17 @@ def _excess_matrix(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
     return excess
 
 
+def _surprise(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
+    """-ln of the Bonferroni-combined p-value (smallest view p-value times the number of views)."""
+    comps = _calibrated_components(x, p)
+    lp = np.full(x.shape, np.inf)
+    for c in comps.values():
+        lp = np.fmin(lp, c)
+    s = -(lp + np.log(len(comps)))
+    s[~np.isfinite(s) | np.isnan(x)] = 0.0  # no reference yet, or a gap: never a detection
+    return np.maximum(s, 0.0)
+
+
 def score_matrix(x: np.ndarray, *, params: UsageScoreParams | None = None) -> np.ndarray:
     """Scores in [0, 1] for many equally spaced series at once (rows = series, columns = samples, NaN = gap).
 
@@ -180,6 +287,9 @@ def score_matrix(x: np.ndarray, *, params: UsageScoreParams | None = None) -> np
         raise ValueError(f"score_matrix expects a 2-D array (series x samples), got shape {arr.shape}")
     if arr.size == 0:
         return np.zeros_like(arr)
+    if p.method == "calibrated":
+        surprise = _surprise(arr.T, p).T
+        return surprise / (surprise - np.log(p.alpha))
     excess = _excess_matrix(arr.T, p).T
     lim = 50.0 * p.softness
     z = np.clip(np.where(np.isnan(excess), -lim, excess), -lim, lim) / p.softness
