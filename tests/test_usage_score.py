@@ -208,7 +208,8 @@ def test_score_is_causal(method: str, values: np.ndarray, cut: int, future: np.n
 CAL = UsageScoreParams(method="calibrated", history=500, min_history=24, level_window=12, spread_window=24,
                        rough_window=12, still_min=48, refractory=50, quiet=12, alpha=1e-2)
 CAL_WARMUP = 500
-DETECT = dataclasses.replace(CAL, alpha=1e-3)  # about one false alarm per thousand rows at most
+# about one false alarm per thousand rows at most; a longer history, so that the tail shape fit is stable
+DETECT = dataclasses.replace(CAL, alpha=1e-3, history=1000)
 
 
 def test_calibrated_appending_rows_keeps_past_scores() -> None:
@@ -220,8 +221,8 @@ def test_calibrated_appending_rows_keeps_past_scores() -> None:
 def test_calibrated_false_alarm_rate_follows_alpha_whatever_the_scale_and_distribution() -> None:
     """iid noise of very different scales and shapes: rows at or above 0.5 occur at most at ~alpha.
 
-    Bonferroni over the views makes light tails conservative; the heaviest tail here (Student t, 3 degrees
-    of freedom) is the one that comes closest to, and may exceed, the nominal rate."""
+    Bonferroni over the views makes light tails conservative; heavy tails (Student t with 3 degrees of
+    freedom, lognormal, Pareto) come closest to the nominal rate."""
     rng = np.random.default_rng(0)
     m, n = 8, 1500
     noises = {
@@ -231,6 +232,7 @@ def test_calibrated_false_alarm_rate_follows_alpha_whatever_the_scale_and_distri
         "lognormal": rng.lognormal(3, 0.8, (m, n)),
         "student t3": 100 + rng.standard_t(3, (m, n)),
         "poisson counts": rng.poisson(20, (m, n)).astype(float),
+        "pareto 1.5": rng.pareto(1.5, (m, n)),
     }
     rates = {}
     for name, x in noises.items():
@@ -238,22 +240,22 @@ def test_calibrated_false_alarm_rate_follows_alpha_whatever_the_scale_and_distri
         rates[name] = float((s[:, CAL_WARMUP:] >= 0.5).mean())
         # the same noise in other units scores the same: the calibration is the series' own
         assert np.allclose(score_matrix(x * 1000.0, params=CAL), s, atol=1e-6), name
-    assert all(r <= 3 * CAL.alpha for r in rates.values()), rates
+    assert all(r <= 1.5 * CAL.alpha for r in rates.values()), rates
     assert max(rates.values()) >= CAL.alpha / 10, rates  # not silent either
 
 
-def _noise(seed: int, n: int = 1500) -> np.ndarray:
+def _noise(seed: int, n: int = 2000) -> np.ndarray:
     return 100 + np.random.default_rng(seed).normal(0, 4, n)
 
 
 def _cal_onsets(x: np.ndarray) -> list[int]:
     s = score_series(x, params=DETECT)
     return [int(i) for i in np.flatnonzero(episode_onsets(s, refractory=DETECT.refractory, quiet=DETECT.quiet))
-            if i >= CAL_WARMUP]
+            if i >= DETECT.history]
 
 
 def test_calibrated_detects_injected_anomalies_at_their_onset() -> None:
-    at = 1000
+    at = 1500
     cases = {}
     for seed in range(3):
         x = _noise(seed)
@@ -269,7 +271,7 @@ def test_calibrated_detects_injected_anomalies_at_their_onset() -> None:
         x[at:] = x[at]  # stuck exporter
         cases[f"stuck {seed}"] = x
         # the same on a heavy-tailed, positive (bytes-like) series
-        x = np.random.default_rng(seed).lognormal(10, 0.5, 1500)
+        x = np.random.default_rng(seed).lognormal(10, 0.5, 2000)
         x[at:] *= 4
         cases[f"lognormal shift {seed}"] = x
     delay = {"spike": 0, "level shift": CAL.level_window, "noise x4": CAL.spread_window, "stuck": 4 * CAL.still_min,
