@@ -64,7 +64,7 @@ Laplace, uniform, lognormal, Student t3, Pareto 1.5, Poisson counts) the rate of
 windows are the defaults above, ``tail`` fixed at 0.05; both halves and the whole corpus pick 0.002): 75.20
 in-sample (25 of 30 windows, 7 false positives), 84.31 on the odd files when chosen on the even ones, 63.27 on
 the even files when chosen on the odd ones (the range method: 76.20 in-sample, 70.51 and 69.48 held out).
-The even half holds the two iio windows no causal detector here reaches (its ceiling is about 84).  It costs
+The even half holds the two iio windows neither method reaches (its ceiling is about 84).  It costs
 about 3.5x the range method (more rolling quantiles), so the report path (``detect``) still uses
 ``method="range"``.
 """
