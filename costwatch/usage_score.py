@@ -271,6 +271,9 @@ def _two_sided(s: np.ndarray, ref: dict[str, np.ndarray], tail: float, floor: np
     if lower:
         out.append(_gpd_tail_logp(-s, -ref["med"], -ref["lo"], -ref["lo2"], -ref["min"], ref["n"], tail, floor)
                    if gpd else _tail_logp(-s, -ref["med"], -ref["lo"], -ref["min"], ref["n"], tail, floor))
+    # a tail needs the history to reach beyond its reference quantile: n * tail / TAIL_STEP >= 1
+    short = ref["n"] < TAIL_STEP / tail
+    out = [np.where(short, np.nan, lp) for lp in out]
     return out
 
 

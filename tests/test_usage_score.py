@@ -300,3 +300,18 @@ def test_calibrated_recurring_bursts_and_daily_shape_are_part_of_the_band() -> N
 def test_unknown_method_is_refused() -> None:
     with pytest.raises(ValueError, match="method"):
         UsageScoreParams(method="magic")
+
+
+def test_calibrated_needs_enough_history_for_its_tail_fit() -> None:
+    """With a dozen rows no tail can be estimated: noise right after the start is not an anomaly.
+
+    A view scores once its history reaches ten times beyond its reference quantile (200 rows at tail 0.05)."""
+    rng = np.random.default_rng(3)
+    params = dataclasses.replace(CAL, history=300, min_history=12)
+    noise = 100 + rng.normal(0, 3, (20, 300))
+    x = noise.copy()
+    x[:, 100] += 50  # even a large spike: a hundred rows cannot tell how rare it is
+    assert not np.any(score_matrix(x, params=params)[:, :200] >= 0.5)
+    x = noise.copy()
+    x[:, 250] += 50  # with 250 rows they can
+    assert np.all(score_matrix(x, params=params)[:, 250] >= 0.5)
