@@ -48,25 +48,25 @@ scores 70.51 on the 8 odd files (old parameters: 70.51); chosen on the odd files
 files (old parameters: 70.69, these defaults: 69.86).
 
 ``method="calibrated"`` (issue 16) replaces the per-test thresholds above with p-values calibrated on each
-series' own history, and one global false-alarm level ``alpha``.  The same views (value, short median, the
-value minus the median of the rows before it, spread as a rolling inter-quartile range, typical step size,
-stillness) are each compared with the distribution that view took over the history (ending where its own
-window starts), both tails where it makes sense.  Tail probability: log-linear from the median (1/2) to the
-``1 - tail`` quantile (``tail``), then, for the one-row views, a generalized Pareto tail through that quantile,
-the ``1 - tail/10`` quantile and the largest value seen (at ``1/(n+1)``), shape in [0, 0.5], so bursty bytes
-and request counts widen their own band; for the rolling views an exponential tail with the scale that also
-puts the largest value at ``1/(n+1)``.  A still run of length ``r`` has ``p = n**(-r / max(longest, still_min))``.
-The views are combined by Bonferroni (smallest p-value times the number of views) and the score is
-``S / (S + S_alpha)``, ``S = -ln p``: 0.5 exactly where ``p = alpha``.  On iid noise of any scale (normal,
-Laplace, uniform, lognormal, Student t3, Pareto 1.5, Poisson counts) the rate of rows >= 0.5 stays at or below
-``alpha`` (tests/test_usage_score.py).  On NAB realAWSCloudwatch, ``alpha = 0.002`` chosen by
-``bench/nab_grid.py --split --set method=calibrated --grid alpha=...`` (the only parameter searched; the
-windows are the defaults above, ``tail`` fixed at 0.05; both halves and the whole corpus pick 0.002): 75.20
+series' own history, and one global false-alarm level ``alpha``.  The same views (value, short median, the value
+minus the median of the rows before it, spread as a rolling inter-quartile range, typical step size, stillness)
+are each compared with the distribution that view took over the history (ending where its own window starts),
+both tails where it makes sense.  Tail probability: log-linear from the median (1/2) to the ``1 - tail``
+quantile (``tail``), then, for the one-row views, a generalized Pareto tail through that quantile, the ``1 -
+tail/10`` quantile and the largest value seen (at ``1/(n+1)``), shape in [0, 0.5], so bursty bytes and request
+counts widen their own band; for the rolling views an exponential tail with the scale that also puts the largest
+value at ``1/(n+1)``.  A view scores nothing until its history holds ``10 / tail`` rows (200), enough to reach
+beyond its reference quantile.  A still run of length ``r`` has ``p = n**(-r / max(longest, still_min))``.  The
+views are combined by Bonferroni (smallest p-value times the number of views) and the score is ``S / (S +
+S_alpha)``, ``S = -ln p``: 0.5 exactly where ``p = alpha``.  On iid noise of any scale (normal, Laplace,
+uniform, lognormal, Student t3, Pareto 1.5, Poisson counts) the rate of rows >= 0.5 stays below ``alpha``, or
+about at it for the heaviest tail (tests/test_usage_score.py).  On NAB realAWSCloudwatch, ``alpha = 0.002``
+chosen by ``bench/nab_grid.py --split --set method=calibrated --grid alpha=...`` (the only parameter searched;
+the windows are the defaults above, ``tail`` fixed at 0.05; both halves and the whole corpus pick 0.002): 75.20
 in-sample (25 of 30 windows, 7 false positives), 84.31 on the odd files when chosen on the even ones, 63.27 on
-the even files when chosen on the odd ones (the range method: 76.20 in-sample, 70.51 and 69.48 held out).
-The even half holds the two iio windows neither method reaches (its ceiling is about 84).  It costs
-about 3.5x the range method (more rolling quantiles), so the report path (``detect``) still uses
-``method="range"``.
+the even files when chosen on the odd ones (the range method: 76.20 in-sample, 70.51 and 69.48 held out).  The
+even half holds the two iio windows neither method reaches (its ceiling is about 84).  It costs about 3.5x the
+range method (more rolling quantiles), so the report path (``detect``) still uses ``method="range"``.
 """
 
 from __future__ import annotations
