@@ -231,7 +231,7 @@ def _gpd_shape(ratio: np.ndarray, r2: float, r3: np.ndarray) -> np.ndarray:
 
 
 def _gpd_tail_logp(s: np.ndarray, med: np.ndarray, q: np.ndarray, q2: np.ndarray, ext: np.ndarray, n: np.ndarray,
-               tail: float, floor: np.ndarray) -> np.ndarray:
+                   tail: float, floor: np.ndarray) -> np.ndarray:
     """Natural log of the upper tail probability of ``s`` under the reference (pass negated values for lower).
 
     Between the median (p = 1/2) and the ``1 - tail`` quantile the log-probability is interpolated
