@@ -26,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.nab import DEFAULT_DATA, THRESHOLD
+from bench.nab import DEFAULT_DATA, THRESHOLD, parse_params
 from bench.nab_scoring import PROFILE_NAMES, CostMatrix, load_profiles, load_windows, normalized, sweep_scores
 from costwatch.usage_score import UsageScoreParams, episode_onsets, score_series
 
@@ -103,20 +103,6 @@ def evaluate(files: Sequence[_File], params: UsageScoreParams, costs: dict[str, 
     return Result({p: normalized(raw[p], n_windows, c) for p, c in costs.items()}, tp, fn, fp, per_file, marks)
 
 
-def _parse(items: Sequence[str], grid: bool) -> dict[str, list[Any]]:
-    fields = {f.name: f.type for f in dataclasses.fields(UsageScoreParams)}
-    out: dict[str, list[Any]] = {}
-    for item in items:
-        key, _, val = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"unknown parameter {key!r}; known: {', '.join(fields)}")
-        typ = str(fields[key])
-        conv = (lambda s: s.lower() in ("1", "true", "yes")) if typ == "bool" else int if typ == "int" else float
-        vals = [conv(v) for v in (val.split(",") if grid else [val])]
-        out[key] = vals
-    return out
-
-
 def search(files: Sequence[_File], base: UsageScoreParams, grid: dict[str, list[Any]],
            costs: dict[str, CostMatrix]) -> list[tuple[UsageScoreParams, Result]]:
     """Every grid point scored on ``files``, best standard score first (ties: fewer changes from base)."""
@@ -151,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     files = load(args.data)
     costs = _profiles(args.data)
-    base = dataclasses.replace(UsageScoreParams(), **{k: v[0] for k, v in _parse(args.set, False).items()})
-    grid = _parse(args.grid, True) or {"refractory": [base.refractory]}
+    base = dataclasses.replace(UsageScoreParams(), **{k: v[0] for k, v in parse_params(args.set, False).items()})
+    grid = parse_params(args.grid, True) or {"refractory": [base.refractory]}
     keys = list(grid)
     ranked = search(files, base, grid, costs)
     print(f"{len(ranked)} parameter sets on {len(files)} files")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -183,16 +186,132 @@ def test_score_matrix_equals_score_series_per_row() -> None:
 VALUES = st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.sampled_from([0.0, 1.0, 100.0]))
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.mark.parametrize("method", ["range", "calibrated"])
+@settings(max_examples=30, deadline=None)
 @given(
     values=arrays(np.float64, 120, elements=VALUES),
     cut=st.integers(1, 119),
     future=arrays(np.float64, 120, elements=VALUES),
 )
-def test_score_is_causal(values: np.ndarray, cut: int, future: np.ndarray) -> None:
+def test_score_is_causal(method: str, values: np.ndarray, cut: int, future: np.ndarray) -> None:
+    params = dataclasses.replace(SMALL, method=method)
     changed = values.copy()
     changed[cut:] = future[cut:]
-    a = score_series(values, params=SMALL)
-    b = score_series(changed, params=SMALL)
+    a = score_series(values, params=params)
+    b = score_series(changed, params=params)
     assert np.allclose(a[:cut], b[:cut], rtol=1e-9, atol=1e-12)
     assert np.all((a >= 0) & (a <= 1))
+
+
+# ------------------------------------------------------------------ calibrated: per-view tail p-values
+
+CAL = UsageScoreParams(method="calibrated", history=500, min_history=24, level_window=12, spread_window=24,
+                       rough_window=12, still_min=48, refractory=50, quiet=12, alpha=1e-2)
+CAL_WARMUP = 500
+# about one false alarm per thousand rows at most; a longer history, so that the tail shape fit is stable
+DETECT = dataclasses.replace(CAL, alpha=1e-3, history=1000)
+
+
+def test_calibrated_appending_rows_keeps_past_scores() -> None:
+    x = _cpu(30, 1500)
+    full = score_series(x, params=CAL)
+    assert np.array_equal(score_series(x[:900], params=CAL), full[:900])
+
+
+def test_calibrated_false_alarm_rate_follows_alpha_whatever_the_scale_and_distribution() -> None:
+    """iid noise of very different scales and shapes: rows at or above 0.5 occur at most at ~alpha.
+
+    Bonferroni over the views makes light tails conservative; heavy tails (Student t with 3 degrees of
+    freedom, lognormal, Pareto) come closest to the nominal rate."""
+    rng = np.random.default_rng(0)
+    m, n = 8, 1500
+    noises = {
+        "normal": rng.normal(50, 5, (m, n)),
+        "laplace, large scale": rng.laplace(1e6, 3e4, (m, n)),
+        "uniform, small scale": rng.uniform(0, 1e-3, (m, n)),
+        "lognormal": rng.lognormal(3, 0.8, (m, n)),
+        "student t3": 100 + rng.standard_t(3, (m, n)),
+        "poisson counts": rng.poisson(20, (m, n)).astype(float),
+        "pareto 1.5": rng.pareto(1.5, (m, n)),
+    }
+    rates = {}
+    for name, x in noises.items():
+        s = score_matrix(x, params=CAL)
+        rates[name] = float((s[:, CAL_WARMUP:] >= 0.5).mean())
+        # the same noise in other units scores the same: the calibration is the series' own
+        assert np.allclose(score_matrix(x[:2] * 1000.0, params=CAL), s[:2], atol=1e-6), name
+    assert all(r <= 1.5 * CAL.alpha for r in rates.values()), rates
+    assert max(rates.values()) >= CAL.alpha / 10, rates  # not silent either
+
+
+def _noise(seed: int, n: int = 2000) -> np.ndarray:
+    return 100 + np.random.default_rng(seed).normal(0, 4, n)
+
+
+def _cal_onsets(x: np.ndarray) -> list[int]:
+    s = score_series(x, params=DETECT)
+    return [int(i) for i in np.flatnonzero(episode_onsets(s, refractory=DETECT.refractory, quiet=DETECT.quiet))
+            if i >= DETECT.history]
+
+
+def test_calibrated_detects_injected_anomalies_at_their_onset() -> None:
+    at = 1500
+    cases = {}
+    for seed in range(3):
+        x = _noise(seed)
+        x[at] += 40  # spike (10 sigma)
+        cases[f"spike {seed}"] = x
+        x = _noise(seed)
+        x[at:] += 12  # level shift of 3 sigma
+        cases[f"level shift {seed}"] = x
+        x = _noise(seed)
+        x[at:] = 100 + (x[at:] - 100) * 4  # variance change
+        cases[f"noise x4 {seed}"] = x
+        x = _noise(seed)
+        x[at:] = x[at]  # stuck exporter
+        cases[f"stuck {seed}"] = x
+        # the same on a heavy-tailed, positive (bytes-like) series
+        x = np.random.default_rng(seed).lognormal(10, 0.5, 2000)
+        x[at:] *= 4
+        cases[f"lognormal shift {seed}"] = x
+    delay = {"spike": 0, "level shift": CAL.level_window, "noise x4": CAL.spread_window, "stuck": 4 * CAL.still_min,
+             "lognormal shift": CAL.level_window}
+    early = 0
+    for name, x in cases.items():
+        onsets = _cal_onsets(x)
+        kind = name.rsplit(" ", 1)[0]
+        after = [i for i in onsets if i >= at]
+        assert after and after[0] <= at + delay[kind], (name, onsets)
+        assert len(after) <= 3, (name, onsets)
+        early += len(onsets) - len(after)
+    assert early <= 2  # false alarms before the anomaly: 15 series x 500 scored rows at alpha 1e-3
+    # and nothing on the same noise without the anomaly
+    assert not any(_cal_onsets(_noise(seed)) for seed in range(3))
+
+
+def test_calibrated_recurring_bursts_and_daily_shape_are_part_of_the_band() -> None:
+    x = _cpu(5, 2000)
+    for start in range(100, 2000, 288):  # a nightly batch job
+        x[start:start + 30] = 95.0
+    assert _cal_onsets(x) == []
+    assert all(not _cal_onsets(_cpu(40 + seed, 2000)) for seed in range(3))
+
+
+def test_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="method"):
+        UsageScoreParams(method="magic")
+
+
+def test_calibrated_needs_enough_history_for_its_tail_fit() -> None:
+    """With a dozen rows no tail can be estimated: noise right after the start is not an anomaly.
+
+    A view scores once its history reaches ten times beyond its reference quantile (200 rows at tail 0.05)."""
+    rng = np.random.default_rng(3)
+    params = dataclasses.replace(CAL, history=300, min_history=12)
+    noise = 100 + rng.normal(0, 3, (20, 300))
+    x = noise.copy()
+    x[:, 100] += 50  # even a large spike: a hundred rows cannot tell how rare it is
+    assert not np.any(score_matrix(x, params=params)[:, :200] >= 0.5)
+    x = noise.copy()
+    x[:, 250] += 50  # with 250 rows they can
+    assert np.all(score_matrix(x, params=params)[:, 250] >= 0.5)
