@@ -46,7 +46,14 @@ import numpy as np
 import pandas as pd
 
 from costwatch.errors import ConfigError, DataError, where
-from costwatch.model import empty_costs, line_of, normalize_costs, out_of_range_message
+from costwatch.model import (
+    MAX_AMOUNT,
+    amount_message,
+    empty_costs,
+    line_of,
+    normalize_costs,
+    out_of_range_message,
+)
 
 from .focus import (
     _FALSE,
@@ -54,12 +61,16 @@ from .focus import (
     _NULLS,
     _TRUE,
     CHARGE_CATEGORIES,
+    CURRENCY_SHAPE,
     OPTIONAL_FOCUS,
     REQUIRED_FOCUS,
     SERVICE_CATEGORIES,
     _canonical,
     _line_map,
     canonical_provider,
+    check_csv_bytes,
+    check_headers,
+    currency_message,
     describe_headers,
     input_files,
     map_unique,
@@ -214,8 +225,11 @@ def _source(con: duckdb.DuckDBPyConnection, path: Path) -> _Source:
         names = [str(r[0]) for r in described]
         types = {str(r[0]): str(r[1]) for r in described}
         headers = [n.strip() for n in names]
+        check_headers(path, headers)
     else:
         headers = _csv_header(path)
+        check_headers(path, headers)
+        check_csv_bytes(path)  # line length, NUL bytes and a .gz's CRC, as the pandas loader checks them
         names = _dedupe(headers)
         types = dict.fromkeys(names, "VARCHAR")
         scan = f"read_csv(?, columns = ?, {_CSV_OPTIONS})"
@@ -364,21 +378,25 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
         return expr
 
     def number(c: str, allow_missing: bool) -> str:
+        """An amount: finite and below MAX_AMOUNT in magnitude (one check, flagged when out of range, so the
+        first bad row is the one the pandas loader names)."""
         if _is_number(types[c]):
             v = f"CAST({q(c)} AS DOUBLE)"
+            big = f"coalesce(isfinite({v}) AND abs({v}) >= {MAX_AMOUNT!r}, false)"
             value = f"CASE WHEN isnan({v}) THEN NULL ELSE CAST({v} AS VARCHAR) END"
             bad = f"isinf({v})" if allow_missing else f"NOT coalesce(isfinite({v}), false)"
-            checks.append(_Check(c, bad, value, "finite", True))
+            checks.append(_Check(c, f"{bad} OR {big}", value, "finite", True, flag=big))
             return f"CASE WHEN isnan({v}) THEN NULL ELSE {v} END"
         # concat(): DuckDB 2.0 pushes a TRY_CAST of a bare column into the CSV reader as a hard cast (duckdb
         # issue 23818), so one "x" in the column failed the whole read without a line; concat() of one value
         # is that value (NULL -> '', which TRY_CAST also makes NULL) and is not simplified away
         v = f"TRY_CAST(concat({q(c)}) AS DOUBLE)"
+        big = f"coalesce(isfinite({v}) AND abs({v}) >= {MAX_AMOUNT!r}, false)"
         if allow_missing:  # a blank or NaN is missing, anything else unparseable is an error
             bad = f"CASE WHEN coalesce(isfinite({v}), false) THEN false ELSE cw_clean({q(c)}) IS NOT NULL END"
         else:
             bad = f"NOT coalesce(isfinite({v}), false)"
-        checks.append(_Check(c, bad, f"cw_clean({q(c)})", "number", True))
+        checks.append(_Check(c, f"{bad} OR {big}", f"cw_clean({q(c)})", "number", True, flag=big))
         return f"CASE WHEN isfinite({v}) THEN {v} END" if allow_missing else v
 
     start, end = time(c_start), time(c_end)
@@ -393,6 +411,8 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
     checks.append(_Check(c_acct, f"{project_id} IS NULL", _NULL_TEXT, "empty", False))
     currency = text(c_cur)
     checks.append(_Check(c_cur, f"{currency} IS NULL", _NULL_TEXT, "empty", False))
+    checks.append(_Check(c_cur, f"NOT regexp_full_match(upper({currency}), '{CURRENCY_SHAPE}')", f"upper({currency})",
+                         "currency", False))
 
     row = {"cw_day": f"CAST({start} AS DATE)",
            # detection drops negative usage rows before summing (``baseline.usage_rows``): keep them apart
@@ -574,12 +594,16 @@ def _message(check: _Check, shown: str | None, flagged: bool = False) -> str:
     if kind == "time":
         return (f"is not a timestamp: {shown[:40]!r} (the DuckDB engine reads ISO 8601 timestamps such as "
                 "2024-09-01T00:00:00Z, as FOCUS requires; set engine: pandas to read other formats)")
+    if kind in ("number", "finite") and flagged:
+        return amount_message(shown)
     if kind == "number":
         return f"is not a number: {shown[:40]!r}"
     if kind == "finite":
         return f"is not a finite number: {shown}"
     if kind == "tags":
         return f"is not a JSON object of tags: {shown[:60]!r}"
+    if kind == "currency":
+        return currency_message(shown)
     if kind == "bool":
         return f"is not true/false: {shown!r}"
     return "is empty"
