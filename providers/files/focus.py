@@ -80,6 +80,9 @@ SERVICE_CATEGORIES = (
 
 # Every column read from a FOCUS file, including fallbacks (BillingAccountId, ServiceProviderName from 1.3).
 _FOCUS_READ = frozenset({*REQUIRED_FOCUS, *OPTIONAL_FOCUS, "ServiceProviderName", "Estimated"})
+# Header names an error message may show (lower case): the FOCUS columns and the usage CSV's
+_KNOWN_COLUMNS = frozenset(c.lower() for c in (*_FOCUS_READ, "timestamp", "provider", "project", "node",
+                                               "cpu_utilization", "cluster", "region", "instance_type"))
 
 # Bounds on a CSV header, checked before pandas or DuckDB read the file: both build one column per header name
 # before anything looks at the names (a 50,000-column header took pandas 5 s and 300 MB; a 50 MB "header" of
@@ -117,15 +120,13 @@ def input_files(path: str | Path) -> list[Path]:
     """Expand a folder to its export files, because cloud exports arrive as many partitioned files.
 
     Folders are searched recursively (AWS and Azure write one sub-folder per billing period); hidden
-    files and folders are skipped.
+    files and folders are skipped, and so are symlinks to folders and to files outside the folder: a folder
+    is read only within itself (``links_out`` lists the files left out, for a note).
     """
     p = Path(path)
     if p.is_dir():
-        found = sorted(
-            f for f in p.rglob("*")
-            if f.is_file() and f.name.lower().endswith(SUFFIXES)
-            and not any(part.startswith(".") for part in f.relative_to(p).parts)
-        )
+        root = p.resolve()
+        found = sorted(f for f in _candidates(p) if _within(f, root))
         if not found:
             raise DataError(f"{p}: folder has no {', '.join('*' + s for s in SUFFIXES)} files")
         return found
@@ -134,13 +135,41 @@ def input_files(path: str | Path) -> list[Path]:
     return [p]
 
 
-def describe_headers(headers: Sequence[str], limit: int = 12, width: int = 40) -> str:
-    """A file's header names for an error message, bounded: the header may be megabytes of garbage."""
+def _candidates(folder: Path) -> list[Path]:
+    """Export files below ``folder``: recursive, hidden files and folders skipped, symlinked folders not
+    followed (``rglob``)."""
+    return [f for f in folder.rglob("*")
+            if f.is_file() and f.name.lower().endswith(SUFFIXES)
+            and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+
+
+def _within(f: Path, root: Path) -> bool:
+    """A symlinked file is read only if it points inside the folder, as symlinked folders are not followed."""
+    return not f.is_symlink() or f.resolve().is_relative_to(root)
+
+
+def links_out(path: str | Path) -> list[Path]:
+    """The export files of a folder that are symlinks to somewhere outside it: not read (see input_files)."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    root = p.resolve()
+    return sorted(f for f in _candidates(p) if not _within(f, root))
+
+
+def describe_headers(headers: Sequence[str], limit: int = 12) -> str:
+    """What a file's header holds, for an error message, without quoting it: the file may be anything a
+    config names (``costs: /etc/passwd``), so only the names costwatch reads (FOCUS and usage columns) are
+    shown, and the others are counted."""
     if not headers:
         return "no columns"
-    shown = [h if len(h) <= width else h[: width - 1] + "…" for h in headers[:limit]]
-    more = len(headers) - limit
-    return ", ".join(shown) + (f", ... and {more:,} more" if more > 0 else "")
+    known = sorted({h.strip() for h in headers if h.strip().lower() in _KNOWN_COLUMNS}, key=str.lower)
+    others = len(headers) - sum(1 for h in headers if h.strip().lower() in _KNOWN_COLUMNS)
+    shown = ", ".join(known[:limit]) + (f" and {len(known) - limit} more" if len(known) > limit else "")
+    count = f"{len(headers):,} column{'s' if len(headers) != 1 else ''}"
+    if not known:
+        return f"{count}, none of them one costwatch reads"
+    return f"{count}: {shown}" + (f", and {others:,} other{'s' if others != 1 else ''}" if others else "")
 
 
 class _HeaderTooLong(Exception):
@@ -188,7 +217,7 @@ def read_header(path: Path) -> list[str]:
         raise DataError(f"{path}: file is empty; expected a header line and data rows")
     if len(header) > MAX_COLUMNS:
         raise DataError(f"{path}: the header has {len(header):,} columns, more than the {MAX_COLUMNS:,} costwatch "
-                        f"reads; is this a cost export or usage file? (starts {describe_headers(header, 5)})")
+                        "reads; is this a cost export or usage file?")
     return header
 
 
