@@ -167,6 +167,8 @@ def describe_headers(headers: Sequence[str], limit: int = 12) -> str:
     others = len(headers) - sum(1 for h in headers if h.strip().lower() in _KNOWN_COLUMNS)
     shown = ", ".join(known[:limit]) + (f" and {len(known) - limit} more" if len(known) > limit else "")
     count = f"{len(headers):,} column{'s' if len(headers) != 1 else ''}"
+    if any(h.strip().lower().startswith(("lineitem/", "line_item_")) for h in headers):
+        count += " of an AWS Cost and Usage Report (CUR), not FOCUS"
     if not known:
         return f"{count}, none of them one costwatch reads"
     return f"{count}: {shown}" + (f", and {others:,} other{'s' if others != 1 else ''}" if others else "")
@@ -267,19 +269,27 @@ def check_headers(path: Path, headers: Sequence[str]) -> None:
         seen.add(key)
 
 
-def read_table(path: Path, wanted: Collection[str]) -> tuple[pd.DataFrame, LineMap, list[str]]:
+def read_table(path: Path, wanted: Collection[str], require: Callable[[list[str]], None] | None = None,
+               ) -> tuple[pd.DataFrame, LineMap, list[str]]:
     """Read one file's ``wanted`` columns (matched case-insensitively) as text.
 
     Returns the frame, the offset that turns a row index into a line number, and every header in the
     file (for error messages).  For CSV the offset is 2 (header is line 1).  Parquet has no lines, so
     the reported "line" is the 1-based row number.  All CSV columns are parsed (not ``usecols``) because
     pandas then stops rejecting rows with extra fields, and a shifted row would put money in the wrong
-    column without a word.  The header is read alone first (``read_header``) to bound its size.
+    column without a word.  The header is read alone first (``read_header``) to bound its size, and handed
+    to ``require`` (the loader's missing-column check) before any row is read.
     """
     keep = {w.lower() for w in wanted}
     if path.name.lower().endswith(".parquet"):
-        return _read_parquet(path, keep)
-    check_headers(path, read_header(path))
+        got = _read_parquet(path, keep)
+        if require is not None:
+            require(got[2])
+        return got
+    header = read_header(path)
+    check_headers(path, header)
+    if require is not None:
+        require(header)
     check_csv_bytes(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig",
@@ -571,8 +581,21 @@ def load_focus(path: str | Path) -> pd.DataFrame:
     return concat_frames((_load_focus_file(f) for f in input_files(path)), empty_costs)
 
 
+def _require_focus(path: Path, headers: Sequence[str]) -> None:
+    """Refuse a file without the required FOCUS columns (or their fallbacks), before any row is read."""
+    names = {h.strip().lower() for h in headers}
+    fallbacks = {"ProviderName": ("ServiceProviderName",), "SubAccountId": ("BillingAccountId",)}
+    missing = [c for c in REQUIRED_FOCUS if not any(n.lower() in names for n in (c, *fallbacks.get(c, ())))]
+    if missing:
+        raise DataError(
+            f"{path}: missing FOCUS column(s) {', '.join(missing)}. Expected a FOCUS 1.0–1.2 cost export with "
+            f"columns {', '.join(REQUIRED_FOCUS)} (and optionally {', '.join(OPTIONAL_FOCUS)}); "
+            f"found {describe_headers(headers)}"
+        )
+
+
 def _load_focus_file(path: Path) -> pd.DataFrame:
-    df, offset, headers = read_table(path, _FOCUS_READ)
+    df, offset, headers = read_table(path, _FOCUS_READ, lambda h: _require_focus(path, h))
     cols = column_lookup(df)
 
     def col(*names: str) -> str | None:
@@ -588,13 +611,7 @@ def _load_focus_file(path: Path) -> pd.DataFrame:
         "ProviderName": col("ProviderName", "ServiceProviderName"),
         "SubAccountId": col("SubAccountId", "BillingAccountId"),
     }
-    missing = [k for k, v in resolved.items() if v is None]
-    if missing:
-        raise DataError(
-            f"{path}: missing FOCUS column(s) {', '.join(missing)}. Expected a FOCUS 1.0–1.2 cost export with "
-            f"columns {', '.join(REQUIRED_FOCUS)} (and optionally {', '.join(OPTIONAL_FOCUS)}); "
-            f"found {describe_headers(headers)}"
-        )
+    _require_focus(path, headers)
     if df.empty:
         raise DataError(f"{path}: has a header but no data rows")
     df = df.reset_index(drop=True)
