@@ -62,6 +62,7 @@ from .focus import (
     _TRUE,
     CHARGE_CATEGORIES,
     CURRENCY_SHAPE,
+    MAX_LINE_BYTES,
     OPTIONAL_FOCUS,
     REQUIRED_FOCUS,
     SERVICE_CATEGORIES,
@@ -98,7 +99,10 @@ _WS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2
        "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 _WS_CLASS = ("[\\t-\\r\\x{1c}-\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}"
              "\\x{3000}]")  # _WS as an RE2 class
-_CSV_OPTIONS = "header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"', compression = 'auto'"
+# max_line_size: DuckDB's own default (2 MB) refused the 20 MB lines the pandas loader reads; both now read lines
+# up to focus.MAX_LINE_BYTES, which ``check_csv_bytes`` enforces (with a message) before DuckDB reads a byte
+_CSV_OPTIONS = ("header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"', compression = 'auto', "
+                f"max_line_size = {MAX_LINE_BYTES}")
 _CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
 _CSV_COUNT = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
 
