@@ -229,7 +229,8 @@ def _source(con: duckdb.DuckDBPyConnection, path: Path) -> _Source:
         names = [str(r[0]) for r in described]
         types = {str(r[0]): str(r[1]) for r in described}
         headers = [n.strip() for n in names]
-        check_headers(path, headers)
+        # DuckDB renames a repeated column (a, a_1): the file's own names come from its footer
+        check_headers(path, _parquet_names(path) or headers)
     else:
         headers = _csv_header(path)
         check_headers(path, headers)
@@ -247,6 +248,19 @@ def _source(con: duckdb.DuckDBPyConnection, path: Path) -> _Source:
         if key in wanted:
             columns.setdefault(key, name)
     return _Source(path, parquet, scan, numbered, params, headers, columns, types)
+
+
+def _parquet_names(path: Path) -> list[str] | None:
+    """The top-level column names of a Parquet file as written, with pyarrow when it is installed."""
+    if importlib.util.find_spec("pyarrow") is None:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return [str(n) for n in pq.read_schema(path).names]
+    except (OSError, ValueError, pa.ArrowException):
+        return None  # DuckDB's own read reports the file as unreadable
 
 
 def _csv_header(path: Path) -> list[str]:
