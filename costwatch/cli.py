@@ -16,6 +16,7 @@ import click
 import pandas as pd
 
 from .errors import ConfigError, CostwatchError
+from .safetext import terminal_safe
 
 EXIT_USAGE = 2
 
@@ -24,10 +25,16 @@ class _Ctx:
     debug = False
 
 
+def _echo(text: str, err: bool = False) -> None:
+    """Every line with data or user text in it (names, paths, reasons, errors) goes out through here:
+    control characters and bidi overrides are shown as escapes, never sent to the terminal."""
+    click.echo(terminal_safe(text, newlines=True), err=err)
+
+
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(exc)
-    click.echo(f"costwatch: error: {exc}", err=True)
+    _echo(f"costwatch: error: {exc}", err=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -117,12 +124,11 @@ def _providers(cfg: Any, cost_paths: list[Any], usage_paths: list[Any]) -> list[
 def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
                 since: pd.Timedelta | pd.Timestamp | None, as_of: pd.Timestamp | None, fmt: str,
                 output: Path | None) -> None:
-    from rich.console import Console
-
     from . import sources
     from .detect import detect
     from .report import render, renderable
     from .routing import set_report_owners
+    from .safetext import plain_console
 
     providers = _providers(cfg, cost_paths, usage_paths)
     end = as_of or pd.Timestamp.now(tz="UTC").floor("h")
@@ -146,9 +152,9 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     det.notes.extend(f"missing data: {e}" for e in got.errors)
     det.notes.extend(f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items()) for name, st in got.stats.items())
     for e in got.errors:
-        click.echo(f"costwatch: warning: {e}", err=True)
+        _echo(f"costwatch: warning: {e}", err=True)
     if output is None and fmt == "table":
-        Console().print(renderable(det))
+        plain_console().print(renderable(det))
         return
     text = render(det, fmt)
     if output is None:
@@ -158,7 +164,7 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
             output.write_text(text, encoding="utf-8")
         except OSError as e:
             raise CostwatchError(f"{output}: cannot write the report: {e.strerror}") from e
-        click.echo(f"wrote {fmt} report to {output} ({len(det.alerts)} alerts)", err=True)
+        _echo(f"wrote {fmt} report to {output} ({len(det.alerts)} alerts)", err=True)
 
 
 def _mark_silenced(det: Any, cfg: Any) -> None:
@@ -215,7 +221,7 @@ def check_config(path: Path) -> None:
         cfg = _load_cfg(path)
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
-    click.echo(f"{path}: OK — {len(cfg.providers)} provider(s), {len(cfg.projects)} project(s), "
+    _echo(f"{path}: OK — {len(cfg.providers)} provider(s), {len(cfg.projects)} project(s), "
                f"band method {cfg.detection.band_method}, sensitivity {cfg.detection.sensitivity}")
 
 
@@ -242,7 +248,7 @@ def run(config_path: Path, as_of: str | None, no_charts: bool) -> None:
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
     for line in result.lines():
-        click.echo(f"costwatch: {line}", err=True)
+        _echo(f"costwatch: {line}", err=True)
     sys.exit(result.exit_code)
 
 
@@ -282,7 +288,7 @@ def silence(config_path: Path | None, project: str, kind: str | None, until: str
     except (CostwatchError, click.BadParameter) as e:
         _fail(e, _Ctx.debug)
     what = "planned activity" if s.planned else "silence"
-    click.echo(f"{what} {s.id}: {s.project}{' ' + s.kind if s.kind else ''} until {s.until} — {s.reason}")
+    _echo(f"{what} {s.id}: {s.project}{' ' + s.kind if s.kind else ''} until {s.until} — {s.reason}")
 
 
 @cli.command()
@@ -304,7 +310,7 @@ def ack(config_path: Path | None, project: str, by: str | None) -> None:
     if not done:
         _fail(ConfigError(f"no open incident for {project!r}; see `costwatch outbox --all`"), _Ctx.debug)
     for t in done:
-        click.echo(f"acknowledged: {t}")
+        _echo(f"acknowledged: {t}")
 
 
 @cli.command("silences")
@@ -322,7 +328,7 @@ def list_silences(config_path: Path | None) -> None:
     if not active:
         click.echo("no active silences")
     for s in active:
-        click.echo(f"{s.id}  {'planned ' if s.planned else ''}{s.project}{' ' + s.kind if s.kind else ''}"
+        _echo(f"{s.id}  {'planned ' if s.planned else ''}{s.project}{' ' + s.kind if s.kind else ''}"
                    f"  until {s.until}  {s.reason}")
 
 
@@ -341,7 +347,7 @@ def unsilence(silence_id: str, config_path: Path | None) -> None:
         _fail(e, _Ctx.debug)
     if not found:
         _fail(ConfigError(f"no silence {silence_id!r}; see `costwatch silences`"), _Ctx.debug)
-    click.echo(f"silence {silence_id} removed")
+    _echo(f"silence {silence_id} removed")
 
 
 @cli.command("outbox")
@@ -371,7 +377,7 @@ def show_outbox(config_path: Path | None, show_all: bool) -> None:
             tail = ""
         else:
             tail = f"  (attempts {r['attempts']}, next {r['next_attempt']}: {r['last_error']})"
-        click.echo(f"{r['status']:<9} {r['created_at']} {r['event']:<8} {r['target']}  {r['title']}{size}{tail}")
+        _echo(f"{r['status']:<9} {r['created_at']} {r['event']:<8} {r['target']}  {r['title']}{size}{tail}")
 
 
 @cli.command("feedback")
@@ -388,9 +394,9 @@ def list_feedback(config_path: Path | None, project: str | None) -> None:
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
     if not given:
-        click.echo("no answers" + (f" for {project}" if project else ""))
+        _echo("no answers" + (f" for {project}" if project else ""))
     for fb in given:
-        click.echo(feedback.describe(fb))
+        _echo(feedback.describe(fb))
 
 
 @cli.command()
@@ -427,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if _Ctx.debug:
             raise
-        click.echo(f"costwatch: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
+        _echo(f"costwatch: internal error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
         sys.exit(1)
 
 

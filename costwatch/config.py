@@ -122,7 +122,8 @@ class _Model(BaseModel):
     """Shared settings: unknown keys are errors, because a misspelt key silently falling back to its
     default (``sensitivty: 2``) is the worst kind of config bug."""
 
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan: ``.inf`` and ``.nan`` are YAML floats, never a meaningful limit, threshold or timeout
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -444,7 +445,32 @@ class SlackConfig(_Model):
         if self.interactive and self.token is None:
             raise ValueError("slack 'interactive: true' needs a bot 'token': answers update messages with "
                              "chat.update")
+        if self.api_url is not None and not _https_or_loopback(self.api_url):
+            raise ValueError("slack 'api_url' must be an https:// URL (http:// only to localhost, for tests)")
         return self
+
+
+def _https_or_loopback(url: str) -> bool:
+    """An https URL with a host, or an http one to this machine (a local fake in tests): never ``file:``,
+    ``ftp:`` or plain http across a network, where the bot token would travel in clear."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+    except ValueError:
+        return False
+    if parts.scheme == "https":
+        return bool(host)
+    if parts.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class EmailConfig(_Model):
@@ -667,6 +693,7 @@ _SECRETISH = re.compile(r"token|passw|secret|key|webhook|credential", re.IGNOREC
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_NULL_TAG = "tag:yaml.org,2002:null"
 _MAX_NODES = 200_000  # alias bombs ("billion laughs") stop here instead of eating memory
 # ... and so does their text: 10,000 aliases of a 1 MB string are 10 GB once validators copy or scan them
 _MAX_TEXT = 4_000_000
@@ -807,6 +834,9 @@ class _Builder:
             if not isinstance(knode, ScalarNode):
                 raise ConfigError(f"{where(self.source, line)}{_dotted(path)}: keys must be plain names, "
                                   "not lists or mappings")
+            if knode.tag == _NULL_TAG or not str(knode.value).strip():
+                raise ConfigError(f"{where(self.source, line)}{_dotted(path)}: a key is empty or null (~); keys "
+                                  "must be non-empty names (quote it if it really is the text)")
             if knode.value in seen:
                 raise ConfigError(f"{where(self.source, line)}{_dotted((*path, knode.value))}: duplicate key "
                                   f"(first defined on line {seen[knode.value]})")

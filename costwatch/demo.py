@@ -14,6 +14,7 @@ from rich.console import Console
 
 from .config import Config, ProjectConfig
 from .detect import Detection, detect
+from .safetext import plain_console
 from .scenarios import Scenario, demo_scenario
 
 PROVIDER_NAMES = {"aws": "AWS", "gcp": "Google Cloud", "azure": "Microsoft"}
@@ -80,7 +81,7 @@ def run_demo(out_dir: Path, fmt: str = "table", charts: bool = True, console: Co
     from .charts import write_charts
     from .report import render, renderable
 
-    console = console or Console()
+    console = console or plain_console()
     sc = demo_scenario()
     out_dir.mkdir(parents=True, exist_ok=True)
     costs_path, usage_path = out_dir / "costs.focus.csv", out_dir / "usage.csv"
@@ -103,7 +104,7 @@ def run_demo(out_dir: Path, fmt: str = "table", charts: bool = True, console: Co
         console.print(render(det, fmt), markup=False, highlight=False, soft_wrap=True, end="")
     written = write_charts(det, out_dir / "charts") if charts else []
     # keep stdout pure JSON/Markdown for pipes; the where-to-find-it lines go to stderr then
-    info = console if fmt == "table" else Console(stderr=True)
+    info = console if fmt == "table" else plain_console(stderr=True)
     info.print(f"\nData: {costs_path} ({len(costs):,} cost rows), {usage_path} ({len(usage):,} CPU samples)")
     info.print(f"Report: {out_dir / 'report.json'}; ground truth: {out_dir / 'incidents.json'}")
     if written:

@@ -33,6 +33,11 @@ from .usage_score import UsageScoreParams, episode_onsets, score_matrix
 
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
+# Input times are checked against the run's clock: a row more than FUTURE_SKEW after it (one row dated 2030 in
+# an export) never sets ``as_of`` (it would move the window past every real alert) and is ignored with a note;
+# rows before TIME_FLOOR (1900-01-01 typed for a blank date) are far outside any window, and noted too.
+FUTURE_SKEW = pd.Timedelta(hours=2)
+TIME_FLOOR = pd.Timestamp("2000-01-01", tz="UTC")
 NEW_REGION_GRACE_DAYS = 3
 DEFAULT_CURRENCY = "USD"  # of rows without one (frames built by hand) and of projects seen only in CPU data
 SERIES = ["provider", "project_id", "currency"]  # a cost series: never sums two currencies
@@ -73,14 +78,20 @@ def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
 
 def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None = None, *,
            as_of: pd.Timestamp | str | None = None, since: pd.Timestamp | str | pd.Timedelta | None = None,
-           findings: pd.DataFrame | None = None) -> Detection:
+           findings: pd.DataFrame | None = None, now: pd.Timestamp | None = None) -> Detection:
     """Run every detector over the frames and return alerts detected in ``[since, as_of]``.
 
     ``findings`` are cloud security findings of crypto mining (GuardDuty), columns ``costwatch.model.FINDING_COLUMNS``:
-    they become evidence on the project's mining alert, or a mining alert of their own."""
+    they become evidence on the project's mining alert, or a mining alert of their own.  ``now`` is the run's
+    clock: without ``as_of``, the window ends at the data's last complete hour or day, and rows after ``now``
+    (default: the real clock) plus FUTURE_SKEW are ignored with a note.  With ``as_of`` (a replay), rows after
+    it are simply not yet known."""
     cfg = cfg or Config()
     det = cfg.detection
     usage = usage if usage is not None else pd.DataFrame(columns=["timestamp"])
+    clock = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    clock = clock.tz_localize("UTC") if clock.tzinfo is None else clock.tz_convert("UTC")
+    costs, usage, time_notes = _outside_the_clock(costs, usage, clock, future=as_of is None or now is not None)
     as_of_ts = _resolve_as_of(costs, usage, as_of)
     since_ts = _resolve_since(as_of_ts, since)
     delay = pd.Timedelta(hours=det.cost_delay_hours)
@@ -92,7 +103,7 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
         usage = usage[usage["timestamp"].dt.floor("h") + HOUR <= as_of_ts]
     if not costs.empty and costs["currency"].isna().any():
         costs = costs.assign(currency=costs["currency"].fillna(DEFAULT_CURRENCY))
-    notes: list[str] = []
+    notes: list[str] = list(time_notes)
     pairs = _currency_rows(costs)
     meta = _project_meta(costs, usage, cfg, pairs)
 
@@ -135,6 +146,38 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
 
 
 # ---------------------------------------------------------------------------------------------- inputs
+
+def _outside_the_clock(costs: pd.DataFrame, usage: pd.DataFrame, clock: pd.Timestamp, future: bool,
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The frames without rows dated after ``clock + FUTURE_SKEW`` (when ``future``), and a note for those and
+    for rows dated before TIME_FLOOR (kept: they only ever fall before the window)."""
+    notes: list[str] = []
+    latest = clock + FUTURE_SKEW
+    for what, col in (("cost rows", "period_start"), ("CPU samples", "timestamp")):
+        frame = costs if col == "period_start" else usage
+        if frame.empty or col not in frame:
+            continue
+        times = frame[col]
+        ahead = (times > latest).to_numpy(dtype=bool) if future else np.zeros(len(times), dtype=bool)
+        if ahead.any():
+            notes.append(f"{int(ahead.sum()):,} {what} dated after the run's clock ({iso_minute(latest)}, "
+                         f"{FUTURE_SKEW // HOUR} h of skew allowed; latest {iso_minute(times[ahead].max())}) were "
+                         "ignored: a date in the future cannot move the report's window")
+            frame = frame[~ahead]
+        early = (frame[col] < TIME_FLOOR).to_numpy(dtype=bool)
+        if early.any():
+            notes.append(f"{int(early.sum()):,} {what} dated before {TIME_FLOOR.date()} (earliest "
+                         f"{iso_minute(frame[col][early].min())}) are outside any window and were not used")
+        if col == "period_start":
+            costs = frame
+        else:
+            usage = frame
+    return costs, usage, notes
+
+
+def iso_minute(ts: pd.Timestamp) -> str:
+    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%MZ")
+
 
 def _resolve_as_of(costs: pd.DataFrame, usage: pd.DataFrame, as_of: pd.Timestamp | str | None,
                    ) -> pd.Timestamp:

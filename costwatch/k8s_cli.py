@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .errors import ConfigError, CostwatchError
+from .safetext import terminal_safe
 
 if TYPE_CHECKING:
     from costwatch.config import Config, KubernetesCluster
@@ -32,7 +33,7 @@ def _fail(exc: BaseException) -> None:
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.find_root().params.get("debug"):
         traceback.print_exception(exc)
-    click.echo(f"costwatch: error: {exc}", err=True)
+    click.echo(terminal_safe(f"costwatch: error: {exc}", newlines=True), err=True)
     sys.exit(EXIT_USAGE)
 
 

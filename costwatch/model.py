@@ -153,18 +153,35 @@ def to_utc(values: pd.Series, *, file: str | None, column: str, line_offset: Lin
     return parsed.astype("datetime64[ns, UTC]")
 
 
+# Every amount read (a row's BilledCost or EffectiveCost) is finite and below this in magnitude: a trillion per
+# row is far beyond any real charge, and keeps every daily or monthly sum of them a finite float.
+MAX_AMOUNT = 1e12
+
+
+def amount_message(shown: str) -> str:
+    return f"is out of range: {shown[:40]} (costwatch reads amounts between -1e12 and 1e12 per row)"
+
+
 def to_float(values: pd.Series, *, file: str | None, column: str, line_offset: LineMap = 2,
-             allow_missing: bool = False) -> pd.Series:
-    """Parse numbers, naming the first bad row; FOCUS's literal ``NULL`` counts as missing."""
+             allow_missing: bool = False, limit: float | None = None) -> pd.Series:
+    """Parse numbers, naming the first bad row; FOCUS's literal ``NULL`` counts as missing.  ``limit``: the
+    largest magnitude accepted (exclusive), e.g. ``MAX_AMOUNT``."""
     raw = values.astype("string").str.strip()
     missing = raw.isna() | raw.isin(["", "NULL", "null", "None", "NaN", "nan"])
     parsed = pd.to_numeric(raw.mask(missing), errors="coerce").astype("float64")
-    bad = parsed.isna() & ~missing
+    # pandas' parser stops at a NUL ("12.5\x00" is 12.5): a control character inside a number is not a number
+    bad = (parsed.isna() | raw.str.contains(r"[\x00-\x1f\x7f]", regex=True).fillna(False)) & ~missing
     if not np.isfinite(parsed.fillna(0.0).to_numpy()).all():
         bad = bad | ~np.isfinite(parsed.fillna(0.0))
-    if bad.any() or (missing.any() and not allow_missing):
-        pos = int(np.flatnonzero((bad | (missing & (not allow_missing))).to_numpy())[0])
-        what = "is empty" if missing.iloc[pos] else f"is not a number: {str(raw.iloc[pos])[:40]!r}"
+    big = (parsed.abs() >= limit).fillna(False) & ~bad if limit is not None else pd.Series(False, index=raw.index)
+    if bad.any() or big.any() or (missing.any() and not allow_missing):
+        pos = int(np.flatnonzero((bad | big | (missing & (not allow_missing))).to_numpy())[0])
+        if missing.iloc[pos]:
+            what = "is empty"
+        elif big.iloc[pos]:
+            what = amount_message(str(raw.iloc[pos]))
+        else:
+            what = f"is not a number: {str(raw.iloc[pos])[:40]!r}"
         raise DataError(f"{where(file, line_of(line_offset, pos), column)}{what}")
     return parsed
 

@@ -9,13 +9,15 @@ different currencies are never added.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import math
 from typing import Any
 
 import pandas as pd
 from rich import box
-from rich.console import Console, Group
+from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -23,6 +25,7 @@ from rich.text import Text
 from .alerts import Alert, iso
 from .detect import Detection
 from .k8s_summary import evidence_lines, markdown_section, markup_escape
+from .safetext import plain_console, safe_strings, spreadsheet_safe, terminal_safe
 
 FORMATS = ("table", "json", "csv", "markdown")
 SHORT_KIND = {"mining_suspected": "mining", "cost_spike": "spike", "threshold_exceeded": "threshold",
@@ -33,14 +36,25 @@ ALERT_CSV_FIELDS = ("kind", "severity", "project", "project_name", "provider", "
 
 
 def to_dict(det: Detection, generated_at: pd.Timestamp | None = None) -> dict[str, Any]:
+    """The JSON report; a figure that is not a finite number (an empty band) is ``null``, never ``NaN``."""
     gen = generated_at or pd.Timestamp.now(tz="UTC")
-    return {
+    return _finite({
         "generated_at": iso(gen), "as_of": iso(det.as_of), "since": iso(det.since),
         "projects": [_jsonable_project(p) for p in det.projects],
         "alerts": [a.to_dict() for a in det.alerts],
         "notes": list(det.notes),
         "totals": [_jsonable_project(t) for t in currency_totals(det)],
-    }
+    })
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def currency_totals(det: Detection) -> list[dict[str, Any]]:
@@ -81,20 +95,22 @@ def _jsonable_project(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(det: Detection, fmt: str = "table", *, width: int | None = None) -> str:
-    if fmt == "json":
-        return json.dumps(to_dict(det), indent=2) + "\n"
+    if fmt == "json":  # strict JSON: a NaN or infinity anywhere is a bug, not "NaN" for the next tool to choke on
+        return json.dumps(to_dict(det), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
         return _csv(det)
     if fmt == "markdown":
         return _markdown(det)
-    console = Console(file=io.StringIO(), record=True, width=width or 140, force_terminal=False,
-                      color_system=None)
+    console = plain_console(file=io.StringIO(), record=True, width=width or 140, force_terminal=False,
+                            color_system=None)
     console.print(renderable(det))
     return console.export_text()
 
 
 def renderable(det: Detection) -> Group:
-    """Rich renderable, so the CLI can print it in colour and tests can render it to plain text."""
+    """Rich renderable, so the CLI can print it in colour and tests can render it to plain text.  Print it with
+    ``safetext.plain_console()``: text from data must not be read as rich markup."""
+    det = terminal_view(det)
     head = Text(f"costwatch report  {iso(det.since)} → {iso(det.as_of)}", style="bold")
     pt = Table(title="Projects (spend in the window; last day against its band)", box=box.SIMPLE_HEAVY,
                show_lines=False)
@@ -140,6 +156,20 @@ def renderable(det: Detection) -> Group:
     return Group(*parts)
 
 
+def terminal_view(det: Detection) -> Detection:
+    """The detection as the table and Markdown show it: every string from data ``terminal_safe`` (escape
+    sequences and bidi overrides shown, not acted on).  A shallow copy; the JSON report reads the original."""
+    alerts = []
+    for a in det.alerts:
+        text: dict[str, Any] = {f: terminal_safe(getattr(a, f), newlines=f == "summary") for f in _ALERT_TEXT
+                                if isinstance(getattr(a, f), str)}
+        alerts.append(dataclasses.replace(a, evidence=safe_strings(a.evidence), **text))
+    return dataclasses.replace(det, alerts=alerts, projects=safe_strings(det.projects), notes=safe_strings(det.notes))
+
+
+_ALERT_TEXT = ("kind", "project", "project_name", "provider", "severity", "currency", "service", "region", "summary")
+
+
 def _observed_text(a: Alert) -> str:
     if a.evidence.get("metric") == "cpu_percent":
         return f"CPU {a.observed:.0f}% where {a.expected:.0f}% is usual"
@@ -177,12 +207,12 @@ def _csv(det: Detection) -> str:
     for a in det.alerts:
         d = a.to_dict()
         d["evidence"] = json.dumps(d["evidence"], sort_keys=True)
-        w.writerow(d)
+        w.writerow({k: spreadsheet_safe(v) for k, v in d.items()})
     return buf.getvalue()
 
 
 def _md_escape(s: object) -> str:
-    return str(s).replace("|", "\\|").replace("\n", "<br>")
+    return terminal_safe(s, newlines=True).replace("|", "\\|").replace("\n", "<br>")
 
 
 def _markdown(det: Detection) -> str:

@@ -158,7 +158,7 @@ class _Fetch:
             log.warning("provider %s: stats() raised %s", self.p.name, type(e).__name__)
             return
         with self.lock:
-            if not self.abandoned:
+            if not self.abandoned and snap:  # nothing to say (the files provider, usually): no empty note
                 self.stats = snap
 
     def give_up(self) -> None:

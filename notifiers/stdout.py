@@ -1,24 +1,21 @@
 """Plain output: every notification as a few lines on standard output (cron mail, CI logs, Lambda logs).
 
 Never fails and needs nothing, which is why it is on by default: a fresh install shows what it would
-have sent before Slack or email are set up.  Control characters from data are replaced so a hostile
-project name cannot rewrite the terminal."""
+have sent before Slack or email are set up.  Control characters from data are shown as
+escapes (``costwatch.safetext``) so a hostile project name cannot rewrite the terminal."""
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any, TextIO
 
 from costwatch.k8s_summary import evidence_lines
 from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Delivery, Notification
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+from costwatch.safetext import terminal_safe
 
 
 def _clean(x: Any, limit: int = 300) -> str:
-    s = _CONTROL.sub("?", str(x)).replace("\n", " ")
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    return terminal_safe(x, limit)
 
 
 def render(n: Notification) -> str:

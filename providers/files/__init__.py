@@ -13,9 +13,10 @@ from typing import Any
 import pandas as pd
 
 from costwatch.model import empty_costs, empty_usage
+from costwatch.safetext import terminal_safe
 
 from . import duckdb_focus
-from .focus import concat_frames, load_focus
+from .focus import concat_frames, links_out, load_focus
 from .usage import load_usage
 
 __all__ = ["FilesProvider", "from_config", "load_focus", "load_usage"]
@@ -62,6 +63,15 @@ class FilesProvider:
 
     def fetch_usage(self, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None) -> pd.DataFrame:
         return concat_frames((load_usage(p) for p in self.usage_paths), empty_usage)
+
+    def stats(self) -> dict[str, str]:
+        """A note for the report when a folder holds files linked to outside it (they are not read)."""
+        out = [str(f) for p in (*self.cost_paths, *self.usage_paths) for f in links_out(p)]
+        if not out:
+            return {}
+        shown = ", ".join(terminal_safe(f, 200) for f in out[:3])
+        shown += f" and {len(out) - 3} more" if len(out) > 3 else ""
+        return {"not read": f"{len(out)} file(s) linked to outside their folder ({shown})"}
 
 
 def from_config(provider_cfg: Any, cfg: Any = None) -> FilesProvider:

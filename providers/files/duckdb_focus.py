@@ -46,7 +46,14 @@ import numpy as np
 import pandas as pd
 
 from costwatch.errors import ConfigError, DataError, where
-from costwatch.model import empty_costs, line_of, normalize_costs, out_of_range_message
+from costwatch.model import (
+    MAX_AMOUNT,
+    amount_message,
+    empty_costs,
+    line_of,
+    normalize_costs,
+    out_of_range_message,
+)
 
 from .focus import (
     _FALSE,
@@ -54,12 +61,17 @@ from .focus import (
     _NULLS,
     _TRUE,
     CHARGE_CATEGORIES,
+    CURRENCY_SHAPE,
+    MAX_LINE_BYTES,
     OPTIONAL_FOCUS,
     REQUIRED_FOCUS,
     SERVICE_CATEGORIES,
     _canonical,
     _line_map,
     canonical_provider,
+    check_csv_bytes,
+    check_headers,
+    currency_message,
     describe_headers,
     input_files,
     map_unique,
@@ -87,7 +99,10 @@ _WS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2
        "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 _WS_CLASS = ("[\\t-\\r\\x{1c}-\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}"
              "\\x{3000}]")  # _WS as an RE2 class
-_CSV_OPTIONS = "header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"', compression = 'auto'"
+# max_line_size: DuckDB's own default (2 MB) refused the 20 MB lines the pandas loader reads; both now read lines
+# up to focus.MAX_LINE_BYTES, which ``check_csv_bytes`` enforces (with a message) before DuckDB reads a byte
+_CSV_OPTIONS = ("header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"', compression = 'auto', "
+                f"max_line_size = {MAX_LINE_BYTES}")
 _CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
 _CSV_COUNT = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
 
@@ -156,6 +171,7 @@ def load_focus_daily(path: str | Path | Sequence[str | Path], *, owner_tags: Seq
         con = duckdb.connect(":memory:", config=config)
         try:
             con.execute("SET TimeZone = 'UTC'")
+            con.execute("SET enable_progress_bar = false")  # a long read must not print to the terminal
             for macro in _CLEAN_MACROS:
                 con.execute(macro)
             parts = [_aggregate_file(con, f, keys, resources) for f in files]
@@ -214,8 +230,14 @@ def _source(con: duckdb.DuckDBPyConnection, path: Path) -> _Source:
         names = [str(r[0]) for r in described]
         types = {str(r[0]): str(r[1]) for r in described}
         headers = [n.strip() for n in names]
+        # DuckDB renames a repeated column (a, a_1): the file's own names come from its footer
+        check_headers(path, _parquet_names(path) or headers)
     else:
         headers = _csv_header(path)
+        check_headers(path, headers)
+        # line length, NUL bytes and a .gz's CRC and expansion, as the pandas loader checks them, before DuckDB
+        # reads: beside DuckDB's read (measured) it did not stop DuckDB from reading a 1 GiB line to 1.25 GB RSS
+        check_csv_bytes(path)
         names = _dedupe(headers)
         types = dict.fromkeys(names, "VARCHAR")
         scan = f"read_csv(?, columns = ?, {_CSV_OPTIONS})"
@@ -229,6 +251,19 @@ def _source(con: duckdb.DuckDBPyConnection, path: Path) -> _Source:
         if key in wanted:
             columns.setdefault(key, name)
     return _Source(path, parquet, scan, numbered, params, headers, columns, types)
+
+
+def _parquet_names(path: Path) -> list[str] | None:
+    """The top-level column names of a Parquet file as written, with pyarrow when it is installed."""
+    if importlib.util.find_spec("pyarrow") is None:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return [str(n) for n in pq.read_schema(path).names]
+    except (OSError, ValueError, pa.ArrowException):
+        return None  # DuckDB's own read reports the file as unreadable
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -364,21 +399,25 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
         return expr
 
     def number(c: str, allow_missing: bool) -> str:
+        """An amount: finite and below MAX_AMOUNT in magnitude (one check, flagged when out of range, so the
+        first bad row is the one the pandas loader names)."""
         if _is_number(types[c]):
             v = f"CAST({q(c)} AS DOUBLE)"
+            big = f"coalesce(isfinite({v}) AND abs({v}) >= {MAX_AMOUNT!r}, false)"
             value = f"CASE WHEN isnan({v}) THEN NULL ELSE CAST({v} AS VARCHAR) END"
             bad = f"isinf({v})" if allow_missing else f"NOT coalesce(isfinite({v}), false)"
-            checks.append(_Check(c, bad, value, "finite", True))
+            checks.append(_Check(c, f"{bad} OR {big}", value, "finite", True, flag=big))
             return f"CASE WHEN isnan({v}) THEN NULL ELSE {v} END"
         # concat(): DuckDB 2.0 pushes a TRY_CAST of a bare column into the CSV reader as a hard cast (duckdb
         # issue 23818), so one "x" in the column failed the whole read without a line; concat() of one value
         # is that value (NULL -> '', which TRY_CAST also makes NULL) and is not simplified away
         v = f"TRY_CAST(concat({q(c)}) AS DOUBLE)"
+        big = f"coalesce(isfinite({v}) AND abs({v}) >= {MAX_AMOUNT!r}, false)"
         if allow_missing:  # a blank or NaN is missing, anything else unparseable is an error
             bad = f"CASE WHEN coalesce(isfinite({v}), false) THEN false ELSE cw_clean({q(c)}) IS NOT NULL END"
         else:
             bad = f"NOT coalesce(isfinite({v}), false)"
-        checks.append(_Check(c, bad, f"cw_clean({q(c)})", "number", True))
+        checks.append(_Check(c, f"{bad} OR {big}", f"cw_clean({q(c)})", "number", True, flag=big))
         return f"CASE WHEN isfinite({v}) THEN {v} END" if allow_missing else v
 
     start, end = time(c_start), time(c_end)
@@ -393,6 +432,8 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
     checks.append(_Check(c_acct, f"{project_id} IS NULL", _NULL_TEXT, "empty", False))
     currency = text(c_cur)
     checks.append(_Check(c_cur, f"{currency} IS NULL", _NULL_TEXT, "empty", False))
+    checks.append(_Check(c_cur, f"NOT regexp_full_match(upper({currency}), '{CURRENCY_SHAPE}')", f"upper({currency})",
+                         "currency", False))
 
     row = {"cw_day": f"CAST({start} AS DATE)",
            # detection drops negative usage rows before summing (``baseline.usage_rows``): keep them apart
@@ -574,12 +615,16 @@ def _message(check: _Check, shown: str | None, flagged: bool = False) -> str:
     if kind == "time":
         return (f"is not a timestamp: {shown[:40]!r} (the DuckDB engine reads ISO 8601 timestamps such as "
                 "2024-09-01T00:00:00Z, as FOCUS requires; set engine: pandas to read other formats)")
+    if kind in ("number", "finite") and flagged:
+        return amount_message(shown)
     if kind == "number":
         return f"is not a number: {shown[:40]!r}"
     if kind == "finite":
         return f"is not a finite number: {shown}"
     if kind == "tags":
         return f"is not a JSON object of tags: {shown[:60]!r}"
+    if kind == "currency":
+        return currency_message(shown)
     if kind == "bool":
         return f"is not true/false: {shown!r}"
     return "is empty"

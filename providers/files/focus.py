@@ -29,7 +29,9 @@ import pandas as pd
 from costwatch.errors import DataError, where
 from costwatch.model import (
     FIRST_TIME,
+    MAX_AMOUNT,
     LineMap,
+    amount_message,
     empty_costs,
     line_of,
     normalize_costs,
@@ -38,6 +40,7 @@ from costwatch.model import (
     to_float,
     to_utc,
 )
+from costwatch.safetext import terminal_safe
 
 # FOCUS columns costwatch needs; without them a row cannot be placed in time, money or ownership.
 REQUIRED_FOCUS = ("ChargePeriodStart", "ChargePeriodEnd", "BilledCost", "BillingCurrency", "ProviderName",
@@ -47,6 +50,14 @@ OPTIONAL_FOCUS = ("EffectiveCost", "ChargeCategory", "SubAccountName", "ServiceN
                   "x_Estimated")
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+# BillingCurrency: an ISO 4217 code is three letters (compared in upper case); anything else would start a
+# currency series of its own
+CURRENCY_SHAPE = "[A-Z]{3}"
+
+
+def currency_message(shown: str) -> str:
+    return f"is not an ISO 4217 currency code (three letters, such as USD): {terminal_safe(shown, 40)!r}"
 
 # FOCUS ProviderName values (and common spellings) -> the short ids used everywhere else in costwatch.
 PROVIDER_ALIASES: dict[str, str] = {
@@ -69,12 +80,26 @@ SERVICE_CATEGORIES = (
 
 # Every column read from a FOCUS file, including fallbacks (BillingAccountId, ServiceProviderName from 1.3).
 _FOCUS_READ = frozenset({*REQUIRED_FOCUS, *OPTIONAL_FOCUS, "ServiceProviderName", "Estimated"})
+# Header names an error message may show (lower case): the FOCUS columns and the usage CSV's
+_KNOWN_COLUMNS = frozenset(c.lower() for c in (*_FOCUS_READ, "timestamp", "provider", "project", "node",
+                                               "cpu_utilization", "cluster", "region", "instance_type"))
 
 # Bounds on a CSV header, checked before pandas or DuckDB read the file: both build one column per header name
 # before anything looks at the names (a 50,000-column header took pandas 5 s and 300 MB; a 50 MB "header" of
 # garbage without a newline, minutes and gigabytes).  FOCUS has about 60 columns plus x_ extensions.
 MAX_COLUMNS = 1000
 HEADER_CHARS = 2**20
+
+# Bounds on a CSV's text, checked by reading it once as bytes (``check_csv_bytes``) before either engine parses
+# it: pandas holds a whole line (and a whole file) in memory, so a 1 MB .csv.gz that expands to one 1 GiB line
+# took it past 3 GB.  A line may be up to MAX_LINE_BYTES (a 20 MB line of resource ids is read), and a .gz may
+# expand to at most MAX_EXPANSION times its size or MIN_EXPANDED, whichever is more (FOCUS text compresses
+# 5-20x; a decompression bomb, 1000x).  The same pass refuses NUL bytes (pandas cuts a field at one: "12.5\0"
+# was read as 12.5) and verifies a .gz's CRC, so both engines give one verdict on a corrupt file.
+MAX_LINE_BYTES = 64 * 2**20
+MAX_EXPANSION = 50
+MIN_EXPANDED = 256 * 2**20
+_CHUNK = 2**20
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
@@ -95,15 +120,13 @@ def input_files(path: str | Path) -> list[Path]:
     """Expand a folder to its export files, because cloud exports arrive as many partitioned files.
 
     Folders are searched recursively (AWS and Azure write one sub-folder per billing period); hidden
-    files and folders are skipped.
+    files and folders are skipped, and so are symlinks to folders and to files outside the folder: a folder
+    is read only within itself (``links_out`` lists the files left out, for a note).
     """
     p = Path(path)
     if p.is_dir():
-        found = sorted(
-            f for f in p.rglob("*")
-            if f.is_file() and f.name.lower().endswith(SUFFIXES)
-            and not any(part.startswith(".") for part in f.relative_to(p).parts)
-        )
+        root = p.resolve()
+        found = sorted(f for f in _candidates(p) if _within(f, root))
         if not found:
             raise DataError(f"{p}: folder has no {', '.join('*' + s for s in SUFFIXES)} files")
         return found
@@ -112,13 +135,43 @@ def input_files(path: str | Path) -> list[Path]:
     return [p]
 
 
-def describe_headers(headers: Sequence[str], limit: int = 12, width: int = 40) -> str:
-    """A file's header names for an error message, bounded: the header may be megabytes of garbage."""
+def _candidates(folder: Path) -> list[Path]:
+    """Export files below ``folder``: recursive, hidden files and folders skipped, symlinked folders not
+    followed (``rglob``)."""
+    return [f for f in folder.rglob("*")
+            if f.is_file() and f.name.lower().endswith(SUFFIXES)
+            and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+
+
+def _within(f: Path, root: Path) -> bool:
+    """A symlinked file is read only if it points inside the folder, as symlinked folders are not followed."""
+    return not f.is_symlink() or f.resolve().is_relative_to(root)
+
+
+def links_out(path: str | Path) -> list[Path]:
+    """The export files of a folder that are symlinks to somewhere outside it: not read (see input_files)."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    root = p.resolve()
+    return sorted(f for f in _candidates(p) if not _within(f, root))
+
+
+def describe_headers(headers: Sequence[str], limit: int = 12) -> str:
+    """What a file's header holds, for an error message, without quoting it: the file may be anything a
+    config names (``costs: /etc/passwd``), so only the names costwatch reads (FOCUS and usage columns) are
+    shown, and the others are counted."""
     if not headers:
         return "no columns"
-    shown = [h if len(h) <= width else h[: width - 1] + "…" for h in headers[:limit]]
-    more = len(headers) - limit
-    return ", ".join(shown) + (f", ... and {more:,} more" if more > 0 else "")
+    known = sorted({h.strip() for h in headers if h.strip().lower() in _KNOWN_COLUMNS}, key=str.lower)
+    others = len(headers) - sum(1 for h in headers if h.strip().lower() in _KNOWN_COLUMNS)
+    shown = ", ".join(known[:limit]) + (f" and {len(known) - limit} more" if len(known) > limit else "")
+    count = f"{len(headers):,} column{'s' if len(headers) != 1 else ''}"
+    if any(h.strip().lower().startswith(("lineitem/", "line_item_")) for h in headers):
+        count += " of an AWS Cost and Usage Report (CUR), not FOCUS"
+    if not known:
+        return f"{count}, none of them one costwatch reads"
+    return f"{count}: {shown}" + (f", and {others:,} other{'s' if others != 1 else ''}" if others else "")
 
 
 class _HeaderTooLong(Exception):
@@ -166,23 +219,78 @@ def read_header(path: Path) -> list[str]:
         raise DataError(f"{path}: file is empty; expected a header line and data rows")
     if len(header) > MAX_COLUMNS:
         raise DataError(f"{path}: the header has {len(header):,} columns, more than the {MAX_COLUMNS:,} costwatch "
-                        f"reads; is this a cost export or usage file? (starts {describe_headers(header, 5)})")
+                        "reads; is this a cost export or usage file?")
     return header
 
 
-def read_table(path: Path, wanted: Collection[str]) -> tuple[pd.DataFrame, LineMap, list[str]]:
+def check_csv_bytes(path: Path) -> None:
+    """Read a CSV (or CSV.gz) once as bytes, within bounds: no line longer than MAX_LINE_BYTES, no NUL byte, a
+    .gz that decompresses cleanly (CRC included) to at most ``max(MIN_EXPANDED, MAX_EXPANSION x its size)``.
+    One chunk in memory at a time; errors name the file (and the line) and quote nothing from it."""
+    gz = path.name.lower().endswith(".gz")
+    opener: Any = gzip.open if gz else open
+    budget = max(MIN_EXPANDED, MAX_EXPANSION * path.stat().st_size) if gz else None
+    total = run = lines = 0  # bytes read, bytes since the last newline, newlines before this chunk
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                nul = chunk.find(b"\0")
+                if nul >= 0:
+                    line = lines + chunk.count(b"\n", 0, nul) + 1
+                    raise DataError(f"{where(str(path), line)}has a NUL byte; a CSV file is text (is it binary, or "
+                                    "UTF-16?)")
+                first, last = chunk.find(b"\n"), chunk.rfind(b"\n")
+                if (run + (len(chunk) if first < 0 else first)) > MAX_LINE_BYTES:
+                    raise DataError(f"{where(str(path), lines + 1)}a line longer than {MAX_LINE_BYTES // 2**20} MiB; "
+                                    "not a cost export or usage file costwatch reads")
+                if first >= 0:
+                    lines += chunk.count(b"\n")
+                    run = len(chunk) - last - 1
+                else:
+                    run += len(chunk)
+                total += len(chunk)
+                if budget is not None and total > budget:
+                    raise DataError(f"{path}: expands to more than {budget // 2**20:,} MiB of text, over "
+                                    f"{MAX_EXPANSION}x its compressed size; refused as a possible decompression bomb")
+    except (OSError, EOFError, zlib.error) as e:
+        hint = "corrupt or truncated gzip file" if gz else "cannot read file"
+        raise DataError(f"{path}: {hint} ({type(e).__name__})") from e
+
+
+def check_headers(path: Path, headers: Sequence[str]) -> None:
+    """Refuse a column named twice (case and surrounding spaces aside): two ``BilledCost`` columns with
+    different values leave the cost ambiguous.  Blank names (trailing commas) may repeat."""
+    seen: set[str] = set()
+    for h in headers:
+        key = h.strip().lower()
+        if key and key in seen:
+            raise DataError(f"{path}: column {terminal_safe(h.strip(), 60)!s} appears twice in the header; "
+                            "which one holds the data is ambiguous")
+        seen.add(key)
+
+
+def read_table(path: Path, wanted: Collection[str], require: Callable[[list[str]], None] | None = None,
+               ) -> tuple[pd.DataFrame, LineMap, list[str]]:
     """Read one file's ``wanted`` columns (matched case-insensitively) as text.
 
     Returns the frame, the offset that turns a row index into a line number, and every header in the
     file (for error messages).  For CSV the offset is 2 (header is line 1).  Parquet has no lines, so
     the reported "line" is the 1-based row number.  All CSV columns are parsed (not ``usecols``) because
     pandas then stops rejecting rows with extra fields, and a shifted row would put money in the wrong
-    column without a word.  The header is read alone first (``read_header``) to bound its size.
+    column without a word.  The header is read alone first (``read_header``) to bound its size, and handed
+    to ``require`` (the loader's missing-column check) before any row is read.
     """
     keep = {w.lower() for w in wanted}
     if path.name.lower().endswith(".parquet"):
-        return _read_parquet(path, keep)
-    read_header(path)
+        got = _read_parquet(path, keep)
+        if require is not None:
+            require(got[2])
+        return got
+    header = read_header(path)
+    check_headers(path, header)
+    if require is not None:
+        require(header)
+    check_csv_bytes(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig",
                          compression="infer")
@@ -197,7 +305,35 @@ def read_table(path: Path, wanted: Collection[str]) -> tuple[pd.DataFrame, LineM
         raise DataError(f"{path}: {hint} ({_first_line(e)})") from e
     headers = [str(c).strip() for c in df.columns]
     df.columns = headers
-    return df[[c for c in headers if c.lower() in keep]], _line_map(path, len(df)), headers
+    lines = _line_map(path, len(df))
+    # pandas pads a short row (or a file cut off after a comma) with blanks where DuckDB refuses it, and a
+    # shifted row puts an account id in the wrong column.  A padded row ends in a blank, so only a file whose
+    # last column has one is counted again, field by field.
+    if len(df) and df.shape[1] > 1 and (df.iloc[:, -1] == "").any():
+        short = _short_record(path, len(headers))
+        if short is not None:
+            pos, fields = short
+            raise DataError(f"{where(str(path), line_of(lines, pos))}has {fields} fields but the header has "
+                            f"{len(headers)}; not a readable CSV file (a short row, or a file cut off)")
+    return df[[c for c in headers if c.lower() in keep]], lines, headers
+
+
+def _short_record(path: Path, width: int) -> tuple[int, int] | None:
+    """The first data record with fewer than ``width`` fields (its row index and field count), read with the
+    csv module as ``_line_map`` reads records (blank lines skipped); None if there is none."""
+    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with _unlimited_csv_fields(), opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+            pos = -1
+            for record in csv.reader(fh):
+                if not record or (len(record) <= 1 and not record[0].strip()):
+                    continue  # blank line: pandas skips it too
+                if pos >= 0 and len(record) < width:
+                    return pos, len(record)
+                pos += 1
+    except csv.Error:
+        return None
+    return None
 
 
 # The csv module's field size limit is process-wide; _line_map lifts it while it reads (see there), one thread
@@ -258,11 +394,25 @@ def _read_parquet(path: Path, keep: set[str]) -> tuple[pd.DataFrame, LineMap, li
 
     try:
         headers = list(pq.read_schema(path).names)
+        check_headers(path, headers)
+        _check_parquet_size(path)
         df = pd.read_parquet(path, engine="pyarrow", columns=[c for c in headers if c.strip().lower() in keep])
     except (OSError, ValueError, pa.ArrowException) as e:
         raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from e
     df.columns = [str(c).strip() for c in df.columns]
     return df, 1, [h.strip() for h in headers]
+
+
+def _check_parquet_size(path: Path) -> None:
+    """A Parquet file's data, uncompressed (as its footer states it), within the .gz bound: pandas holds it all."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    budget = max(MIN_EXPANDED, MAX_EXPANSION * path.stat().st_size)
+    if size > budget:
+        raise DataError(f"{path}: holds {size // 2**20:,} MiB of uncompressed data, over {MAX_EXPANSION}x its "
+                        "size; refused as a possible decompression bomb (engine: duckdb streams large exports)")
 
 
 def _first_line(e: BaseException) -> str:
@@ -367,18 +517,23 @@ def _has_offset(text: pd.Series) -> np.ndarray:
 
 
 def parse_numbers(raw: pd.Series, *, file: Path, column: str, offset: LineMap,
-                  allow_missing: bool = False) -> pd.Series:
-    """Floats, rejecting text, infinities and (unless allowed) blanks, so money is never silently zero."""
+                  allow_missing: bool = False, limit: float | None = None) -> pd.Series:
+    """Floats, rejecting text, infinities, magnitudes of ``limit`` or more and (unless allowed) blanks, so
+    money is never silently zero or infinite."""
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         vals = raw.astype("float64").reset_index(drop=True)
-        bad = np.isinf(vals.to_numpy()) | (vals.isna().to_numpy() & (not allow_missing))
+        arr = vals.to_numpy()
+        big = np.zeros(len(arr), dtype=bool) if limit is None else np.abs(np.nan_to_num(arr, nan=0.0)) >= limit
+        bad = np.isinf(arr) | big | (vals.isna().to_numpy() & (not allow_missing))
         if bad.any():
             pos = first_true(bad)
-            what = "is empty" if np.isnan(vals.iloc[pos]) else f"is not a finite number: {vals.iloc[pos]}"
+            value = vals.iloc[pos]
+            what = ("is empty" if np.isnan(value) else f"is not a finite number: {value}" if np.isinf(value)
+                    else amount_message(f"{value:g}"))
             raise fail(file, pos, offset, column, what)
         return vals
     return to_float(clean_text(raw).reset_index(drop=True), file=str(file), column=column,
-                    line_offset=offset, allow_missing=allow_missing)
+                    line_offset=offset, allow_missing=allow_missing, limit=limit)
 
 
 def require_text(values: pd.Series, *, file: Path, column: str, offset: LineMap) -> pd.Series:
@@ -426,8 +581,21 @@ def load_focus(path: str | Path) -> pd.DataFrame:
     return concat_frames((_load_focus_file(f) for f in input_files(path)), empty_costs)
 
 
+def _require_focus(path: Path, headers: Sequence[str]) -> None:
+    """Refuse a file without the required FOCUS columns (or their fallbacks), before any row is read."""
+    names = {h.strip().lower() for h in headers}
+    fallbacks = {"ProviderName": ("ServiceProviderName",), "SubAccountId": ("BillingAccountId",)}
+    missing = [c for c in REQUIRED_FOCUS if not any(n.lower() in names for n in (c, *fallbacks.get(c, ())))]
+    if missing:
+        raise DataError(
+            f"{path}: missing FOCUS column(s) {', '.join(missing)}. Expected a FOCUS 1.0–1.2 cost export with "
+            f"columns {', '.join(REQUIRED_FOCUS)} (and optionally {', '.join(OPTIONAL_FOCUS)}); "
+            f"found {describe_headers(headers)}"
+        )
+
+
 def _load_focus_file(path: Path) -> pd.DataFrame:
-    df, offset, headers = read_table(path, _FOCUS_READ)
+    df, offset, headers = read_table(path, _FOCUS_READ, lambda h: _require_focus(path, h))
     cols = column_lookup(df)
 
     def col(*names: str) -> str | None:
@@ -443,13 +611,7 @@ def _load_focus_file(path: Path) -> pd.DataFrame:
         "ProviderName": col("ProviderName", "ServiceProviderName"),
         "SubAccountId": col("SubAccountId", "BillingAccountId"),
     }
-    missing = [k for k, v in resolved.items() if v is None]
-    if missing:
-        raise DataError(
-            f"{path}: missing FOCUS column(s) {', '.join(missing)}. Expected a FOCUS 1.0–1.2 cost export with "
-            f"columns {', '.join(REQUIRED_FOCUS)} (and optionally {', '.join(OPTIONAL_FOCUS)}); "
-            f"found {describe_headers(headers)}"
-        )
+    _require_focus(path, headers)
     if df.empty:
         raise DataError(f"{path}: has a header but no data rows")
     df = df.reset_index(drop=True)
@@ -470,9 +632,10 @@ def _load_focus_file(path: Path) -> pd.DataFrame:
     if (hours <= 0).any():
         raise fail(path, first_true(hours <= 0), offset, c_end, f"must be after {c_start}")
 
-    billed = parse_numbers(df[c_billed], file=path, column=c_billed, offset=offset)
+    billed = parse_numbers(df[c_billed], file=path, column=c_billed, offset=offset, limit=MAX_AMOUNT)
     c_eff = col("EffectiveCost")
-    effective = (parse_numbers(df[c_eff], file=path, column=c_eff, offset=offset, allow_missing=True)
+    effective = (parse_numbers(df[c_eff], file=path, column=c_eff, offset=offset, allow_missing=True,
+                               limit=MAX_AMOUNT)
                  .fillna(billed) if c_eff else billed)
 
     provider = map_unique(require_text(df[c_prov], file=path, column=c_prov, offset=offset), canonical_provider)
@@ -481,6 +644,10 @@ def _load_focus_file(path: Path) -> pd.DataFrame:
     if project_id.isna().any():
         raise fail(path, first_true(project_id.isna()), offset, c_acct, "is empty")
     currency = require_text(df[c_cur], file=path, column=c_cur, offset=offset).str.upper()
+    bad_currency = ~currency.str.fullmatch(CURRENCY_SHAPE).to_numpy(dtype=bool, na_value=False)
+    if bad_currency.any():
+        pos = first_true(bad_currency)
+        raise fail(path, pos, offset, c_cur, currency_message(str(currency.iloc[pos])))
 
     charge = map_unique(opt("ChargeCategory"),
                         _canonical({c.lower(): c for c in CHARGE_CATEGORIES}, lambda v: v.strip().title()))

@@ -43,16 +43,21 @@ def load_usage(path: str | Path) -> pd.DataFrame:
     return concat_frames((_load_usage_file(f) for f in input_files(path)), empty_usage)
 
 
-def _load_usage_file(path: Path) -> pd.DataFrame:
-    df, offset, headers = read_table(path, (*REQUIRED_USAGE, *OPTIONAL_USAGE))
-    cols = column_lookup(df)
-    missing = [c for c in REQUIRED_USAGE if c not in cols]
+def _require_usage(path: Path, headers: list[str]) -> None:
+    names = {h.strip().lower() for h in headers}
+    missing = [c for c in REQUIRED_USAGE if c not in names]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)}. Expected a CPU usage CSV with columns "
             f"{', '.join(REQUIRED_USAGE)} (and optionally {', '.join(OPTIONAL_USAGE)}); "
             f"found {describe_headers(headers)}"
         )
+
+
+def _load_usage_file(path: Path) -> pd.DataFrame:
+    df, offset, headers = read_table(path, (*REQUIRED_USAGE, *OPTIONAL_USAGE), lambda h: _require_usage(path, h))
+    cols = column_lookup(df)
+    _require_usage(path, headers)
     if df.empty:
         raise DataError(f"{path}: has a header but no data rows")
     df = df.reset_index(drop=True)

@@ -14,10 +14,11 @@ each string and uses regexes without nested repetition, so a 10 MB argument cost
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+
+from costwatch.safetext import terminal_safe
 
 SCAN_LIMIT = 65_536
 MINING_WEIGHT = 2   # signs this heavy name mining itself; lighter ones (registry, new namespace) only add context
@@ -64,15 +65,7 @@ class Sign:
 def clean(text: object, limit: int = 200) -> str:
     """Printable, single-line, capped: control, format (bidi) and line-separator characters become ``\\xNN`` /
     ``\\uNNNN`` escapes so they can be seen but not acted on by a terminal, Slack or a mail client."""
-    s = "" if text is None else str(text)
-    shown = "".join(_escape(ch) for ch in s[: limit + 1])  # escaping only lengthens: nothing later can show
-    return shown if len(s) <= limit and len(shown) <= limit else shown[: limit - 1] + "…"
-
-
-def _escape(ch: str) -> str:
-    if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
-        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
-    return ch
+    return terminal_safe(text, limit)
 
 
 def split_image(image: str) -> tuple[str, str]:
