@@ -17,30 +17,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .safetext import terminal_safe
+
 MAX_SHOWN = 5
 # which pods to show, first non-empty wins: miner-looking ones, else the busiest on the flagged nodes ("pods":
 # evidence written before top_pods existed)
 _PODS = (("suspicious_pods", "suspicious"), ("top_pods", "busiest"), ("pods", "busy"))
-# C0 and C1 controls (ESC, CSI, CR/LF, BEL…), bidi overrides and isolates, zero-width and line/paragraph
-# separators: what could move a terminal's cursor, recolour it, or reorder what is read
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 
 
 def neutral(value: object, limit: int = 200) -> str:
-    """One line of untrusted text, unsafe characters shown as ``?``, at most ``limit`` characters.
-
-    A local helper until the core sanitiser (branch i17-input) lands; rich markup is escaped where the text
-    goes to rich (``markup_escape``), not here, so the same line serves markdown and plain text."""
-    s = "" if value is None else str(value)
-    s = _UNSAFE.sub("?", s[: limit + 1])
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-def markup_escape(line: str) -> str:
-    """A neutralised line made literal for rich (``[bold]`` in a pod name stays text)."""
-    from rich.markup import escape
-
-    return escape(line)
+    """One line of untrusted text with every control, bidi and invisible character shown as a visible
+    escape (:func:`costwatch.safetext.terminal_safe`), at most ``limit`` characters.  The report's console
+    reads no markup, so ``[bold]`` in a pod name stays text without escaping."""
+    return terminal_safe(value, limit)
 
 
 @dataclass(frozen=True)
@@ -163,5 +152,5 @@ def markdown_section(alerts: list[Any]) -> list[str]:
     return ["", "## Kubernetes", *out] if out else []
 
 
-__all__ = ["MAX_SHOWN", "ClusterSummary", "PodLine", "evidence_lines", "markdown_section", "markup_escape",
+__all__ = ["MAX_SHOWN", "ClusterSummary", "PodLine", "evidence_lines", "markdown_section",
            "neutral", "summarize", "summarize_one", "text_lines"]

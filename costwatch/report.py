@@ -24,7 +24,7 @@ from rich.text import Text
 
 from .alerts import Alert, iso
 from .detect import Detection
-from .k8s_summary import evidence_lines, markdown_section, markup_escape
+from .k8s_summary import evidence_lines, markdown_section
 from .safetext import plain_console, safe_strings, spreadsheet_safe, terminal_safe
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -144,7 +144,7 @@ def renderable(det: Detection) -> Group:
                               f"  {a.project_name} ({a.provider}:{a.project})",
                               f"  {a.service}" if a.service else "")
         body = [f"started {iso(a.start)}, detected {iso(a.detected_at)}", _observed_text(a),
-                _evidence_text(a.summary, a.evidence)] + [markup_escape(x) for x in evidence_lines(a.evidence)]
+                _evidence_text(a.summary, a.evidence), *evidence_lines(a.evidence)]
         if a.evidence.get("silence"):
             s = a.evidence["silence"]
             body.append(f"{'planned activity' if s.get('planned') else 'silenced'} until {s.get('until')}: "
