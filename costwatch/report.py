@@ -1,9 +1,10 @@
 """Render a Detection as a rich table, JSON, CSV or Markdown.
 
 The JSON shape is the contract other tools read: ``{"generated_at", "as_of", "since", "projects",
-"alerts", "notes", "totals"}`` with ISO 8601 UTC times.  A project row is one currency of a project (a
-project billed in two currencies has two rows), and ``totals`` has one entry per currency: amounts in
-different currencies are never added.
+"alerts", "notes", "errors", "totals"}`` with ISO 8601 UTC times; ``errors`` lists what a provider could not
+read (``{"provider", "scope", "failed", "fix"}``), which table and Markdown print as warnings.  A project
+row is one currency of a project (a project billed in two currencies has two rows), and ``totals`` has one
+entry per currency: amounts in different currencies are never added.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def to_dict(det: Detection, generated_at: pd.Timestamp | None = None) -> dict[st
         "projects": [_jsonable_project(p) for p in det.projects],
         "alerts": [a.to_dict() for a in det.alerts],
         "notes": list(det.notes),
+        "errors": [dict(e) for e in det.errors],
         "totals": [_jsonable_project(t) for t in currency_totals(det)],
     }
 
@@ -134,9 +136,18 @@ def renderable(det: Detection) -> Group:
                         f"{s.get('reason')} (not notified)")
         blocks.append(Panel("\n".join(body), title=title, title_align="left", border_style=style or "dim"))
     parts: list[Any] = [head, pt, Group(*blocks) if blocks else Text("No alerts in the window.", style="green")]
+    if det.errors:
+        parts.append(Text("Warnings (data not read):\n" + "\n".join(f"  - {_error_text(e)}" for e in det.errors),
+                          style="yellow"))
     if det.notes:
         parts.append(Text("Notes:\n" + "\n".join(f"  - {n}" for n in det.notes), style="dim"))
     return Group(*parts)
+
+
+def _error_text(e: dict[str, str]) -> str:
+    """``provider scope: what failed; what to do``."""
+    fix = f"; {e['fix']}" if e.get("fix") else ""
+    return f"{e.get('provider')} {e.get('scope')}: {e.get('failed')}{fix}"
 
 
 def _observed_text(a: Alert) -> str:
@@ -211,6 +222,8 @@ def _markdown(det: Detection) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {_md_escape(t['currency'])} | {t['projects']} | {t['spend']:,.2f} | {t['month_to_date']:,.2f} "
                   f"| {t['forecast']:,.2f} |" for t in totals]
+    if det.errors:
+        lines += ["", "## Warnings: data not read", ""] + [f"- {_md_escape(_error_text(e))}" for e in det.errors]
     if det.notes:
         lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in det.notes]
     return "\n".join(lines) + "\n"
