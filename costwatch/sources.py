@@ -7,8 +7,8 @@ bytes scanned; a ``notes`` list of things worth knowing) for the run summary and
 
 ``run`` and ``report`` gather through :func:`collect`, so they degrade the same way: a provider or part of one
 that fails is named ("missing data") and the rest is used; only when no provider delivered anything is it
-an error.  Providers register by config ``type``; modules are imported only
-when used, so a user without ``costwatch[aws]`` never imports boto3.
+an error.  Providers register by config ``type``; modules are imported only when used, so a user without
+``costwatch[aws]`` never imports boto3.
 """
 
 from __future__ import annotations
@@ -98,14 +98,16 @@ def _no_check(frame: pd.DataFrame, source: str) -> None:
 
 _PARTS = ("costs", "usage", "findings")
 
+_CHECKS: dict[str, Callable[[pd.DataFrame, str], None]] = {
+    "costs": validate_costs, "usage": validate_usage, "findings": _no_check}
+
 
 def _message(e: BaseException) -> str:
+    """A part's error line: ours as written; anything else is a bug, named by type only."""
     if isinstance(e, CostwatchError):
         return str(e)
     return (f"unexpected {type(e).__name__} (a costwatch bug: please report it; "
             "`costwatch --debug report` shows the traceback)")
-_CHECKS: dict[str, Callable[[pd.DataFrame, str], None]] = {
-    "costs": validate_costs, "usage": validate_usage, "findings": _no_check}
 
 
 class _Fetch:

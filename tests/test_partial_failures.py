@@ -360,3 +360,34 @@ def test_a_killed_runs_lock_is_taken_over_and_a_live_one_has_its_own_exit_code(
         assert elsewhere.exit_code == 75 and "host elsewhere" in elsewhere.stderr, elsewhere.output
     finally:
         store.close()
+
+
+def test_gcp_monitoring_denied_in_every_project_keeps_the_bigquery_costs(tmp_path: Path) -> None:
+    """The shared gathering path of `run` and `report`: Monitoring denied everywhere costs the CPU part only,
+    and each project is named with the role to grant."""
+    import grpc
+    from fake_gcp import FakeBigQuery, FakeMonitoring, standard_row
+    from test_gcp_provider import NOW as GCP_NOW
+    from test_gcp_provider import TABLE
+    from test_gcp_provider import provider as gcp_provider
+
+    from costwatch.sources import collect
+
+    bq, mon = FakeBigQuery(), FakeMonitoring(page_size=4)
+    try:
+        days = pd.date_range("2024-03-01", "2024-03-09", freq="D").strftime("%Y-%m-%d")
+        bq.tables[TABLE] = ("standard", [standard_row(d, p, "Compute Engine", 10.0)
+                                               for d in days for p in ("web-prod", "ml-prod")])
+        for p in ("web-prod", "ml-prod"):
+            mon.broken[p] = (grpc.StatusCode.PERMISSION_DENIED, "Permission monitoring.timeSeries.list denied")
+        prov = gcp_provider(tmp_path, bq, mon, projects=["web-prod", "ml-prod"], name="gcp-billing")
+        got = collect([prov], pd.Timestamp("2024-03-01", tz="UTC"), pd.Timestamp(GCP_NOW, tz="UTC"))
+    finally:
+        bq.stop()
+        mon.stop()
+    assert set(got.costs["project_id"]) == {"web-prod", "ml-prod"} and got.usage.empty
+    assert got.failed == {"gcp-billing": ["usage"]}
+    by_scope = {f.scope: f for f in got.failures}
+    assert set(by_scope) == {"project web-prod", "project ml-prod"}
+    assert all(f.provider == "gcp-billing" and "roles/monitoring.viewer" in f.fix for f in by_scope.values())
+    assert [r["scope"] for r in got.error_records()] == ["usage", "project web-prod", "project ml-prod"]
