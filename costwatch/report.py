@@ -172,7 +172,8 @@ def _evidence_text(summary: str, ev: dict[str, Any], max_nodes: int = 3) -> str:
         lines.append(f"… and {len(nodes) - max_nodes} more nodes")
     for g in (ev.get("guardduty") or [])[:3]:
         where_ = g.get("node") or g.get("cluster") or "?"
-        lines.append(f"GuardDuty {g['type']} (severity {g['severity']:g}) on {where_}")
+        sev = f" (severity {g['severity']:g})" if isinstance(g.get("severity"), int | float) else ""
+        lines.append(f"GuardDuty {g.get('type')}{sev} on {where_}")
     for s in (ev.get("services") or [])[:2]:
         lines.append(f"{s['service']}: +{s['excess']:,.2f} ({s['share']:.0%})")
     if ev.get("explained_by"):
