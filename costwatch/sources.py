@@ -66,8 +66,12 @@ class Gathered:
         return bool(providers) and all(p.name in self.failed and p.name not in self.delivered for p in providers)
 
     def stat_lines(self) -> list[str]:
-        """One ``name: key value, ...`` line per provider: its counters (lists are shown as notes and errors)."""
-        return [f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items() if not isinstance(v, list | tuple))
+        """One ``name: key value, ...`` line per provider: its counters, never a Python repr (lists are shown
+        as notes and errors; a dict of counters as ``key a=1 b=2``)."""
+        def shown(v: Any) -> str:
+            return " ".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+
+        return [f"{name}: " + ", ".join(f"{k} {shown(v)}" for k, v in st.items() if not isinstance(v, list | tuple))
                 for name, st in self.stats.items()]
 
     def error_records(self) -> list[dict[str, str]]:

@@ -55,20 +55,25 @@ def no_missing_markers(obj: Any) -> bool:
 
 @pytest.fixture
 def guardduty(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The GuardDuty fake with one EC2 finding without a cluster and one EKS finding without an instance;
-    every other AWS endpoint is a closed local port, so Cost Explorer fails fast (a provider part failing)."""
+    """The GuardDuty fake with one EC2 finding without a cluster and one EKS finding without an instance.
+    The same server is every other AWS endpoint and denies Cost Explorer (a provider part failing)."""
     pytest.importorskip("boto3")
     from test_aws_guardduty import FakeGuardDuty, _server
 
-    fake = FakeGuardDuty({"us-east-1": "detector"})
+    class CostExplorerDenied(FakeGuardDuty):
+        def handle(self, method: str, path: str, region: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            if path == "/":  # Cost Explorer's JSON 1.1 endpoint, for a role without ce:GetCostAndUsage
+                return 400, {"__type": "AccessDeniedException", "message": "not authorized to perform this"}
+            return super().handle(method, path, region, body)
+
+    fake = CostExplorerDenied({"us-east-1": "detector"})
     ec2, eks = copy.deepcopy(fake.findings[0]), copy.deepcopy(fake.findings[1])
     ec2["resource"]["instanceDetails"].pop("tags")
     eks["resource"].pop("instanceDetails")
     fake.findings = [ec2, eks]
     srv = _server(fake)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_GUARDDUTY", f"http://127.0.0.1:{srv.server_port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{srv.server_port}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     yield fake
     srv.shutdown()
@@ -106,8 +111,8 @@ def test_guardduty_findings_without_cluster_or_instance_report_in_every_format(
         assert "GuardDuty" in r.stdout and "i-0abc1234def567890" in r.stdout and "ml-batch" in r.stdout
     else:
         assert "crypto-mining finding" in r.stdout
-    # Cost Explorer could not be reached: named as missing data, the findings still reported
-    assert "ce:GetCostAndUsage" in r.stderr
+    # Cost Explorer denied: named as missing data with the action to grant, the findings still reported
+    assert "access denied for ce:GetCostAndUsage; grant the IAM action" in r.stderr
 
 
 def test_evidence_of_every_alert_is_strict_json() -> None:
@@ -207,6 +212,7 @@ def test_run_degrades_as_report_does_and_names_the_failed_regions(aws_ec2_denied
     assert "costwatch: missing data: aws usage:" in r.stderr
     assert "costwatch: warning: not read: aws region us-east-1: access denied for ec2:DescribeInstances" in r.stderr
     assert "costwatch: warning: not read: aws region eu-west-1:" in r.stderr
+    assert "['" not in r.stderr and "{'" not in r.stderr  # no Python reprs of the providers' stats
 
 
 # ----------------------------------------------------- files providers: one missing export, a missing day
