@@ -81,6 +81,7 @@ class Plan:
     incidents: dict[str, tuple[int | None, dict[str, Any]]] = field(default_factory=dict)  # key -> (version, doc)
     silenced: list[tuple[Alert, Silence]] = field(default_factory=list)
     open_groups: int = 0
+    held: int = 0  # open incidents kept open because the provider part that showed them failed this run
 
 
 def data_ends(costs: pd.DataFrame, usage: pd.DataFrame) -> dict[tuple[str, str], pd.Timestamp]:
@@ -176,6 +177,7 @@ def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, a
                        severity=members[0].severity, feeds=_feeds(members, providers_of or {}))
         elif doc.get("status") == "open" and _held(doc, failed or {}):
             out.open_groups += 1  # its data did not come: still open, nothing new to say
+            out.held += 1
         elif doc.get("status") == "open":
             doc.update(status="resolved", resolved_at=iso(now), sequence=int(doc.get("sequence", 0)) + 1)
             event = "resolved" if al.send_resolved else None

@@ -43,6 +43,7 @@ class RunResult:
     provider_errors: list[str] = field(default_factory=list)
     provider_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
+    held: int = 0  # open incidents not judged over because their provider failed this run
     gathered: sources.Gathered | None = None  # what the providers delivered, failed and noted
 
     @property
@@ -58,6 +59,9 @@ class RunResult:
         out += [f"missing data: {e}" for e in self.provider_errors]
         out += [f"warning: not read: {f}" for f in got.failures]
         out += [f"note: {n}" for n in got.notes]
+        if self.held:
+            out.append(f"kept open: {self.held} incident(s) whose data failed to arrive this run (a gap, not a "
+                       "recovery)")
         out += [f"retried: {e}" for e in self.delivery.retried]
         out += [f"not delivered: {e}" for e in self.delivery.errors]
         if self.delivery.stuck:
@@ -158,6 +162,7 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
                        failed=got.failed)
     result.silenced = len(p.silenced)
     result.incidents_open = p.open_groups
+    result.held = p.held
     result.alerts_active = sum(len(doc.get("alerts", [])) for _, doc in p.incidents.values()
                                if doc.get("status") == "open")
     if charts:

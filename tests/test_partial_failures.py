@@ -200,10 +200,15 @@ def test_report_keeps_the_costs_when_cpu_is_denied_everywhere(aws_ec2_denied: Pa
     assert not any("[" in n for n in doc["notes"])  # no Python lists printed into notes
     assert "not read: aws region eu-west-1: access denied for ec2:DescribeInstances" in r.stderr
 
-    table = invoke(["report", "--config", str(aws_ec2_denied), "--since", "7d", "--format", "markdown"])
-    assert table.exit_code == 0
-    assert "## Warnings: data not read" in table.stdout
-    assert "- aws region us-east-1: access denied for ec2:DescribeInstances" in table.stdout
+    md = invoke(["report", "--config", str(aws_ec2_denied), "--since", "7d", "--format", "markdown"])
+    assert md.exit_code == 0
+    assert "## Warnings: data not read" in md.stdout
+    assert "- aws region us-east-1: access denied for ec2:DescribeInstances" in md.stdout
+    table = invoke(["report", "--config", str(aws_ec2_denied), "--since", "7d", "--format", "table",
+                    "--output", str(aws_ec2_denied.parent / "report.txt")])
+    text = (aws_ec2_denied.parent / "report.txt").read_text()
+    assert table.exit_code == 0 and "Warnings (data not read):" in text
+    assert "  - aws region eu-west-1: access denied for ec2:DescribeInstances in eu-west-1; grant" in text
 
 
 def test_run_degrades_as_report_does_and_names_the_failed_regions(aws_ec2_denied: Path) -> None:
@@ -284,6 +289,7 @@ def test_a_missing_cost_export_is_not_read_as_a_recovery(demo_files: tuple[Any, 
     second = run(sc.end + pd.Timedelta(hours=1))
     assert "missing data: files costs:" in second.stderr
     assert "resolved" not in second.stdout, second.stdout
+    assert "incident(s) whose data failed to arrive this run (a gap, not a recovery)" in second.stderr
     (tmp_path / "costs.csv.moved").rename(costs)
     third = run(sc.end + pd.Timedelta(hours=2))
     assert "budget forecast exceeded" not in third.stdout and "resolved" not in third.stdout, third.stdout
