@@ -1,7 +1,8 @@
 """The ``costwatch`` command line.
 
 Every expected failure (a missing file, a bad CSV row, a bad config key) ends with exit code 2 and one
-message that names the file and what is wrong; ``--debug`` adds the traceback for bug reports.
+message that names the file and what is wrong; ``--debug`` adds the traceback for bug reports.  ``run``
+finding the state lock held by another run is not a failure of the input: it exits 75 (try again later).
 """
 
 from __future__ import annotations
