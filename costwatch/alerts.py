@@ -7,7 +7,9 @@ not over its numbers, so the same incident seen by two runs, or growing between 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import pandas as pd
@@ -46,6 +48,11 @@ class Alert:
     evidence: dict[str, Any] = field(default_factory=dict)
     scope: str = ""
 
+    def __post_init__(self) -> None:
+        # the one place every alert passes: evidence is built from frames (pandas NA, NaN, numpy scalars),
+        # and report, state and notifiers must all read plain JSON values
+        self.evidence = plain(self.evidence)
+
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.kind, self.provider, self.project, self.scope)
@@ -59,7 +66,7 @@ class Alert:
         for key in ("observed", "expected", "lower", "upper", "score"):
             d[key] = _round(d[key])
         d["fingerprint"] = self.fingerprint
-        d["evidence"] = _jsonable(d["evidence"])
+        d["evidence"] = plain(d["evidence"], digits=4)
         return d
 
 
@@ -77,15 +84,23 @@ def _round(x: float | None) -> float | None:
     return float(round(float(x), 4))
 
 
-def _jsonable(obj: Any) -> Any:
+def plain(obj: Any, digits: int | None = None) -> Any:
+    """``obj`` as plain JSON values: missing values (None, pandas NA/NaT, NaN, infinities) become None,
+    numpy scalars Python ones, times ISO 8601 UTC strings, tuples and sets lists; ``digits`` rounds floats
+    (for reports).  Strict ``json.dumps(..., allow_nan=False)`` accepts the result."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, pd.Timestamp):
-        return iso(obj)
-    if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalars
-        return _jsonable(obj.item())
+        return {str(k): plain(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [plain(v, digits) for v in obj]
+    if obj is None or obj is pd.NA or obj is pd.NaT:
+        return None
+    if isinstance(obj, datetime):  # pd.Timestamp too
+        return iso(pd.Timestamp(obj))
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):  # numpy scalars (numpy.datetime64 too)
+        item = obj.item()
+        return plain(pd.Timestamp(obj) if isinstance(item, int) and "datetime" in str(obj.dtype) else item, digits)
     if isinstance(obj, float):
-        return None if obj != obj else round(obj, 4)
+        if not math.isfinite(obj):
+            return None
+        return round(obj, digits) if digits is not None else obj
     return obj

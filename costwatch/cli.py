@@ -1,7 +1,8 @@
 """The ``costwatch`` command line.
 
 Every expected failure (a missing file, a bad CSV row, a bad config key) ends with exit code 2 and one
-message that names the file and what is wrong; ``--debug`` adds the traceback for bug reports.
+message that names the file and what is wrong; ``--debug`` adds the traceback for bug reports.  ``run``
+finding the state lock held by another run is not a failure of the input: it exits 75 (try again later).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .errors import ConfigError, CostwatchError
 from .safetext import terminal_safe
 
 EXIT_USAGE = 2
+EXIT_LOCKED = 75  # sysexits' EX_TEMPFAIL: another run holds the state lock; try again later
 
 
 class _Ctx:
@@ -135,10 +137,11 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     # bands need history before the window: fetch the lookback on top of it
     start = (since if isinstance(since, pd.Timestamp) else end - (since or pd.Timedelta(days=28)))
     start = start - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
-    # a single provider fails loudly (exit 2); with several, the others still report and the gap is named
-    got = sources.gather(providers, start, end, strict=len(providers) == 1, now=end)  # providers answer as of --as-of
-    if len(providers) > 1 and len(got.errors) >= 2 * len(providers):
-        raise CostwatchError("every provider failed: " + "; ".join(got.errors))
+    # files named on the command line are input: a broken one is an error (exit 2).  Providers from the config
+    # degrade as in `run`: what failed is named, the rest reported; only all of them failing is an error.
+    # Providers answer as of the report's end (--as-of when replaying).
+    got = (sources.gather(providers, start, end, strict=True, now=end) if cost_paths or usage_paths
+           else sources.collect(providers, start, end, now=end))
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since,
                  findings=got.findings)
     _mark_silenced(det, cfg)
@@ -150,9 +153,10 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
         attach(det.alerts, contexts)
         det.notes.extend(f"kubernetes {c.name}: {c.status}" for c in contexts if not c.available)
     det.notes.extend(f"missing data: {e}" for e in got.errors)
-    det.notes.extend(f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items()) for name, st in got.stats.items())
-    for e in got.errors:
-        _echo(f"costwatch: warning: {e}", err=True)
+    det.notes.extend(got.stat_lines() + got.notes)
+    det.errors = got.error_records()
+    for w in got.warnings():
+        _echo(f"costwatch: warning: {w}", err=True)
     if output is None and fmt == "table":
         plain_console().print(renderable(det))
         return
@@ -234,7 +238,10 @@ def run(config_path: Path, as_of: str | None, no_charts: bool) -> None:
     """The scheduled job: fetch, detect, notify owners once per incident update, record state.
 
     Exit 0 when everything was delivered or is waiting for a retry; 1 when a notification is stuck
-    (failed, or undelivered past alerting.stuck_after); 2 for a config or input error."""
+    (failed, or undelivered past alerting.stuck_after); 2 for a config or input error; 75 when another
+    run holds the state lock (this one did nothing)."""
+    from .runlock import RunLocked
+
     when = _as_of(as_of)
     try:
         from .run import run_once
@@ -245,6 +252,9 @@ def run(config_path: Path, as_of: str | None, no_charts: bool) -> None:
 
         result = run_once(cfg, now=when, as_of=when, charts=not no_charts,
                           lock_owner=f"{socket.gethostname()}:{os.getpid()}")
+    except RunLocked as e:
+        click.echo(f"costwatch: {e}", err=True)
+        sys.exit(EXIT_LOCKED)
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
     for line in result.lines():

@@ -142,6 +142,7 @@ class FilesProviderConfig(_Model):
     """Read FOCUS cost exports and CPU usage CSVs from disk; the offline and demo path."""
 
     type: Literal["files"] = "files"
+    name: str = Field(default="files", min_length=1)
     costs: str | list[str] | None = None
     usage: str | list[str] | None = None
     # how cost exports are read: pandas (every row), duckdb (daily sums), auto (duckdb for large inputs)
@@ -598,6 +599,27 @@ class Config(_Model):
         if isinstance(data.get("projects"), dict):
             data["projects"] = {k: ({} if v is None else v) for k, v in data["projects"].items()}
         return data
+
+    @model_validator(mode="after")
+    def _unique_provider_names(self) -> Config:
+        """A provider's name keys its failures, stats and cache: two providers left at the default name (two
+        ``files`` exports) are told apart as ``files``, ``files-2``; two given the same name are an error."""
+        given: dict[str, int] = {}
+        for p in self.providers:
+            if "name" in p.model_fields_set:
+                given[p.name] = given.get(p.name, 0) + 1
+        dup = sorted(n for n, k in given.items() if k > 1)
+        if dup:
+            raise ValueError(f"provider names must be unique; repeated: {', '.join(dup)} (give each its own name:)")
+        taken = set(given)
+        for p in self.providers:
+            if "name" not in p.model_fields_set:
+                base, n = p.name, 1
+                while p.name in taken:
+                    n += 1
+                    p.name = f"{base}-{n}"
+                taken.add(p.name)
+        return self
 
     @model_validator(mode="after")
     def _resolve_paths(self, info: ValidationInfo) -> Config:

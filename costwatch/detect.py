@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import baseline as bl
 from . import cpu as cpumod
-from .alerts import SEVERITY_ORDER, Alert
+from .alerts import SEVERITY_ORDER, Alert, plain
 from .config import Config, ProjectConfig
 from .model import COMPUTE_CATEGORY
 from .usage_score import UsageScoreParams, episode_onsets, score_matrix
@@ -64,6 +64,8 @@ class Detection:
     categories: SeriesBands | None = None
     cpu: cpumod.CpuMatrix | None = None
     cpu_features: cpumod.CpuFeatures | None = None
+    # what the providers could not read: {provider, scope, failed, fix} (``ScopeFailure.to_dict``)
+    errors: list[dict[str, str]] = field(default_factory=list)
 
 
 def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
@@ -625,9 +627,11 @@ def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFra
     out = list(mining)
     for pid, group in f.groupby("project"):
         pid = str(pid)
-        records = [{"type": r.type, "severity": float(r.severity), "title": r.title, "node": r.node,
-                    "region": r.region, "cluster": r.cluster, "first_seen": r.first_seen, "finding_id": r.finding_id}
-                   for r in group.sort_values("first_seen").itertuples()]
+        # an EC2 finding has no cluster, an EKS one may have no instance: frame NAs become None here, as the
+        # records are attached to alerts that already exist
+        records = plain([{"type": r.type, "severity": r.severity, "title": r.title, "node": r.node,
+                          "region": r.region, "cluster": r.cluster, "first_seen": r.first_seen,
+                          "finding_id": r.finding_id} for r in group.sort_values("first_seen").itertuples()])
         hits = [a for a in out if a.project == pid and a.start - DAY <= group["last_seen"].max()
                 and a.detected_at + DAY * 14 >= group["first_seen"].min()]
         if hits:

@@ -111,6 +111,7 @@ def summary(result: Any) -> dict[str, Any]:
         "delivered_after_retry": len(result.delivery.retried),
         "delivery_errors": result.delivery.errors[:20],
         "provider_errors": result.provider_errors[:20],
+        "not_read": [f.to_dict() for f in (result.gathered.failures if result.gathered else [])][:20],
         "cost_explorer_requests": sum(int(s.get("ce_requests", 0)) for s in stats.values()),
         "providers": {name: {k: v for k, v in s.items() if not isinstance(v, list | dict)}
                       for name, s in stats.items()},

@@ -82,6 +82,7 @@ class Plan:
     incidents: dict[str, tuple[int | None, dict[str, Any]]] = field(default_factory=dict)  # key -> (version, doc)
     silenced: list[tuple[Alert, Silence]] = field(default_factory=list)
     open_groups: int = 0
+    held: int = 0  # open incidents kept open because the provider part that showed them failed this run
 
 
 def data_ends(costs: pd.DataFrame, usage: pd.DataFrame) -> dict[tuple[str, str], pd.Timestamp]:
@@ -97,12 +98,37 @@ def data_ends(costs: pd.DataFrame, usage: pd.DataFrame) -> dict[tuple[str, str],
     return out
 
 
+def feed_of(alert: Alert) -> str:
+    """The provider part an alert's condition is read from: ``costs``, ``usage`` (CPU) or ``findings``."""
+    if alert.kind == "mining_suspected" and alert.evidence.get("ongoing_until"):
+        return "usage"
+    return "findings" if alert.evidence.get("metric") == "findings" else "costs"
+
+
+def _feeds(members: list[Alert], providers_of: dict[str, set[str]]) -> list[str]:
+    """``provider:part`` for every provider that delivered a member's project and the part it is read from."""
+    return sorted({f"{p}:{feed_of(a)}" for a in members for p in providers_of.get(a.project, ())})
+
+
+def _held(doc: dict[str, Any], failed: dict[str, list[str]]) -> bool:
+    """An open incident with no active alert is not over when the data that showed it failed to come this
+    run: a provider (part) that failed is a gap, not a recovery.  An incident stored before its feeds were
+    recorded is held by any failure, as it cannot be told apart."""
+    down = {f"{name}:{part}" for name, parts in failed.items() for part in parts}
+    if not down:
+        return False
+    feeds = doc.get("feeds")
+    return not isinstance(feeds, list) or bool(down & set(feeds))
+
+
 def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, as_of: pd.Timestamp,
          tag_owners: dict[str, str], silences: list[Silence], charts: dict[str, str] | None = None,
-         data_end: dict[tuple[str, str], pd.Timestamp] | None = None) -> Plan:
+         data_end: dict[tuple[str, str], pd.Timestamp] | None = None,
+         providers_of: dict[str, set[str]] | None = None, failed: dict[str, list[str]] | None = None) -> Plan:
     """Decide what to send for this run.  ``alerts`` are this run's detected alerts (any age); only the
     active ones keep an incident open, judged at the end of each project's data (``data_end``) when that
-    is earlier than ``as_of``."""
+    is earlier than ``as_of``.  ``providers_of`` (project -> provider names that delivered it) is recorded
+    with each incident, so that one whose provider part is in ``failed`` (provider -> parts) stays open."""
     al = cfg.alerting
     out = Plan()
     grace = DAY + pd.Timedelta(hours=cfg.detection.cost_delay_hours) + 2 * HOUR
@@ -149,7 +175,10 @@ def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, a
                     doc["sequence"] = int(doc.get("sequence", 0)) + 1
                     doc["notified"] = {**told, **sizes}
             doc.update(labels=labels, alerts=[a.to_dict() for a in members], last_seen_at=iso(now),
-                       severity=members[0].severity)
+                       severity=members[0].severity, feeds=_feeds(members, providers_of or {}))
+        elif doc.get("status") == "open" and _held(doc, failed or {}):
+            out.open_groups += 1  # its data did not come: still open, nothing new to say
+            out.held += 1
         elif doc.get("status") == "open":
             doc.update(status="resolved", resolved_at=iso(now), sequence=int(doc.get("sequence", 0)) + 1)
             event = "resolved" if al.send_resolved else None
@@ -211,5 +240,5 @@ def commit(store: Store, p: Plan) -> list[str]:
     return conflicts
 
 
-__all__ = ["Plan", "acknowledge", "active_until", "commit", "data_ends", "group_key", "is_active", "labels_of",
-           "magnitude", "plan"]
+__all__ = ["Plan", "acknowledge", "active_until", "commit", "data_ends", "feed_of", "group_key", "is_active",
+           "labels_of", "magnitude", "plan"]

@@ -6,7 +6,9 @@ sample) lets providers append freely and lets detection pivot to wide matrices i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -65,6 +67,35 @@ FINDING_COLUMNS: dict[str, str] = {
     "first_seen": "datetime64[ns, UTC]",
     "last_seen": "datetime64[ns, UTC]",
 }
+
+
+
+@dataclass(frozen=True)
+class ScopeFailure:
+    """One part of a provider's reach that could not be read this run (a region, an account, a project, a
+    subscription) while the rest was: the report's ``errors`` and run's warnings name it with what to grant
+    or do.  Providers fill these; they know nothing of detection, which only sees the data that came."""
+
+    provider: str   # the provider's configured name
+    scope: str      # "region us-east-1", "account 111111111111 region eu-west-1", "project p", "subscription s"
+    failed: str     # what failed
+    fix: str = ""   # what to grant or do ("" when nothing but waiting helps)
+
+    @classmethod
+    def from_error(cls, provider: str, scope: str, error: object) -> ScopeFailure:
+        """From a provider error message, which costwatch writes as ``<cloud>: what failed; what to do``."""
+        text = _CLOUD_PREFIX.sub("", str(error).strip())
+        failed, _, fix = text.partition("; ")
+        return cls(provider, scope, failed, fix)
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.scope}: {self.failed}" + (f"; {self.fix}" if self.fix else "")
+
+
+_CLOUD_PREFIX = re.compile(r"^(?:aws|gcp|azure): ")
 
 # Charge categories (FOCUS) whose rows are real consumption; the rest (credits, refunds, taxes,
 # purchases) are kept in the frame but are not read as spend that can spike.

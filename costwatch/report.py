@@ -1,9 +1,10 @@
 """Render a Detection as a rich table, JSON, CSV or Markdown.
 
 The JSON shape is the contract other tools read: ``{"generated_at", "as_of", "since", "projects",
-"alerts", "notes", "totals"}`` with ISO 8601 UTC times.  A project row is one currency of a project (a
-project billed in two currencies has two rows), and ``totals`` has one entry per currency: amounts in
-different currencies are never added.
+"alerts", "notes", "errors", "totals"}`` with ISO 8601 UTC times; ``errors`` lists what a provider could not
+read (``{"provider", "scope", "failed", "fix"}``), which table and Markdown print as warnings.  A project
+row is one currency of a project (a project billed in two currencies has two rows), and ``totals`` has one
+entry per currency: amounts in different currencies are never added.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def to_dict(det: Detection, generated_at: pd.Timestamp | None = None) -> dict[st
         "projects": [_jsonable_project(p) for p in det.projects],
         "alerts": [a.to_dict() for a in det.alerts],
         "notes": list(det.notes),
+        "errors": [dict(e) for e in det.errors],
         "totals": [_jsonable_project(t) for t in currency_totals(det)],
     })
 
@@ -151,6 +153,9 @@ def renderable(det: Detection) -> Group:
                         f"{s.get('reason')} (not notified)")
         blocks.append(Panel("\n".join(body), title=title, title_align="left", border_style=style or "dim"))
     parts: list[Any] = [head, pt, Group(*blocks) if blocks else Text("No alerts in the window.", style="green")]
+    if det.errors:
+        parts.append(Text("Warnings (data not read):\n" + "\n".join(f"  - {_error_text(e)}" for e in det.errors),
+                          style="yellow"))
     if det.notes:
         parts.append(Text("Notes:\n" + "\n".join(f"  - {n}" for n in det.notes), style="dim"))
     return Group(*parts)
@@ -164,10 +169,17 @@ def terminal_view(det: Detection) -> Detection:
         text: dict[str, Any] = {f: terminal_safe(getattr(a, f), newlines=f == "summary") for f in _ALERT_TEXT
                                 if isinstance(getattr(a, f), str)}
         alerts.append(dataclasses.replace(a, evidence=safe_strings(a.evidence), **text))
-    return dataclasses.replace(det, alerts=alerts, projects=safe_strings(det.projects), notes=safe_strings(det.notes))
+    return dataclasses.replace(det, alerts=alerts, projects=safe_strings(det.projects), notes=safe_strings(det.notes),
+                               errors=safe_strings(det.errors))
 
 
 _ALERT_TEXT = ("kind", "project", "project_name", "provider", "severity", "currency", "service", "region", "summary")
+
+
+def _error_text(e: dict[str, str]) -> str:
+    """``provider scope: what failed; what to do``."""
+    fix = f"; {e['fix']}" if e.get("fix") else ""
+    return f"{e.get('provider')} {e.get('scope')}: {e.get('failed')}{fix}"
 
 
 def _observed_text(a: Alert) -> str:
@@ -192,7 +204,8 @@ def _evidence_text(summary: str, ev: dict[str, Any], max_nodes: int = 3) -> str:
         lines.append(f"… and {len(nodes) - max_nodes} more nodes")
     for g in (ev.get("guardduty") or [])[:3]:
         where_ = g.get("node") or g.get("cluster") or "?"
-        lines.append(f"GuardDuty {g['type']} (severity {g['severity']:g}) on {where_}")
+        sev = f" (severity {g['severity']:g})" if isinstance(g.get("severity"), int | float) else ""
+        lines.append(f"GuardDuty {g.get('type')}{sev} on {where_}")
     for s in (ev.get("services") or [])[:2]:
         lines.append(f"{s['service']}: +{s['excess']:,.2f} ({s['share']:.0%})")
     if ev.get("explained_by"):
@@ -243,6 +256,8 @@ def _markdown(det: Detection) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {_md_escape(t['currency'])} | {t['projects']} | {t['spend']:,.2f} | {t['month_to_date']:,.2f} "
                   f"| {t['forecast']:,.2f} |" for t in totals]
+    if det.errors:
+        lines += ["", "## Warnings: data not read", ""] + [f"- {_md_escape(_error_text(e))}" for e in det.errors]
     if det.notes:
         lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in det.notes]
     return "\n".join(lines) + "\n"

@@ -20,38 +20,15 @@ import pandas as pd
 from . import feedback, incidents, outbox, silences, sources
 from .config import Config
 from .detect import Detection, detect
-from .errors import ConfigError, CostwatchError
+from .errors import ConfigError
 from .notify import Notifier
 from .routing import project_owners_from_tags
+from .runlock import LOCK_SECONDS, RunLocked, acquire_lock, release_lock, require_lock
 from .state import StateError, Store, open_store
 
 log = logging.getLogger("costwatch.run")
 
 ALERT_WINDOW = pd.Timedelta(days=14)   # alerts detected this far back can still be open incidents
-LOCK_SECONDS = 15 * 60                 # longest run we expect; a crashed run's lock lapses after this
-
-
-class RunLocked(CostwatchError):
-    """Another run holds the state lock (an overlapping cron job, or a retried Lambda invocation)."""
-
-
-def acquire_lock(store: Store, owner: str, seconds: float = LOCK_SECONDS) -> bool:
-    """One run at a time per state store: an insert-if-absent with a TTL, so a run that died releases it
-    by expiry.  The outbox's conditional writes already prevent double sends; the lock saves the second
-    run from fetching and detecting for nothing."""
-    doc = {"owner": owner, "since": time.time()}
-    if store.put("lock", "run", doc, version=None, expires_at=time.time() + seconds):
-        return True
-    # Lambda retries a timed-out invocation with the same request id: that retry may take over its own lock
-    held = store.get("lock", "run")
-    return held is not None and held.doc.get("owner") == owner and store.put(
-        "lock", "run", doc, version=held.version, expires_at=time.time() + seconds)
-
-
-def release_lock(store: Store, owner: str) -> None:
-    rec = store.get("lock", "run")
-    if rec is not None and rec.doc.get("owner") == owner:
-        store.delete("lock", "run")
 
 
 @dataclass
@@ -66,7 +43,9 @@ class RunResult:
     provider_errors: list[str] = field(default_factory=list)
     provider_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
-    held: int = 0                      # alerts an owner's earlier answer holds back (costwatch.feedback)
+    held: int = 0  # open incidents not judged over because their provider failed this run
+    answered: int = 0  # alerts an owner's earlier answer holds back (costwatch.feedback)
+    gathered: sources.Gathered | None = None  # what the providers delivered, failed and noted
 
     @property
     def exit_code(self) -> int:
@@ -76,11 +55,16 @@ class RunResult:
     def lines(self) -> list[str]:
         out = [f"as of {self.as_of.isoformat()}: {self.alerts_active} active alert(s) in {self.incidents_open} "
                f"incident(s), {self.silenced} silenced"
-               + (f", {self.held} held back by owners' answers" if self.held else "")
+               + (f", {self.answered} held back by owners' answers" if self.answered else "")
                + f"; queued {self.queued}; {self.delivery.summary()}"]
-        out += [f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items() if not isinstance(v, list))
-                for name, st in self.provider_stats.items()]
+        got = self.gathered or sources.Gathered(pd.DataFrame(), pd.DataFrame(), stats=self.provider_stats)
+        out += got.stat_lines()
         out += [f"missing data: {e}" for e in self.provider_errors]
+        out += [f"warning: not read: {f}" for f in got.failures]
+        out += [f"note: {n}" for n in got.notes]
+        if self.held:
+            out.append(f"kept open: {self.held} incident(s) whose data failed to arrive this run (a gap, not a "
+                       "recovery)")
         out += [f"retried: {e}" for e in self.delivery.retried]
         out += [f"not delivered: {e}" for e in self.delivery.errors]
         if self.delivery.stuck:
@@ -134,9 +118,8 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
     store = store or open_store(cfg.state)
     try:
         # the store itself turns SQLite's errors (locked, read-only, disk full) into a StateError naming the file
-        if lock_owner is not None and not acquire_lock(store, lock_owner):
-            raise RunLocked("another costwatch run holds the state lock; this one did nothing "
-                            f"(a crashed run's lock lapses after {LOCK_SECONDS // 60} minutes)")
+        if lock_owner is not None:
+            require_lock(store, lock_owner)
         try:
             return _run(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest)
         finally:
@@ -164,13 +147,11 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
          digest_after: int) -> RunResult:
     since = end - ALERT_WINDOW
     start = since - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
-    got = sources.gather(providers, start, end, deadline=deadline, now=end)  # as of the run's (or replay's) end
-    if got.every_provider_failed(providers):
-        raise CostwatchError("every provider failed: " + "; ".join(got.errors))
+    got = sources.collect(providers, start, end, deadline=deadline, now=end)  # as of the run's (or replay's) end
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=end, since=since,
                  findings=got.findings)
     result = RunResult(as_of=det.as_of, detection=det, provider_errors=list(got.errors),
-                       provider_stats=got.stats)
+                       provider_stats=got.stats, gathered=got)
     if det.alerts and cfg.kubernetes.clusters:
         from costwatch.providers.kubernetes import attach, contexts_from_config
 
@@ -179,12 +160,14 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
         result.provider_errors += [f"kubernetes {c.name}: {c.status}" for c in contexts if not c.available]
     tag_owners = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
     quiet = silences.active(store, now)
-    owed, held = feedback.apply(det.alerts, feedback.load(store, now))
-    result.held = len(held)
+    owed, answered = feedback.apply(det.alerts, feedback.load(store, now))
+    result.answered = len(answered)
     p = incidents.plan(owed, store, cfg, now, as_of=det.as_of, tag_owners=tag_owners, silences=quiet,
-                       data_end=incidents.data_ends(got.costs, got.usage))
+                       data_end=incidents.data_ends(got.costs, got.usage), providers_of=got.providers_of,
+                       failed=got.failed)
     result.silenced = len(p.silenced)
     result.incidents_open = p.open_groups
+    result.held = p.held
     result.alerts_active = sum(len(doc.get("alerts", [])) for _, doc in p.incidents.values()
                                if doc.get("status") == "open")
     if charts:

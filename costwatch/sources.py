@@ -2,11 +2,16 @@
 
 A provider is any object with ``name``, ``fetch_costs(start, end)`` and ``fetch_usage(start, end)``
 returning normalized frames (``costwatch.model``), and optionally ``stats() -> dict`` (requests made,
-bytes scanned) for the run summary.  A provider that reads a live API takes ``now`` as well (keyword): the
-moment the fetch answers for, so ``report --as-of`` asks what an hourly run at that time would have asked
-(its last day, restate window and CPU hours) rather than going by the provider's own clock.  Providers
-register by config ``type``; modules are imported only when used, so a user without ``costwatch[aws]`` never
-imports boto3.
+bytes scanned; a ``notes`` list of things worth knowing) for the run summary and ``failures`` (a list of
+``costwatch.model.ScopeFailure``: the regions, accounts, projects or subscriptions it could not read).  A
+provider that reads a live API takes ``now`` as well (keyword): the moment the fetch answers for, so
+``report --as-of`` asks what an hourly run at that time would have asked (its last day, restate window and
+CPU hours) rather than going by the provider's own clock.
+
+``run`` and ``report`` gather through :func:`collect`, so they degrade the same way: a provider or part of one
+that fails is named ("missing data") and the rest is used; only when no provider delivered anything is it
+an error.  Providers register by config ``type``; modules are imported only when used, so a user without
+``costwatch[aws]`` never imports boto3.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from .errors import ConfigError, CostwatchError
-from .model import empty_costs, empty_usage, validate_costs, validate_usage
+from .model import ScopeFailure, empty_costs, empty_usage, validate_costs, validate_usage
 
 log = logging.getLogger("costwatch.sources")
 
@@ -53,10 +58,33 @@ class Gathered:
     # security findings (GuardDuty and the like), columns as costwatch.model.FINDING_COLUMNS
     findings: pd.DataFrame | None = None
     failed: dict[str, list[str]] = field(default_factory=dict)  # provider name -> parts that failed
+    failures: list[ScopeFailure] = field(default_factory=list)  # regions/projects/... the providers could not read
+    parts_failed: list[ScopeFailure] = field(default_factory=list)  # ``errors``, structured (scope: the part)
+    notes: list[str] = field(default_factory=list)  # "<provider>: <note>" from the providers' stats
+    delivered: set[str] = field(default_factory=set)  # providers that returned rows in some part
+    raised: list[BaseException] = field(default_factory=list)  # the exceptions behind ``errors``
+    providers_of: dict[str, set[str]] = field(default_factory=dict)  # project id -> providers that delivered it
 
     def every_provider_failed(self, providers: list[Any]) -> bool:
-        """No provider delivered costs or usage (timeouts included): nothing to detect on."""
-        return bool(providers) and all({"costs", "usage"} <= set(self.failed.get(p.name, [])) for p in providers)
+        """Every provider failed (timeouts included) and none delivered a row: nothing to detect on."""
+        return bool(providers) and all(p.name in self.failed and p.name not in self.delivered for p in providers)
+
+    def stat_lines(self) -> list[str]:
+        """One ``name: key value, ...`` line per provider: its counters, never a Python repr (lists are shown
+        as notes and errors; a dict of counters as ``key a=1 b=2``)."""
+        def shown(v: Any) -> str:
+            return " ".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+
+        return [f"{name}: " + ", ".join(f"{k} {shown(v)}" for k, v in st.items() if not isinstance(v, list | tuple))
+                for name, st in self.stats.items()]
+
+    def error_records(self) -> list[dict[str, str]]:
+        """The report's ``errors``: every failed part, then every failed region/project/... of a provider."""
+        return [f.to_dict() for f in (*self.parts_failed, *self.failures)]
+
+    def warnings(self) -> list[str]:
+        """What the user should act on: each failed part of a provider, then each failed region/project/..."""
+        return [f"missing data: {e}" for e in self.errors] + [f"not read: {f}" for f in self.failures]
 
 
 def build(provider_cfg: Any, cfg: Any) -> Provider:
@@ -77,6 +105,7 @@ def _no_check(frame: pd.DataFrame, source: str) -> None:
 
 
 _PARTS = ("costs", "usage", "findings")
+
 _CHECKS: dict[str, Callable[[pd.DataFrame, str], None]] = {
     "costs": validate_costs, "usage": validate_usage, "findings": _no_check}
 
@@ -88,6 +117,14 @@ def _takes_now(fetch: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == "now" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _message(e: BaseException) -> str:
+    """A part's error line: ours as written; anything else is a bug, named by type only."""
+    if isinstance(e, CostwatchError):
+        return str(e)
+    return (f"unexpected {type(e).__name__} (a costwatch bug: please report it; "
+            "`costwatch --debug report` shows the traceback)")
 
 
 class _Fetch:
@@ -102,6 +139,8 @@ class _Fetch:
         self.frames: dict[str, pd.DataFrame] = {}
         self.errors: dict[str, str] = {}
         self.stats: dict[str, Any] | None = None
+        self.failures: list[ScopeFailure] = []
+        self.exceptions: dict[str, BaseException] = {}
         self.raised: BaseException | None = None   # strict mode: re-raised by the caller
         self.abandoned = False
         self.timed_out: list[str] = []              # parts unfinished at the deadline
@@ -116,8 +155,9 @@ class _Fetch:
                     if self.abandoned:
                         return
                     self.done.add(part)
-                    if error is not None:
-                        self.errors[part] = error
+                    if isinstance(error, BaseException):
+                        self.errors[part] = _message(error)
+                        self.exceptions[part] = error
                     elif frame is not None:
                         self.frames[part] = frame
                 self._snapshot_stats()
@@ -125,7 +165,7 @@ class _Fetch:
             with self.lock:
                 self.raised = e
 
-    def _one(self, part: str) -> tuple[pd.DataFrame | None, str | None]:
+    def _one(self, part: str) -> tuple[pd.DataFrame | None, BaseException | None]:
         fetch = getattr(self.p, f"fetch_{part}")
         try:
             if self.now is not None and _takes_now(fetch):
@@ -139,27 +179,30 @@ class _Fetch:
         except CostwatchError as e:
             if self.strict:
                 raise
-            return None, str(e)
+            return None, e
         except Exception as e:
             if self.strict:
                 raise
             # a provider bug must cost that provider's data, not every provider's alerts
             log.exception("provider %s: %s fetch raised %s", self.p.name, part, type(e).__name__)
-            return None, (f"unexpected {type(e).__name__} (a costwatch bug: please report it; "
-                          "`costwatch --debug report` shows the traceback)")
+            return None, e
 
     def _snapshot_stats(self) -> None:
         get_stats = getattr(self.p, "stats", None)
+        failures = [f for f in getattr(self.p, "failures", None) or [] if isinstance(f, ScopeFailure)]
         if not callable(get_stats):
-            return
-        try:
-            snap = dict(get_stats())
-        except Exception as e:
-            log.warning("provider %s: stats() raised %s", self.p.name, type(e).__name__)
-            return
+            snap = None
+        else:
+            try:
+                snap = dict(get_stats())
+            except Exception as e:
+                log.warning("provider %s: stats() raised %s", self.p.name, type(e).__name__)
+                snap = None
         with self.lock:
-            if not self.abandoned and snap:  # nothing to say (the files provider, usually): no empty note
-                self.stats = snap
+            if not self.abandoned:
+                # nothing to say (the files provider, usually): no empty note
+                self.stats = snap if snap else self.stats
+                self.failures = failures
 
     def give_up(self) -> None:
         """Past the deadline: the parts not finished are errors, later results are dropped."""
@@ -200,25 +243,52 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
             elif job.raised is not None:
                 raise job.raised
     parts: dict[str, list[pd.DataFrame]] = {part: [] for part in _PARTS}
-    errors: list[str] = []
-    stats: dict[str, dict[str, Any]] = {}
-    failed: dict[str, list[str]] = {}
+    out = Gathered(empty_costs(), empty_usage())
     for job in jobs:
         with job.lock:
-            for part in _PARTS:
-                if part in job.frames:
-                    parts[part].append(job.frames[part])
-                if part in job.errors:
-                    errors.append(f"{job.p.name} {part}: {job.errors[part]}")
-                    failed.setdefault(job.p.name, []).append(part)
-            if job.timed_out:
-                errors.append(f"{job.p.name} {', '.join(job.timed_out)}: timed out after {deadline:g}s (the provider "
-                              "did not answer in time; what it had fetched and the other providers are used)")
-                failed.setdefault(job.p.name, []).extend(job.timed_out)
-            if job.stats is not None:
-                stats[job.p.name] = job.stats
-    return Gathered(
-        pd.concat(parts["costs"], ignore_index=True) if parts["costs"] else empty_costs(),
-        pd.concat(parts["usage"], ignore_index=True) if parts["usage"] else empty_usage(),
-        errors, stats, pd.concat(parts["findings"], ignore_index=True) if parts["findings"] else None, failed,
-    )
+            _collect_job(job, parts, out, deadline)
+    if parts["costs"]:
+        out.costs = pd.concat(parts["costs"], ignore_index=True)
+    if parts["usage"]:
+        out.usage = pd.concat(parts["usage"], ignore_index=True)
+    out.findings = pd.concat(parts["findings"], ignore_index=True) if parts["findings"] else None
+    return out
+
+
+def _collect_job(job: _Fetch, parts: dict[str, list[pd.DataFrame]], out: Gathered, deadline: float | None) -> None:
+    name = job.p.name
+    for part in _PARTS:
+        if part in job.frames:
+            frame = job.frames[part]
+            parts[part].append(frame)
+            out.delivered.add(name)
+            for pid in frame["project_id" if part == "costs" else "project"].dropna().unique():
+                out.providers_of.setdefault(str(pid), set()).add(name)
+        if part in job.errors:
+            out.errors.append(f"{name} {part}: {job.errors[part]}")
+            out.raised.append(job.exceptions[part])
+            out.parts_failed.append(ScopeFailure.from_error(name, part, job.errors[part]))
+            out.failed.setdefault(name, []).append(part)
+    if job.timed_out:
+        out.errors.append(f"{name} {', '.join(job.timed_out)}: timed out after {deadline:g}s (the provider "
+                          "did not answer in time; what it had fetched and the other providers are used)")
+        out.failed.setdefault(name, []).extend(job.timed_out)
+        out.parts_failed.append(ScopeFailure(name, ", ".join(job.timed_out), f"timed out after {deadline:g}s",
+                                             "see why the provider is slow, or raise alerting.provider_timeout"))
+    if job.stats is not None:
+        out.stats[name] = job.stats
+        out.notes += [f"{name}: {n}" for n in job.stats.get("notes") or [] if isinstance(n, str)]
+    out.failures += job.failures
+
+
+def collect(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
+            deadline: float | None = None, now: pd.Timestamp | None = None) -> Gathered:
+    """:func:`gather` for ``run`` and ``report`` alike: whatever any provider delivered is used, and only
+    when every provider failed is it an error (the provider's own error when there was one, so a single
+    provider fails as it would on its own: a missing file names the file)."""
+    got = gather(providers, start, end, deadline=deadline, now=now)
+    if got.every_provider_failed(providers):
+        if len(got.raised) == 1 and len(got.errors) == 1 and isinstance(got.raised[0], CostwatchError):
+            raise got.raised[0]
+        raise CostwatchError("every provider failed: " + "; ".join(got.errors))
+    return got

@@ -270,6 +270,11 @@ def test_one_failing_subscription_is_reported_and_the_others_kept(arm: fa.Server
     assert "'Cost Management Reader'" in denied and "Microsoft.Consumption/usageDetails/read" in denied
     assert fa.sub_id(0xEE) not in denied  # the caller's object id is not repeated
     assert len(fake.requests_to(f"{B}/providers")) == 3  # retry_total=2: three attempts, then reported
+    # the same failures, structured for the report's errors and run's warnings
+    by_scope = {f.scope: f for f in p.failures}
+    assert set(by_scope) == {f"subscription {B}", f"subscription {C}"}
+    assert by_scope[f"subscription {C}"].fix.startswith("assign the 'Cost Management Reader' role")
+    assert by_scope[f"subscription {B}"].fix == "it is retried on the next run"
 
 
 def test_every_subscription_failing_raises_with_the_role(arm: fa.Server, tmp_path: Path) -> None:

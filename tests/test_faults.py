@@ -1105,7 +1105,7 @@ def s_run_locked(w: World, d: Path) -> Row:
         check(a, pending=0)
         assert a.delivered == 6
         return row(c, "run lock held", "state", "another `costwatch run` holds the run lock",
-                   f"RunLocked, exit 2: \"{_short(str(first), 60)}\"; did nothing; the next run sends all 6",
+                   f"RunLocked, exit 75: \"{_short(str(first), 60)}\"; did nothing; the next run sends all 6",
                    [first, second], a, reported(second))
 
 

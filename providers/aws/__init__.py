@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from costwatch.errors import ProviderError
-from costwatch.model import empty_usage
+from costwatch.model import ScopeFailure, empty_usage
 from costwatch.providers._daycache import DayCache, day_range, fetch_clock
 
 from . import athena as athena_source
@@ -63,6 +63,7 @@ class AwsProvider:
         self.assume_role = assume_role
         self.guardduty = guardduty
         self.errors: list[str] = []
+        self.failures: list[ScopeFailure] = []  # the same failures, structured (provider, scope, what, fix)
         self.notes: list[str] = []
         self.instances = compute.instances_frame([])
         self._accounts: tuple[dict[str, str], dict[str, str]] | None = None
@@ -101,8 +102,7 @@ class AwsProvider:
         self._regions_seen = sorted({r for _, r in targets})
         results = compute.scan(targets, start, end, cpu=True, max_workers=self.max_workers,
                                now=fetch_clock(now, self.clock))
-        failed = [r for r in results if r.error]
-        self.errors += [str(r.error) for r in failed]
+        failed = self._regions_failed(results)
         if failed and len(failed) == len(results):
             raise ProviderError("; ".join(str(r.error) for r in failed[:3])
                                 + (f" (and {len(failed) - 3} more regions)" if len(failed) > 3 else ""))
@@ -117,8 +117,7 @@ class AwsProvider:
             return guardduty.empty_findings()
         results = guardduty.scan(self._targets(), start, end, max_workers=self.max_workers)
         self.notes += guardduty.denied_notes(results)
-        failed = [r for r in results if r.error]
-        self.errors += [str(r.error) for r in failed]
+        failed = self._regions_failed(results)
         if failed and len(failed) == len(results):
             raise ProviderError("; ".join(str(r.error) for r in failed[:3])
                                 + (f" (and {len(failed) - 3} more regions)" if len(failed) > 3 else ""))
@@ -137,7 +136,7 @@ class AwsProvider:
                 except ProviderError as e:
                     if api is self.api:
                         raise
-                    self.errors.append(f"account {api.account}: {e}")
+                    self._account_failed(str(api.account), e)
                     self._enabled[api.account] = []
             targets += [(api, r) for r in self._enabled[api.account]]
         return targets
@@ -166,8 +165,21 @@ class AwsProvider:
             try:
                 apis.append(self.api.assume(account, self.assume_role))
             except ProviderError as e:
-                self.errors.append(f"account {account}: {e}")
+                self._account_failed(account, e)
         return apis
+
+    def _regions_failed(self, results: list[Any]) -> list[Any]:
+        """The (account, region) results that failed, recorded as errors; the caller decides if all did."""
+        failed = [r for r in results if r.error]
+        self.errors += [str(r.error) for r in failed]
+        self.failures += [ScopeFailure.from_error(
+            self.name, (f"account {r.account} " if r.account else "") + f"region {r.region}", r.error)
+            for r in failed]
+        return failed
+
+    def _account_failed(self, account: str, error: ProviderError) -> None:
+        self.errors.append(f"account {account}: {error}")
+        self.failures.append(ScopeFailure.from_error(self.name, f"account {account}", error))
 
     def stats(self) -> dict[str, Any]:
         c = self.api.counts

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from costwatch.errors import ProviderError
-from costwatch.model import empty_costs, empty_usage
+from costwatch.model import ScopeFailure, empty_costs, empty_usage
 from costwatch.providers._daycache import DayCache, day_range, fetch_clock
 from costwatch.providers._daycache import default_cache_path as _cache_path
 
@@ -72,6 +72,7 @@ class AzureProvider:
         self.cpu = cpu
         self.max_workers = max_workers
         self.errors: list[str] = []
+        self.failures: list[ScopeFailure] = []  # the same failures, structured (provider, scope, what, fix)
         self.notes: list[str] = []
         self._subs: list[str] | None = None
         self._names: dict[str, str] = {}
@@ -133,7 +134,7 @@ class AzureProvider:
                 errors.append(f"subscription {sub}: {got}")
             else:
                 rows += got
-        self.errors += errors
+        self._record(errors)
         if errors and len(errors) == len(subs):
             raise _all_failed(errors, "azure: costs")
         return frame(rows, self._names, self._owners, today, self.restate_days)
@@ -160,13 +161,20 @@ class AzureProvider:
         subs = self.subscriptions()
         result = monitor.scan(self.azure, subs, pd.Timestamp(start), pd.Timestamp(end),
                               max_workers=self.max_workers, now=fetch_clock(now, self.clock))
-        self.errors += result.errors
+        self._record(result.errors)
         self._vms = result.targets
         if subs and result.failed_subscriptions == len(subs):
             raise _all_failed(result.errors, "azure: CPU")
         # the listing's display names, so a subscription whose costs failed is still named in its CPU alerts
         frame = result.frame
         return frame.assign(project_name=frame["project"].map(self._names).astype("string"))
+
+    def _record(self, errors: list[str]) -> None:
+        """Per-subscription errors (``subscription <id>: <what failed; what to do>``), as text and structured."""
+        self.errors += errors
+        for e in errors:
+            scope, _, rest = e.partition(": ") if e.startswith("subscription ") else ("subscriptions", "", e)
+            self.failures.append(ScopeFailure.from_error(self.name, scope, rest))
 
     def stats(self) -> dict[str, Any]:
         c = self.azure.counts

@@ -43,7 +43,8 @@ class FilesProvider:
     name = "files"
 
     def __init__(self, costs: PathArg = None, usage: PathArg = None, *, engine: str = "auto",
-                 owner_tags: Sequence[str] = duckdb_focus.DEFAULT_OWNER_TAGS) -> None:
+                 owner_tags: Sequence[str] = duckdb_focus.DEFAULT_OWNER_TAGS, name: str = "files") -> None:
+        self.name = name
         self.cost_paths = _as_paths(costs)
         self.usage_paths = _as_paths(usage)
         self.engine = engine
@@ -78,4 +79,5 @@ def from_config(provider_cfg: Any, cfg: Any = None) -> FilesProvider:
     """Registry factory (``type: files``); paths were already resolved against the config file."""
     owner_tags = getattr(getattr(cfg, "alerting", None), "owner_tags", None) or duckdb_focus.DEFAULT_OWNER_TAGS
     return FilesProvider(costs=provider_cfg.costs, usage=provider_cfg.usage,
-                         engine=getattr(provider_cfg, "engine", "auto"), owner_tags=owner_tags)
+                         engine=getattr(provider_cfg, "engine", "auto"), owner_tags=owner_tags,
+                         name=getattr(provider_cfg, "name", "files"))

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from costwatch.errors import ProviderError
-from costwatch.model import empty_costs, empty_usage
+from costwatch.model import ScopeFailure, empty_costs, empty_usage
 from costwatch.providers._daycache import DayCache, day_range, fetch_clock
 from costwatch.providers._daycache import default_cache_path as _cache_path
 
@@ -59,6 +59,7 @@ class GcpProvider:
         self.max_workers = max_workers
         self.clock = clock
         self.errors: list[str] = []
+        self.failures: list[ScopeFailure] = []  # the same failures, structured (provider, scope, what, fix)
         self.notes: list[str] = []
         self.calls = Calls()
         self._credentials = credentials
@@ -133,6 +134,7 @@ class GcpProvider:
                                   retry=self._retry["monitoring"], max_workers=self.max_workers)
         failed = [r for r in results if r.error]
         self.errors += [str(r.error) for r in failed]
+        self.failures += [ScopeFailure.from_error(self.name, f"project {r.project}", r.error) for r in failed]
         if failed and len(failed) == len(results):
             raise ProviderError("; ".join(str(r.error) for r in failed[:3])
                                 + (f" (and {len(failed) - 3} more projects)" if len(failed) > 3 else ""))
@@ -158,6 +160,7 @@ class GcpProvider:
             if not (self.projects or self._cost_projects):
                 raise
             self.errors.append(str(e))
+            self.failures.append(ScopeFailure.from_error(self.name, f"billing account {self.billing_account}", e))
             billed = None
         disabled = {p.project_id for p in billed or [] if not p.billing_enabled}
         if self.projects:
