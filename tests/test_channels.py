@@ -430,3 +430,77 @@ def test_registry_and_owner_routing_keep_secrets_out_of_targets() -> None:
         OwnerConfig.model_validate({"sns_topic_arn": "not-an-arn"})
     with pytest.raises(ConfigError, match="unknown notifier"):
         build("carrier-pigeon", None, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- outbox
+
+
+@pytest.mark.parametrize("channel", ["webhook", "pagerduty", "teams"])
+def test_killed_between_send_and_mark_resends_with_the_same_key(channel: str, store: SqliteStore,
+                                                                receiver: FakeReceiver, pd_fake: FakePagerDuty,
+                                                                teams: FakeTeams) -> None:
+    """A run posted, then died before marking (the item stays "sending"): once the lease lapses the next run
+    sends again; for these channels that is the documented at-least-once, with the same idempotency key."""
+    notifier: Any = {"webhook": WebhookNotifier(receiver.url, receiver.secret, timeout=2), "pagerduty": pdn(pd_fake),
+                     "teams": team(teams)}[channel]
+    n = note(channel)
+    outbox.enqueue(store, n, NOW)
+    rec = store.get("outbox", n.id)
+    assert rec is not None
+    assert store.put("outbox", n.id, {**rec.doc, "status": "sending", "sending_since": NOW.isoformat(), "attempts": 1},
+                     version=rec.version)
+    [d] = notifier.notify([n])          # what the killed run got out before it died
+    assert d.ok
+    inside = outbox.deliver(store, {channel: notifier}, NOW + pd.Timedelta(minutes=2), sleep=lambda s: None)
+    assert inside.delivered == 0        # the killed run might still be alive: its item is left alone
+    after = outbox.deliver(store, {channel: notifier}, NOW + outbox.LEASE + pd.Timedelta(minutes=1),
+                           sleep=lambda s: None)
+    assert after.delivered == 1 and after.pending == 0
+    if channel == "webhook":
+        assert len(receiver.documents) == 2 and len(receiver.unique) == 1
+    elif channel == "pagerduty":
+        assert [e["dedup_key"] for e in pd_fake.events] == [n.group_key] * 2 and len(pd_fake.incidents) == 1
+    else:
+        assert len(teams.cards) == 2 and all(n.id in json.dumps(c) for c in teams.cards)
+
+
+def test_machine_channels_get_no_digests(store: SqliteStore, pd_fake: FakePagerDuty) -> None:
+    notes = [note("pagerduty", MINING, nid=f"n-{i}", group_key=f"g{i}#1") for i in range(15)]
+    queued, digests, folded = outbox.enqueue_many(store, notes, NOW, digest_after=10)
+    assert (queued, digests, folded) == (15, 0, 0)
+    rep = outbox.deliver(store, {"pagerduty": pdn(pd_fake)}, NOW, sleep=lambda s: None, digest_after=10)
+    assert rep.delivered == 15 and rep.digests == 0
+    assert sorted(pd_fake.incidents) == sorted(f"g{i}#1" for i in range(15))
+
+
+def test_owner_endpoints(receiver: FakeReceiver) -> None:
+    cfg = Config.model_validate({
+        "notify": {"webhook": {"url": "https://hooks.example.com/default", "secret": receiver.secret}},
+        "owners": {"ml": {"webhook_url": receiver.url}}})
+    assert cfg.notify.webhook is not None
+    n = build("webhook", cfg.notify.webhook, cfg)
+    [ok] = n.notify([note("webhook", address="ml")])
+    [gone] = n.notify([note("webhook", address="left-the-company")])
+    assert ok.ok and receiver.documents[0]["owner"] == "ml-platform"
+    assert gone.permanent and "owners.<name>.webhook_url" in (gone.error or "")
+
+
+def test_example_config_channels_are_valid() -> None:
+    """The commented channel sections of the example config, uncommented, are a valid config."""
+    import re
+
+    import yaml
+
+    text = (Path(__file__).parent.parent / "config" / "costwatch.example.yaml").read_text()
+    start = text.index("  # teams:")
+    block = text[start:text.index("  stdout: true", start)]
+    lines = [re.sub(r"^  # ", "  ", line) for line in block.splitlines() if not re.match(r"^\s*#\s*#", line)]
+    doc = yaml.safe_load("notify:\n" + "\n".join(line.split("  #", 1)[0].rstrip() if "  #" in line[4:] else line
+                                                for line in lines))
+    env = {"TEAMS_WEBHOOK_URL": "https://x.example/w", "PAGERDUTY_ROUTING_KEY": "k" * 32,
+           "COSTWATCH_WEBHOOK_URL": "https://x.example/h", "COSTWATCH_WEBHOOK_SECRET": "s" * 32}
+    raw = json.dumps(doc)
+    for k, v in env.items():
+        raw = raw.replace("${" + k + "}", v)
+    cfg = Config.model_validate(json.loads(raw))
+    assert cfg.notify.teams and cfg.notify.pagerduty and cfg.notify.webhook and cfg.notify.sns
