@@ -16,7 +16,6 @@ Retry-After.  The routing key is a secret: never logged, never in an error.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from costwatch.config import Config, PagerDutyConfig
@@ -24,8 +23,6 @@ from costwatch.notify import Delivery, Notification
 
 from . import _http
 from .schema import encode, lead, worst_severity
-
-log = logging.getLogger(__name__)
 
 MAX_EVENT = 500 * 1024          # PagerDuty refuses events over 512 KB
 MAX_SUMMARY = 1024

@@ -21,7 +21,6 @@ logged, never in an error.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from typing import Any
 
@@ -32,8 +31,6 @@ from . import _http
 from .email_render import AlertView, Section, _next_steps, _views, clean
 from .schema import worst_severity
 from .slack_blocks import EVENT_PREFIX, KIND_LABEL
-
-log = logging.getLogger(__name__)
 
 MAX_CARD = 26_000          # bytes of the whole message; Teams refuses messages over ~28 KB
 CARD_VERSION = "1.5"

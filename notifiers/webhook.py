@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import time
 from collections.abc import Callable
 
@@ -28,8 +27,6 @@ from costwatch.notify import Delivery, Notification
 
 from . import _http
 from .schema import SCHEMA, encode
-
-log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 _HINTS = {

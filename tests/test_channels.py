@@ -504,3 +504,37 @@ def test_example_config_channels_are_valid() -> None:
         raw = raw.replace("${" + k + "}", v)
     cfg = Config.model_validate(json.loads(raw))
     assert cfg.notify.teams and cfg.notify.pagerduty and cfg.notify.webhook and cfg.notify.sns
+
+
+def test_sns_killed_between_send_and_mark(sns_world: dict[str, Any], store: SqliteStore) -> None:
+    """A standard topic has no dedupe: the resend after a crash is a second message with the same id."""
+    notifier = SnsNotifier(sns_world["arn"])
+    n = note("sns")
+    outbox.enqueue(store, n, NOW)
+    rec = store.get("outbox", n.id)
+    assert rec is not None
+    store.put("outbox", n.id, {**rec.doc, "status": "sending", "sending_since": NOW.isoformat(), "attempts": 1},
+              version=rec.version)
+    assert notifier.notify([n])[0].ok
+    after = outbox.deliver(store, {"sns": notifier}, NOW + outbox.LEASE + pd.Timedelta(minutes=1),
+                           sleep=lambda s: None)
+    assert after.delivered == 1
+    msgs = received(sns_world) + received(sns_world)
+    assert [json.loads(m["Message"])["id"] for m in msgs] == ["n-1", "n-1"]
+
+
+def test_teams_renders_a_digest(teams: FakeTeams) -> None:
+    members = [note("teams", a, nid=f"m-{i}", group_key=f"g{i}#1") for i, a in enumerate(ALERTS * 3)]
+    digest = outbox.digest_notification("d-1", "digest:abc", members, NOW)
+    [d] = team(teams).notify([digest])
+    assert d.ok and "incidents" in teams.cards[0]["body"][0]["text"]
+
+
+def test_http_channels_need_no_optional_dependency() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, costwatch.notifiers.teams, costwatch.notifiers.webhook, costwatch.notifiers.pagerduty; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'slack_sdk', 'boto3', 'botocore', 'requests'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
