@@ -7,8 +7,11 @@ closes the PagerDuty incident when costwatch resolves.  Severity: critical -> cr
 warning -> warning, info -> info.  ``custom_details`` carries the alerts' evidence, cut to fit PagerDuty's
 512 KB event limit.
 
-A small client over the documented endpoint with the standard library, not PagerDuty's ``pagerduty``
-package: that client retries and sleeps on its own (the outbox decides retries here) and brings httpx.
+A small client over the documented endpoint with the standard library.  PagerDuty's ``pagerduty`` package
+(7.x, ``EventsApiV2Client``) covers Events v2 and takes a ``base_url``, but it retries and sleeps on its own
+(429 without limit, 5xx up to 6 times: the outbox decides retries and waits here, so all of that would have
+to be switched off), reports failures as exceptions to unpick for status and Retry-After, and brings
+httpx2, httpcore2, anyio and truststore into the Lambda artifact for one POST.
 Answers: 202 accepted; 400 invalid event (permanent, says what to fix); 429 and 5xx retried later with
 Retry-After.  The routing key is a secret: never logged, never in an error.
 """
