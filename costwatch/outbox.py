@@ -52,7 +52,7 @@ STUCK_AFTER = pd.Timedelta(hours=6)
 # starts after the real post finds nothing and posts it again
 CLOCK_SKEW = pd.Timedelta(hours=1)
 # seconds between two posts to the same target, per notifier (Slack: ~1 message per second per channel)
-PACE: dict[str, float] = {"slack": 1.0}
+PACE: dict[str, float] = {"slack": 1.0, "teams": 0.5}  # Teams webhooks: a few posts per second at most
 DIGEST_AFTER = 10      # more never-tried notifications than this due for one target in one run: one digest
 DIGEST_MAX = 2000      # members per digest (their ids are kept in the digest's outbox item: DynamoDB's 400 KB)
 DIGEST_LIST = 50       # incidents listed in a digest message, most severe first; the rest are counted
