@@ -37,6 +37,7 @@ CARD_VERSION = "1.5"
 CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 _COLOR = {"critical": "Attention", "high": "Attention", "warning": "Warning", "info": "Accent"}
 _MD = re.compile(r"([\\`*_~\[\]()#>|])")
+_OUR_ID = re.compile(r"[0-9a-f]{8,64}(#\d{1,6})?|digest:[0-9a-f]{8,64}")
 _LIST_START = re.compile(r"^([-+]|\d+(?=\.))")
 _HINTS = {
     400: "the workflow refused the card; check that the flow posts the Adaptive Card it receives",
@@ -105,11 +106,13 @@ def card(n: Notification) -> dict[str, Any]:
     sev = "info" if n.event == "resolved" else worst_severity(n)
     head: list[dict[str, Any]] = [_title(esc(headline(n), 200), size="Large",
                                          color="Good" if n.event == "resolved" else _COLOR.get(sev, "Default"))]
-    facts = [{"title": "Severity", "value": esc(sev, 20)}, {"title": "Incident", "value": esc(n.group_key, 120)}]
+    # the incident id is ours (hash#n): shown as is, so it can be searched for; anything else is escaped
+    incident = n.group_key if _OUR_ID.fullmatch(n.group_key) else esc(n.group_key, 120)
+    facts = [{"title": "Severity", "value": esc(sev, 20)}, {"title": "Incident", "value": incident}]
     if n.owner:
         facts.append({"title": "Owner", "value": esc(n.owner, 120)})
     if n.event != "firing":
-        facts.append({"title": "Update", "value": esc(f"{n.event} #{n.sequence}", 40)})
+        facts.append({"title": "Update", "value": f"{esc(n.event, 20)} {int(n.sequence)}"})
     head.append({"type": "FactSet", "facts": facts})
     if n.thread and n.event != "firing":
         head.append(_run(f"Follows up on this incident's first message (notification {clean(n.thread, 64)}).",

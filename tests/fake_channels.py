@@ -112,6 +112,8 @@ class FakeHttp:
         if fault is not None and not fault.accept:
             req.status = fault.status
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            if 300 <= fault.status < 400:
+                headers["Location"] = f"{self.base}/elsewhere"
             self._reply(h, fault.status, {"status": "error", "message": "fault"}, headers)
             return
         with self._lock:

@@ -114,6 +114,10 @@ def test_webhook_faults_are_classified_without_the_secret(receiver: FakeReceiver
     assert missing.permanent and "404" in (missing.error or "")
     for d in (rate, down, refused, missing):
         assert receiver.path_token not in (d.error or "") and receiver.secret not in (d.error or "")
+    receiver.fail(status=307)
+    [moved] = n.notify([note("webhook")])
+    assert moved.permanent and "redirect" in (moved.error or "")
+    assert [r.path for r in receiver.requests].count("/elsewhere") == 0   # not followed
     refused_port = WebhookNotifier("http://127.0.0.1:9/in/x", receiver.secret, timeout=1)
     [unreachable] = refused_port.notify([note("webhook")])
     assert not unreachable.ok and not unreachable.permanent and "could not reach" in (unreachable.error or "")
