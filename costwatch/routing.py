@@ -1,5 +1,5 @@
 """Who is told: a project's owner (config, then cost tags, then the default), escalation by severity, and
-the targets (Slack channel, email addresses, stdout) each owner resolves to.
+the targets (Slack channel, email addresses, Teams, PagerDuty, webhook, SNS, stdout) each owner resolves to.
 
 Owner names come from config and from cost tags, i.e. partly from data.  A name listed under ``owners:``
 uses that entry; an unlisted ``#channel`` or email address is used as written (so a tag ``owner:
