@@ -61,11 +61,16 @@ __all__ = [
     "KubernetesConfig",
     "NotifyConfig",
     "OwnerConfig",
+    "PagerDutyConfig",
     "ProjectConfig",
     "ProviderConfig",
     "SlackConfig",
+    "SnsConfig",
     "StateConfig",
+    "TeamsConfig",
+    "WebhookConfig",
     "format_duration",
+    "https_or_loopback",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -391,12 +396,41 @@ class AlertingConfig(_Model):
         return parse_duration(self.provider_timeout)
 
 
+_SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+_LOOPBACK = re.compile(r"(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?")
+
+
+def https_or_loopback(url: str) -> bool:
+    """https anywhere; plain http only to this machine (local receivers and test fakes)."""
+    if url.startswith("https://") and len(url) > 8:
+        return True
+    if url.startswith("http://"):
+        host = url[7:].split("/", 1)[0].rsplit("@", 1)[-1]
+        return bool(_LOOPBACK.fullmatch(host))
+    return False
+
+
 class OwnerConfig(_Model):
     """Where one owner (a team or a person) is told.  Unset parts fall back to ``notify``'s defaults."""
 
     slack_channel: str | None = None   # channel id or #name; default: notify.slack.channel
     slack_mention: str | None = None   # user (U…), user group (S…) id, or "here"/"channel"; pinged in the message
     email: list[str] = Field(default_factory=list)
+    # the owner's own endpoints on the other channels (secrets: from the environment); default: notify's
+    teams_webhook_url: SecretStr | None = None
+    pagerduty_routing_key: SecretStr | None = None
+    webhook_url: SecretStr | None = None
+    sns_topic_arn: str | None = None
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> OwnerConfig:
+        for name in ("teams_webhook_url", "webhook_url"):
+            value = getattr(self, name)
+            if value is not None and not https_or_loopback(value.get_secret_value()):
+                raise ValueError(f"{name} must be an https:// URL (http:// only to localhost)")
+        if self.sns_topic_arn is not None and not _SNS_ARN.fullmatch(self.sns_topic_arn):
+            raise ValueError("sns_topic_arn must be an SNS topic ARN like arn:aws:sns:us-east-1:123456789012:alerts")
+        return self
 
     @field_validator("email")
     @classmethod
@@ -506,11 +540,75 @@ class EmailConfig(_Model):
         return self
 
 
+class TeamsConfig(_Model):
+    """Microsoft Teams through a Workflows incoming webhook ("When a Teams webhook request is received")."""
+
+    webhook_url: SecretStr
+    timeout: float = Field(default=15.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _url(self) -> TeamsConfig:
+        if not https_or_loopback(self.webhook_url.get_secret_value()):
+            raise ValueError("teams 'webhook_url' must be an https:// URL (http:// only to localhost)")
+        return self
+
+
+class PagerDutyConfig(_Model):
+    """PagerDuty Events API v2: the integration's routing key (a service's "Events API v2" integration)."""
+
+    routing_key: SecretStr
+    events_url: str = "https://events.pagerduty.com/v2/enqueue"   # EU accounts: events.eu.pagerduty.com
+    client_url: str | None = None  # a link shown on the PagerDuty incident (your dashboard, runbook)
+    timeout: float = Field(default=15.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _url(self) -> PagerDutyConfig:
+        if not https_or_loopback(self.events_url):
+            raise ValueError("pagerduty 'events_url' must be an https:// URL (http:// only to localhost)")
+        if self.client_url is not None and not self.client_url.startswith("https://"):
+            raise ValueError("pagerduty 'client_url' must be an https:// URL")
+        return self
+
+
+class WebhookConfig(_Model):
+    """A signed JSON POST of every notification (schema costwatch.notification/v1, see the README)."""
+
+    url: SecretStr
+    secret: SecretStr              # HMAC-SHA256 key the receiver shares to verify X-Costwatch-Signature
+    timeout: float = Field(default=15.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _url(self) -> WebhookConfig:
+        if not https_or_loopback(self.url.get_secret_value()):
+            raise ValueError("webhook 'url' must be an https:// URL (http:// only to localhost)")
+        if len(self.secret.get_secret_value()) < 16:
+            raise ValueError("webhook 'secret' must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return self
+
+
+class SnsConfig(_Model):
+    """Amazon SNS: one publish per notification, with message attributes to filter subscriptions on."""
+
+    topic_arn: str
+    region: str | None = None      # default: the topic ARN's region
+
+    @field_validator("topic_arn")
+    @classmethod
+    def _arn(cls, v: str) -> str:
+        if not _SNS_ARN.fullmatch(v):
+            raise ValueError("topic_arn must be an SNS topic ARN like arn:aws:sns:us-east-1:123456789012:alerts")
+        return v
+
+
 class NotifyConfig(_Model):
     """Where notifications go; stdout stays on by default so a fresh install shows something."""
 
     slack: SlackConfig | None = None
     email: EmailConfig | None = None
+    teams: TeamsConfig | None = None
+    pagerduty: PagerDutyConfig | None = None
+    webhook: WebhookConfig | None = None
+    sns: SnsConfig | None = None
     stdout: bool = True
 
 

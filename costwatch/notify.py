@@ -26,7 +26,9 @@ EVENTS: tuple[str, ...] = ("firing", "updated", "repeat", "resolved", "digest")
 @dataclass(frozen=True)
 class Target:
     """Where one notification goes: ``channel`` names the notifier, ``address`` is notifier-specific
-    (a Slack channel id or #name, comma-joined email addresses, "" for stdout)."""
+    (a Slack channel id or #name, comma-joined email addresses, "" for stdout; for Teams, PagerDuty and the
+    webhook the name of the owner whose own endpoint is used, never the URL or key itself, or "" for
+    notify's; an SNS topic ARN)."""
 
     channel: str
     address: str = ""

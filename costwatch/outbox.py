@@ -18,7 +18,8 @@
   message listing the incidents, most severe first.  The members are marked "digested" (with the digest's
   id) before the digest is queued, and the digest is an outbox item like any other (idempotent id, claim,
   crash reconciliation), so each incident is told once: individually or in exactly one digest.  Members
-  whose digest was never queued (a crash in between) go back to pending after the lease.
+  whose digest was never queued (a crash in between) go back to pending after the lease.  Channels read
+  by machines (``UNFOLDED``: PagerDuty, webhook, SNS) are never folded.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ STUCK_AFTER = pd.Timedelta(hours=6)
 # starts after the real post finds nothing and posts it again
 CLOCK_SKEW = pd.Timedelta(hours=1)
 # seconds between two posts to the same target, per notifier (Slack: ~1 message per second per channel)
-PACE: dict[str, float] = {"slack": 1.0}
+PACE: dict[str, float] = {"slack": 1.0, "teams": 0.5}  # Teams webhooks: a few posts per second at most
 DIGEST_AFTER = 10      # more never-tried notifications than this due for one target in one run: one digest
 DIGEST_MAX = 2000      # members per digest (their ids are kept in the digest's outbox item: DynamoDB's 400 KB)
 DIGEST_LIST = 50       # incidents listed in a digest message, most severe first; the rest are counted
+# channels read by machines, not people, get every incident on its own, never in a digest: PagerDuty needs
+# each incident's dedup_key to trigger and resolve it, webhook and SNS consumers route per incident
+UNFOLDED = frozenset({"pagerduty", "webhook", "sns"})
 TRIES_PER_SERVICE = 2  # transient failures in a row (on different targets) after which a service is left alone
 
 
@@ -78,7 +82,7 @@ def enqueue_many(store: Store, notifications: list[Notification], now: pd.Timest
         by_target.setdefault(n.target.key, []).append(n)
     queued = digests = folded = 0
     for group in by_target.values():
-        if digest_after <= 0 or len(group) <= digest_after:
+        if digest_after <= 0 or len(group) <= digest_after or group[0].target.channel in UNFOLDED:
             queued += sum(enqueue(store, n, now) for n in group)
             continue
         for i in range(0, len(group), DIGEST_MAX):
@@ -356,7 +360,7 @@ def _fold(store: Store, items: list[_Item], now: pd.Timestamp, limit: int, repor
     folded: set[str] = set()
     digests: list[_Item] = []
     for group in by_target.values():
-        if len(group) <= limit:
+        if len(group) <= limit or group[0].n.target.channel in UNFOLDED:
             continue
         for i in range(0, len(group), DIGEST_MAX):
             chunk = group[i:i + DIGEST_MAX]
@@ -560,5 +564,5 @@ def items(store: Store) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: d["created_at"] or "", reverse=True)
 
 
-__all__ = ["DIGEST_AFTER", "PACE", "DeliveryReport", "deliver", "digest_notification", "enqueue", "enqueue_many",
-           "items", "thread_key"]
+__all__ = ["DIGEST_AFTER", "PACE", "UNFOLDED", "DeliveryReport", "deliver", "digest_notification", "enqueue",
+           "enqueue_many", "items", "thread_key"]

@@ -1,5 +1,5 @@
 """Who is told: a project's owner (config, then cost tags, then the default), escalation by severity, and
-the targets (Slack channel, email addresses, stdout) each owner resolves to.
+the targets (Slack channel, email addresses, Teams, PagerDuty, webhook, SNS, stdout) each owner resolves to.
 
 Owner names come from config and from cost tags, i.e. partly from data.  A name listed under ``owners:``
 uses that entry; an unlisted ``#channel`` or email address is used as written (so a tag ``owner:
@@ -10,7 +10,7 @@ the message.  Mentions are only ever taken from ``owners:`` (validated ids), nev
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,7 @@ def routes(owners: list[str], cfg: Config) -> list[Route]:
             rcpt = [name] if _EMAIL.match(name) else list(email.to)
             if rcpt:
                 add(Target("email", ",".join(rcpt)), name or None, None)
+    _other_channels(owners, cfg, add)
     if cfg.notify.stdout:
         add(Target("stdout"), None, None)
         for name in owners:
@@ -108,5 +109,24 @@ def routes(owners: list[str], cfg: Config) -> list[Route]:
     return list(by_key.values())
 
 
-__all__ = ["Route", "owner_of", "owners_for", "project_owners_from_tags", "routes",
+# notify.<channel> -> the owner field naming that owner's own endpoint there
+OWNER_FIELDS = {"teams": "teams_webhook_url", "pagerduty": "pagerduty_routing_key", "webhook": "webhook_url",
+                "sns": "sns_topic_arn"}
+
+
+def _other_channels(owners: list[str], cfg: Config, add: Callable[[Target, str | None, str | None], None]) -> None:
+    """Teams, PagerDuty, webhook and SNS targets: an owner with its own endpoint gets it (the address names the
+    owner, so the outbox never stores the secret; an SNS topic ARN is not secret and is used as is), everyone
+    else shares the notify default."""
+    for channel, fld in OWNER_FIELDS.items():
+        if getattr(cfg.notify, channel) is None:
+            continue
+        for name in owners or [""]:
+            entry = cfg.owners.get(name) if name else None
+            value = getattr(entry, fld) if entry is not None else None
+            address = "" if value is None else (value if channel == "sns" else name)
+            add(Target(channel, address), name or None, None)
+
+
+__all__ = ["OWNER_FIELDS", "Route", "owner_of", "owners_for", "project_owners_from_tags", "routes",
            "set_report_owners"]

@@ -77,7 +77,7 @@ def build_notifiers(cfg: Config) -> dict[str, Notifier]:
     from costwatch.notifiers import build
 
     out: dict[str, Notifier] = {}
-    for name in ("slack", "email"):
+    for name in ("slack", "email", "teams", "pagerduty", "webhook", "sns"):
         section = getattr(cfg.notify, name)
         if section is not None:
             out[name] = build(name, section, cfg)

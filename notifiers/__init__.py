@@ -17,9 +17,14 @@ REGISTRY: dict[str, str] = {
     "slack": "costwatch.notifiers.slack:from_config",
     "email": "costwatch.notifiers.email:from_config",
     "stdout": "costwatch.notifiers.stdout:from_config",
+    "teams": "costwatch.notifiers.teams:from_config",
+    "pagerduty": "costwatch.notifiers.pagerduty:from_config",
+    "webhook": "costwatch.notifiers.webhook:from_config",
+    "sns": "costwatch.notifiers.sns:from_config",
 }
 
-EXTRAS = {"slack": "slack", "email": "aws"}
+# teams, pagerduty and webhook need only the standard library
+EXTRAS = {"slack": "slack", "email": "aws", "sns": "aws"}
 
 
 def build(name: str, section: Any, cfg: Any) -> Notifier:

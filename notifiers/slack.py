@@ -18,9 +18,6 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-import socket
-import ssl
-import urllib.error
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +30,7 @@ from slack_sdk.webhook import WebhookClient
 from costwatch.config import Config, SlackConfig
 from costwatch.notify import Delivery, Notification
 
+from ._http import redact, unreachable
 from .slack_blocks import render
 
 log = logging.getLogger(__name__)
@@ -107,20 +105,7 @@ def _retry_after(headers: Any) -> float | None:
 
 def _transport(e: BaseException, timeout: float) -> Delivery:
     """No usable answer from Slack: a retry later may well work."""
-    reason = e.reason if isinstance(e, urllib.error.URLError) and isinstance(e.reason, BaseException) else e
-    if isinstance(reason, TimeoutError):
-        what = f"no answer within {timeout:g}s"
-    elif isinstance(reason, ConnectionRefusedError):
-        what = "connection refused"
-    elif isinstance(reason, ConnectionResetError | http.client.RemoteDisconnected | BrokenPipeError):
-        what = "connection reset"
-    elif isinstance(reason, socket.gaierror):
-        what = "DNS lookup failed"
-    elif isinstance(reason, ssl.SSLError):
-        what = "TLS handshake failed"
-    else:
-        what = type(reason).__name__
-    return Delivery(ok=False, error=f"could not reach Slack ({what}); will retry")
+    return unreachable("Slack", e, timeout)
 
 
 def _api_failure(e: SlackApiError, where: str) -> Delivery:
@@ -173,18 +158,6 @@ class _Redact(logging.Filter):
             return False
         record.msg, record.args = msg, None
         return True
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Remove each secret, and for a webhook URL also its path (the part that authenticates)."""
-    for s in secrets:
-        if not s:
-            continue
-        text = text.replace(s, "[redacted]")
-        path = s.split("://", 1)[-1].partition("/")[2]
-        if len(path) >= 8:
-            text = text.replace(path, "[redacted]")
-    return text
 
 
 def _sdk_logger(secrets: list[str]) -> logging.Logger:

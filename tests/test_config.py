@@ -73,7 +73,8 @@ def test_example_documents_every_key() -> None:
     from costwatch import config as c
 
     models: list[type[BaseModel]] = [Config, ProjectConfig, DetectionConfig, FilesProviderConfig]
-    models += [c.CpuDetectionConfig, c.AlertingConfig, c.NotifyConfig, c.SlackConfig, c.EmailConfig,
+    models += [c.CpuDetectionConfig, c.AlertingConfig, c.NotifyConfig, c.SlackConfig, c.EmailConfig, c.TeamsConfig,
+               c.PagerDutyConfig, c.WebhookConfig, c.SnsConfig,
                c.StateConfig, c.KubernetesConfig, c.KubernetesCluster, c.OwnerConfig, c.AwsProviderConfig,
                c.GcpProviderConfig, c.AzureProviderConfig]
     for m in models:

@@ -255,3 +255,103 @@ def test_kubernetes_context_reaches_the_owner(data: tuple[Scenario, Path], slack
     assert "prod-gke" in raw and "xmrig" in raw and "batch-jobs" in raw
     assert "ResourceQuota" in raw
     assert "kube-t0ken" not in raw
+
+
+# ----------------------------------------------------------------------------------------------- every channel
+
+
+def test_one_incident_reaches_every_channel_once(data: tuple[Scenario, Path], slack: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, aws_env: None,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """One run, one state: the incident goes to Slack, email, Teams, PagerDuty, the webhook and SNS (each
+    rate-limited or failing once on the way); a second run sends nothing new, and the resolve closes the
+    PagerDuty incident."""
+    import boto3
+    from fake_channels import FakePagerDuty, FakeReceiver, FakeTeams
+    from moto import mock_aws
+
+    from costwatch.run import build_notifiers
+
+    caplog.set_level(logging.DEBUG)
+    sc, d = data
+    inc = _incident(sc)
+    pd_key = "R0UTINGKEYsecret0000000000000001"
+    srv = smtp_server.start(tls="none")
+    with FakeTeams() as teams, FakePagerDuty((pd_key,)) as pdf, FakeReceiver() as hook, mock_aws():
+        sns, sqs = boto3.client("sns", region_name="us-east-1"), boto3.client("sqs", region_name="us-east-1")
+        topic = sns.create_topic(Name="costwatch-alerts")["TopicArn"]
+        queue = sqs.create_queue(QueueName="alerts-in")["QueueUrl"]
+        qarn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=qarn, Attributes={"RawMessageDelivery": "true"})
+        for k, v in {"SLACK_BOT_TOKEN": slack.token, "TEAMS_URL": teams.url, "PD_KEY": pd_key, "HOOK_URL": hook.url,
+                     "HOOK_SECRET": hook.secret}.items():
+            monkeypatch.setenv(k, v)
+        doc = {
+            "providers": [{"type": "files", "costs": str(d / "costs.csv"), "usage": str(d / "usage.csv")}],
+            "projects": {str(inc.project_id): {"name": "<!channel> **pwn** [x](https://evil.example)",
+                                               "owner": "miners-team"}},
+            "owners": {"miners-team": {"slack_channel": "C0TEAM", "email": ["owner@example.com"]}},
+            "alerting": {"repeat_interval": "4h"},
+            "notify": {"slack": {"token": "${SLACK_BOT_TOKEN}", "channel": "C0ALERTS", "api_url": slack.api_url,
+                                 "timeout": 1},
+                       "email": {"smtp_host": "127.0.0.1", "smtp_port": srv.port, "starttls": False,
+                                 "from_addr": "costwatch@example.com", "timeout": 5},
+                       "teams": {"webhook_url": "${TEAMS_URL}", "timeout": 2},
+                       "pagerduty": {"routing_key": "${PD_KEY}", "events_url": pdf.url, "timeout": 2},
+                       "webhook": {"url": "${HOOK_URL}", "secret": "${HOOK_SECRET}", "timeout": 2},
+                       "sns": {"topic_arn": topic}, "stdout": False},
+            "state": {"path": str(tmp_path / "state.db")},
+        }
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
+        cfg = load_config(tmp_path / "c.yaml")
+        assert sorted(build_notifiers(cfg)) == ["email", "pagerduty", "slack", "sns", "teams", "webhook"]
+
+        def run(at: pd.Timestamp) -> Any:
+            return run_once(cfg, now=at, as_of=at, charts=False, sleep=lambda s: None)
+
+        def sns_messages() -> list[dict[str, Any]]:
+            got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            for m in got:
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+            return [json.loads(m["Body"]) for m in got]
+
+        # each HTTP service pushes back once: retried within the run (429 with Retry-After) or next run (5xx)
+        teams.fail(status=429, retry_after=1)
+        pdf.fail(status=503)
+        hook.fail(status=429, retry_after=2)
+        t = inc.start + 3 * H
+        first = run(t)
+        second = run(t + pd.Timedelta(minutes=10))
+        assert first.delivery.delivered >= 5 and second.delivery.pending == 0 and second.exit_code == 0
+        group = pdf.events[0]["dedup_key"]
+        assert pdf.incidents == {group: "triggered"}
+        assert len(teams.cards) == 1 and len(hook.unique) == 1 and len(hook.documents) == 1
+        [msg] = sns_messages()
+        assert msg["incident"] == group and hook.documents[0]["incident"] == group
+        assert hook.documents[0]["id"] != msg["id"]  # one notification per target, each with its own id
+        assert len(_our_posts(slack, "C0TEAM")) == 1
+        assert [r.message["To"] for r in srv.messages] == ["owner@example.com"]
+        sent = {"teams": len(teams.requests), "pd": len(pdf.requests), "hook": len(hook.requests),
+                "slack": len(slack.calls("chat.postMessage")), "mail": len(srv.messages)}
+
+        # the same run again: nothing new anywhere
+        again = run(t + pd.Timedelta(minutes=10))
+        assert again.queued == 0 and again.delivery.delivered == 0 and not sns_messages()
+        assert sent == {"teams": len(teams.requests), "pd": len(pdf.requests), "hook": len(hook.requests),
+                        "slack": len(slack.calls("chat.postMessage")), "mail": len(srv.messages)}
+
+        # over: every channel hears "resolved"; PagerDuty's incident closes itself
+        run(inc.end + pd.Timedelta(days=3))
+        assert pdf.incidents[group] == "resolved"
+        resolved_cards = [c for c in teams.cards if c["body"][0]["text"].startswith("Resolved")
+                          and group in json.dumps(c).replace("\\\\", "")]
+        assert len(resolved_cards) == 1
+        assert [x["event"] for x in hook.documents if x["incident"] == group] == ["firing", "resolved"]
+        assert [m["event"] for m in sns_messages() if m["incident"] == group] == ["resolved"]
+        # the hostile project name stays data: no markdown link in any markdown-parsed place of the cards
+        for c in teams.cards:
+            assert "[x](https" not in c["body"][0]["text"]
+    srv.stop()
+    state = (tmp_path / "state.db").read_bytes()
+    for secret in (slack.token, teams.sig, pd_key, hook.secret, hook.path_token):
+        assert secret not in caplog.text and secret.encode() not in state
