@@ -629,12 +629,16 @@ def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None, ex: _Ex
         add, extra = _month_pattern(errp1, pad, ex.prev, m0, d, p)
     else:
         add = extra = np.zeros(ey1.shape, dtype=np.float32)
-    # out of band needs cost above expected by at least the band's floor: only there is the spread needed
+    # out of band needs cost above expected by at least the band's floor: only there is the spread needed.
+    # A day out of the plain band leaves the second pass's history even where a learned monthly pattern
+    # explains it (so normal days are banded as without patterns); only days out of the band with the
+    # pattern can open an episode.
     enough = np.greater_equal(hist[:, m0: d - 1], history_days).T
     with np.errstate(invalid="ignore"):
-        cand = enough & (yp[pad + m0: pad + d - 1] > ey1[: d - 1 - m0] + add[: d - 1 - m0] + (p.floor - 1e-3))
+        cand = enough & (yp[pad + m0: pad + d - 1] > ey1[: d - 1 - m0] + (p.floor - 1e-3))
     tt, ss = np.nonzero(cand)
     tt += m0
+    beyond = np.zeros(tt.shape, dtype=bool)
     if tt.size:
         # the candidates' series also need the errors of the lookback before m0
         cols, col = np.unique(ss, return_inverse=True)
@@ -645,11 +649,11 @@ def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None, ex: _Ex
             np.subtract(yc[pad + a1: pad + e0], early, out=errc[pad + a1: pad + e0])
         sig = _sigma_cells(errc, yc, [w[:, cols] for w in season1], pad, m0, _error_counts(errc, pad, L), tt, col,
                            L)
-        half = np.maximum(np.nan_to_num(sig, nan=0.0) * p.zk, p.floor) + extra[tt - m0, ss]
-        upper = np.expm1(ey1[tt - m0, ss] + add[tt - m0, ss] + half)
+        half = np.maximum(np.nan_to_num(sig, nan=0.0) * p.zk, p.floor)
         with np.errstate(invalid="ignore"):
-            out = xt[tt, ss] > upper
-        tt, ss = tt[out], ss[out]
+            out = xt[tt, ss] > np.expm1(ey1[tt - m0, ss] + half)
+            beyond = xt[tt, ss] > np.expm1(ey1[tt - m0, ss] + add[tt - m0, ss] + half + extra[tt - m0, ss])
+        tt, ss, beyond = tt[out], ss[out], beyond[out]
     sigma1 = _sigma_dense(errp1, yp, season1, pad, m0, _error_counts(errp1, pad, L), s0, d, L)
     bands = _assemble(ey1[s0 - m0:], sigma1, p, add[s0 - m0:], extra[s0 - m0:])
     marks = None
@@ -663,7 +667,7 @@ def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None, ex: _Ex
         add_s[m0:], extra_s[m0:] = add[:, second], extra[:, second]
         if ex.hold:
             drops = np.zeros((d, second.size), dtype=bool)
-            drops[tt, col] = True
+            drops[tt[beyond], col[beyond]] = True
             acc = ex.accepted[second].T if ex.accepted is not None else None
             episode, acc_days, f_ey, f_half, f_sig = _episodes(ys, xt[:, second], drops, acc, pad, p, add_s, extra_s)
             y2[pad:][episode] = np.nan
