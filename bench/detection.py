@@ -35,6 +35,7 @@ from costwatch.demo import demo_config
 from costwatch.detect import detect
 from costwatch.incidents import is_active
 from costwatch.scenarios import COST_CHANGE_KINDS, MINING_KINDS, Scenario, generate
+from costwatch.silences import Silence
 
 COST_KINDS = ("cost_spike", "budget_forecast_exceeded", "threshold_exceeded")
 ALERT_WINDOW = pd.Timedelta(days=14)  # run.py's: alerts detected this far back can still be open incidents
@@ -47,12 +48,20 @@ def match(alert: Alert, inc: pd.Series) -> bool:
     return bool(inc["start"] - pd.Timedelta(hours=1) <= alert.detected_at <= inc["end"] + pd.Timedelta(days=2))
 
 
+def planned_marks(sc: Scenario) -> list[Silence]:
+    """The owners of planned steps mark them (``costwatch silence --planned``) when they start, for two days."""
+    steps = sc.incidents[sc.incidents["kind"] == "planned_step"]
+    return [Silence(id=str(r.id), project=str(r.project_id), until=str(r.start + pd.Timedelta(days=2)),
+                    reason="capacity step-up", planned=True, created_at=str(r.start)) for r in steps.itertuples()]
+
+
 def evaluate(seed: int, projects: int, days: int, classic: bool = False, replay_every: int = 0,
              ) -> dict[str, Any]:
     sc = generate(seed=seed, n_projects=projects, days=days, failure_classes=not classic)
     cfg = demo_config(sc)
     t0 = time.perf_counter()
-    det = detect(sc.costs, sc.usage, cfg, as_of=sc.end, since=min(EVAL_WINDOW, (days - 21) * pd.Timedelta(days=1)))
+    det = detect(sc.costs, sc.usage, cfg, as_of=sc.end, since=min(EVAL_WINDOW, (days - 21) * pd.Timedelta(days=1)),
+                 planned=planned_marks(sc))
     elapsed = time.perf_counter() - t0
     inc = sc.incidents
     mining_alerts = [a for a in det.alerts if a.kind == "mining_suspected"]
@@ -66,6 +75,7 @@ def evaluate(seed: int, projects: int, days: int, classic: bool = False, replay_
                      "critical": any(a.severity == "critical" for a in hits),
                      "delay_h": (first - i["start"]) / pd.Timedelta(hours=1) if first is not None else np.nan,
                      "has_cpu": i["kind"] != "mining_cost_only", "cost_found": bool(cost_hits)})
+    planned_alerts = [a for a in cost_alerts if a.project in set(inc[inc["kind"] == "planned_step"]["project_id"])]
     mining_inc = inc[inc["is_mining"]]
     matched = [any(match(a, i) for _, i in mining_inc.iterrows()) for a in mining_alerts]
     critical = [a.severity == "critical" for a in mining_alerts]
@@ -77,6 +87,7 @@ def evaluate(seed: int, projects: int, days: int, classic: bool = False, replay_
         "seed": seed, "rows": rows, "mining_alerts": len(mining_alerts), "true_pos": sum(matched),
         "critical_alerts": sum(critical), "critical_true": sum(m and c for m, c in zip(matched, critical, strict=True)),
         "clean_alerts": len(clean_alerts), "clean_project_months": len(clean) * window_months,
+        "planned_alerts": len(planned_alerts),
         "clean_by_kind": pd.Series([a.kind for a in clean_alerts], dtype=object).value_counts().to_dict(),
         "seconds": elapsed, "series": len(det.totals.matrix.keys) if det.totals else 0,
         "nodes": len(det.cpu.nodes) if det.cpu is not None else 0}
@@ -95,6 +106,7 @@ def replay(sc: Scenario, cfg: Config, every_h: int) -> list[dict[str, Any]]:
     pids = set(inc["project_id"].astype(str))
     costs = sc.costs[sc.costs["project_id"].astype(str).isin(pids)]
     usage = sc.usage[sc.usage["project"].astype(str).isin(pids)]
+    marks = planned_marks(sc)
     grace = pd.Timedelta(days=1) + pd.Timedelta(hours=cfg.detection.cost_delay_hours) + 2 * pd.Timedelta(hours=1)
     step = pd.Timedelta(hours=every_h)
     first_at = inc["start"].min().ceil("D") + pd.Timedelta(hours=12)
@@ -105,7 +117,7 @@ def replay(sc: Scenario, cfg: Config, every_h: int) -> list[dict[str, Any]]:
         running = inc[(inc["start"] + pd.Timedelta(hours=6) <= t) & (inc["end"] > t)]
         if running.empty:
             continue
-        det = detect(costs, usage, cfg, as_of=t, since=t - ALERT_WINDOW)
+        det = detect(costs, usage, cfg, as_of=t, since=t - ALERT_WINDOW, planned=marks)
         for _, i in running.iterrows():
             want = ("mining_suspected",) if i["is_mining"] else ("cost_spike",)
             alive = [a for a in det.alerts if a.project == str(i["project_id"]) and a.kind in want
@@ -188,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in r["clean_by_kind"].items():
             kinds[k] = kinds.get(k, 0) + int(v)
     print(f"alerts per clean project-month: {_ratio(ca, cpm)} ({ca} alerts in {cpm:.1f} project-months, {kinds})")
+    print(f"cost alerts on planned steps marked as planned: {sum(int(r['planned_alerts']) for r in results)}")
     if args.replay:
         reps = [x for r in results for x in r.get("replay", [])]
         for label, kinds_of in (("miners", MINING_KINDS), ("cost steps", frozenset({"cost_step"}))):

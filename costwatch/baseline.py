@@ -34,6 +34,7 @@ import pandas as pd
 from .model import USAGE_CHARGES
 
 MAX_TREND = float(np.log(1.10))
+TAIL_MARGIN = 1.5  # detection bands cover this many times the largest recent excess (chosen on seeds 1-5)
 
 
 @dataclass
@@ -389,6 +390,7 @@ class _Params:
     z: float
     sensitivity: float
     min_ratio: float
+    tail: float = 0.0  # the band's half-width covers this many times the largest recent excess (0: off)
 
     @property
     def floor(self) -> float:
@@ -412,7 +414,25 @@ def _one_pass(yp: np.ndarray, pad: int, s0: int, p: _Params, gappy: bool) -> tup
     ey, season = _expected(yp, pad, a, d, p.lookback, gappy)
     errp = _errors(yp, ey, pad, a)
     sigma = _sigma_dense(errp, yp, season, pad, a, _error_counts(errp, pad, p.lookback), s0, d, p.lookback)
-    return ey[s0 - a:], sigma
+    return ey[s0 - a:], _with_tail(sigma, errp, pad, s0, d, p)
+
+
+def _with_tail(sigma: np.ndarray, errp: np.ndarray, pad: int, a: int, b: int, p: _Params) -> np.ndarray:
+    """The spread widened, where needed, so the band covers ``p.tail`` times the largest excess over
+    expected in the lookback before each day (days [a, b)).  The median spread ignores rare regular
+    excursions (an autoscaler adding nodes on one day in eight): calibrated on the series' own recent
+    errors, the band is not crossed by the next one of them.  Days dropped from the history do not count."""
+    if p.tail <= 0 or b <= a:
+        return sigma
+    L = p.lookback
+    run = np.fmax(errp[pad + a - L: pad + b - 1], 0.0)  # NaN -> 0: no excess
+    width = 1
+    while 2 * width <= L:  # run[i] = max of rows i .. i + width - 1 (a sparse table, doubling)
+        run = np.maximum(run[:-width], run[width:])
+        width *= 2
+    tail = np.maximum(run[: b - a], run[L - width: L - width + b - a])
+    tail *= p.tail / p.zk
+    return np.fmax(sigma, tail)
 
 
 def _assemble(ey: np.ndarray, sigma: np.ndarray, p: _Params, add: np.ndarray | None = None,
@@ -655,6 +675,7 @@ def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None, ex: _Ex
             beyond = xt[tt, ss] > np.expm1(ey1[tt - m0, ss] + add[tt - m0, ss] + half + extra[tt - m0, ss])
         tt, ss, beyond = tt[out], ss[out], beyond[out]
     sigma1 = _sigma_dense(errp1, yp, season1, pad, m0, _error_counts(errp1, pad, L), s0, d, L)
+    sigma1 = _with_tail(sigma1, errp1, pad, s0, d, p)
     bands = _assemble(ey1[s0 - m0:], sigma1, p, add[s0 - m0:], extra[s0 - m0:])
     marks = None
     if tt.size:
@@ -756,8 +777,9 @@ def _run_blocks(values: np.ndarray, s0: int, p: _Params, history_days: int | Non
     return Bands(out[0], out[1], out[2], out[3], history, "weekday", episode, accepted)
 
 
-def _params(lookback: int, z: float, sensitivity: float, min_ratio: float) -> _Params:
-    return _Params(max(7, int(np.ceil(lookback / 7)) * 7), float(z), float(sensitivity), float(min_ratio))
+def _params(lookback: int, z: float, sensitivity: float, min_ratio: float, tail: float = 0.0) -> _Params:
+    return _Params(max(7, int(np.ceil(lookback / 7)) * 7), float(z), float(sensitivity), float(min_ratio),
+                   float(tail))
 
 
 def weekday_bands(values: np.ndarray, *, lookback: int = 28, z: float = 4.0, sensitivity: float = 1.0,
@@ -783,7 +805,8 @@ def weekday_bands(values: np.ndarray, *, lookback: int = 28, z: float = 4.0, sen
 def detection_bands(values: np.ndarray, *, scored_from: int = 0, history_days: int = 14, lookback: int = 28,
                     z: float = 4.0, sensitivity: float = 1.0, min_ratio: float = 0.15,
                     workers: int | None = None, days: pd.DatetimeIndex | None = None,
-                    accepted: np.ndarray | None = None, hold_episodes: bool = True) -> Bands:
+                    accepted: np.ndarray | None = None, hold_episodes: bool = True,
+                    tail_margin: float = TAIL_MARGIN) -> Bands:
     """The bands detection scores with: two passes of :func:`weekday_bands`, the second without the days
     the first found above its band (where the series had ``history_days`` of history), so an incident
     does not become its own baseline.  ``history`` is the first pass's (the days of data before each day).
@@ -793,13 +816,15 @@ def detection_bands(values: np.ndarray, *, scored_from: int = 0, history_days: i
     of band instead of being learned after a week; ``episode`` marks its days.  An episode that touches a
     day of ``accepted`` (bool, series x days: planned activity) is the new baseline instead, learned as the
     two passes always did, and ``accepted`` marks its days.  With ``days`` (the matrix's UTC days) the band
-    also learns month-end / month-start patterns seen in each of the previous months (at least two).
+    also learns month-end / month-start patterns seen in each of the previous months (at least two).  The
+    band's half-width covers ``tail_margin`` times the largest excess over expected of the lookback before
+    (days kept in the history only), so rare regular excursions do not alert (0: the median spread alone).
 
     Bands are exact on days ``scored_from`` onwards and NaN before, except for series out of band on day
     ``scored_from`` (whose episode may have begun earlier) and series without data since then (reported
     at their last day): those get every day.  Without episodes and ``days`` the result on those days is the
     same as two full passes."""
-    p = _params(lookback, z, sensitivity, min_ratio)
+    p = _params(lookback, z, sensitivity, min_ratio, tail_margin)
     values = np.asarray(values)
     if values.size == 0:
         return weekday_bands(values)
