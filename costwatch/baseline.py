@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -491,23 +490,33 @@ def month_positions(days: pd.DatetimeIndex) -> np.ndarray:
 def _month_pattern(errp: np.ndarray, pad: int, prev: np.ndarray, t0: int, t1: int, p: _Params,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Learned offset and extra half-width (log space) for days [t0, t1), day-major, from the one-day-ahead
-    errors ``errp`` (NaN where not computed) on the same month position in previous months."""
-    idx = prev[t0:t1]  # n x B
-    occ = errp[pad + np.where(idx >= 0, idx, -pad)]  # n x B x S; row 0 is padding (NaN)
-    occ = np.moveaxis(occ, 1, -1)  # n x S x B
-    known = ~np.isnan(occ)
-    cnt = known.sum(axis=-1)
+    errors ``errp`` (NaN where not computed) on the same month position in previous months.  Elementwise
+    over the (at most three) occurrences: no sort."""
+    idx = prev[t0:t1]
+    occ = [errp[pad + np.where(idx[:, b] >= 0, idx[:, b], -pad)] for b in range(idx.shape[1])]  # row 0: NaN
+    cnt = np.zeros(occ[0].shape, dtype=np.int8)
+    clear = np.ones(occ[0].shape, dtype=bool)
+    hi = np.full(occ[0].shape, np.nan, dtype=np.float32)
+    lo = hi.copy()
     with np.errstate(invalid="ignore"):
-        clear = (occ >= 0.5 * p.floor) | ~known
-        med = nanmedian(occ)
-        pattern = (cnt >= 2) & clear.all(axis=-1) & (med >= 0.75 * p.floor)
-    add = np.where(pattern, med, 0.0).astype(np.float32)
-    if not pattern.any():
-        return add, np.zeros_like(add)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        spread = 0.5 * (np.nanmax(occ, axis=-1) - np.nanmin(occ, axis=-1))
-    return add, np.where(pattern, spread, 0.0).astype(np.float32)
+        for o in occ:
+            known = ~np.isnan(o)
+            cnt += known
+            clear &= (o >= 0.5 * p.floor) | ~known
+            np.fmax(hi, o, out=hi)
+            np.fmin(lo, o, out=lo)
+        pattern = clear & (cnt >= 2)
+        if not pattern.any():
+            z = np.zeros(occ[0].shape, dtype=np.float32)
+            return z, z.copy()
+        # median of the known ones: of two, their mean; of three, the one between the others
+        total = np.zeros(occ[0].shape, dtype=np.float32)
+        for o in occ:
+            total += np.nan_to_num(o, nan=0.0)
+        med = np.where(cnt == 3, total - hi - lo, 0.5 * (hi + lo)) if len(occ) == 3 else 0.5 * (hi + lo)
+        pattern &= med >= 0.75 * p.floor
+        add = np.where(pattern, med, 0.0).astype(np.float32)
+        return add, np.where(pattern, 0.5 * (hi - lo), 0.0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------- open episodes
