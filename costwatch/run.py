@@ -165,7 +165,7 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
     if got.every_provider_failed(providers):
         raise CostwatchError("every provider failed: " + "; ".join(got.errors))
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=end, since=since,
-                 findings=got.findings)
+                 findings=got.findings, planned=silences.planned(store))
     result = RunResult(as_of=det.as_of, detection=det, provider_errors=list(got.errors),
                        provider_stats=got.stats)
     if det.alerts and cfg.kubernetes.clusters:
