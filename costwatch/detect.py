@@ -334,9 +334,23 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
             prior_med[rows] = _expanding_median(x[rows])
         plain = short & (x >= floor) & (x > 3.0 / max(det.sensitivity, 1e-6) * prior_med)
     anomalous = np.nan_to_num(banded | plain).astype(bool)
+    if bands.episode is not None:
+        anomalous = _bridge_open_episodes(anomalous, bands.episode & enough & (np.nan_to_num(x) >= floor))
     if bands.accepted is not None:
         anomalous &= ~bands.accepted  # planned: the owner said so
     return SeriesBands(m, bands, anomalous, ~enough)
+
+
+def _bridge_open_episodes(anomalous: np.ndarray, episode: np.ndarray) -> np.ndarray:
+    """A day just inside the frozen band does not end an episode (two such days do): the alert spans it, so
+    one quiet day never splits an ongoing incident into a "resolved" and a new one.  Only stretches of the
+    band's episodes that contain an alerting day count."""
+    out = anomalous.copy()
+    for i in np.flatnonzero((episode & ~anomalous).any(axis=1) & anomalous.any(axis=1)):
+        for a, b in _episodes(anomalous[i] | episode[i]):
+            if anomalous[i, a: b + 1].any():
+                out[i, a: b + 1] = True
+    return out
 
 
 def _expanding_median(x: np.ndarray) -> np.ndarray:

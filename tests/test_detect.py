@@ -268,3 +268,14 @@ def test_a_persistent_cost_step_stays_an_incident_until_accepted() -> None:
                    created_at=str(days[61] + pd.Timedelta(hours=9)))
     quiet = detect(costs, None, Config(), as_of=as_of, since=pd.Timedelta(days=40), planned=[mark])
     assert not [a for a in quiet.alerts if a.kind == "cost_spike"]
+
+
+def test_one_quiet_day_does_not_split_an_open_cost_episode() -> None:
+    days = pd.date_range("2026-08-01", periods=90, freq="D", tz="UTC")
+    db = _steady(40.0, seed=3, days=days)
+    db[60:] *= 1.8
+    db[72] /= 1.8  # one day back at the old level, then the new level again
+    costs = _costs({("p1", "Databases", "us-east-1"): db}, days=days)
+    det = detect(costs, None, Config(), as_of=days[80] + pd.Timedelta(days=1), since=pd.Timedelta(days=14))
+    spikes = [a for a in det.alerts if a.kind == "cost_spike"]
+    assert len(spikes) == 1 and spikes[0].start == days[60] and spikes[0].evidence["days"] == 21
