@@ -33,6 +33,7 @@ import pandas as pd
 from .model import USAGE_CHARGES
 
 MAX_TREND = float(np.log(1.10))
+TAIL_MARGIN = 1.5  # detection bands cover this many times the largest recent excess (chosen on seeds 1-5)
 
 
 @dataclass
@@ -52,6 +53,10 @@ class Bands:
     sigma: np.ndarray  # robust spread in log space; the unit of the score
     history: np.ndarray  # int: days of data before each day
     method: str
+    # detection only: days inside an open (or closed) episode, judged against the band frozen at its start,
+    # and days of an episode accepted as planned (their level becomes the baseline)
+    episode: np.ndarray | None = None
+    accepted: np.ndarray | None = None
 
 
 def usage_rows(costs: pd.DataFrame) -> pd.Series:
@@ -384,6 +389,7 @@ class _Params:
     z: float
     sensitivity: float
     min_ratio: float
+    tail: float = 0.0  # the band's half-width covers this many times the largest recent excess (0: off)
 
     @property
     def floor(self) -> float:
@@ -407,14 +413,37 @@ def _one_pass(yp: np.ndarray, pad: int, s0: int, p: _Params, gappy: bool) -> tup
     ey, season = _expected(yp, pad, a, d, p.lookback, gappy)
     errp = _errors(yp, ey, pad, a)
     sigma = _sigma_dense(errp, yp, season, pad, a, _error_counts(errp, pad, p.lookback), s0, d, p.lookback)
-    return ey[s0 - a:], sigma
+    return ey[s0 - a:], _with_tail(sigma, errp, pad, s0, d, p)
 
 
-def _assemble(ey: np.ndarray, sigma: np.ndarray, p: _Params) -> tuple[np.ndarray, ...]:
-    """expected, lower, upper, sigma from the log level and spread (any layout)."""
+def _with_tail(sigma: np.ndarray, errp: np.ndarray, pad: int, a: int, b: int, p: _Params) -> np.ndarray:
+    """The spread widened, where needed, so the band covers ``p.tail`` times the largest excess over
+    expected in the lookback before each day (days [a, b)).  The median spread ignores rare regular
+    excursions (an autoscaler adding nodes on one day in eight): calibrated on the series' own recent
+    errors, the band is not crossed by the next one of them.  Days dropped from the history do not count."""
+    if p.tail <= 0 or b <= a:
+        return sigma
+    L = p.lookback
+    run = np.fmax(errp[pad + a - L: pad + b - 1], 0.0)  # NaN -> 0: no excess
+    width = 1
+    while 2 * width <= L:  # run[i] = max of rows i .. i + width - 1 (a sparse table, doubling)
+        run = np.maximum(run[:-width], run[width:])
+        width *= 2
+    tail = np.maximum(run[: b - a], run[L - width: L - width + b - a])
+    tail *= p.tail / p.zk
+    return np.fmax(sigma, tail)
+
+
+def _assemble(ey: np.ndarray, sigma: np.ndarray, p: _Params, add: np.ndarray | None = None,
+              extra: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """expected, lower, upper, sigma from the log level and spread (any layout), plus a learned monthly
+    pattern's offset (``add``) and the spread of its past occurrences (``extra``) where given."""
     half = np.nan_to_num(sigma, nan=0.0)
     half *= p.zk
     np.maximum(half, p.floor, out=half)
+    if add is not None and extra is not None:
+        ey = ey + add
+        half += extra
     lower = ey - half
     np.maximum(lower, 0.0, out=lower)
     np.expm1(lower, out=lower)
@@ -425,15 +454,185 @@ def _assemble(ey: np.ndarray, sigma: np.ndarray, p: _Params) -> tuple[np.ndarray
     return np.expm1(ey), lower, upper, sig
 
 
-def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None,
-           ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray | None]:
+# ------------------------------------------------------------------------------ monthly patterns
+#
+# Month-end (and month-start) jobs move spend on the same days of every month.  The weekday band cannot
+# know them, so each day also looks at the band's own one-day-ahead errors on the same position of the
+# previous three months: the same day of the month, or for the last three days of a month the same
+# distance from its end.  Where at least two of those exist and every one of them was above expected by
+# a clear margin, their median is the day's learned offset and half their range widens the band.  It is
+# calibrated on the series' own history (no corpus constant but the margin); a jump on a day that had no
+# such history is still judged by the plain band.
+
+MONTHS_BACK = 3
+MONTH_LOOKBACK_DAYS = 31 * MONTHS_BACK + 3  # history before the first band day the patterns read
+
+
+def month_positions(days: pd.DatetimeIndex) -> np.ndarray:
+    """days x MONTHS_BACK: the index of the same month position in each of the previous months, -1 where
+    the data has none.  The last three days of a month are positions from its end, the others days of the
+    month (every month has a 28th)."""
+    n = len(days)
+    out = np.full((n, MONTHS_BACK), -1, dtype=np.int64)
+    if not n:
+        return out
+    dom = np.asarray(days.day)
+    left = np.asarray(days.days_in_month - days.day)
+    month = np.asarray(days.year * 12 + days.month)
+    key = np.where(left <= 2, -1 - left, dom)  # -1 last day, -2, -3; else 1..28
+    where = {(int(m), int(k)): i for i, (m, k) in enumerate(zip(month, key, strict=True))}
+    for i in range(n):
+        for b in range(MONTHS_BACK):
+            out[i, b] = where.get((int(month[i]) - 1 - b, int(key[i])), -1)
+    return out
+
+
+def _month_pattern(errp: np.ndarray, pad: int, prev: np.ndarray, t0: int, t1: int, p: _Params,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Learned offset and extra half-width (log space) for days [t0, t1), day-major, from the one-day-ahead
+    errors ``errp`` (NaN where not computed) on the same month position in previous months.  Elementwise
+    over the (at most three) occurrences: no sort."""
+    idx = prev[t0:t1]
+    occ = [errp[pad + np.where(idx[:, b] >= 0, idx[:, b], -pad)] for b in range(idx.shape[1])]  # row 0: NaN
+    cnt = np.zeros(occ[0].shape, dtype=np.int8)
+    clear = np.ones(occ[0].shape, dtype=bool)
+    hi = np.full(occ[0].shape, np.nan, dtype=np.float32)
+    lo = hi.copy()
+    with np.errstate(invalid="ignore"):
+        for o in occ:
+            known = ~np.isnan(o)
+            cnt += known
+            clear &= (o >= 0.5 * p.floor) | ~known
+            np.fmax(hi, o, out=hi)
+            np.fmin(lo, o, out=lo)
+        pattern = clear & (cnt >= 2)
+        if not pattern.any():
+            z = np.zeros(occ[0].shape, dtype=np.float32)
+            return z, z.copy()
+        # median of the known ones: of two, their mean; of three, the one between the others
+        total = np.zeros(occ[0].shape, dtype=np.float32)
+        for o in occ:
+            total += np.nan_to_num(o, nan=0.0)
+        med = np.where(cnt == 3, total - hi - lo, 0.5 * (hi + lo)) if len(occ) == 3 else 0.5 * (hi + lo)
+        pattern &= med >= 0.75 * p.floor
+        add = np.where(pattern, med, 0.0).astype(np.float32)
+        return add, np.where(pattern, 0.5 * (hi - lo), 0.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- open episodes
+#
+# The two passes keep an incident's days out of its own band only while the first pass still sees them:
+# after about a week a new level is the first pass's normal, and a persistent spike (or a miner's compute)
+# is absorbed.  So a run of out-of-band days opens an *episode*, judged from then on against the band
+# frozen at its start (its weekday shape repeated, plus learned monthly offsets); its days never enter a
+# later band, and it ends only when the cost is back in that band two days running.  An episode that
+# touches a day accepted as planned is the new baseline instead: its days stay in the history, as before.
+
+MAX_EPISODES = 6  # per series and call: later ones are just dropped days, as in the two passes
+
+
+def _first_true(mask: np.ndarray, default: int) -> np.ndarray:
+    """Per column, the first row where ``mask`` is true, else ``default``."""
+    return np.where(mask.any(axis=0), np.argmax(mask, axis=0), default)
+
+
+def _episodes(ys: np.ndarray, xs: np.ndarray, drops: np.ndarray, accepted: np.ndarray | None, pad: int,
+              p: _Params, add: np.ndarray, extra: np.ndarray,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Episodes of the series in ``ys`` (log cost, padded, day-major) from their first-pass drops.
+
+    Returns the episode days, the accepted days, and the frozen expected (log), half-width (log) and spread
+    on episode days (days x series).  ``add``/``extra`` are the monthly offsets for every day."""
+    d, k = xs.shape
+    days = np.arange(d)[:, None]
+    episode = np.zeros((d, k), dtype=bool)
+    acc_days = np.zeros((d, k), dtype=bool)
+    f_ey = np.full((d, k), np.nan, dtype=np.float32)
+    f_half = np.full((d, k), np.nan, dtype=np.float32)
+    f_sig = np.full((d, k), np.nan, dtype=np.float32)
+    # an origin is a drop followed by another within two days: a lone day out of band is over by itself
+    soon = np.zeros_like(drops)
+    soon[:-1] |= drops[1:]
+    soon[:-2] |= drops[2:]
+    origins = drops & soon
+    base = ys.copy()
+    cur = np.zeros(k, dtype=np.int64)
+    for _ in range(MAX_EPISODES):
+        cand = origins & (days >= cur[None, :])
+        has = cand.any(axis=0)
+        if not has.any():
+            break
+        cols = np.flatnonzero(has)
+        a = np.argmax(cand[:, cols], axis=0)
+        yy = base[:, cols].copy()
+        yy[pad:][days >= a[None, :]] = np.nan  # the band frozen at the start sees nothing from it on
+        lo = int(a.min())
+        ey_f, sig_f = _one_pass(yy, pad, lo, p, True)
+        rel = days - a[None, :]
+        src = np.clip(a[None, :] + np.mod(rel, 7), 0, d - 1) - lo  # the first week's band, repeated
+        c = np.arange(cols.size)[None, :]
+        fe = ey_f[src, c] + add[:, cols]
+        fs = sig_f[src, c]
+        fh = np.maximum(np.nan_to_num(fs, nan=0.0) * p.zk, p.floor) + extra[:, cols]
+        with np.errstate(invalid="ignore"):
+            inband = xs[:, cols] <= np.expm1(fe + fh)
+        back = inband.copy()
+        back[:-1] &= inband[1:]
+        back[-1] = False  # one good last day does not end an episode: the next may be out again
+        end = _first_true(back & (rel > 0), d)
+        inside = (rel >= 0) & (days < end[None, :])
+        ok = np.zeros(cols.size, dtype=bool)
+        if accepted is not None:
+            ok = (inside & accepted[:, cols]).any(axis=0)
+        if ok.any():
+            # accepted: the first pass's run of drops (gaps up to two days) stays in the history, and the
+            # band learns the new level as it always did
+            oc = cols[ok]
+            quiet = ~drops[:, oc]
+            three = quiet.copy()
+            three[:-1] &= quiet[1:]
+            three[:-2] &= quiet[2:]
+            stop = _first_true(three & (rel[:, ok] > 0), d)
+            run = (rel[:, ok] >= 0) & (days < stop[None, :])
+            acc_days[:, oc] |= run
+            cur[oc] = stop
+        nc = cols[~ok]
+        if nc.size:
+            sel = inside[:, ~ok]
+            episode[:, nc] |= sel
+            sub = base[pad:, nc]
+            sub[sel] = np.nan
+            base[pad:, nc] = sub
+            for dst, src_arr in ((f_ey, fe), (f_half, fh), (f_sig, fs)):
+                blk = dst[:, nc]
+                blk[sel] = src_arr[:, ~ok][sel]
+                dst[:, nc] = blk
+            cur[nc] = end[~ok]
+        origins[:, cols] &= days >= cur[None, cols]
+    return episode, acc_days, f_ey, f_half, f_sig
+
+
+@dataclass
+class _Extras:
+    """Detection's optional inputs for one block: the month positions of its days, the days accepted as
+    planned (series x days), and whether open episodes are held."""
+
+    prev: np.ndarray | None = None
+    accepted: np.ndarray | None = None
+    hold: bool = True
+
+
+def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None, ex: _Extras | None = None,
+           ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
     """Bands of one block of series on days [s0, days), day-major, plus history (series x days).
 
     With ``history_days`` this is detection's two passes: the second pass drops the days the first found
     above its band (with enough history), so an incident does not become its own baseline.  Only what
     the scored days depend on is computed: the first pass's band on the 2 x lookback days before them
     (where dropping a day can change a scored band), and its spread only where the cost is above the
-    band's floor; the second pass only for series that had such a day."""
+    band's floor; the second pass only for series that had such a day.  With ``ex`` it also learns monthly
+    patterns (``ex.prev``) and holds open episodes (see :func:`_episodes`): the last item is then the
+    episode and accepted days of the ``second`` series (days x series)."""
     L = p.lookback
     pad = max(L, 14)
     xt = x.T
@@ -446,43 +645,76 @@ def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None,
     second: np.ndarray | None = None
     if history_days is None:
         ey, sigma = _one_pass(yp, pad, s0, p, bool(np.isnan(yp[pad + max(0, s0 - 2 * L):]).any()))
-        return _assemble(ey, sigma, p), hist, second
+        return _assemble(ey, sigma, p), hist, second, None
+    ex = ex or _Extras(hold=False)
     m0 = max(0, s0 - 2 * L)  # a day dropped before m0 cannot reach a scored band
     a1 = max(0, s0 - 3 * L)  # the spread of a day from m0 on reads errors from a1 on
-    gappy = bool(np.isnan(yp[pad + max(0, a1 - L):]).any())
-    ey1, season1 = _expected(yp, pad, m0, d, L, gappy)
-    errp1 = _errors(yp, ey1, pad, m0)
-    # out of band needs cost above expected by at least the band's floor: only there is the spread needed
+    e0 = max(0, m0 - MONTH_LOOKBACK_DAYS) if ex.prev is not None else m0  # monthly patterns read errors from e0
+    gappy = bool(np.isnan(yp[pad + max(0, min(a1, e0) - L):]).any())
+    ey_all, season_all = _expected(yp, pad, e0, d, L, gappy)
+    errp1 = _errors(yp, ey_all, pad, e0)
+    ey1, season1 = ey_all[m0 - e0:], [w[m0 - e0:] for w in season_all]
+    if ex.prev is not None:
+        add, extra = _month_pattern(errp1, pad, ex.prev, m0, d, p)
+    else:
+        add = extra = np.zeros(ey1.shape, dtype=np.float32)
+    # out of band needs cost above expected by at least the band's floor: only there is the spread needed.
+    # A day out of the plain band leaves the second pass's history even where a learned monthly pattern
+    # explains it (so normal days are banded as without patterns); only days out of the band with the
+    # pattern can open an episode.
     enough = np.greater_equal(hist[:, m0: d - 1], history_days).T
     with np.errstate(invalid="ignore"):
         cand = enough & (yp[pad + m0: pad + d - 1] > ey1[: d - 1 - m0] + (p.floor - 1e-3))
     tt, ss = np.nonzero(cand)
     tt += m0
+    beyond = np.zeros(tt.shape, dtype=bool)
     if tt.size:
         # the candidates' series also need the errors of the lookback before m0
         cols, col = np.unique(ss, return_inverse=True)
         yc = np.ascontiguousarray(yp[:, cols])
         errc = np.ascontiguousarray(errp1[:, cols])
-        if a1 < m0:
-            early, _ = _expected(yc, pad, a1, m0, L, gappy)
-            np.subtract(yc[pad + a1: pad + m0], early, out=errc[pad + a1: pad + m0])
+        if a1 < e0:
+            early, _ = _expected(yc, pad, a1, e0, L, gappy)
+            np.subtract(yc[pad + a1: pad + e0], early, out=errc[pad + a1: pad + e0])
         sig = _sigma_cells(errc, yc, [w[:, cols] for w in season1], pad, m0, _error_counts(errc, pad, L), tt, col,
                            L)
         half = np.maximum(np.nan_to_num(sig, nan=0.0) * p.zk, p.floor)
-        upper = np.expm1(ey1[tt - m0, ss] + half)
         with np.errstate(invalid="ignore"):
-            out = xt[tt, ss] > upper
-        tt, ss = tt[out], ss[out]
+            out = xt[tt, ss] > np.expm1(ey1[tt - m0, ss] + half)
+            beyond = xt[tt, ss] > np.expm1(ey1[tt - m0, ss] + add[tt - m0, ss] + half + extra[tt - m0, ss])
+        tt, ss, beyond = tt[out], ss[out], beyond[out]
     sigma1 = _sigma_dense(errp1, yp, season1, pad, m0, _error_counts(errp1, pad, L), s0, d, L)
-    bands = _assemble(ey1[s0 - m0:], sigma1, p)
+    sigma1 = _with_tail(sigma1, errp1, pad, s0, d, p)
+    bands = _assemble(ey1[s0 - m0:], sigma1, p, add[s0 - m0:], extra[s0 - m0:])
+    marks = None
     if tt.size:
         second, col = np.unique(ss, return_inverse=True)
-        y2 = np.ascontiguousarray(yp[:, second])
+        ys = np.ascontiguousarray(yp[:, second])
+        y2 = ys.copy()
         y2[pad + tt, col] = np.nan
+        add_s = np.zeros((d, second.size), dtype=np.float32)
+        extra_s = np.zeros_like(add_s)
+        add_s[m0:], extra_s[m0:] = add[:, second], extra[:, second]
+        if ex.hold:
+            drops = np.zeros((d, second.size), dtype=bool)
+            drops[tt[beyond], col[beyond]] = True
+            acc = ex.accepted[second].T if ex.accepted is not None else None
+            episode, acc_days, f_ey, f_half, f_sig = _episodes(ys, xt[:, second], drops, acc, pad, p, add_s, extra_s)
+            y2[pad:][episode] = np.nan
+            y2[pad:][acc_days] = ys[pad:][acc_days]
+            marks = (episode, acc_days)
         ey2, sigma2 = _one_pass(y2, pad, s0, p, True)  # every one of these series has a dropped day
-        for arr, new in zip(bands, _assemble(ey2, sigma2, p), strict=True):
-            arr[:, second] = new
-    return bands, hist, second
+        new = _assemble(ey2, sigma2, p, add_s[s0:], extra_s[s0:])
+        if marks is not None and marks[0][s0:].any():
+            ep = marks[0][s0:]
+            fe, fh = f_ey[s0:][ep], f_half[s0:][ep]
+            new[0][ep] = np.expm1(fe)
+            new[1][ep] = np.expm1(np.maximum(fe - fh, 0.0))
+            new[2][ep] = np.expm1(fe + fh)
+            new[3][ep] = np.maximum(np.nan_to_num(f_sig[s0:][ep], nan=0.0), p.floor / p.z)
+        for arr, b in zip(bands, new, strict=True):
+            arr[:, second] = b
+    return bands, hist, second, marks
 
 
 def _int_dtype(days: int) -> np.dtype:
@@ -490,10 +722,27 @@ def _int_dtype(days: int) -> np.dtype:
 
 
 def _run_blocks(values: np.ndarray, s0: int, p: _Params, history_days: int | None, workers: int | None,
-                full_rows: bool) -> Bands:
+                full_rows: bool, extras: _Extras | None = None) -> Bands:
     s, d = values.shape
     out = [np.full((s, d), np.nan, dtype=np.float32) for _ in range(4)]
     history = np.zeros((s, d), dtype=_int_dtype(d))
+    held = extras is not None and extras.hold
+    episode = np.zeros((s, d), dtype=bool) if held else None
+    accepted = np.zeros((s, d), dtype=bool) if held else None
+
+    def ex_for(rows: slice | np.ndarray) -> _Extras | None:
+        if extras is None:
+            return None
+        acc = extras.accepted[rows] if extras.accepted is not None else None
+        return _Extras(extras.prev, acc, extras.hold)
+
+    def mark(target: slice | np.ndarray, second: np.ndarray | None,
+             marks: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if episode is None or accepted is None or marks is None or second is None:
+            return
+        tgt = np.arange(s)[target][second]
+        episode[tgt] = marks[0].T
+        accepted[tgt] = marks[1].T
     # series with a gap (missing day, late start) in the days that are read go in blocks of their own,
     # so the others run the plain networks
     first_read = max(0, s0 - (4 if history_days is not None else 2) * p.lookback)
@@ -504,10 +753,12 @@ def _run_blocks(values: np.ndarray, s0: int, p: _Params, history_days: int | Non
         r1 = min(r0 + CHUNK_SERIES, s)
         rows: slice | np.ndarray = slice(r0, r1) if order is None else order[r0:r1]
         x = values[rows]
-        bands, hist, _ = _block(x, s0, p, history_days)
+        ex = ex_for(rows)
+        bands, hist, second, marks = _block(x, s0, p, history_days, ex)
         for arr, b in zip(out, bands, strict=True):
             arr[rows, s0:] = b.T
         history[rows] = hist
+        mark(rows, second, marks)
         if full_rows and s0 > 0:
             # a series out of band on the first scored day may be in an episode that began before it, and a
             # series whose data ended before the window is summarized at its last day: both get every day
@@ -515,10 +766,14 @@ def _run_blocks(values: np.ndarray, s0: int, p: _Params, history_days: int | Non
                 redo = (x[:, s0] > bands[2][0]) | ~(~np.isnan(x[:, s0:])).any(axis=1)
             again = np.flatnonzero(redo)
             if again.size:
-                full, _, _ = _block(x[again], 0, p, history_days)
                 target = np.arange(r0, r1)[again] if order is None else order[r0:r1][again]
+                full, _, second2, marks2 = _block(x[again], 0, p, history_days, ex_for(target))
                 for arr, b in zip(out, full, strict=True):
                     arr[target] = b.T
+                if episode is not None and accepted is not None:
+                    episode[target] = False
+                    accepted[target] = False
+                mark(target, second2, marks2)
 
     starts = range(0, s, CHUNK_SERIES)
     n_workers = min(workers if workers is not None else (os.cpu_count() or 1), len(starts))
@@ -528,11 +783,12 @@ def _run_blocks(values: np.ndarray, s0: int, p: _Params, history_days: int | Non
     else:
         for r0 in starts:
             run(r0)
-    return Bands(out[0], out[1], out[2], out[3], history, "weekday")
+    return Bands(out[0], out[1], out[2], out[3], history, "weekday", episode, accepted)
 
 
-def _params(lookback: int, z: float, sensitivity: float, min_ratio: float) -> _Params:
-    return _Params(max(7, int(np.ceil(lookback / 7)) * 7), float(z), float(sensitivity), float(min_ratio))
+def _params(lookback: int, z: float, sensitivity: float, min_ratio: float, tail: float = 0.0) -> _Params:
+    return _Params(max(7, int(np.ceil(lookback / 7)) * 7), float(z), float(sensitivity), float(min_ratio),
+                   float(tail))
 
 
 def weekday_bands(values: np.ndarray, *, lookback: int = 28, z: float = 4.0, sensitivity: float = 1.0,
@@ -557,23 +813,36 @@ def weekday_bands(values: np.ndarray, *, lookback: int = 28, z: float = 4.0, sen
 
 def detection_bands(values: np.ndarray, *, scored_from: int = 0, history_days: int = 14, lookback: int = 28,
                     z: float = 4.0, sensitivity: float = 1.0, min_ratio: float = 0.15,
-                    workers: int | None = None) -> Bands:
+                    workers: int | None = None, days: pd.DatetimeIndex | None = None,
+                    accepted: np.ndarray | None = None, hold_episodes: bool = True,
+                    tail_margin: float = TAIL_MARGIN) -> Bands:
     """The bands detection scores with: two passes of :func:`weekday_bands`, the second without the days
     the first found above its band (where the series had ``history_days`` of history), so an incident
-    does not become its own baseline; a lasting new level is still learned once the first pass accepts
-    it (~1 week).  ``history`` is the first pass's (the days of data before each day).
+    does not become its own baseline.  ``history`` is the first pass's (the days of data before each day).
+
+    With ``hold_episodes`` (the default) a run of days out of band is an episode judged against the band
+    frozen at its start until the cost is back in it two days running, so a level that persists stays out
+    of band instead of being learned after a week; ``episode`` marks its days.  An episode that touches a
+    day of ``accepted`` (bool, series x days: planned activity) is the new baseline instead, learned as the
+    two passes always did, and ``accepted`` marks its days.  With ``days`` (the matrix's UTC days) the band
+    also learns month-end / month-start patterns seen in each of the previous months (at least two).  The
+    band's half-width covers ``tail_margin`` times the largest excess over expected of the lookback before
+    (days kept in the history only), so rare regular excursions do not alert (0: the median spread alone).
 
     Bands are exact on days ``scored_from`` onwards and NaN before, except for series out of band on day
     ``scored_from`` (whose episode may have begun earlier) and series without data since then (reported
-    at their last day): those get every day.  The result on those days is the same as two full passes."""
-    p = _params(lookback, z, sensitivity, min_ratio)
+    at their last day): those get every day.  Without episodes and ``days`` the result on those days is the
+    same as two full passes."""
+    p = _params(lookback, z, sensitivity, min_ratio, tail_margin)
     values = np.asarray(values)
     if values.size == 0:
         return weekday_bands(values)
     s0 = max(scored_from, 0)
     if s0 >= values.shape[1]:  # nothing scored: every series ended before, and is reported at its last day
         s0 = 0
-    return _run_blocks(values, s0, p, int(history_days), workers, full_rows=True)
+    prev = month_positions(days) if days is not None else None
+    extras = _Extras(prev, accepted, hold_episodes) if (prev is not None or hold_episodes) else None
+    return _run_blocks(values, s0, p, int(history_days), workers, full_rows=True, extras=extras)
 
 
 def stl_bands(values: np.ndarray, days: pd.DatetimeIndex, scored_from: pd.Timestamp, *, lookback: int = 28,

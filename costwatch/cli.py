@@ -143,7 +143,7 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     got = (sources.gather(providers, start, end, strict=True, now=end) if cost_paths or usage_paths
            else sources.collect(providers, start, end, now=end))
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since,
-                 findings=got.findings)
+                 findings=got.findings, planned=_planned_marks(cfg))
     _mark_silenced(det, cfg)
     set_report_owners(det.projects, got.costs, cfg)  # the owner `run` would route to
     if cfg.kubernetes.clusters and det.alerts:
@@ -169,6 +169,26 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
         except OSError as e:
             raise CostwatchError(f"{output}: cannot write the report: {e.strerror}") from e
         _echo(f"wrote {fmt} report to {output} ({len(det.alerts)} alerts)", err=True)
+
+
+def _planned_marks(cfg: Any) -> list[Any]:
+    """Planned-activity marks from the state store (ended ones included: the level they accepted stays
+    accepted), when there is one; a report never creates state, and an unreadable store means none."""
+    from pathlib import Path as _P
+
+    from . import silences
+    from .state import open_store
+
+    if cfg.state.backend == "sqlite" and not _P(cfg.state.path).exists():
+        return []
+    try:
+        store = open_store(cfg.state)
+        try:
+            return silences.planned(store)
+        finally:
+            store.close()
+    except CostwatchError:
+        return []  # _mark_silenced says why in the report's notes
 
 
 def _mark_silenced(det: Any, cfg: Any) -> None:

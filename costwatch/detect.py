@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +29,7 @@ from . import cpu as cpumod
 from .alerts import SEVERITY_ORDER, Alert, plain
 from .config import Config, ProjectConfig
 from .model import COMPUTE_CATEGORY
+from .silences import Silence
 from .usage_score import UsageScoreParams, episode_onsets, score_matrix
 
 DAY = pd.Timedelta(days=1)
@@ -80,14 +81,19 @@ def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
 
 def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None = None, *,
            as_of: pd.Timestamp | str | None = None, since: pd.Timestamp | str | pd.Timedelta | None = None,
-           findings: pd.DataFrame | None = None, now: pd.Timestamp | None = None) -> Detection:
-    """Run every detector over the frames and return alerts detected in ``[since, as_of]``.
+           findings: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
+           planned: Sequence[Silence] | None = None) -> Detection:
+    """Run every detector over the frames and return alerts detected in ``[since, as_of]``, plus cost
+    alerts detected earlier whose episode is still going on in the window (a level that persists stays an
+    incident: it is never silently learned).
 
     ``findings`` are cloud security findings of crypto mining (GuardDuty), columns ``costwatch.model.FINDING_COLUMNS``:
     they become evidence on the project's mining alert, or a mining alert of their own.  ``now`` is the run's
     clock: without ``as_of``, the window ends at the data's last complete hour or day, and rows after ``now``
     (default: the real clock) plus FUTURE_SKEW are ignored with a note.  With ``as_of`` (a replay), rows after
-    it are simply not yet known."""
+    it are simply not yet known.  ``planned`` are planned-activity marks (``costwatch silence --planned``,
+    expired ones included): a cost episode that touches a marked day is accepted, its new level becomes the
+    baseline and it raises no cost alert."""
     cfg = cfg or Config()
     det = cfg.detection
     usage = usage if usage is not None else pd.DataFrame(columns=["timestamp"])
@@ -110,10 +116,11 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     meta = _project_meta(costs, usage, cfg, pairs)
 
     gross = costs[bl.usage_rows(costs)] if not costs.empty else costs
-    totals = _series_bands(gross, SERIES, cfg, since_ts, meta)
+    marks = [s for s in (planned or []) if s.planned and s.kind in (None, "cost_spike")]
+    totals = _series_bands(gross, SERIES, cfg, since_ts, meta, marks)
     cats = _series_bands(gross.assign(service_category=gross["service_category"].fillna("Other"))
                          if not gross.empty else gross,
-                         [*SERIES, "service_category"], cfg, since_ts, meta)
+                         [*SERIES, "service_category"], cfg, since_ts, meta, marks)
     alerts: list[Alert] = []
     cost_alerts = _cost_alerts(gross, totals, cats, meta, since_ts, delay)
 
@@ -133,7 +140,8 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     alerts += mining + cost_alerts
     alerts += _threshold_alerts(totals, cfg, meta, since_ts, delay)
     alerts += _budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
-    alerts = [a for a in alerts if since_ts <= a.detected_at <= as_of_ts]
+    alerts = [a for a in alerts if a.detected_at <= as_of_ts and (since_ts <= a.detected_at or _ongoing(a, since_ts,
+                                                                                                    delay))]
     alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
     usage_flags = _usage_anomalies(cm, since_ts, as_of_ts) if cm is not None and cm.values.size else {}
     projects = _project_summaries(costs, totals, cm, feats, alerts, meta, pairs, usage_flags, cfg, since_ts,
@@ -311,8 +319,35 @@ def _currency_notes(meta: pd.DataFrame, pairs: pd.Series, cfg: Config) -> list[s
     return notes
 
 
+def _ongoing(a: Alert, since: pd.Timestamp, delay: pd.Timedelta) -> bool:
+    """A cost alert detected before the window whose episode still runs in it."""
+    return a.kind == "cost_spike" and bool(a.evidence.get("ongoing")) and \
+        pd.Timestamp(a.start) + int(a.evidence.get("days", 1)) * DAY + delay >= since
+
+
+def planned_days(m: bl.DailyMatrix, marks: Sequence[Silence], meta: pd.DataFrame) -> np.ndarray | None:
+    """Series x days: the days planned-activity marks accept, from two days before a mark was made (the
+    owner marks what the first alert showed) to its end."""
+    if not marks or not len(m.keys):
+        return None
+    pids = m.keys["project_id"].astype(str)
+    names = pids.map(meta["project_name"]).astype(str) if len(meta) else pids
+    out = np.zeros(m.values.shape, dtype=bool)
+    for s in marks:
+        rows = np.asarray((pids == s.project) | (names == s.project) | (s.project == "*"), dtype=bool)
+        if not rows.any():
+            continue
+        made = pd.Timestamp(s.created_at) if s.created_at else pd.Timestamp(s.until) - DAY
+        made = made.tz_localize("UTC") if made.tzinfo is None else made
+        until = pd.Timestamp(s.until)
+        until = until.tz_localize("UTC") if until.tzinfo is None else until
+        cols = np.asarray((m.days + DAY > made.floor("D") - 2 * DAY) & (m.days < until), dtype=bool)
+        out[np.ix_(rows, cols)] = True
+    return out if out.any() else None
+
+
 def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.Timestamp,
-                  meta: pd.DataFrame) -> SeriesBands:
+                  meta: pd.DataFrame, marks: Sequence[Silence] = ()) -> SeriesBands:
     det = cfg.detection
     m = bl.daily_matrix(frame, keys)
     if det.band_method == "stl" and m.values.size:
@@ -323,9 +358,12 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
         # two passes, the second without the days the first found out of band (bl.detection_bands); bands
         # from the first day whose alert can fall in the window on (a day earlier, to be safe)
         first_day = since.floor("D") - DAY - pd.Timedelta(hours=det.cost_delay_hours)
+        # open episodes are judged against the band frozen at their start, month-end patterns are learned,
+        # and planned marks accept a new level
         bands = bl.detection_bands(m.values, scored_from=int(m.days.searchsorted(first_day)),
                                    history_days=det.history_days, lookback=det.lookback_days, z=det.band_z,
-                                   sensitivity=det.sensitivity, min_ratio=det.min_band_ratio)
+                                   sensitivity=det.sensitivity, min_ratio=det.min_band_ratio, days=m.days,
+                                   accepted=planned_days(m, marks, meta))
     if not m.values.size:
         z = np.zeros(m.values.shape, dtype=bool)
         return SeriesBands(m, bands, z, z)
@@ -344,7 +382,24 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
         if rows.size:
             prior_med[rows] = _expanding_median(x[rows])
         plain = short & (x >= floor) & (x > 3.0 / max(det.sensitivity, 1e-6) * prior_med)
-    return SeriesBands(m, bands, np.nan_to_num(banded | plain).astype(bool), ~enough)
+    anomalous = np.nan_to_num(banded | plain).astype(bool)
+    if bands.episode is not None:
+        anomalous = _bridge_open_episodes(anomalous, bands.episode & enough & (np.nan_to_num(x) >= floor))
+    if bands.accepted is not None:
+        anomalous &= ~bands.accepted  # planned: the owner said so
+    return SeriesBands(m, bands, anomalous, ~enough)
+
+
+def _bridge_open_episodes(anomalous: np.ndarray, episode: np.ndarray) -> np.ndarray:
+    """A day just inside the frozen band does not end an episode (two such days do): the alert spans it, so
+    one quiet day never splits an ongoing incident into a "resolved" and a new one.  Only stretches of the
+    band's episodes that contain an alerting day count."""
+    out = anomalous.copy()
+    for i in np.flatnonzero((episode & ~anomalous).any(axis=1) & anomalous.any(axis=1)):
+        for a, b in _episodes(anomalous[i] | episode[i]):
+            if anomalous[i, a: b + 1].any():
+                out[i, a: b + 1] = True
+    return out
 
 
 def _expanding_median(x: np.ndarray) -> np.ndarray:
@@ -394,14 +449,23 @@ def _cost_alerts(gross: pd.DataFrame, totals: SeriesBands, cats: SeriesBands, me
             scope = scope_of(key)
             for a, b in _episodes(sb.anomalous[i]):
                 detected = days[a] + DAY + delay
-                if detected < since:
-                    continue
+                if detected < since and not _still_open(sb, int(i), b):
+                    continue  # over before the window; an episode still going on is reported wherever it began
                 if scope == "total" and any(not (b < c0 or a > c1) for c0, c1 in spans.get((pid, cur), [])):
                     continue  # already explained by a category alert
                 if scope != "total":
                     spans.setdefault((pid, cur), []).append((a, b))
                 out.append(_cost_alert(gross, sb, int(i), a, b, pid, cur, scope, meta, detected))
     return out
+
+
+def _still_open(sb: SeriesBands, i: int, b: int) -> bool:
+    """Is the cost episode ending on day ``b`` still going on: out of band on the newest day, or inside an
+    open episode of the band from ``b`` to the newest day (a day just inside the frozen band does not
+    end it)."""
+    last = sb.matrix.values.shape[1] - 1
+    ep = sb.bands.episode
+    return b == last or (ep is not None and bool(ep[i, b:].all()))
 
 
 def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pid: str, cur: str, scope: str,
@@ -422,7 +486,11 @@ def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pi
         "excess_total": float(np.nansum(m.values[i, a: b + 1] - np.nan_to_num(bands.expected[i, a: b + 1]))),
         "history_days": int(bands.history[i, a]),
         "band": "plain threshold (short history)" if short else f"{bands.method} band",
+        # still out of band on the newest day: an open episode, judged against the band of its start
+        "ongoing": _still_open(sb, i, b),
     })
+    if bands.episode is not None and bool(bands.episode[i, b]):
+        evidence["band"] += ", frozen at the episode's start (an open incident never enters its own baseline)"
     ratio = obs / exp if exp > 0 else float("inf")
     severity = "high" if (ratio >= 2.0 or evidence.get("new_regions")) else "warning"
     row = meta.loc[pid]

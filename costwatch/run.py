@@ -149,7 +149,7 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
     start = since - pd.Timedelta(days=cfg.detection.lookback_days * 2 + 7)
     got = sources.collect(providers, start, end, deadline=deadline, now=end)  # as of the run's (or replay's) end
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=end, since=since,
-                 findings=got.findings)
+                 findings=got.findings, planned=silences.planned(store))
     result = RunResult(as_of=det.as_of, detection=det, provider_errors=list(got.errors),
                        provider_stats=got.stats, gathered=got)
     if det.alerts and cfg.kubernetes.clusters:

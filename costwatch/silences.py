@@ -15,6 +15,8 @@ from .alerts import ALERT_KINDS, Alert, iso
 from .errors import ConfigError
 from .state import Store
 
+PLANNED_KEEP_SECONDS = 120 * 86400  # longer than any history the bands read
+
 
 @dataclass
 class Silence:
@@ -46,8 +48,10 @@ def add(store: Store, *, project: str, until: pd.Timestamp, reason: str, kind: s
         raise ConfigError("silence: --reason is required, so the next person knows why alerts are quiet")
     s = Silence(id=secrets.token_hex(4), project=project.strip(), until=iso(until) or "", reason=reason.strip()[:500],
                 kind=kind, planned=planned, created_at=iso(now) or "", created_by=created_by[:100])
-    # the TTL counts in wall-clock time, also when ``now`` is a replayed time
-    ttl = time.time() + (until - now).total_seconds() + 86400
+    # the TTL counts in wall-clock time, also when ``now`` is a replayed time.  A planned mark outlives its
+    # end: detection keeps accepting the level it covered for as long as that is in the bands' history
+    keep = PLANNED_KEEP_SECONDS if planned else 86400
+    ttl = time.time() + (until - now).total_seconds() + keep
     store.put("silence", s.id, asdict(s), version=None, expires_at=ttl)
     return s
 
@@ -56,6 +60,13 @@ def active(store: Store, now: pd.Timestamp | None = None) -> list[Silence]:
     now = now or pd.Timestamp.now(tz="UTC")
     out = [Silence(**_known(r.doc)) for r in store.scan("silence")]
     return sorted((s for s in out if pd.Timestamp(s.until) > now), key=lambda s: s.until)
+
+
+def planned(store: Store) -> list[Silence]:
+    """Every planned-activity mark still stored, ended ones included: a cost level they accepted stays
+    accepted (``detect(planned=...)``) while it is in the bands' history."""
+    out = [Silence(**_known(r.doc)) for r in store.scan("silence")]
+    return sorted((s for s in out if s.planned), key=lambda s: s.until)
 
 
 def remove(store: Store, silence_id: str) -> bool:
@@ -74,4 +85,4 @@ def _known(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k in fields}
 
 
-__all__ = ["Silence", "active", "add", "matching", "remove"]
+__all__ = ["Silence", "active", "add", "matching", "planned", "remove"]

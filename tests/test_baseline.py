@@ -202,7 +202,8 @@ def test_bands_match_the_tensor_reference(lookback: int, gaps: bool) -> None:
 def test_detection_bands_are_two_full_passes_on_the_scored_days(scored_from: int, gaps: bool) -> None:
     x = _messy(gaps=gaps, seed=scored_from)
     ref = _reference_detection(x, sensitivity=1.5)
-    b = bl.detection_bands(x, scored_from=scored_from, sensitivity=1.5)
+    # the reference is the two passes alone: open episodes (held by default) are a third stage, tested below
+    b = bl.detection_bands(x, scored_from=scored_from, sensitivity=1.5, hold_episodes=False, tail_margin=0)
     _assert_same_bands(b, ref, x, slice(scored_from, None))
     # series out of band on the first scored day (their episode may have begun before) get every day
     with np.errstate(invalid="ignore"):
@@ -257,8 +258,75 @@ def test_series_that_ended_get_their_last_days_band() -> None:
     x = _messy(n=50, gaps=False)
     x[0, 60:] = np.nan
     ref = _reference_detection(x)
-    b = bl.detection_bands(x, scored_from=80)
+    b = bl.detection_bands(x, scored_from=80, hold_episodes=False, tail_margin=0)  # the reference: two passes
     np.testing.assert_allclose(b.upper[0, :60], ref.upper[0, :60], rtol=2e-4, equal_nan=True)
     assert np.isnan(b.upper[1:, :80]).all()
-    beyond = bl.detection_bands(x, scored_from=500)  # nothing scored: every day, like a full run
+    beyond = bl.detection_bands(x, scored_from=500, hold_episodes=False, tail_margin=0)  # nothing scored: all days
     np.testing.assert_allclose(beyond.upper, ref.upper, rtol=2e-4, atol=1e-5, equal_nan=True)
+
+
+# ------------------------------------------------------------- monthly patterns and open episodes (issue 16)
+
+def _monthly(n: int = 40, d: int = 150, seed: int = 0) -> tuple[np.ndarray, pd.DatetimeIndex, np.ndarray]:
+    """Weekly-shaped series whose last two days of every month run x1.4 (a month-end batch job)."""
+    rng = np.random.default_rng(seed)
+    days = pd.date_range("2026-06-01", periods=d, freq="D", tz="UTC")
+    base = rng.uniform(50, 500, n)[:, None] * WEEK[days.dayofweek.to_numpy()][None, :]
+    base *= np.exp(rng.normal(0, 0.04, (n, d)))
+    month_end = np.asarray(days.days_in_month - days.day <= 1)
+    return base * np.where(month_end, 1.4, 1.0), days, month_end
+
+
+def test_month_end_pattern_seen_three_times_is_not_an_anomaly() -> None:
+    x, days, month_end = _monthly()
+    fourth = np.flatnonzero(month_end)[-2:]  # September's, after June, July and August
+    learned = bl.detection_bands(x, scored_from=100, days=days)
+    assert not (x[:, fourth] > learned.upper[:, fourth]).any()
+    # without the calendar (the bands before monthly patterns) the same days are spikes
+    plain = bl.detection_bands(x, scored_from=100)
+    assert (x[:, fourth] > plain.upper[:, fourth]).mean() > 0.9
+    # and learning them costs nothing on the other days
+    other = ~month_end[100:]
+    assert (x[:, 100:] > learned.upper[:, 100:])[:, other].mean() < 0.005
+
+
+def test_the_same_jump_without_monthly_history_is_still_an_anomaly() -> None:
+    x, days, _ = _monthly()
+    mid = int(np.flatnonzero(np.asarray(days.day == 15))[-1])
+    x[:, mid] *= 1.4
+    b = bl.detection_bands(x, scored_from=100, days=days)
+    flagged = x[:, mid] > b.upper[:, mid]
+    assert flagged.mean() > 0.8  # the month-end pattern is learned for its own days only:
+    np.testing.assert_array_equal(flagged, x[:, mid] > bl.detection_bands(x, scored_from=100).upper[:, mid])
+    # a month-end job seen only once before is not yet a pattern
+    y, days2, month_end2 = _monthly(d=75)  # June 1 to August 14: one month-end (June) before July's
+    july = np.flatnonzero(month_end2)[2:4]
+    once = y[:, july] > bl.detection_bands(y, scored_from=40, days=days2).upper[:, july]
+    assert once.mean() > 0.8
+    np.testing.assert_array_equal(once, y[:, july] > bl.detection_bands(y, scored_from=40).upper[:, july])
+
+
+def test_a_persistent_step_stays_out_of_band_until_accepted() -> None:
+    x, _ = _series(n=40, d=130, noise=0.04)
+    x[:, 100:] *= 1.6  # a new level nobody planned, from day 100 to the end
+    held = bl.detection_bands(x, scored_from=90)
+    assert held.episode is not None and held.episode[:, 120:].all()
+    assert (x[:, 120:] > held.upper[:, 120:]).mean() > 0.97  # 20 days later, still an incident
+    np.testing.assert_allclose(held.expected[:, 120], held.expected[:, 99] * x[:, 120] / x[:, 120], rtol=0.2)
+    # the two passes alone learned the level within about a week (the old behaviour)
+    absorbed = bl.detection_bands(x, scored_from=90, hold_episodes=False)
+    assert not (x[:, 120:] > absorbed.upper[:, 120:]).any()
+    # planned: a mark on the step's first days makes the new level the baseline from then on
+    accepted = np.zeros(x.shape, dtype=bool)
+    accepted[:, 100:102] = True
+    b = bl.detection_bands(x, scored_from=90, accepted=accepted)
+    assert b.accepted is not None and b.accepted[:, 100].all() and not b.episode[:, 100:].any()
+    assert not (x[:, 112:] > b.upper[:, 112:]).any()
+
+
+def test_an_episode_ends_when_the_cost_is_back_in_its_band() -> None:
+    x, _ = _series(n=40, d=130, noise=0.04)
+    x[:, 100:110] *= 1.6
+    b = bl.detection_bands(x, scored_from=90)
+    assert b.episode is not None and b.episode[:, 100:110].all() and not b.episode[:, 112:].any()
+    assert (x[:, 115:] > b.upper[:, 115:]).mean() < 0.01

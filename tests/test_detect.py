@@ -243,3 +243,39 @@ def test_guardduty_findings_join_the_mining_alert_or_stand_alone() -> None:
     old = _findings(other, "i-0abc", sc.end - pd.Timedelta(days=30))
     det = detect(sc.costs, sc.usage, Config(), as_of=sc.end, since=pd.Timedelta(days=14), findings=old)
     assert other not in {a.project for a in det.alerts if a.kind == "mining_suspected"}
+
+
+def test_a_persistent_cost_step_stays_an_incident_until_accepted() -> None:
+    """Issue 16: a new level is still an incident 20 days later (reported even though it began before the
+    14-day window), never silently learned; a planned mark makes it the baseline instead."""
+    from costwatch.incidents import is_active
+    from costwatch.silences import Silence
+
+    days = pd.date_range("2026-08-01", periods=90, freq="D", tz="UTC")
+    db = _steady(40.0, seed=3, days=days)
+    db[60:] *= 1.8  # an always-on replica nobody planned, from day 60 on
+    costs = _costs({("p1", "Databases", "us-east-1"): db, ("p1", "Storage", "us-east-1"): _steady(20.0, 4, days)},
+                   days=days)
+    as_of = days[80] + pd.Timedelta(days=1)  # day 80 is published: the step is 20 days old
+    det = detect(costs, None, Config(), as_of=as_of, since=pd.Timedelta(days=14))
+    spikes = [a for a in det.alerts if a.kind == "cost_spike" and a.project == "p1"]
+    assert spikes and min(a.start for a in spikes) == days[60]
+    lead = min(spikes, key=lambda a: a.start)
+    assert lead.evidence["ongoing"] and "frozen" in lead.evidence["band"]
+    assert is_active(lead, as_of, pd.Timedelta(days=1, hours=2))  # so the incident is not resolved
+    # accepted as planned (marked the day after it started, for two days): no alert, the level is the baseline
+    mark = Silence(id="x", project="p1", until=str(days[63]), reason="new replica", planned=True,
+                   created_at=str(days[61] + pd.Timedelta(hours=9)))
+    quiet = detect(costs, None, Config(), as_of=as_of, since=pd.Timedelta(days=40), planned=[mark])
+    assert not [a for a in quiet.alerts if a.kind == "cost_spike"]
+
+
+def test_one_quiet_day_does_not_split_an_open_cost_episode() -> None:
+    days = pd.date_range("2026-08-01", periods=90, freq="D", tz="UTC")
+    db = _steady(40.0, seed=3, days=days)
+    db[60:] *= 1.8
+    db[72] /= 1.8  # one day back at the old level, then the new level again
+    costs = _costs({("p1", "Databases", "us-east-1"): db}, days=days)
+    det = detect(costs, None, Config(), as_of=days[80] + pd.Timedelta(days=1), since=pd.Timedelta(days=14))
+    spikes = [a for a in det.alerts if a.kind == "cost_spike"]
+    assert len(spikes) == 1 and spikes[0].start == days[60] and spikes[0].evidence["days"] == 21

@@ -150,3 +150,19 @@ def test_missing_dynamodb_table_says_what_to_do(aws_env: Any) -> None:
         s = DynamoStore("nope", client=boto3.client("dynamodb", region_name="us-east-1"))
         with pytest.raises(StateError, match="create the table 'nope'"):
             s.scan("outbox")
+
+
+def test_planned_marks_outlive_their_end_for_detection(tmp_path: Path) -> None:
+    """Issue 16: a level accepted as planned stays accepted after the mark ends (detect(planned=...)); a
+    plain silence is gone from both lists once it ends."""
+    import pandas as pd
+
+    from costwatch import silences
+
+    st = SqliteStore(tmp_path / "s.db")
+    now = pd.Timestamp("2026-11-01T00:00:00Z")
+    silences.add(st, project="p1", until=now + pd.Timedelta(days=2), reason="new replica", planned=True, now=now)
+    silences.add(st, project="p2", until=now + pd.Timedelta(days=2), reason="known", now=now)
+    later = now + pd.Timedelta(days=10)
+    assert silences.active(st, later) == []
+    assert [s.project for s in silences.planned(st)] == ["p1"]
