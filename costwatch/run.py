@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import feedback, incidents, outbox, silences, sources
+from . import fallback, feedback, incidents, outbox, silences, sources
 from .config import Config
 from .detect import Detection, detect
 from .errors import ConfigError, CostwatchError
@@ -67,11 +67,13 @@ class RunResult:
     provider_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
     held: int = 0                      # alerts an owner's earlier answer holds back (costwatch.feedback)
+    broken_channels: dict[str, str] = field(default_factory=dict)  # notifier -> why it fails for good
 
     @property
     def exit_code(self) -> int:
-        """Non-zero only when a notification is stuck: a provider gap is reported, not fatal."""
-        return 1 if self.delivery.stuck else 0
+        """Non-zero only when a notification is stuck or a channel is broken: a provider gap is reported,
+        not fatal."""
+        return 1 if self.delivery.stuck or self.broken_channels else 0
 
     def lines(self) -> list[str]:
         out = [f"as of {self.as_of.isoformat()}: {self.alerts_active} active alert(s) in {self.incidents_open} "
@@ -83,6 +85,8 @@ class RunResult:
         out += [f"missing data: {e}" for e in self.provider_errors]
         out += [f"retried: {e}" for e in self.delivery.retried]
         out += [f"not delivered: {e}" for e in self.delivery.errors]
+        out += [f"channel broken: notify.{ch}: {why} (the fallback owner is told)"
+                for ch, why in self.broken_channels.items()]
         if self.delivery.stuck:
             out.append(f"{self.delivery.stuck} notification(s) stuck (failed, or pending past alerting.stuck_after): "
                        "see `costwatch outbox`")
@@ -191,12 +195,28 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
         _attach_charts(det, p, cfg)
     result.queued, digests, folded = outbox.enqueue_many(store, p.notifications, now, digest_after)
     result.conflicts = incidents.commit(store, p)
+    stuck_after = pd.Timedelta(cfg.alerting.stuck_after_td)
     result.delivery = outbox.deliver(
-        store, notifiers, now, max_attempts=cfg.alerting.max_attempts,
-        stuck_after=pd.Timedelta(cfg.alerting.stuck_after_td), sleep=sleep, digest_after=digest_after)
+        store, notifiers, now, max_attempts=cfg.alerting.max_attempts, stuck_after=stuck_after, sleep=sleep,
+        digest_after=digest_after, retry_failed=set(fallback.broken(store)))
     result.delivery.digests += digests
     result.delivery.digested += folded
+    _tell_broken(cfg, store, notifiers, now, result, stuck_after, sleep)
     return result
+
+
+def _tell_broken(cfg: Config, store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, result: RunResult,
+                 stuck_after: pd.Timedelta, sleep: Callable[[float], None]) -> None:
+    """A channel that failed for good is told to the fallback owner through another, in this same run."""
+    broken = fallback.update(store, result.delivery, now)
+    result.broken_channels = {ch: str(doc.get("reason") or "") for ch, doc in broken.items()}
+    notices = fallback.notifications(cfg, broken, now, set(notifiers))
+    new = [n for n in notices if outbox.enqueue(store, n, now)]
+    result.queued += len(new)
+    if new:
+        result.delivery.merge(outbox.deliver(store, notifiers, now, max_attempts=cfg.alerting.max_attempts,
+                                             stuck_after=stuck_after, sleep=sleep, digest_after=0,
+                                             only={n.id for n in new}))
 
 
 def _chart_dir(cfg: Config) -> Path:
