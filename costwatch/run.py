@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import fallback, feedback, incidents, outbox, silences, sources
+from . import fallback, feedback, incidents, metrics, outbox, silences, sources
 from .config import Config
 from .detect import Detection, detect
 from .errors import ConfigError, CostwatchError
@@ -68,6 +68,11 @@ class RunResult:
     conflicts: list[str] = field(default_factory=list)
     held: int = 0                      # alerts an owner's earlier answer holds back (costwatch.feedback)
     broken_channels: dict[str, str] = field(default_factory=dict)  # notifier -> why it fails for good
+    # for costwatch.metrics: (kind, severity) per active alert, newest data per provider, failed parts
+    alert_kinds: list[tuple[str, str]] = field(default_factory=list)
+    data_end: dict[str, dict[str, float]] = field(default_factory=dict)
+    provider_failed: dict[str, list[str]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)   # this run's stored metrics document
 
     @property
     def exit_code(self) -> int:
@@ -110,7 +115,7 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
              providers: list[Any] | None = None, notifiers: dict[str, Notifier] | None = None,
              store: Store | None = None, charts: bool = True, lock_owner: str | None = None,
              sleep: Callable[[float], None] = time.sleep, provider_deadline: float | None = None,
-             digest_after: int | None = None) -> RunResult:
+             digest_after: int | None = None, metrics_textfile: Path | str | None = None) -> RunResult:
     """One scheduled run.  With ``lock_owner`` the run first takes the state lock and raises
     :class:`RunLocked` when another run holds it.
 
@@ -120,7 +125,9 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
     ``digest_after``: more notifications than this due for one target in one run are sent as one digest
     (default ``alerting.digest_after``; 0 turns digests off).
     A state store that cannot be written (locked by another process, read-only) raises
-    :class:`~costwatch.state.StateError` naming the file and the cause."""
+    :class:`~costwatch.state.StateError` naming the file and the cause.
+    Every run that took the lock stores its metrics document (:mod:`costwatch.metrics`), also when it
+    fails; ``metrics_textfile`` also writes it as a node-exporter textfile."""
     if now is None:
         now = pd.Timestamp.now(tz="UTC")
     else:
@@ -142,7 +149,8 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
             raise RunLocked("another costwatch run holds the state lock; this one did nothing "
                             f"(a crashed run's lock lapses after {LOCK_SECONDS // 60} minutes)")
         try:
-            return _run(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest)
+            return _measured(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest,
+                             metrics_textfile)
         finally:
             if lock_owner is not None:
                 try:
@@ -153,6 +161,30 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
     finally:
         if own_store:
             store.close()
+
+
+def _measured(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any],
+              notifiers: dict[str, Notifier], store: Store, charts: bool, sleep: Callable[[float], None],
+              deadline: float | None, digest: int, textfile: Path | str | None) -> RunResult:
+    started, t0 = time.time(), time.monotonic()
+    result: RunResult | None = None
+    error: BaseException | None = None
+    try:
+        result = _run(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest)
+        return result
+    except Exception as e:
+        error = e
+        raise
+    finally:
+        doc = metrics.record(store, result=result, now=now, started=started, finished=time.time(),
+                             duration=time.monotonic() - t0, error=error)
+        if result is not None:
+            result.metrics = doc
+        if textfile is not None:
+            try:
+                metrics.write_textfile(textfile, doc)
+            except OSError as e:
+                log.warning("metrics textfile %s not written: %s", textfile, e)
 
 
 def _provider_deadline(cfg: Config) -> float:
@@ -174,7 +206,8 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=end, since=since,
                  findings=got.findings)
     result = RunResult(as_of=det.as_of, detection=det, provider_errors=list(got.errors),
-                       provider_stats=got.stats)
+                       provider_stats=got.stats, provider_failed=dict(got.failed),
+                       data_end=metrics.data_ends(got.costs, got.usage))
     if det.alerts and cfg.kubernetes.clusters:
         from costwatch.providers.kubernetes import attach, contexts_from_config
 
@@ -189,8 +222,9 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
                        data_end=incidents.data_ends(got.costs, got.usage))
     result.silenced = len(p.silenced)
     result.incidents_open = p.open_groups
-    result.alerts_active = sum(len(doc.get("alerts", [])) for _, doc in p.incidents.values()
-                               if doc.get("status") == "open")
+    result.alert_kinds = [(str(a.get("kind")), str(a.get("severity"))) for _, doc in p.incidents.values()
+                          if doc.get("status") == "open" for a in doc.get("alerts", []) if isinstance(a, dict)]
+    result.alerts_active = len(result.alert_kinds)
     if charts:
         _attach_charts(det, p, cfg)
     result.queued, digests, folded = outbox.enqueue_many(store, p.notifications, now, digest_after)

@@ -305,7 +305,9 @@ def test_revoked_slack_token_falls_back_to_email_until_fixed(data: tuple[Scenari
         assert len(srv.messages) == 1
         mail = srv.messages[0]
         assert mail.rcpt_tos == ["finops@example.com"]
-        text = mail.message.get_body(("plain",)).get_content()
+        body = mail.message.get_body(("plain",))
+        assert body is not None
+        text = body.get_content()
         assert "Slack" in str(mail.message["Subject"]) and "Slack" in text and "invalid_auth" in text
         assert "xoxb-revoked-token" not in mail.data.decode(errors="replace")
         assert not _our_posts(slack, "C0TEAM")

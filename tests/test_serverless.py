@@ -162,7 +162,7 @@ def test_artifact_runs_in_a_bare_interpreter(unpacked: Path, tmp_path: Path) -> 
     assert s["alerts_by_kind"].get("mining_suspected", 0) >= 1 and s["delivered"] >= 1
     assert result["png"]
     logs = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
-    assert [d["message"] for d in logs if d["logger"] == "costwatch"] == ["run finished"]
+    assert [d["message"] for d in logs if d.get("logger") == "costwatch"] == ["run finished"]
 
 
 def test_config_asking_for_what_is_left_out_fails_the_build(tmp_path: Path) -> None:
