@@ -230,7 +230,8 @@ def run(config_path: Path, as_of: str | None, no_charts: bool, textfile: Path | 
     """The scheduled job: fetch, detect, notify owners once per incident update, record state.
 
     Exit 0 when everything was delivered or is waiting for a retry; 1 when a notification is stuck
-    (failed, or undelivered past alerting.stuck_after); 2 for a config or input error."""
+    (failed, or undelivered past alerting.stuck_after) or a channel fails for good (the fallback owner is
+    told); 2 for a config or input error."""
     when = _as_of(as_of)
     try:
         from .run import run_once

@@ -352,6 +352,24 @@ def test_slack_answers_function_has_a_url_and_only_the_state_and_config(template
     assert "SlackAnswersUrl" in template["Outputs"]
 
 
+def test_alarms_on_failed_runs_and_errors_notify_the_topic(template: dict[str, Any]) -> None:
+    """The failure queue's depth and the run function's errors alarm; their actions are the SNS topic given as
+    --param="alarmTopic=arn:…", and without one (as in CI) the alarms exist with no actions."""
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    q, e = alarms["FailedRunsAlarm"]["Properties"], alarms["RunErrorsAlarm"]["Properties"]
+    assert (q["Namespace"], q["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert q["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailedRuns", "QueueName"]}}]
+    assert (e["Namespace"], e["MetricName"], e["Statistic"]) == ("AWS/Lambda", "Errors", "Sum")
+    assert e["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "RunLambdaFunction"}}]
+    for p in (q, e):
+        assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0
+        assert p["TreatMissingData"] == "notBreaching"
+        for key in ("AlarmActions", "OKActions"):
+            assert p[key] == {"Fn::If": ["HasAlarmTopic", ["none"], {"Ref": "AWS::NoValue"}]}
+    # no topic given: the condition is false, so CloudFormation drops the actions
+    assert template["Conditions"]["HasAlarmTopic"] == {"Fn::Not": [{"Fn::Equals": ["none", "none"]}]}
+
+
 def test_dockerfile_not_needed(template: dict[str, Any]) -> None:
     """The zip fits, so the functions deploy the zip, not a container image."""
     for fn in resources(template, "AWS::Lambda::Function").values():
