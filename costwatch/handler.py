@@ -112,6 +112,7 @@ def summary(result: Any) -> dict[str, Any]:
         "deferred": result.delivery.deferred,
         "delivered_after_retry": len(result.delivery.retried),
         "delivery_errors": result.delivery.errors[:20],
+        "broken_channels": dict(result.broken_channels),
         "provider_errors": result.provider_errors[:20],
         "cost_explorer_requests": sum(int(s.get("ce_requests", 0)) for s in stats.values()),
         "providers": {name: {k: v for k, v in s.items() if not isinstance(v, list | dict)}
