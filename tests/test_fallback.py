@@ -141,3 +141,20 @@ def test_a_channel_no_longer_configured_is_not_broken(tmp_path: Path, store: Sto
     store.put("outbox", n.id, {**rec.doc, "attempts": 1}, version=rec.version)  # tried once before
     res = step(cfg, store, {"email": email}, T0)
     assert res.delivery.failed == 1 and res.broken_channels == {} and email.sent == []
+
+
+def test_notice_renders_in_slack_without_answer_buttons_and_in_email(tmp_path: Path) -> None:
+    from fake_slack import check_blocks
+
+    from costwatch.notifiers.email_render import subject
+    from costwatch.notifiers.slack_blocks import render
+
+    cfg = config(tmp_path)
+    broken = {"email": {"reason": "SES: the sender is not verified", "since": iso(T0)}}
+    [n] = fallback.notifications(cfg, broken, T0 + 9 * H, {"slack", "email"})
+    assert n.target == Target("slack", "C0FINOPS") and n.sequence == 2
+    text, blocks = render(n, interactive=True)
+    assert check_blocks(blocks) == []
+    assert "email" in text and "not verified" in text
+    assert not any(b.get("type") == "actions" for b in blocks)
+    assert "channel_broken" in subject(n) and "email" in subject(n)
