@@ -254,12 +254,14 @@ def check_config(path: Path) -> None:
               help="costwatch YAML config (providers, owners, notify, state).")
 @click.option("--as-of", "as_of", default=None, help="Evaluate as if now were this ISO time (UTC).")
 @click.option("--no-charts", is_flag=True, help="Send without PNG charts.")
-def run(config_path: Path, as_of: str | None, no_charts: bool) -> None:
+@click.option("--metrics-textfile", "textfile", type=click.Path(path_type=Path), default=None,
+              help="Also write the run's metrics here for node-exporter's textfile collector (atomically).")
+def run(config_path: Path, as_of: str | None, no_charts: bool, textfile: Path | None) -> None:
     """The scheduled job: fetch, detect, notify owners once per incident update, record state.
 
     Exit 0 when everything was delivered or is waiting for a retry; 1 when a notification is stuck
-    (failed, or undelivered past alerting.stuck_after); 2 for a config or input error; 75 when another
-    run holds the state lock (this one did nothing)."""
+    (failed, or undelivered past alerting.stuck_after) or a channel fails for good (the fallback owner is
+    told); 2 for a config or input error; 75 when another run holds the state lock (this one did nothing)."""
     from .runlock import RunLocked
 
     when = _as_of(as_of)
@@ -271,7 +273,7 @@ def run(config_path: Path, as_of: str | None, no_charts: bool) -> None:
         import socket
 
         result = run_once(cfg, now=when, as_of=when, charts=not no_charts,
-                          lock_owner=f"{socket.gethostname()}:{os.getpid()}")
+                          lock_owner=f"{socket.gethostname()}:{os.getpid()}", metrics_textfile=textfile)
     except RunLocked as e:
         click.echo(f"costwatch: {e}", err=True)
         sys.exit(EXIT_LOCKED)
@@ -280,6 +282,27 @@ def run(config_path: Path, as_of: str | None, no_charts: bool) -> None:
     for line in result.lines():
         _echo(f"costwatch: {line}", err=True)
     sys.exit(result.exit_code)
+
+
+@cli.command("metrics")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="Config naming the state store.")
+def metrics_cmd(config_path: Path) -> None:
+    """The last run's metrics as Prometheus text (names prefixed costwatch_); exit 1 when no run is recorded."""
+    from . import metrics
+
+    try:
+        store = _store(config_path)
+        try:
+            doc = metrics.load(store)
+        finally:
+            store.close()
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    if doc is None:
+        click.echo("costwatch: no run recorded in this state store yet", err=True)
+        sys.exit(1)
+    click.echo(metrics.text(doc), nl=False)
 
 
 def _store(config_path: Path | None) -> Any:

@@ -354,6 +354,8 @@ class AlertingConfig(_Model):
     provider_timeout: str = "5m"
     # more new notifications than this for one channel/mailbox in one run are folded into one digest (0: never)
     digest_after: int = Field(default=10, ge=0, le=10_000)
+    # told (through its other channels) when a channel fails for good; default: default_owner, else notify's
+    fallback: str | None = None
 
     @field_validator("stuck_after", "provider_timeout")
     @classmethod

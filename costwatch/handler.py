@@ -11,7 +11,9 @@ run takes a lock in the state table (a conditional write with a TTL), and notifi
 send a no-op.  An invocation that finds the lock held returns ``{"status": "skipped"}`` rather than failing,
 so it is not retried in turn.
 
-Logs are one JSON object per line (CloudWatch Logs Insights can query them) and never carry secrets.
+Logs are one JSON object per line (CloudWatch Logs Insights can query them) and never carry secrets.  Each
+run's metrics (:mod:`costwatch.metrics`) also go to stdout as CloudWatch Embedded Metric Format lines
+(namespace ``costwatch``, AWS Lambda Powertools' Metrics), which CloudWatch turns into metrics.
 Heavy imports (pandas, the providers) happen inside :func:`handle`, so the module imports fast.
 """
 
@@ -110,6 +112,7 @@ def summary(result: Any) -> dict[str, Any]:
         "deferred": result.delivery.deferred,
         "delivered_after_retry": len(result.delivery.retried),
         "delivery_errors": result.delivery.errors[:20],
+        "broken_channels": dict(result.broken_channels),
         "provider_errors": result.provider_errors[:20],
         "not_read": [f.to_dict() for f in (result.gathered.failures if result.gathered else [])][:20],
         "cost_explorer_requests": sum(int(s.get("ce_requests", 0)) for s in stats.values()),
@@ -135,6 +138,16 @@ def provider_deadline(cfg: Any, context: Any = None) -> float:
     return max(5.0, min(configured, share))
 
 
+def _emit(doc: dict[str, Any]) -> None:
+    """The run's metrics as EMF lines on stdout; never the reason an invocation fails."""
+    try:
+        from .metrics import emit_emf
+
+        emit_emf(doc)
+    except Exception as e:
+        log.warning("run metrics not published as EMF: %s", type(e).__name__)
+
+
 def handle(event: dict[str, Any] | None = None, context: Any = None) -> dict[str, Any]:
     """The scheduled invocation.  Returns the run summary; raises only for a config error (so the
     failure destination sees it), never for an overlapping invocation."""
@@ -154,6 +167,11 @@ def handle(event: dict[str, Any] | None = None, context: Any = None) -> dict[str
         out = {"status": "skipped", "reason": str(e), "request_id": request_id}
         log.info("run skipped", extra={"costwatch": out})
         return out
+    except Exception as e:
+        # the run stored a failed-run metrics document: publish it (run_success 0) before failing
+        _emit({"success": False, "error": type(e).__name__, "duration_seconds": time.time() - started})
+        raise
+    _emit(result.metrics)
     out = summary(result) | {"request_id": request_id, "seconds": round(time.time() - started, 2)}
     log.info("run finished", extra={"costwatch": out})
     return out

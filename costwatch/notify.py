@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 # "digest": many incidents on one target folded into one message (see costwatch.outbox)
-Event = Literal["firing", "updated", "repeat", "resolved", "digest"]
-EVENTS: tuple[str, ...] = ("firing", "updated", "repeat", "resolved", "digest")
+# "channel_broken": a channel failed for good, told through another (see costwatch.fallback)
+Event = Literal["firing", "updated", "repeat", "resolved", "digest", "channel_broken"]
+EVENTS: tuple[str, ...] = ("firing", "updated", "repeat", "resolved", "digest", "channel_broken")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ NEXT_STEPS: dict[str, str] = {
     "threshold_exceeded": "Spend passed the project's configured daily threshold; confirm it is expected.",
     "budget_forecast_exceeded": ("At the current run rate the project ends the month over budget; find the "
                                  "services driving it or raise the budget in the config."),
+    "channel_broken": ("Fix the channel named above (a new token, a verified sender, a reachable webhook) and "
+                       "update the config or its secret; the next run delivers what it missed and this stops."),
 }
 RESOLVED_STEPS = "Spend and CPU are back inside their usual band; nothing more to do unless this repeats."
 

@@ -13,6 +13,9 @@
   target that answered "wait N s" is not tried again before that, and a service that failed twice in a row
   without saying when to come back is left alone for the rest of the run: what was not tried stays
   pending, untouched, for the next run.  A run with Slack down costs two timeouts, not one per message.
+* A notifier that fails for good (revoked token, unverified sender) is recorded as broken by
+  ``costwatch.fallback``, which tells the fallback owner; while it is broken each run tries its failed items
+  again (one probe per notifier until one fails again), so once it works again nothing it missed is lost.
 * Digests: when more than ``digest_after`` never-tried notifications are due for one target in one run
   (an attack across many projects, or the backlog after an outage), they are folded into one digest
   message listing the incidents, most severe first.  The members are marked "digested" (with the digest's
@@ -144,6 +147,25 @@ class DeliveryReport:
     digested: int = 0             # ... from this many notifications
     deferred: int = 0             # due but not tried this run (service down, or asked us to wait): pending
     retried: list[str] = field(default_factory=list)  # delivered this run after a failed attempt, and why
+    # channel health for costwatch.fallback: notifier -> the first permanent failure this run (no secrets),
+    # notifiers that delivered something this run, and notifiers with permanently failed items left
+    broken: dict[str, str] = field(default_factory=dict)
+    working: set[str] = field(default_factory=set)
+    failed_channels: set[str] = field(default_factory=set)
+
+    def merge(self, later: DeliveryReport) -> None:
+        """Add a later delivery pass of the same run (the fallback notices); its outbox counts are the newer."""
+        self.delivered += later.delivered
+        self.pending, self.failed, self.stuck = later.pending, later.failed, later.stuck
+        self.errors += later.errors
+        self.deferred += later.deferred
+        self.retried += later.retried
+        self.digests += later.digests
+        self.digested += later.digested
+        for ch, why in later.broken.items():
+            self.broken.setdefault(ch, why)
+        self.working |= later.working
+        self.failed_channels = later.failed_channels
 
     def summary(self) -> str:
         out = f"delivered {self.delivered}, pending {self.pending}, failed {self.failed}"
@@ -187,16 +209,24 @@ class _Timer:
 def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, max_attempts: int = 50,
             stuck_after: pd.Timedelta = STUCK_AFTER, max_wait: float = 10.0, in_run_retries: int = 2,
             sleep: Callable[[float], None] = time.sleep, digest_after: int = DIGEST_AFTER,
-            pace: dict[str, float] | None = None, clock: Callable[[], float] = time.monotonic) -> DeliveryReport:
+            pace: dict[str, float] | None = None, clock: Callable[[], float] = time.monotonic,
+            retry_failed: set[str] | frozenset[str] = frozenset(), only: set[str] | None = None) -> DeliveryReport:
+    """Deliver what is due.  ``retry_failed``: notifiers known broken (costwatch.fallback) whose permanently
+    failed items are tried again, oldest first, one probe per notifier until one fails again: when the
+    channel works again, what it could not deliver goes out.  ``only``: deliver just these ids."""
     report = DeliveryReport()
     spacing = PACE if pace is None else pace
     timer = _Timer(clock, sleep)
     records = store.scan("outbox")
     if _repair_digests(store, records, now):
         records = store.scan("outbox")
-    items = [_load(r) for r in records if r.doc.get("status") in ("pending", "sending")]
+    items = [_load(r) for r in records if r.doc.get("status") in ("pending", "sending")
+             or (r.doc.get("status") == "failed" and r.doc.get("permanent") and r.doc.get("channel") in retry_failed
+                 and r.doc.get("channel") in notifiers and int(r.doc.get("attempts", 0)) < max_attempts)]
+    if only is not None:
+        items = [i for i in items if i.rec.key in only]
     items.sort(key=lambda i: (i.rec.doc.get("created_at") or "", i.n.group_key, i.n.sequence, i.n.id))
-    if digest_after > 0:
+    if digest_after > 0 and only is None:
         items = _fold(store, items, now, digest_after, report)
     first_pending = {thread_key(i.n) for i in items if i.n.sequence == 0 and i.n.event == "firing"}
     first_pending |= {f"{group}|{i.n.target.key}" for i in items if i.n.event == "digest"
@@ -211,7 +241,10 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
         so the caller comes back to it after serving the other targets."""
         doc, n = item.rec.doc, item.n
         due = pd.Timestamp(doc.get("next_attempt") or now)
-        if doc["status"] == "sending":
+        if doc["status"] == "failed":
+            if n.target.channel in report.broken:
+                return False  # the notifier failed for good again this run: one probe is enough
+        elif doc["status"] == "sending":
             since = pd.Timestamp(doc.get("sending_since") or now)
             if now - since < LEASE:
                 return False  # another run is sending it right now
@@ -221,7 +254,7 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
         if notifier is None:
             _finish(store, item, now, Delivery(ok=False, permanent=True,
                                                error=f"notify.{n.target.channel} is no longer configured"),
-                    report, max_attempts)
+                    report, max_attempts, tried=False)
             return False
         stop = down.get(n.target.channel) or down.get(n.target.key)
         if stop is not None:
@@ -311,6 +344,8 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
         elif st == "failed":
             report.failed += 1
             report.stuck += 1
+            if r.doc.get("permanent") and r.doc.get("channel"):
+                report.failed_channels.add(str(r.doc["channel"]))
     return report
 
 
@@ -524,13 +559,14 @@ def _send(notifier: Notifier, n: Notification) -> Delivery:
 
 
 def _finish(store: Store, item: _Item, now: pd.Timestamp, d: Delivery, report: DeliveryReport,
-            max_attempts: int) -> None:
+            max_attempts: int, *, tried: bool = True) -> None:
     doc: dict[str, Any] = dict(item.rec.doc)
     n = item.n
     attempts = int(doc.get("attempts", 0))
     if d.ok:
-        doc.update(status="delivered", delivered_at=iso(now), ref=d.ref, last_error=d.error)
+        doc.update(status="delivered", delivered_at=iso(now), ref=d.ref, last_error=d.error, permanent=False)
         report.delivered += 1
+        report.working.add(n.target.channel)
         if n.sequence == 0 and n.event == "firing" and d.ref:
             store.put("thread", thread_key(n), {"ref": d.ref}, version=None, expires_at=_ttl(4 * KEEP))
         elif n.event == "digest" and d.ref:
@@ -542,7 +578,10 @@ def _finish(store: Store, item: _Item, now: pd.Timestamp, d: Delivery, report: D
         err = d.error or "delivery failed"
         report.errors.append(f"{n.target.channel} {n.target.address or '(default)'}: {err}")
         if d.permanent or attempts >= max_attempts:
-            doc.update(status="failed", last_error=err, failed_at=iso(now))
+            doc.update(status="failed", last_error=err, failed_at=iso(now), channel=n.target.channel,
+                       permanent=bool(d.permanent))
+            if d.permanent and tried:  # a notifier that refused, not one no longer configured
+                report.broken.setdefault(n.target.channel, err)
         else:
             backoff = min(BASE_BACKOFF * (2 ** max(attempts - 1, 0)), MAX_BACKOFF)
             if d.retry_after is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import feedback, incidents, outbox, silences, sources
+from . import fallback, feedback, incidents, metrics, outbox, silences, sources
 from .config import Config
 from .detect import Detection, detect
 from .errors import ConfigError
@@ -46,11 +46,18 @@ class RunResult:
     held: int = 0  # open incidents not judged over because their provider failed this run
     answered: int = 0  # alerts an owner's earlier answer holds back (costwatch.feedback)
     gathered: sources.Gathered | None = None  # what the providers delivered, failed and noted
+    broken_channels: dict[str, str] = field(default_factory=dict)  # notifier -> why it fails for good
+    # for costwatch.metrics: (kind, severity) per active alert, newest data per provider, failed parts
+    alert_kinds: list[tuple[str, str]] = field(default_factory=list)
+    data_end: dict[str, dict[str, float]] = field(default_factory=dict)
+    provider_failed: dict[str, list[str]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)   # this run's stored metrics document
 
     @property
     def exit_code(self) -> int:
-        """Non-zero only when a notification is stuck: a provider gap is reported, not fatal."""
-        return 1 if self.delivery.stuck else 0
+        """Non-zero only when a notification is stuck or a channel is broken: a provider gap is reported,
+        not fatal."""
+        return 1 if self.delivery.stuck or self.broken_channels else 0
 
     def lines(self) -> list[str]:
         out = [f"as of {self.as_of.isoformat()}: {self.alerts_active} active alert(s) in {self.incidents_open} "
@@ -67,6 +74,8 @@ class RunResult:
                        "recovery)")
         out += [f"retried: {e}" for e in self.delivery.retried]
         out += [f"not delivered: {e}" for e in self.delivery.errors]
+        out += [f"channel broken: notify.{ch}: {why} (the fallback owner is told)"
+                for ch, why in self.broken_channels.items()]
         if self.delivery.stuck:
             out.append(f"{self.delivery.stuck} notification(s) stuck (failed, or pending past alerting.stuck_after): "
                        "see `costwatch outbox`")
@@ -90,7 +99,7 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
              providers: list[Any] | None = None, notifiers: dict[str, Notifier] | None = None,
              store: Store | None = None, charts: bool = True, lock_owner: str | None = None,
              sleep: Callable[[float], None] = time.sleep, provider_deadline: float | None = None,
-             digest_after: int | None = None) -> RunResult:
+             digest_after: int | None = None, metrics_textfile: Path | str | None = None) -> RunResult:
     """One scheduled run.  With ``lock_owner`` the run first takes the state lock and raises
     :class:`RunLocked` when another run holds it.
 
@@ -100,7 +109,9 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
     ``digest_after``: more notifications than this due for one target in one run are sent as one digest
     (default ``alerting.digest_after``; 0 turns digests off).
     A state store that cannot be written (locked by another process, read-only) raises
-    :class:`~costwatch.state.StateError` naming the file and the cause."""
+    :class:`~costwatch.state.StateError` naming the file and the cause.
+    Every run that took the lock stores its metrics document (:mod:`costwatch.metrics`), also when it
+    fails; ``metrics_textfile`` also writes it as a node-exporter textfile."""
     if now is None:
         now = pd.Timestamp.now(tz="UTC")
     else:
@@ -121,7 +132,8 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
         if lock_owner is not None:
             require_lock(store, lock_owner)
         try:
-            return _run(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest)
+            return _measured(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest,
+                             metrics_textfile)
         finally:
             if lock_owner is not None:
                 try:
@@ -132,6 +144,30 @@ def run_once(cfg: Config, *, now: pd.Timestamp | None = None, as_of: pd.Timestam
     finally:
         if own_store:
             store.close()
+
+
+def _measured(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any],
+              notifiers: dict[str, Notifier], store: Store, charts: bool, sleep: Callable[[float], None],
+              deadline: float | None, digest: int, textfile: Path | str | None) -> RunResult:
+    started, t0 = time.time(), time.monotonic()
+    result: RunResult | None = None
+    error: BaseException | None = None
+    try:
+        result = _run(cfg, now, end, providers, notifiers, store, charts, sleep, deadline, digest)
+        return result
+    except Exception as e:
+        error = e
+        raise
+    finally:
+        doc = metrics.record(store, result=result, now=now, started=started, finished=time.time(),
+                             duration=time.monotonic() - t0, error=error)
+        if result is not None:
+            result.metrics = doc
+        if textfile is not None:
+            try:
+                metrics.write_textfile(textfile, doc)
+            except OSError as e:
+                log.warning("metrics textfile %s not written: %s", textfile, e)
 
 
 def _provider_deadline(cfg: Config) -> float:
@@ -151,7 +187,8 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=end, since=since,
                  findings=got.findings, planned=silences.planned(store))
     result = RunResult(as_of=det.as_of, detection=det, provider_errors=list(got.errors),
-                       provider_stats=got.stats, gathered=got)
+                       provider_stats=got.stats, gathered=got, provider_failed=dict(got.failed),
+                       data_end=metrics.data_ends(got.costs, got.usage))
     if det.alerts and cfg.kubernetes.clusters:
         from costwatch.providers.kubernetes import attach, contexts_from_config
 
@@ -168,18 +205,35 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
     result.silenced = len(p.silenced)
     result.incidents_open = p.open_groups
     result.held = p.held
-    result.alerts_active = sum(len(doc.get("alerts", [])) for _, doc in p.incidents.values()
-                               if doc.get("status") == "open")
+    result.alert_kinds = [(str(a.get("kind")), str(a.get("severity"))) for _, doc in p.incidents.values()
+                          if doc.get("status") == "open" for a in doc.get("alerts", []) if isinstance(a, dict)]
+    result.alerts_active = len(result.alert_kinds)
     if charts:
         _attach_charts(det, p, cfg)
     result.queued, digests, folded = outbox.enqueue_many(store, p.notifications, now, digest_after)
     result.conflicts = incidents.commit(store, p)
+    stuck_after = pd.Timedelta(cfg.alerting.stuck_after_td)
     result.delivery = outbox.deliver(
-        store, notifiers, now, max_attempts=cfg.alerting.max_attempts,
-        stuck_after=pd.Timedelta(cfg.alerting.stuck_after_td), sleep=sleep, digest_after=digest_after)
+        store, notifiers, now, max_attempts=cfg.alerting.max_attempts, stuck_after=stuck_after, sleep=sleep,
+        digest_after=digest_after, retry_failed=set(fallback.broken(store)))
     result.delivery.digests += digests
     result.delivery.digested += folded
+    _tell_broken(cfg, store, notifiers, now, result, stuck_after, sleep)
     return result
+
+
+def _tell_broken(cfg: Config, store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, result: RunResult,
+                 stuck_after: pd.Timedelta, sleep: Callable[[float], None]) -> None:
+    """A channel that failed for good is told to the fallback owner through another, in this same run."""
+    broken = fallback.update(store, result.delivery, now)
+    result.broken_channels = {ch: str(doc.get("reason") or "") for ch, doc in broken.items()}
+    notices = fallback.notifications(cfg, broken, now, set(notifiers))
+    new = [n for n in notices if outbox.enqueue(store, n, now)]
+    result.queued += len(new)
+    if new:
+        result.delivery.merge(outbox.deliver(store, notifiers, now, max_attempts=cfg.alerting.max_attempts,
+                                             stuck_after=stuck_after, sleep=sleep, digest_after=0,
+                                             only={n.id for n in new}))
 
 
 def _chart_dir(cfg: Config) -> Path:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from .errors import ConfigError, CostwatchError
 
 # feedback: owners' answers (costwatch.feedback); answer: Slack request ids already acted on (replays)
-TABLES = ("incident", "outbox", "thread", "silence", "lock", "feedback", "answer")
+TABLES = ("incident", "outbox", "thread", "silence", "lock", "feedback", "answer", "channel", "metrics")
 
 
 class StateError(CostwatchError):

@@ -471,7 +471,7 @@ def render(n: Notification, interactive: bool = False) -> tuple[str, list[dict[s
             body.append({"type": "context", "elements": [_mrkdwn(
                 f"… and {len(rest) - shown} more alerts in this incident; `costwatch report` lists them all")]})
     answers = actions_block(n.group_key, {"status": "resolved" if n.event == "resolved" else "open"}) \
-        if interactive and n.event != "digest" else None
+        if interactive and n.event not in ("digest", "channel_broken") else None
     blocks = (head + body + tail)[:MAX_BLOCKS - (answers is not None)] + ([answers] if answers else [])
 
     summary = clean(lead.get("summary") or "", 500) if lead else ""

@@ -355,3 +355,80 @@ def test_one_incident_reaches_every_channel_once(data: tuple[Scenario, Path], sl
     state = (tmp_path / "state.db").read_bytes()
     for secret in (slack.token, teams.sig, pd_key, hook.secret, hook.path_token):
         assert secret not in caplog.text and secret.encode() not in state
+
+
+# ----------------------------------------------------------------------------------------------- fallback
+
+
+def _fallback_config(sc: Scenario, d: Path, tmp: Path, fake: Any, smtp_port: int) -> Path:
+    inc = _incident(sc)
+    doc = {
+        "providers": [{"type": "files", "costs": str(d / "costs.csv"), "usage": str(d / "usage.csv")}],
+        "projects": {str(inc.project_id): {"name": "payments", "owner": "miners-team"}},
+        "owners": {"miners-team": {"slack_channel": "C0TEAM"},
+                   "finops": {"slack_channel": "C0FINOPS", "email": ["finops@example.com"]}},
+        "alerting": {"repeat_interval": "4h", "default_owner": "finops"},
+        "notify": {"slack": {"token": "${SLACK_BOT_TOKEN}", "channel": "C0ALERTS", "api_url": fake.api_url,
+                             "timeout": 1, "charts": False},
+                   "email": {"smtp_host": "127.0.0.1", "smtp_port": smtp_port, "starttls": False,
+                             "from_addr": "costwatch@example.com", "timeout": 5},
+                   "stdout": False},
+        "state": {"path": str(tmp / "state.db")},
+    }
+    (tmp / "c.yaml").write_text(yaml.safe_dump(doc))
+    return tmp / "c.yaml"
+
+
+def test_revoked_slack_token_falls_back_to_email_until_fixed(data: tuple[Scenario, Path], slack: Any,
+                                                             tmp_path: Path) -> None:
+    """Slack answers invalid_auth: `costwatch run` exits 1 and the default owner gets one email naming Slack
+    and the reason, in the same run.  A retried run sends nothing new; with the token fixed (same state) the
+    Slack message that waited is delivered and the fallback stops."""
+    from click.testing import CliRunner
+
+    from costwatch.cli import cli
+
+    sc, d = data
+    inc = _incident(sc)
+    srv = smtp_server.start()
+    try:
+        path = _fallback_config(sc, d, tmp_path, slack, srv.port)
+        t = inc.start + 3 * H
+
+        def run(at: pd.Timestamp, token: str) -> Any:
+            return CliRunner().invoke(cli, ["run", "--config", str(path), "--as-of", at.isoformat(), "--no-charts"],
+                                      env={TOKEN_ENV: token}, catch_exceptions=False)
+
+        broken = run(t, "xoxb-revoked-token")
+        assert broken.exit_code == 1, broken.output
+        assert "channel broken: notify.slack" in broken.output and "invalid_auth" in broken.output
+        assert len(srv.messages) == 1
+        mail = srv.messages[0]
+        assert mail.rcpt_tos == ["finops@example.com"]
+        body = mail.message.get_body(("plain",))
+        assert body is not None
+        text = body.get_content()
+        assert "Slack" in str(mail.message["Subject"]) and "Slack" in text and "invalid_auth" in text
+        assert "xoxb-revoked-token" not in mail.data.decode(errors="replace")
+        assert not _our_posts(slack, "C0TEAM")
+
+        # the same hour again (a retry, an overlapping run): still broken, no second fallback
+        assert run(t + pd.Timedelta(minutes=20), "xoxb-revoked-token").exit_code == 1
+        assert len(srv.messages) == 1
+        # a repeat interval later, still broken: told once more
+        assert run(t + 4 * H + pd.Timedelta(minutes=5), "xoxb-revoked-token").exit_code == 1
+        assert len(srv.messages) == 2
+
+        fixed = run(t + 5 * H, slack.token)
+        assert fixed.exit_code == 0, fixed.output
+        posts = _our_posts(slack, "C0TEAM")
+        # the first message that waited, then the reminder queued while Slack was broken, in its thread
+        assert len(posts) == 2 and posts[0].get("thread_ts") in (None, posts[0]["ts"])
+        assert posts[1]["thread_ts"] == posts[0]["ts"]
+        assert "channel broken" not in fixed.output and "failed 0" in fixed.output
+        assert len(srv.messages) == 2  # the fallback stopped
+        assert run(t + 9 * H + pd.Timedelta(minutes=5), slack.token).exit_code == 0
+        assert len(srv.messages) == 2
+        assert slack.token.encode() not in (tmp_path / "state.db").read_bytes()
+    finally:
+        srv.stop()

@@ -965,13 +965,14 @@ def s_smtp_5xx(w: World, d: Path) -> Row:
         res = c.run()
         assert isinstance(res, RunResult), res
         a = c.audit(set(PROVIDERS))
-        assert a.duplicates == 0 and a.failed == 1 and a.delivered == 5 and not a.lost
-        assert res.exit_code == 1 and res.delivery.stuck == 1
+        # the 5 notifications of the run, plus the fallback notice that email is broken (through Slack)
+        assert a.duplicates == 0 and a.failed == 1 and a.delivered == 6 and not a.lost
+        assert res.exit_code == 1 and res.delivery.stuck == 1 and list(res.broken_channels) == ["email"]
         assert any("rejected the message" in e for e in res.delivery.errors)
         assert any("stuck" in line for line in res.lines())
         return row(c, "mail 554 at DATA", "delivery", "DATA answered 554 5.7.1 (permanent)",
-                   "failed for good, kept in the outbox; exit 1: \"1 notification(s) stuck … see `costwatch "
-                   "outbox`\"", [res], a, reported(res))
+                   "failed for good, kept in the outbox and told on Slack (fallback); exit 1: \"1 notification(s) "
+                   "stuck … see `costwatch outbox`\"", [res], a, reported(res))
 
 
 @scenario

@@ -199,10 +199,10 @@ def test_scheduled_run_alerts_once_by_email(aws: None, tmp_path: Path, capsys: p
 
     out, err = capsys.readouterr()
     docs = json_lines(out)
-    finished = [d for d in docs if d["message"] == "run finished"]
+    finished = [d for d in docs if d.get("message") == "run finished"]
     assert [d["request_id"] for d in finished] == ["req-1", "req-2", "req-2"]
     assert {"level", "logger", "time"} <= set(finished[0])
-    loaded = [d for d in docs if d["message"] == "secrets loaded"]
+    loaded = [d for d in docs if d.get("message") == "secrets loaded"]
     assert loaded and loaded[0]["secrets"] == ["ONCALL_EMAIL", "SLACK_BOT_TOKEN"]
     assert SECRET not in out + err and SECRET not in json.dumps([first, second, retried])
 
@@ -227,7 +227,7 @@ def test_overlapping_invocation_is_skipped(aws: None, tmp_path: Path, capsys: py
     assert ran["status"] == "ok" and ran["delivered"] >= 1 and len(sent_mail()) == ran["delivered"]
     assert store.get("lock", "run") is None                        # released after the run
     out, _ = capsys.readouterr()
-    assert [d["status"] for d in json_lines(out) if d["message"] == "run skipped"] == ["skipped"]
+    assert [d["status"] for d in json_lines(out) if d.get("message") == "run skipped"] == ["skipped"]
 
 
 def test_failing_provider_is_reported_and_the_others_still_alert(aws: None, tmp_path: Path,
@@ -252,7 +252,7 @@ def test_failing_provider_is_reported_and_the_others_still_alert(aws: None, tmp_
     assert out["alerts_by_kind"].get("mining_suspected", 0) >= 1 and out["delivered"] >= 1
     assert set(out["providers"]) == {"aws", "aws-payer2"}
     logged = json_lines(capsys.readouterr().out)
-    assert [d["provider_errors"] for d in logged if d["message"] == "run finished"] == [out["provider_errors"]]
+    assert [d["provider_errors"] for d in logged if d.get("message") == "run finished"] == [out["provider_errors"]]
 
 
 def test_provider_whose_credentials_fail_is_a_provider_error(aws: None, tmp_path: Path) -> None:
@@ -325,3 +325,29 @@ def test_provider_deadline_leaves_the_run_time_to_deliver() -> None:
     assert provider_deadline(cfg, Left("r", left_ms=900_000)) == pytest.approx(120.0)
     assert provider_deadline(cfg, Left("r", left_ms=60_000)) == pytest.approx(5.0)
     assert provider_deadline(cfg, None) == pytest.approx(120.0)
+
+
+def test_run_metrics_are_published_as_embedded_metric_format(aws: None, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Each invocation prints its metrics as CloudWatch EMF lines (namespace "costwatch", Powertools)."""
+    store_config(lambda_config(tmp_path))
+    miner_in_new_region()
+    handle(scheduled_event(), Context("req-emf"))
+    docs = json_lines(capsys.readouterr().out)
+    emf = [d for d in docs if "_aws" in d]
+    assert emf, "no EMF line in the handler's stdout"
+    names: dict[str, Any] = {}
+    for d in emf:
+        [directive] = d["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "costwatch" and isinstance(d["_aws"]["Timestamp"], int)
+        for m in directive["Metrics"]:
+            v = d[m["Name"]]
+            names[m["Name"]] = v[0] if isinstance(v, list) and len(v) == 1 else v
+    assert {"run_success", "run_duration_seconds", "alerts_active", "incidents_open", "notifications_delivered",
+            "outbox_pending", "outbox_failed", "outbox_oldest_pending_age_seconds", "provider_errors",
+            "cost_explorer_requests", "channels_broken", "data_age_seconds", "alerts_active_by_kind"} <= set(names)
+    assert names["run_success"] == 1 and names["cost_explorer_requests"] == 2 and names["alerts_active"] >= 1
+    by_kind = [d for d in emf if "alerts_active_by_kind" in d]
+    assert any(d.get("kind") == "mining_suspected" for d in by_kind)
+    ages = [d for d in emf if "data_age_seconds" in d]
+    assert {(d["provider"], d["data"]) for d in ages} >= {("aws", "cost"), ("aws", "usage")}

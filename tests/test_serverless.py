@@ -162,7 +162,7 @@ def test_artifact_runs_in_a_bare_interpreter(unpacked: Path, tmp_path: Path) -> 
     assert s["alerts_by_kind"].get("mining_suspected", 0) >= 1 and s["delivered"] >= 1
     assert result["png"]
     logs = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
-    assert [d["message"] for d in logs if d["logger"] == "costwatch"] == ["run finished"]
+    assert [d["message"] for d in logs if d.get("logger") == "costwatch"] == ["run finished"]
 
 
 def test_config_asking_for_what_is_left_out_fails_the_build(tmp_path: Path) -> None:
@@ -350,6 +350,24 @@ def test_slack_answers_function_has_a_url_and_only_the_state_and_config(template
                        "dynamodb:DeleteItem", "dynamodb:Query", "ssm:GetParameter", "ssm:GetParametersByPath",
                        "kms:Decrypt"}
     assert "SlackAnswersUrl" in template["Outputs"]
+
+
+def test_alarms_on_failed_runs_and_errors_notify_the_topic(template: dict[str, Any]) -> None:
+    """The failure queue's depth and the run function's errors alarm; their actions are the SNS topic given as
+    --param="alarmTopic=arn:…", and without one (as in CI) the alarms exist with no actions."""
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    q, e = alarms["FailedRunsAlarm"]["Properties"], alarms["RunErrorsAlarm"]["Properties"]
+    assert (q["Namespace"], q["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert q["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailedRuns", "QueueName"]}}]
+    assert (e["Namespace"], e["MetricName"], e["Statistic"]) == ("AWS/Lambda", "Errors", "Sum")
+    assert e["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "RunLambdaFunction"}}]
+    for p in (q, e):
+        assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0
+        assert p["TreatMissingData"] == "notBreaching"
+        for key in ("AlarmActions", "OKActions"):
+            assert p[key] == {"Fn::If": ["HasAlarmTopic", ["none"], {"Ref": "AWS::NoValue"}]}
+    # no topic given: the condition is false, so CloudFormation drops the actions
+    assert template["Conditions"]["HasAlarmTopic"] == {"Fn::Not": [{"Fn::Equals": ["none", "none"]}]}
 
 
 def test_dockerfile_not_needed(template: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """``costwatch serve``: the Slack answers app over HTTP, for self-hosting and Kubernetes.
 
 Bolt's ASGI adapter serves Slack's request path ``/slack/events`` under uvicorn; ``/healthz`` answers 200
-while the state store can be read (liveness and readiness probes), 503 otherwise.  Everything else is 404.
+while the state store can be read (liveness and readiness probes), 503 otherwise; ``GET /metrics`` is the
+last run's metrics as Prometheus text (:mod:`costwatch.metrics`).  Everything else is 404.
 Bolt's handler is synchronous, and the answers it makes are a few state writes and Slack calls: one
 worker is enough for a team's button presses.
 """
@@ -21,6 +22,24 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 EVENTS_PATH = "/slack/events"
+METRICS_PATH = "/metrics"
+
+
+async def _metrics(store: Store, send: Send) -> None:
+    """The last run's metrics (costwatch.metrics) as Prometheus text; 503 until a run is recorded."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from costwatch import metrics
+
+    try:
+        doc = metrics.load(store)
+        status, ctype = (200, CONTENT_TYPE_LATEST) if doc else (503, "text/plain; charset=utf-8")
+        body = metrics.text(doc).encode() if doc else b"no costwatch run recorded yet\n"
+    except StateError as e:
+        log.warning("metrics: state store unavailable: %s", e)
+        status, ctype, body = 503, "text/plain; charset=utf-8", b"state store unavailable\n"
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype.encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def asgi_app(cfg: Config, store: Store, **app_args: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
@@ -32,6 +51,9 @@ def asgi_app(cfg: Config, store: Store, **app_args: Any) -> Callable[[Scope, Rec
     bolt = SlackRequestHandler(build_app(cfg, store, **app_args), path=EVENTS_PATH)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == METRICS_PATH and scope.get("method", "GET") == "GET":
+            await _metrics(store, send)
+            return
         if scope["type"] == "http" and scope.get("path") == "/healthz":
             try:
                 store.get("lock", "run")
@@ -56,4 +78,4 @@ def serve(cfg: Config, store: Store, *, host: str = "0.0.0.0", port: int = 3000)
                 proxy_headers=True)
 
 
-__all__ = ["EVENTS_PATH", "asgi_app", "serve"]
+__all__ = ["EVENTS_PATH", "METRICS_PATH", "asgi_app", "serve"]
