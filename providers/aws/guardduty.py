@@ -13,7 +13,8 @@ never a failure of the cost or usage fetch.  Other regional failures are reporte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class RegionFindings:
     findings: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     denied: AwsCallError | None = None  # access denied: a note, not an error
+    skipped: bool = False  # not started before the deadline
 
 
 def is_crypto(finding_type: str) -> bool:
@@ -134,14 +136,20 @@ def scan_region(api: Api, region: str, start: pd.Timestamp, end: pd.Timestamp) -
     return result
 
 
-def scan(targets: list[tuple[Api, str]], start: pd.Timestamp, end: pd.Timestamp, *,
-         max_workers: int) -> list[RegionFindings]:
+def scan(targets: list[tuple[Api, str]], start: pd.Timestamp, end: pd.Timestamp, *, max_workers: int,
+         deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> list[RegionFindings]:
+    """Every (account, region) pair on a pool of ``max_workers`` threads (clients are shared: see ``_api``);
+    pairs not started before ``deadline`` come back ``skipped``."""
     if not targets:
         return []
-    for api, region in targets:  # make clients here: boto3 sessions are not thread-safe
-        api.client("guardduty", region)
+
+    def one(t: tuple[Api, str]) -> RegionFindings:
+        if deadline is not None and clock() >= deadline:
+            return RegionFindings(t[1], t[0].account, skipped=True)
+        return scan_region(t[0], t[1], start, end)
+
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(targets)))) as pool:
-        return list(pool.map(lambda t: scan_region(t[0], t[1], start, end), targets))
+        return list(pool.map(one, targets))
 
 
 def denied_notes(results: list[RegionFindings]) -> list[str]:
