@@ -236,18 +236,38 @@ def prune(root: Path, plan: Plan) -> None:
                 _remove(here / f, "stubs and sources of compiled modules", plan)
 
 
+def _version_of(exe: str) -> str | None:
+    try:
+        got = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return got.stdout.strip() if got.returncode == 0 else None
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter of ``version``: this one, ``pythonX.Y`` on PATH, a pyenv install, or uv's."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
+        return sys.executable
+    candidates = [shutil.which(f"python{version}")]
+    candidates += [str(p) for p in sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))]
+    uv = shutil.which("uv")
+    if uv:
+        got = subprocess.run([uv, "python", "find", version], capture_output=True, text=True)
+        candidates.append(got.stdout.strip() if got.returncode == 0 else None)
+    return next((c for c in candidates if c and _version_of(c) == version), None)
+
+
 def target_python(plan: Plan) -> str:
     """An interpreter of the target version: bytecode is per version (a 3.11 .pyc means nothing to 3.12)."""
-    if f"{sys.version_info[0]}.{sys.version_info[1]}" == plan.python_version and plan.compile_with is None:
-        return sys.executable
-    exe = plan.compile_with or shutil.which(f"python{plan.python_version}")
+    if plan.compile_with is not None:
+        if _version_of(plan.compile_with) != plan.python_version:
+            raise BuildError(f"--compile-with {plan.compile_with} is not Python {plan.python_version}")
+        return plan.compile_with
+    exe = find_python(plan.python_version)
     if exe is None:
-        raise BuildError(f"no python{plan.python_version} on PATH to compile bytecode for the Lambda runtime: "
+        raise BuildError(f"no Python {plan.python_version} found to compile bytecode for the Lambda runtime: "
                          "install it, name one with --compile-with, or build with --no-bytecode (slower cold starts)")
-    got = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
-                         text=True)
-    if got.returncode or got.stdout.strip() != plan.python_version:
-        raise BuildError(f"{exe} is Python {got.stdout.strip() or '?'}, not {plan.python_version}")
     return exe
 
 
