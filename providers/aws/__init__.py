@@ -145,7 +145,7 @@ class AwsProvider:
         if not self.guardduty:
             return guardduty.empty_findings()
         results = guardduty.scan(self._targets(), start, end, max_workers=self.max_workers,
-                                 deadline=self._budget(1.0), clock=self.monotonic)
+                                 deadline=self._budget(1.0), clock=self.monotonic, cache=self.cache, now=self.clock())
         self._note_skipped(results)
         self.notes += guardduty.denied_notes(results)
         failed = [r for r in results if r.error]
