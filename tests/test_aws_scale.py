@@ -231,3 +231,25 @@ def test_memory_does_not_grow_with_accounts(aws_env: None, tmp_path: Path, monke
     growth_mb = (got[200]["peak"] - got[50]["peak"]) / 1e6
     print(f"traced peak: 50 accounts {got[50]['peak'] / 1e6:.1f} MB, 200 accounts {got[200]['peak'] / 1e6:.1f} MB")
     assert growth_mb < 30, got
+
+
+def test_organizational_units_shard_the_organization(moto: None, tmp_path: Path) -> None:
+    """One deployment per OU: only the accounts under it (nested OUs too) are scanned and costed."""
+    from test_aws_provider import ce_result, day_list, queue_ce
+
+    members = _org(3, ["us-east-1"])
+    org = boto3.client("organizations", region_name="us-east-1")
+    root = org.list_roots()["Roots"][0]["Id"]
+    team = org.create_organizational_unit(ParentId=root, Name="team")["OrganizationalUnit"]["Id"]
+    nested = org.create_organizational_unit(ParentId=team, Name="ml")["OrganizationalUnit"]["Id"]
+    org.move_account(AccountId=members[0], SourceParentId=root, DestinationParentId=team)
+    org.move_account(AccountId=members[1], SourceParentId=root, DestinationParentId=nested)
+    now = next_hour()
+    days = day_list((now - pd.Timedelta(days=3)).date().isoformat(), 3)
+    queue_ce([ce_result(days, {a: {"AWS Lambda": 1.0} for a in members}, "SERVICE"),
+              ce_result(days, {a: {"us-east-1": 1.0} for a in members}, "REGION")])
+    p = provider(tmp_path, now, assume_role=ROLE, organizational_units=[team])
+    costs = p.fetch_costs(now.floor("D") - pd.Timedelta(days=3), now.floor("D"))
+    usage = p.fetch_usage(now - pd.Timedelta(days=1), now)
+    assert set(costs["project_id"]) == set(usage["project"]) == {members[0], members[1]}
+    assert p.stats()["sts_requests"] == 3  # GetCallerIdentity + the two accounts; the caller's is not in the OU

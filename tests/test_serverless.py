@@ -290,6 +290,7 @@ def actions(st: dict[str, Any]) -> list[str]:
 # the calls costwatch makes (README's IAM list), plus what Lambda itself needs: logs and the failure queue
 EXPECTED_ACTIONS = {
     "ce:GetCostAndUsage", "organizations:ListAccounts", "organizations:ListTagsForResource",
+    "organizations:ListAccountsForParent", "organizations:ListOrganizationalUnitsForParent",
     "ec2:DescribeRegions", "ec2:DescribeInstances", "cloudwatch:GetMetricData",
     "guardduty:ListDetectors", "guardduty:ListFindings", "guardduty:GetFindings", "sts:AssumeRole",
     "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query",

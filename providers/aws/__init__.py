@@ -50,7 +50,8 @@ class AwsProvider:
                  metric: str = "UnblendedCost", restate_days: int = 3, regions: list[str] | None = None,
                  owner_tag: str = "owner", cpu: bool = True, max_workers: int = 8,
                  assume_role: str | None = None, guardduty: bool = True, cost_source: str = "cost_explorer",
-                 athena: Any = None, clock: Callable[[], pd.Timestamp] = _now) -> None:
+                 athena: Any = None, clock: Callable[[], pd.Timestamp] = _now,
+                 organizational_units: list[str] | None = None) -> None:
         self.name = name
         self.api = Api(profile, max_workers)
         self.cache = Cache(cache_path, scope=name)
@@ -67,6 +68,8 @@ class AwsProvider:
         self.max_workers = max_workers
         self.assume_role = assume_role
         self.guardduty = guardduty
+        self.organizational_units = list(organizational_units or [])
+        self._shard: set[str] | None = None
         self.errors: list[str] = []
         self.notes: list[str] = []
         self.instances = compute.instances_frame(None, [])
@@ -94,10 +97,22 @@ class AwsProvider:
         return now + max(0.0, self.deadline - now - FINISH_SECONDS) * share
 
     def accounts(self) -> tuple[dict[str, str], dict[str, str]]:
-        """Account id -> name and id -> owner (once per run; cached on disk for a day)."""
+        """Account id -> name and id -> owner (once per run; cached on disk for a day); with
+        ``organizational_units`` only the accounts under them."""
         if self._accounts is None:
-            self._accounts = compute.accounts(self.api, self.cache, self.owner_tag, self.clock(), self.notes)
+            names, owners = compute.accounts(self.api, self.cache, self.owner_tag, self.clock(), self.notes)
+            shard = self.shard()
+            if shard is not None:
+                names = {a: n for a, n in names.items() if a in shard}
+                owners = {a: o for a, o in owners.items() if a in shard}
+            self._accounts = names, owners
         return self._accounts
+
+    def shard(self) -> set[str] | None:
+        """The accounts under ``organizational_units`` (None: the whole organization)."""
+        if self.organizational_units and self._shard is None:
+            self._shard = compute.accounts_under(self.api, self.cache, self.organizational_units, self.clock())
+        return self._shard
 
     def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Daily cost rows for [start, end), fetching from AWS only the days the cache cannot answer."""
@@ -111,6 +126,10 @@ class AwsProvider:
         reg_rows, reg_est = self.ce.daily("region", days)
         estimated = {d: svc_est.get(d, False) or reg_est.get(d, False) for d in {*svc_est, *reg_est}}
         names, owners = self.accounts()
+        shard = self.shard()
+        if shard is not None:  # Cost Explorer answers for the whole organization: keep this deployment's share
+            svc_rows = [r for r in svc_rows if r[1] in shard]
+            reg_rows = [r for r in reg_rows if r[1] in shard]
         return combine(svc_rows, reg_rows, estimated, names, owners)
 
     def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -194,6 +213,7 @@ class AwsProvider:
     def _find_account_apis(self) -> list[Api]:
         """The caller's own account, plus every other organization account through ``assume_role``; an
         account whose role cannot be assumed is reported and skipped."""
+        shard = self.shard()
         apis = [self.api]
         if not self.assume_role:
             return apis
@@ -203,6 +223,8 @@ class AwsProvider:
                               "only the caller's account is scanned")
             return apis
         own = str(self.api.call(self.api.client("sts"), "GetCallerIdentity")["Account"])
+        if shard is not None and own not in shard:
+            apis = []  # the management account is not in this deployment's OUs
         role = self.assume_role
         others = [a for a in sorted(names) if a != own]
 
@@ -262,6 +284,7 @@ def from_config(provider_cfg: Any, cfg: Any = None) -> AwsProvider:
         regions=provider_cfg.regions, owner_tag=provider_cfg.owner_tag, cpu=provider_cfg.cpu,
         max_workers=provider_cfg.max_workers, assume_role=provider_cfg.assume_role,
         guardduty=getattr(provider_cfg, "guardduty", True),
+        organizational_units=getattr(provider_cfg, "organizational_units", None),
         cost_source=getattr(provider_cfg, "cost_source", "cost_explorer"), athena=getattr(provider_cfg, "athena", None),
     )
 

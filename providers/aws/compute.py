@@ -90,6 +90,35 @@ def accounts(api: Api, cache: Cache, owner_tag: str, now: pd.Timestamp, notes: l
     return names, owners
 
 
+def accounts_under(api: Api, cache: Cache, parents: list[str], now: pd.Timestamp) -> set[str]:
+    """Ids of the accounts under the given OUs or roots, nested OUs included (cached for a day like the
+    names): the shard one deployment watches."""
+    key = "accounts-under:" + ",".join(sorted(parents))
+    hit = cache.get(key)
+    if hit is not None and now - pd.Timestamp(hit[1]) < ACCOUNTS_TTL:
+        return {str(a) for a in hit[0]}
+    client = api.client("organizations")
+    found: set[str] = set()
+    todo = list(parents)
+    while todo:
+        parent = todo.pop()
+        for op, field, out in (("ListAccountsForParent", "Accounts", True),
+                               ("ListOrganizationalUnitsForParent", "OrganizationalUnits", False)):
+            params: dict[str, Any] = {"ParentId": parent}
+            while True:
+                page = api.call(client, op, **params)
+                ids = [str(x["Id"]) for x in page.get(field, [])]
+                if out:
+                    found.update(ids)
+                else:
+                    todo += ids
+                if not page.get("NextToken"):
+                    break
+                params["NextToken"] = page["NextToken"]
+    cache.put(key, sorted(found), now.isoformat())
+    return found
+
+
 # ------------------------------------------------------------------------------------------ EC2 + CPU
 
 @dataclass
