@@ -185,6 +185,9 @@ class _CachedProvider(_Model):
         return _resolve_one(v, Path(base)) if v and base is not None else v
 
 
+OrgUnitId = Annotated[str, Field(pattern=r"^(ou-[0-9a-z]{4,32}-[0-9a-z]{8,32}|r-[0-9a-z]{4,32})$")]
+
+
 class AwsProviderConfig(_CachedProvider):
     """Cost Explorer spend plus EC2/CloudWatch CPU from the AWS APIs (``pip install 'costwatch[aws]'``).
 
@@ -201,6 +204,8 @@ class AwsProviderConfig(_CachedProvider):
     cpu: bool = True
     max_workers: int = Field(default=8, ge=1, le=64)
     assume_role: str | None = Field(default=None, pattern=r"^[\w+=,.@/-]{1,128}$")
+    # one deployment per OU (sharding a large organization): only the accounts under these OUs (or roots)
+    organizational_units: list[OrgUnitId] | None = None
     guardduty: bool = True
     # where daily spend comes from: Cost Explorer, or the Data Export in S3 through Athena (``athena:``)
     cost_source: Literal["cost_explorer", "athena"] = "cost_explorer"

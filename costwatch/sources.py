@@ -20,6 +20,7 @@ import importlib
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -225,7 +226,9 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
     (as without a deadline: the same order of requests, one provider's data in memory at a time), and a
     provider still busy after ``deadline`` seconds is reported as timed out for the parts it had not
     finished (a hung API, a retry loop): the run goes on with the next.  Its thread is a daemon thread,
-    left to finish or die with the process; nothing it returns later is used."""
+    left to finish or die with the process; nothing it returns later is used.  A provider with a
+    ``set_deadline(monotonic_instant)`` method is told the deadline first, so it can stop in time with what
+    it has (and resume in its next run) rather than time out with nothing."""
     jobs = [_Fetch(p, start, end, strict, now) for p in providers]
     if deadline is None:
         for job in jobs:
@@ -234,6 +237,9 @@ def gather(providers: list[Provider], start: pd.Timestamp, end: pd.Timestamp, *,
                 raise job.raised
     else:
         for job in jobs:
+            set_deadline = getattr(job.p, "set_deadline", None)
+            if callable(set_deadline):  # a provider that can stop early (the aws one) finishes what it can
+                set_deadline(time.monotonic() + deadline)
             t = threading.Thread(target=job.run, name=f"costwatch-fetch-{job.p.name}", daemon=True)
             t.start()
             t.join(deadline)

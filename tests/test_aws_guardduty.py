@@ -143,6 +143,10 @@ def test_crypto_findings_become_rows(endpoint: Any, tmp_path: Path) -> None:
     stats = prov.stats()
     assert stats["guardduty_requests"] == len(fake.calls) and stats["guardduty_findings"] == 2
     assert stats["errors"] == [] and prov.notes == []
+    # the next run finds the detector id in the cache: no ListDetectors (kept for DETECTORS_TTL)
+    listed = [c for c in fake.calls if c[1] == "GET"]
+    again = provider(tmp_path, ["us-east-1"]).fetch_findings(NOW - pd.Timedelta(days=2), NOW)
+    assert [c for c in fake.calls if c[1] == "GET"] == listed and len(again) == 2
 
 
 def test_window_excludes_older_updates(endpoint: Any, tmp_path: Path) -> None:

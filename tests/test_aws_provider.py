@@ -352,9 +352,10 @@ def test_instances_and_cpu_across_regions(moto: None, tmp_path: Path) -> None:
 
 
 def test_cpu_queries_are_batched(moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """GetMetricData takes 500 queries a request; a batch of 2 shows the same split on 5 instances."""
+    """GetMetricData takes 500 queries a request, two per instance (Average and Maximum); a batch of 4
+    queries (2 instances) shows the same split on 5 instances."""
     assert compute.CW_BATCH == 500
-    monkeypatch.setattr(compute, "CW_BATCH", 2)
+    monkeypatch.setattr(compute, "CW_BATCH", 4)
     ids = run("us-east-1", 5, "t3.nano")
     now = next_hour()
     put_cpu("us-east-1", {ids[0]: [(now - pd.Timedelta(hours=1), 12.0)],

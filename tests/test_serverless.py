@@ -73,12 +73,16 @@ def unpacked(local_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_deploy_artifact_fits_lambda(tmp_path: Path) -> None:
     """The build serverless.yml deploys (Python 3.12, x86_64 wheels), measured unzipped."""
-    done = run_build("--out", str(tmp_path), "--no-zip")
+    # with bytecode when a Python 3.12 is at hand to compile it (Lambda's own interpreter version)
+    bytecode = build_module().find_python("3.12") is not None
+    done = run_build("--out", str(tmp_path), "--no-zip", *([] if bytecode else ["--no-bytecode"]))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     tree = tmp_path / "package"
     size = tree_bytes(tree)
     assert size < LAMBDA_LIMIT, f"{size / 1e6:.1f} MB unzipped"
     assert any(tree.glob("numpy/_core/*.cpython-312-x86_64-linux-gnu.so")), "not the python3.12 x86_64 wheels"
+    if bytecode:
+        assert (tree / "costwatch" / "__pycache__" / "handler.cpython-312.pyc").exists()
     assert f"{size / 1e6:.1f} MB unzipped" in done.stdout
 
 
@@ -94,7 +98,13 @@ def test_zip_is_complete_and_lean(local_artifact: Path, unpacked: Path) -> None:
     tops = {n.split("/", 1)[0] for n in names}
     assert not tops & {"statsmodels", "scipy", "patsy", "click", "rich", "bin"}
     parts = {p for n in names for p in n.split("/")[:-1]}
-    assert not parts & {"tests", "__pycache__"}
+    assert "tests" not in parts
+    # bytecode for this interpreter only, next to every costwatch module (Lambda's code directory is read-only)
+    tag = sys.implementation.cache_tag
+    pycs = [n for n in names if n.endswith(".pyc")]
+    assert pycs and all(f".{tag}." in n for n in pycs)
+    sources = [n for n in names if n.startswith("costwatch/") and n.endswith(".py")]
+    assert all(importlib.util.cache_from_source(n) in set(pycs) for n in sources)
     assert sum(i.file_size for i in infos) < LAMBDA_LIMIT
     assert tree_bytes(unpacked) == sum(i.file_size for i in infos)
 
@@ -163,6 +173,41 @@ def test_artifact_runs_in_a_bare_interpreter(unpacked: Path, tmp_path: Path) -> 
     assert result["png"]
     logs = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
     assert [d["message"] for d in logs if d.get("logger") == "costwatch"] == ["run finished"]
+
+
+COLD_IMPORT = textwrap.dedent('''
+    import json, sys, time
+    root = sys.argv[1]
+    sys.path.insert(0, root)
+    t = time.perf_counter()
+    import costwatch.handler, costwatch.run, costwatch.providers.aws, costwatch.notifiers.email, costwatch.state
+    import costwatch.detect, costwatch.charts, pandas, boto3
+    seconds = time.perf_counter() - t
+    import importlib.util, os
+    ours = [m for m in list(sys.modules.values())
+            if (getattr(m, "__file__", None) or "").startswith(root) and m.__file__.endswith(".py")]
+    missing = [m.__name__ for m in ours if not os.path.exists(importlib.util.cache_from_source(m.__file__))]
+    print("RESULT " + json.dumps({"seconds": seconds, "modules": len(ours), "without_bytecode": missing[:10]}))
+''')
+
+
+def test_cold_start_reads_the_shipped_bytecode(unpacked: Path, tmp_path: Path) -> None:
+    """What a cold start imports, from the unpacked artifact in a bare interpreter that may not write
+    bytecode (``-B``, as Lambda's read-only code directory): every module comes with its .pyc.  The import
+    time with the shipped bytecode and with it ignored (``PYTHONPYCACHEPREFIX`` elsewhere: every module
+    compiled, as the artifact without bytecode did) is printed, not asserted."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    got = {}
+    for label, extra in (("shipped bytecode", {}), ("compiling", {"PYTHONPYCACHEPREFIX": str(tmp_path / "none")})):
+        flags = ["-S", "-B"] if extra else ["-I", "-S", "-B"]  # -I would ignore PYTHONPYCACHEPREFIX
+        done = subprocess.run([sys.executable, *flags, "-c", COLD_IMPORT, str(unpacked)], capture_output=True,
+                              text=True, env={**env, **extra}, cwd=tmp_path, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got[label] = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    shipped = got["shipped bytecode"]
+    assert shipped["modules"] > 100 and shipped["without_bytecode"] == [], shipped
+    print(f"cold import from the artifact: {shipped['seconds']:.2f} s with its bytecode, "
+          f"{got['compiling']['seconds']:.2f} s compiling ({shipped['modules']} modules)")
 
 
 def test_config_asking_for_what_is_left_out_fails_the_build(tmp_path: Path) -> None:
@@ -245,6 +290,7 @@ def actions(st: dict[str, Any]) -> list[str]:
 # the calls costwatch makes (README's IAM list), plus what Lambda itself needs: logs and the failure queue
 EXPECTED_ACTIONS = {
     "ce:GetCostAndUsage", "organizations:ListAccounts", "organizations:ListTagsForResource",
+    "organizations:ListAccountsForParent", "organizations:ListOrganizationalUnitsForParent",
     "ec2:DescribeRegions", "ec2:DescribeInstances", "cloudwatch:GetMetricData",
     "guardduty:ListDetectors", "guardduty:ListFindings", "guardduty:GetFindings", "sts:AssumeRole",
     "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query",

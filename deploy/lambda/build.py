@@ -14,6 +14,10 @@ scheduled run never imports left out:
 * with ``--runtime-boto3``, boto3/botocore/s3transfer/jmespath/urllib3 (the Lambda runtime ships its own).
   The default bundles them: the runtime's version changes under you, and it is the version tests ran against.
 
+What is kept is then compiled to bytecode by an interpreter of the target version (``pythonX.Y`` on PATH, or
+``--compile-with``), in ``unchecked-hash`` mode, next to the sources: Lambda's code directory is read-only, so
+without it every cold start compiles every module it imports (see ``compile_bytecode``).
+
 A config given with ``--config`` is checked against what is packaged (``band_method: stl`` without
 statsmodels, a provider or notifier whose extra is missing) and packaged as ``costwatch.yaml`` at the root,
 where the handler finds it when ``COSTWATCH_CONFIG_SSM`` is unset.
@@ -78,7 +82,10 @@ class Plan:
     out: Path
     zip_path: Path | None
     constraint: Path | None = None
+    bytecode: bool = True
+    compile_with: str | None = None
     removed: dict[str, float] = field(default_factory=dict)   # why -> MB
+    added: dict[str, float] = field(default_factory=dict)     # what -> MB
 
 
 def mb(n: float) -> float:
@@ -229,6 +236,59 @@ def prune(root: Path, plan: Plan) -> None:
                 _remove(here / f, "stubs and sources of compiled modules", plan)
 
 
+def _version_of(exe: str) -> str | None:
+    try:
+        got = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return got.stdout.strip() if got.returncode == 0 else None
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter of ``version``: this one, ``pythonX.Y`` on PATH, a pyenv install, or uv's."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
+        return sys.executable
+    candidates = [shutil.which(f"python{version}")]
+    candidates += [str(p) for p in sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))]
+    uv = shutil.which("uv")
+    if uv:
+        got = subprocess.run([uv, "python", "find", version], capture_output=True, text=True)
+        candidates.append(got.stdout.strip() if got.returncode == 0 else None)
+    return next((c for c in candidates if c and _version_of(c) == version), None)
+
+
+def target_python(plan: Plan) -> str:
+    """An interpreter of the target version: bytecode is per version (a 3.11 .pyc means nothing to 3.12)."""
+    if plan.compile_with is not None:
+        if _version_of(plan.compile_with) != plan.python_version:
+            raise BuildError(f"--compile-with {plan.compile_with} is not Python {plan.python_version}")
+        return plan.compile_with
+    exe = find_python(plan.python_version)
+    if exe is None:
+        raise BuildError(f"no Python {plan.python_version} found to compile bytecode for the Lambda runtime: "
+                         "install it, name one with --compile-with, or build with --no-bytecode (slower cold starts)")
+    return exe
+
+
+def compile_bytecode(root: Path, plan: Plan) -> None:
+    """Ship ``__pycache__/*.cpython-3XY.pyc`` next to the sources.  Lambda's code directory is read-only, so
+    without them every cold start compiles every module it imports (seconds), and compiles it again the
+    next time.  ``unchecked-hash``: the zip's timestamps are fixed (1980), so timestamp-checked .pyc files
+    would be judged stale; these are used as they are.  The sources stay, so tracebacks show the code;
+    ``-s/-p`` record the path as Lambda sees it (/var/task) rather than the build directory's."""
+    exe = target_python(plan)
+    before = tree_size(root)
+    cmd = [exe, "-m", "compileall", "-q", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+           "-s", str(root), "-p", "/var/task", str(root)]
+    print("+", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:  # a file that does not compile (a template, another version's syntax) stays source-only
+        failed = [ln for ln in done.stdout.splitlines() if ln.strip()][:5]
+        print(f"build.py: note: some files were left without bytecode: {failed}", file=sys.stderr)
+    plan.added[f"bytecode for Python {plan.python_version} (unchecked-hash)"] = (tree_size(root) - before) / 1e6
+
+
 def make_zip(root: Path, dest: Path) -> None:
     """Deterministic (sorted, fixed timestamps) so an unchanged build deploys as unchanged; every file
     world-readable, as Lambda runs the code as a different user than the one that built it."""
@@ -260,6 +320,8 @@ def build(plan: Plan) -> dict[str, float]:
         pip_install(plan.out, [str(wheel)], plan, no_deps=True)
         pip_install(plan.out, requirements(wheel, plan), plan)
     prune(plan.out, plan)
+    if plan.bytecode:
+        compile_bytecode(plan.out, plan)
     if plan.config is not None:
         shutil.copy2(plan.config, plan.out / "costwatch.yaml")
     sizes = {"unzipped_mb": mb(tree_size(plan.out))}
@@ -289,12 +351,17 @@ def parse_args(argv: list[str] | None) -> Plan:
     ap.add_argument("--constraint", type=Path, default=None,
                     help="pip constraints file pinning dependency versions, for a reproducible artifact")
     ap.add_argument("--config", type=Path, default=None, help="config to check and package as costwatch.yaml")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="ship sources only (every cold start then compiles what it imports)")
+    ap.add_argument("--compile-with", default=None,
+                    help="interpreter of --python-version to compile bytecode with (default: pythonX.Y on PATH)")
     a = ap.parse_args(argv)
     out = a.out.resolve()
     return Plan(python_version=a.python_version, platform=a.platform,
                 extras=[e.strip() for e in a.extras.split(",") if e.strip()], with_stl=a.with_stl,
                 runtime_boto3=a.runtime_boto3, config=a.config, out=out / "package",
-                constraint=a.constraint.resolve() if a.constraint else None,
+                constraint=a.constraint.resolve() if a.constraint else None, bytecode=not a.no_bytecode,
+                compile_with=a.compile_with,
                 zip_path=None if a.no_zip else (a.zip or out / "costwatch.zip").resolve())
 
 
@@ -310,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for why, n in sorted(plan.removed.items(), key=lambda kv: -kv[1]):
         print(f"removed {n:7.1f} MB  {why}")
+    for what, n in plan.added.items():
+        print(f"added   {n:7.1f} MB  {what}")
     print(f"unpacked: {plan.out}")
     if plan.zip_path is not None:
         print(f"artifact: {plan.zip_path}")

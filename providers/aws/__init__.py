@@ -13,7 +13,9 @@ Organizations lists (sts:AssumeRole) and scans them too; without it only the cal
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,9 @@ from .costs import CostExplorer, combine
 __all__ = ["AwsProvider", "from_config"]
 
 DEFAULT_CACHE_NAME = "aws-cache.db"
+USAGE_SHARE = 0.6  # of the time left at the start of fetch_usage, what reading instances and CPU may use
+FINISH_SECONDS = 15.0  # kept back from the deadline to build the frames from the cache
+SKIPPED_SHOWN = 20
 
 
 def _now() -> pd.Timestamp:
@@ -45,7 +50,8 @@ class AwsProvider:
                  metric: str = "UnblendedCost", restate_days: int = 3, regions: list[str] | None = None,
                  owner_tag: str = "owner", cpu: bool = True, max_workers: int = 8,
                  assume_role: str | None = None, guardduty: bool = True, cost_source: str = "cost_explorer",
-                 athena: Any = None, clock: Callable[[], pd.Timestamp] = _now) -> None:
+                 athena: Any = None, clock: Callable[[], pd.Timestamp] = _now,
+                 organizational_units: list[str] | None = None) -> None:
         self.name = name
         self.api = Api(profile, max_workers)
         self.cache = Cache(cache_path, scope=name)
@@ -62,21 +68,52 @@ class AwsProvider:
         self.max_workers = max_workers
         self.assume_role = assume_role
         self.guardduty = guardduty
+        self.organizational_units = list(organizational_units or [])
+        self._shard: set[str] | None = None
         self.errors: list[str] = []
         self.failures: list[ScopeFailure] = []  # the same failures, structured (provider, scope, what, fix)
         self.notes: list[str] = []
-        self.instances = compute.instances_frame([])
+        self.instances = compute.instances_frame(None, [])
+        # set_deadline(): a time.monotonic() instant by which fetching must be over (the Lambda's time left)
+        self.deadline: float | None = None
+        self.monotonic: Callable[[], float] = time.monotonic
+        self._skipped: set[str] = set()
         self._accounts: tuple[dict[str, str], dict[str, str]] | None = None
         self._regions_seen: list[str] = []
         self._apis: list[Api] | None = None
         self._enabled: dict[str | None, list[str]] = {}
         self._findings = 0
 
+    def set_deadline(self, at: float) -> None:
+        """Fetching must be over by ``at`` (``time.monotonic()``): (account, region) pairs not started by then
+        are left for the next run, which reads them first; ``stats()`` names the accounts skipped."""
+        self.deadline = at
+
+    def _budget(self, share: float) -> float | None:
+        """The instant by which a scan stops starting new pairs: ``share`` of the time left, less the time
+        needed to finish."""
+        if self.deadline is None:
+            return None
+        now = self.monotonic()
+        return now + max(0.0, self.deadline - now - FINISH_SECONDS) * share
+
     def accounts(self) -> tuple[dict[str, str], dict[str, str]]:
-        """Account id -> name and id -> owner (once per run; cached on disk for a day)."""
+        """Account id -> name and id -> owner (once per run; cached on disk for a day); with
+        ``organizational_units`` only the accounts under them."""
         if self._accounts is None:
-            self._accounts = compute.accounts(self.api, self.cache, self.owner_tag, self.clock(), self.notes)
+            names, owners = compute.accounts(self.api, self.cache, self.owner_tag, self.clock(), self.notes)
+            shard = self.shard()
+            if shard is not None:
+                names = {a: n for a, n in names.items() if a in shard}
+                owners = {a: o for a, o in owners.items() if a in shard}
+            self._accounts = names, owners
         return self._accounts
+
+    def shard(self) -> set[str] | None:
+        """The accounts under ``organizational_units`` (None: the whole organization)."""
+        if self.organizational_units and self._shard is None:
+            self._shard = compute.accounts_under(self.api, self.cache, self.organizational_units, self.clock())
+        return self._shard
 
     def fetch_costs(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
         """Daily cost rows for [start, end) as of ``now`` (a replay's as_of; see ``fetch_clock``), fetching from
@@ -91,6 +128,10 @@ class AwsProvider:
         reg_rows, reg_est = self.ce.daily("region", days, today)
         estimated = {d: svc_est.get(d, False) or reg_est.get(d, False) for d in {*svc_est, *reg_est}}
         names, owners = self.accounts()
+        shard = self.shard()
+        if shard is not None:  # Cost Explorer answers for the whole organization: keep this deployment's share
+            svc_rows = [r for r in svc_rows if r[1] in shard]
+            reg_rows = [r for r in reg_rows if r[1] in shard]
         return combine(svc_rows, reg_rows, estimated, names, owners)
 
     def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
@@ -101,13 +142,21 @@ class AwsProvider:
         targets = self._targets()
         self._regions_seen = sorted({r for _, r in targets})
         results = compute.scan(targets, start, end, cpu=True, max_workers=self.max_workers,
-                               now=fetch_clock(now, self.clock))
+                               now=fetch_clock(now, self.clock), cache=self.cache,
+                               deadline=self._budget(USAGE_SHARE), clock=self.monotonic)
+        self._note_skipped(results)
         failed = self._regions_failed(results)
         if failed and len(failed) == len(results):
             raise ProviderError("; ".join(str(r.error) for r in failed[:3])
                                 + (f" (and {len(failed) - 3} more regions)" if len(failed) > 3 else ""))
-        self.instances = compute.instances_frame(results)
-        return compute.usage_frame(results, pd.Timestamp(start), pd.Timestamp(end))
+        units = [(compute.owner_key(api), region) for api, region in targets]
+        lo, _ = compute.window(start, end, now)
+        self.instances = compute.instances_frame(self.cache, units, seen_since=int(lo.timestamp()))
+        return compute.usage_frame(self.cache, units, pd.Timestamp(start), pd.Timestamp(end))
+
+    def _note_skipped(self, results: list[Any]) -> None:
+        own = "caller's account"
+        self._skipped |= {r.account or own for r in results if getattr(r, "skipped", False)}
 
     def fetch_findings(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """GuardDuty crypto-mining findings (``CryptoCurrency:*``, ``Impact:Runtime/CryptoMinerExecuted``)
@@ -115,7 +164,9 @@ class AwsProvider:
         skips it; GuardDuty denied is a note and an empty frame, never a failed run."""
         if not self.guardduty:
             return guardduty.empty_findings()
-        results = guardduty.scan(self._targets(), start, end, max_workers=self.max_workers)
+        results = guardduty.scan(self._targets(), start, end, max_workers=self.max_workers,
+                                 deadline=self._budget(1.0), clock=self.monotonic, cache=self.cache, now=self.clock())
+        self._note_skipped(results)
         self.notes += guardduty.denied_notes(results)
         failed = self._regions_failed(results)
         if failed and len(failed) == len(results):
@@ -128,18 +179,30 @@ class AwsProvider:
     def _targets(self) -> list[tuple[Api, str]]:
         """(account, region) pairs to scan: every enabled region of every account (regions asked once
         per account and run); an account whose regions cannot be listed is reported and skipped."""
-        targets: list[tuple[Api, str]] = []
-        for api in self._account_apis():
-            if api.account not in self._enabled:
-                try:
-                    self._enabled[api.account] = compute.enabled_regions(api, self.regions)
-                except ProviderError as e:
-                    if api is self.api:
-                        raise
-                    self._account_failed(str(api.account), e)
-                    self._enabled[api.account] = []
-            targets += [(api, r) for r in self._enabled[api.account]]
-        return targets
+        apis = self._account_apis()
+        todo = [api for api in apis if api.account not in self._enabled]
+
+        def regions(api: Api) -> list[str] | ProviderError:
+            try:
+                return compute.enabled_regions(api, self.regions)
+            except ProviderError as e:
+                return e
+
+        for api, got in zip(todo, self._pooled(regions, todo), strict=True):
+            if isinstance(got, ProviderError):
+                if api is self.api:
+                    raise got
+                self._account_failed(str(api.account), got)
+                got = []
+            self._enabled[api.account] = got
+        return [(api, r) for api in apis for r in self._enabled[api.account]]
+
+    def _pooled(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``fn`` over ``items`` on at most ``max_workers`` threads (organizations have hundreds of accounts)."""
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(items)))) as pool:
+            return list(pool.map(fn, items))
 
     def _account_apis(self) -> list[Api]:
         """Memoized :meth:`_find_account_apis`: roles are assumed once per run."""
@@ -150,6 +213,7 @@ class AwsProvider:
     def _find_account_apis(self) -> list[Api]:
         """The caller's own account, plus every other organization account through ``assume_role``; an
         account whose role cannot be assumed is reported and skipped."""
+        shard = self.shard()
         apis = [self.api]
         if not self.assume_role:
             return apis
@@ -159,13 +223,22 @@ class AwsProvider:
                               "only the caller's account is scanned")
             return apis
         own = str(self.api.call(self.api.client("sts"), "GetCallerIdentity")["Account"])
-        for account in sorted(names):
-            if account == own:
-                continue
+        if shard is not None and own not in shard:
+            apis = []  # the management account is not in this deployment's OUs
+        role = self.assume_role
+        others = [a for a in sorted(names) if a != own]
+
+        def assume(account: str) -> Api | ProviderError:
             try:
-                apis.append(self.api.assume(account, self.assume_role))
+                return self.api.assume(account, role)
             except ProviderError as e:
-                self._account_failed(account, e)
+                return e
+
+        for account, got in zip(others, self._pooled(assume, others), strict=True):
+            if isinstance(got, ProviderError):
+                self._account_failed(account, got)
+            else:
+                apis.append(got)
         return apis
 
     def _regions_failed(self, results: list[Any]) -> list[Any]:
@@ -199,6 +272,11 @@ class AwsProvider:
             "guardduty_findings": self._findings,
             "regions": len(self._regions_seen),
             "instances": len(self.instances),
+            # accounts (some of their regions) not read before the deadline; the next run reads them first
+            "skipped_account_count": len(self._skipped),
+            "skipped_accounts": ", ".join(sorted(self._skipped)[:SKIPPED_SHOWN])
+                                + (f" (+{len(self._skipped) - SKIPPED_SHOWN} more)"
+                                   if len(self._skipped) > SKIPPED_SHOWN else ""),
             "errors": list(self.errors),
             "notes": list(self.notes),
         }
@@ -219,6 +297,7 @@ def from_config(provider_cfg: Any, cfg: Any = None) -> AwsProvider:
         regions=provider_cfg.regions, owner_tag=provider_cfg.owner_tag, cpu=provider_cfg.cpu,
         max_workers=provider_cfg.max_workers, assume_role=provider_cfg.assume_role,
         guardduty=getattr(provider_cfg, "guardduty", True),
+        organizational_units=getattr(provider_cfg, "organizational_units", None),
         cost_source=getattr(provider_cfg, "cost_source", "cost_explorer"), athena=getattr(provider_cfg, "athena", None),
     )
 

@@ -5,13 +5,27 @@ re-fetched only while it is recent enough to still move (``restate_days``).  Row
 (scope, query kind, metric, granularity, day); ``ce_days`` remembers which days were fetched even when they
 had no rows, so an empty day is not asked for again.  ``scope`` is the provider name, keeping two
 organizations apart in one file.
+
+Hourly CPU is cached the same way (``nodes``, ``cpu_hours``, ``cpu_progress``): each (account, region) remembers
+up to which hour it was read, so an hourly run asks CloudWatch only for the hours since (plus a small overlap
+for late datapoints), and a run cut short by its time budget leaves the (account, region) pairs it did not
+reach behind, to be read first by the next run.  Instance metadata stays after the instance is gone
+(terminated instances drop out of DescribeInstances after about an hour), so its CPU keeps its labels.
+Samples are stored as they arrive (per GetMetricData page) and read back column-wise, never as one Python
+object per sample for the whole organization.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from costwatch.providers._daycache import SqliteFile
 
@@ -28,7 +42,21 @@ CREATE TABLE IF NOT EXISTS ce_rows (
 CREATE INDEX IF NOT EXISTS ce_rows_day ON ce_rows (scope, kind, metric, granularity, day);
 CREATE TABLE IF NOT EXISTS kv (scope TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     fetched_at TEXT NOT NULL, PRIMARY KEY (scope, key));
+CREATE TABLE IF NOT EXISTS nodes (nid INTEGER PRIMARY KEY, scope TEXT NOT NULL, instance_id TEXT NOT NULL,
+    owner TEXT NOT NULL, region TEXT NOT NULL, account TEXT NOT NULL, instance_type TEXT, launch_time TEXT,
+    state TEXT, cluster TEXT, nodegroup TEXT, name TEXT, last_seen INTEGER NOT NULL, UNIQUE (scope, instance_id));
+CREATE INDEX IF NOT EXISTS nodes_unit ON nodes (scope, owner, region);
+CREATE TABLE IF NOT EXISTS cpu_hours (nid INTEGER NOT NULL, hour INTEGER NOT NULL, avg REAL, max REAL,
+    PRIMARY KEY (nid, hour)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cpu_progress (scope TEXT NOT NULL, owner TEXT NOT NULL, region TEXT NOT NULL,
+    since INTEGER NOT NULL, until INTEGER NOT NULL, PRIMARY KEY (scope, owner, region));
 """
+
+NODE_FIELDS = ("instance_id", "account", "instance_type", "launch_time", "state", "cluster", "nodegroup", "name")
+READ_CHUNK = 200_000
+_PUT_CPU = {stat: f"INSERT INTO cpu_hours (nid, hour, {stat}) VALUES (?,?,?) "  # noqa: S608 (two fixed names)
+                  f"ON CONFLICT (nid, hour) DO UPDATE SET {stat}=excluded.{stat}" for stat in ("avg", "max")}
+_NODES = "SELECT nid, owner, region, last_seen, " + ", ".join(NODE_FIELDS) + " FROM nodes WHERE scope=?"  # noqa: S608
 
 # (day, account, key, amount, unit)
 Row = tuple[str, str, str, float, str]
@@ -36,6 +64,22 @@ Row = tuple[str, str, str, float, str]
 
 class Cache(SqliteFile):
     SCHEMA = SCHEMA
+
+    def __init__(self, path: Any, scope: str) -> None:
+        super().__init__(path, scope)
+        self._write = threading.Lock()  # one writer at a time: workers store while others fetch
+        with super()._connect() as db:
+            # readers do not block the writer, nor the writer them; see _connect for durability
+            db.execute("PRAGMA journal_mode=WAL")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """No fsync per transaction: a scan stores each (account, region) and GetMetricData page as it
+        arrives, thousands of small transactions a run, and waiting for the disk each time made the scan
+        disk-bound (a cache lost with the machine costs a refetch, nothing else)."""
+        with super()._connect() as db:
+            db.execute("PRAGMA synchronous=OFF")
+            yield db
 
     def fetched_days(self, kind: str, metric: str, granularity: str) -> dict[str, bool]:
         """Days already fetched -> whether AWS marked them estimated."""
@@ -76,3 +120,98 @@ class Cache(SqliteFile):
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)",
                        (self.scope, key, json.dumps(value), fetched_at))
+
+    # ---------------------------------------------------------------------------------- hourly CPU
+    # ``owner`` is the account an (account, region) pair is read through: "" for the caller's own credentials.
+
+    def cpu_progress(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(owner, region) -> (first, last) hour read, epoch seconds: [since, until)."""
+        with self._connect() as db:
+            cur = db.execute("SELECT owner, region, since, until FROM cpu_progress WHERE scope=?", (self.scope,))
+            return {(o, r): (int(a), int(b)) for o, r, a, b in cur.fetchall()}
+
+    def put_nodes(self, owner: str, region: str, nodes: list[dict[str, Any]], seen: int) -> dict[str, int]:
+        """Upsert the instances DescribeInstances listed; returns instance id -> nid for every instance
+        known in (owner, region), including the ones no longer listed."""
+        rows = [(self.scope, n["instance_id"], owner, region, n.get("account") or "", n.get("instance_type"),
+                 _iso(n.get("launch_time")), n.get("state"), n.get("cluster"), n.get("nodegroup"), n.get("name"),
+                 seen) for n in nodes]
+        with self._write, self._connect() as db:
+            db.executemany(
+                "INSERT INTO nodes (scope, instance_id, owner, region, account, instance_type, launch_time, state, "
+                "cluster, nodegroup, name, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (scope, instance_id) DO UPDATE SET owner=excluded.owner, region=excluded.region, "
+                "account=excluded.account, instance_type=excluded.instance_type, launch_time=excluded.launch_time, "
+                "state=excluded.state, cluster=excluded.cluster, nodegroup=excluded.nodegroup, name=excluded.name, "
+                "last_seen=excluded.last_seen", rows)
+            cur = db.execute("SELECT instance_id, nid FROM nodes WHERE scope=? AND owner=? AND region=?",
+                             (self.scope, owner, region))
+            return {i: int(n) for i, n in cur.fetchall()}
+
+    def gone_since(self, owner: str, region: str, listed: Iterable[str], since: int) -> list[str]:
+        """Instances of (owner, region) seen at or after ``since`` that DescribeInstances no longer lists."""
+        listed = set(listed)
+        with self._connect() as db:
+            cur = db.execute("SELECT instance_id FROM nodes WHERE scope=? AND owner=? AND region=? AND last_seen>=?",
+                             (self.scope, owner, region, since))
+            return [i for (i,) in cur.fetchall() if i not in listed]
+
+    def put_cpu(self, stat: str, nids: np.ndarray, hours: np.ndarray, values: np.ndarray) -> None:
+        """One GetMetricData page of one statistic (``avg`` or ``max``), merged into the hours stored."""
+        if not len(nids):
+            return
+        rows = zip(nids.tolist(), hours.tolist(), values.tolist(), strict=True)
+        with self._write, self._connect() as db:
+            db.executemany(_PUT_CPU[stat], rows)
+
+    def done(self, owner: str, region: str, since: int, until: int) -> None:
+        """(owner, region) read for [since, until)."""
+        with self._write, self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO cpu_progress VALUES (?,?,?,?,?)",
+                       (self.scope, owner, region, since, until))
+
+    def nodes_frame(self, units: Iterable[tuple[str, str]], seen_since: int | None = None) -> pd.DataFrame:
+        """Instances known in the given (owner, region) pairs (seen at or after ``seen_since``), by nid."""
+        with self._connect() as db:
+            frame = pd.read_sql_query(_NODES, db, params=(self.scope,))
+        wanted = pd.MultiIndex.from_tuples(list(units) or [("", "")], names=["owner", "region"])
+        keep = pd.MultiIndex.from_frame(frame[["owner", "region"]]).isin(wanted)
+        if seen_since is not None:
+            keep &= frame["last_seen"].to_numpy() >= seen_since
+        return frame[keep].set_index("nid")
+
+    def cpu_columns(self, nids: np.ndarray, since: int, until: int,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(nid, hour, avg, max) arrays of the cached hours in [since, until) of the given nodes, read in
+        chunks straight into numpy (a 1,000-account organization has millions of instance-hours)."""
+        parts: list[np.ndarray] = []
+        dtype = np.dtype([("nid", "i8"), ("hour", "i8"), ("avg", "f8"), ("max", "f8")])
+        wanted = np.unique(nids)
+        with self._connect() as db:
+            # a missing statistic reads as -1 (CPU is never negative) and becomes NaN here
+            cur = db.execute("SELECT c.nid, c.hour, COALESCE(c.avg, -1.0), COALESCE(c.max, -1.0) FROM cpu_hours c "
+                             "JOIN nodes n ON n.nid=c.nid WHERE n.scope=? AND c.hour>=? AND c.hour<?",
+                             (self.scope, since, until))
+            while chunk := cur.fetchmany(READ_CHUNK):
+                arr = np.array(chunk, dtype=dtype)
+                parts.append(arr[np.isin(arr["nid"], wanted)])
+        out = np.concatenate(parts) if parts else np.empty(0, dtype)
+        avg, mx = out["avg"].copy(), out["max"].copy()
+        avg[avg < 0] = np.nan
+        mx[mx < 0] = np.nan
+        return out["nid"], out["hour"], avg, mx
+
+    def prune_cpu(self, before: int) -> None:
+        """Forget hours before ``before`` and instances not seen since."""
+        with self._write, self._connect() as db:
+            db.execute("DELETE FROM cpu_hours WHERE hour<? AND nid IN (SELECT nid FROM nodes WHERE scope=?)",
+                       (before, self.scope))
+            db.execute("DELETE FROM nodes WHERE scope=? AND last_seen<? AND nid NOT IN "
+                       "(SELECT DISTINCT nid FROM cpu_hours)", (self.scope, before))
+
+
+
+def _iso(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return pd.Timestamp(value).isoformat()

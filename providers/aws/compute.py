@@ -1,19 +1,28 @@
 """Who owns each account (Organizations), which instances run where (EC2), and their hourly CPU
 (CloudWatch): the inputs of costwatch's CPU-plateau miner detector.
 
-Regions are scanned in parallel threads because a miner picks the region nobody looks at, so all enabled
-regions are read every run and a slow or failing region must neither delay nor stop the others: each
-region's error is collected and reported, the rest of the data is returned.
+Every (account, region) pair is read every run, because a miner picks the region nobody looks at; a slow or
+failing pair must neither delay nor stop the others: its error is collected and reported, the rest of the
+data is returned.  The pairs go through a pool of ``max_workers`` threads (memory and open connections do
+not grow with the organization), least recently read first, and each pair's results go straight into the
+SQLite cache (see ``cache``): CloudWatch is asked only for the hours since the pair was last read, minus
+``CW_OVERLAP`` for late datapoints, with both the hourly Average and Maximum.  Instances that stopped or
+were terminated inside the window keep their CPU: stopped ones are still listed and queried, terminated ones
+that DescribeInstances no longer lists are queried from the cached inventory.  With a deadline, pairs not
+started by then are left for the next run, which takes them first.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from costwatch.errors import ProviderError
@@ -25,8 +34,12 @@ from .cache import Cache
 CLUSTER_TAGS = ("eks:cluster-name", "aws:eks:cluster-name", "alpha.eksctl.io/cluster-name")
 NODEGROUP_TAGS = ("eks:nodegroup-name", "alpha.eksctl.io/nodegroup-name", "karpenter.sh/nodepool",
                   "aws:autoscaling:groupName")
-CW_BATCH = 500  # GetMetricData's limit of queries per request
+CW_BATCH = 500  # GetMetricData's limit of queries per request (two per instance: Average and Maximum)
+CW_STATS = {"Average": "avg", "Maximum": "max"}
+CW_MAX_DATAPOINTS = 100_800  # GetMetricData's most datapoints per response; more come on NextToken pages
 CW_PERIOD = 3600
+CW_OVERLAP = pd.Timedelta(hours=3)  # hours re-read at every run: CloudWatch datapoints can arrive late
+CW_KEEP_DAYS = 30  # cached hours this far before the requested window are kept, older ones pruned
 CW_RETENTION_DAYS = 455  # hourly CloudWatch data is kept this long
 ACCOUNTS_TTL = pd.Timedelta(hours=24)
 ORG_FALLBACK_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AWSOrganizationsNotInUseException"})
@@ -77,15 +90,47 @@ def accounts(api: Api, cache: Cache, owner_tag: str, now: pd.Timestamp, notes: l
     return names, owners
 
 
+def accounts_under(api: Api, cache: Cache, parents: list[str], now: pd.Timestamp) -> set[str]:
+    """Ids of the accounts under the given OUs or roots, nested OUs included (cached for a day like the
+    names): the shard one deployment watches."""
+    key = "accounts-under:" + ",".join(sorted(parents))
+    hit = cache.get(key)
+    if hit is not None and now - pd.Timestamp(hit[1]) < ACCOUNTS_TTL:
+        return {str(a) for a in hit[0]}
+    client = api.client("organizations")
+    found: set[str] = set()
+    todo = list(parents)
+    while todo:
+        parent = todo.pop()
+        for op, field, out in (("ListAccountsForParent", "Accounts", True),
+                               ("ListOrganizationalUnitsForParent", "OrganizationalUnits", False)):
+            params: dict[str, Any] = {"ParentId": parent}
+            while True:
+                page = api.call(client, op, **params)
+                ids = [str(x["Id"]) for x in page.get(field, [])]
+                if out:
+                    found.update(ids)
+                else:
+                    todo += ids
+                if not page.get("NextToken"):
+                    break
+                params["NextToken"] = page["NextToken"]
+    cache.put(key, sorted(found), now.isoformat())
+    return found
+
+
 # ------------------------------------------------------------------------------------------ EC2 + CPU
 
 @dataclass
 class RegionResult:
+    """What reading one (account, region) pair did; the data itself went to the cache."""
+
     region: str
     account: str | None = None  # set when read through an assumed role
-    instances: list[dict[str, Any]] = field(default_factory=list)
-    samples: list[tuple[pd.Timestamp, str, float]] = field(default_factory=list)  # time, instance, cpu
+    instances: int = 0
+    samples: int = 0
     error: str | None = None
+    skipped: bool = False  # not started before the deadline: first in the next run
 
 
 def enabled_regions(api: Api, configured: list[str] | None) -> list[str]:
@@ -101,6 +146,7 @@ def _tag(tags: dict[str, str], keys: tuple[str, ...]) -> str | None:
 
 
 def describe_instances(api: Api, region: str) -> list[dict[str, Any]]:
+    """Every instance DescribeInstances lists, in any state (stopped and recently terminated ones too)."""
     client = api.client("ec2", region)
     out: list[dict[str, Any]] = []
     params: dict[str, Any] = {"MaxResults": 1000}
@@ -130,49 +176,82 @@ def _batches(items: list[str], n: int) -> Iterator[list[str]]:
         yield items[i: i + n]
 
 
+Sink = Callable[[str, np.ndarray, np.ndarray, np.ndarray], None]  # (stat, instance index, hour, value)
+
+
 def cpu_samples(api: Api, region: str, instance_ids: list[str], start: dt.datetime, end: dt.datetime,
-                ) -> list[tuple[pd.Timestamp, str, float]]:
-    """Hourly average CPUUtilization per instance, up to 500 instances per GetMetricData request."""
+                sink: Sink) -> int:
+    """Hourly Average and Maximum CPUUtilization per instance, ``CW_BATCH`` queries per GetMetricData request,
+    following NextToken; each page goes to ``sink`` as arrays (index into ``instance_ids``, epoch hour,
+    value).  Returns the number of datapoints."""
     client = api.client("cloudwatch", region)
-    out: list[tuple[pd.Timestamp, str, float]] = []
-    for batch in _batches(instance_ids, CW_BATCH):
-        ids = {f"i{n}": iid for n, iid in enumerate(batch)}
+    per_request = max(1, CW_BATCH // len(CW_STATS))
+    total = 0
+    for b, batch in enumerate(_batches(instance_ids, per_request)):
+        queries: dict[str, tuple[int, str]] = {}
+        for n in range(len(batch)):
+            for stat, col in CW_STATS.items():
+                queries[f"{col}{n}"] = (b * per_request + n, stat)
         params: dict[str, Any] = {
             "StartTime": start, "EndTime": end, "ScanBy": "TimestampAscending",
+            "MaxDatapoints": CW_MAX_DATAPOINTS,
             "MetricDataQueries": [
                 {"Id": qid, "ReturnData": True,
                  "MetricStat": {"Metric": {"Namespace": "AWS/EC2", "MetricName": "CPUUtilization",
-                                           "Dimensions": [{"Name": "InstanceId", "Value": iid}]},
-                                "Period": CW_PERIOD, "Stat": "Average"}}
-                for qid, iid in ids.items()],
+                                           "Dimensions": [{"Name": "InstanceId", "Value": instance_ids[idx]}]},
+                                "Period": CW_PERIOD, "Stat": stat}}
+                for qid, (idx, stat) in queries.items()],
         }
         seen: set[str] = set()
         while True:
             page = api.call(client, "GetMetricData", region=region, **params)
             for r in page.get("MetricDataResults", []):
-                iid = ids.get(str(r.get("Id")))
-                if iid is None:
+                q = queries.get(str(r.get("Id")))
+                values = r.get("Values") or []
+                if q is None or not values:
                     continue
-                out.extend((pd.Timestamp(t), iid, float(v))
-                           for t, v in zip(r.get("Timestamps", []), r.get("Values", []), strict=False))
+                stamps = r.get("Timestamps") or []
+                hours = np.array([int(pd.Timestamp(t).timestamp()) for t in stamps[: len(values)]], dtype=np.int64)
+                vals = np.asarray(values[: len(hours)], dtype=np.float64)
+                sink(CW_STATS[q[1]], np.full(len(hours), q[0], dtype=np.int64), hours, vals)
+                total += len(hours)
             token = page.get("NextToken")
             if not token or token in seen:
                 break
             seen.add(token)
             params["NextToken"] = token
-    return out
+    return total
 
 
-def scan_region(api: Api, region: str, start: dt.datetime, end: dt.datetime, cpu: bool) -> RegionResult:
-    """Instances and CPU of one region; an error is kept in the result rather than raised."""
+def owner_key(api: Api) -> str:
+    return api.account or ""
+
+
+def scan_region(api: Api, region: str, start: dt.datetime, end: dt.datetime, cpu: bool, *,
+                cache: Cache, fetch_from: dt.datetime, now: pd.Timestamp) -> RegionResult:
+    """Instances and CPU of one (account, region) for [fetch_from, end), stored in ``cache``; an error is kept
+    in the result rather than raised.  ``start`` is the start of the window the caller wants cached."""
     result = RegionResult(region, api.account)
+    owner = owner_key(api)
     try:
-        result.instances = describe_instances(api, region)
-        if cpu and result.instances and start < end:
-            # instances launched after the window's end have nothing to report
-            ids = [i["instance_id"] for i in result.instances
+        listed = describe_instances(api, region)
+        result.instances = len(listed)
+        nids = cache.put_nodes(owner, region, listed, int(now.timestamp()))
+        if cpu and start < end:
+            # listed instances launched before the window's end, and those gone from the list (terminated)
+            # that were still seen during the hours being read
+            ids = [i["instance_id"] for i in listed
                    if i["launch_time"] is None or pd.Timestamp(i["launch_time"]) < pd.Timestamp(end)]
-            result.samples = cpu_samples(api, region, ids, start, end)
+            ids += cache.gone_since(owner, region, (i["instance_id"] for i in listed),
+                                    int(pd.Timestamp(fetch_from).timestamp()) - CW_PERIOD)
+            node = np.array([nids[i] for i in ids], dtype=np.int64)
+
+            def sink(stat: str, idx: np.ndarray, hours: np.ndarray, values: np.ndarray) -> None:
+                cache.put_cpu(stat, node[idx], hours, np.clip(values, 0.0, 100.0))
+
+            if ids:
+                result.samples = cpu_samples(api, region, ids, fetch_from, end, sink)
+        cache.done(owner, region, int(pd.Timestamp(start).timestamp()), int(pd.Timestamp(end).timestamp()))
     except ProviderError as e:
         result.error = str(e)
     except Exception as e:  # a thread must not take the other regions down with it
@@ -182,43 +261,92 @@ def scan_region(api: Api, region: str, start: dt.datetime, end: dt.datetime, cpu
     return result
 
 
+def window(start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The hours CloudWatch can answer: its hourly data is kept 455 days, and nothing is after now."""
+    lo = max(pd.Timestamp(start), now - pd.Timedelta(days=CW_RETENTION_DAYS)).floor("h")
+    hi = min(pd.Timestamp(end), now.ceil("h"))
+    return lo, hi
+
+
 def scan(targets: list[tuple[Api, str]], start: pd.Timestamp, end: pd.Timestamp, *, cpu: bool,
-         max_workers: int, now: pd.Timestamp,
-         scan_one: Callable[[Api, str, dt.datetime, dt.datetime, bool], RegionResult] = scan_region,
+         max_workers: int, now: pd.Timestamp, cache: Cache, deadline: float | None = None,
+         clock: Callable[[], float] = time.monotonic, scan_one: Callable[..., RegionResult] = scan_region,
          ) -> list[RegionResult]:
-    """All (account, region) pairs in parallel; CloudWatch keeps hourly data 455 days, so the window is
-    clamped to it."""
+    """Every (account, region) pair through a pool of ``max_workers`` threads, least recently read first.
+    A pair already read up to the window's end is not asked again; the others are read from where they
+    stopped (minus ``CW_OVERLAP``), or from the window's start when the cache does not reach back that far.
+    Pairs not started before ``deadline`` (``clock()`` seconds) come back ``skipped``."""
     if not targets:
         return []
-    lo = max(pd.Timestamp(start), now - pd.Timedelta(days=CW_RETENTION_DAYS)).floor("h").to_pydatetime()
-    hi = min(pd.Timestamp(end), now.ceil("h")).to_pydatetime()
-    for api, region in targets:  # make clients here: boto3 sessions are not thread-safe
-        api.client("ec2", region)
-        if cpu:
-            api.client("cloudwatch", region)
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(targets)))) as pool:
-        return list(pool.map(lambda t: scan_one(t[0], t[1], lo, hi, cpu), targets))
+    lo, hi = window(start, end, now)
+    progress = cache.cpu_progress()
+    lo_s, hi_s = int(lo.timestamp()), int(hi.timestamp())
+
+    def plan(api: Api, region: str) -> tuple[int, pd.Timestamp | None]:
+        since, until = progress.get((owner_key(api), region), (None, None))
+        if since is None or until is None or since > lo_s or until < lo_s:
+            return -1, lo  # never read, or not far enough back: the whole window
+        if until >= hi_s:
+            return until, None  # already read up to the end of the window
+        return until, max(lo, pd.Timestamp(until, unit="s", tz="UTC") - CW_OVERLAP)
+
+    planned = sorted(((plan(api, region), n, api, region) for n, (api, region) in enumerate(targets)),
+                     key=lambda p: (p[0][0], p[1]))
+
+    def one(item: tuple[tuple[int, pd.Timestamp | None], int, Api, str]) -> RegionResult:
+        (_, fetch_from), _, api, region = item
+        if fetch_from is None:
+            return RegionResult(region, api.account)
+        if deadline is not None and clock() >= deadline:
+            return RegionResult(region, api.account, skipped=True)
+        return scan_one(api, region, lo.to_pydatetime(), hi.to_pydatetime(), cpu, cache=cache,
+                        fetch_from=fetch_from.to_pydatetime(), now=now)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(planned)))) as pool:
+        results = list(pool.map(one, planned))
+    cache.prune_cpu(int((lo - pd.Timedelta(days=CW_KEEP_DAYS)).timestamp()))
+    return results
 
 
-def instances_frame(results: list[RegionResult]) -> pd.DataFrame:
-    rows = [i for r in results for i in r.instances]
-    frame = pd.DataFrame(rows, columns=INSTANCE_COLUMNS)
+def instances_frame(cache: Cache | None, units: list[tuple[str, str]], seen_since: int | None = None) -> pd.DataFrame:
+    """The instances of the given (owner, region) pairs known to the cache (seen at or after ``seen_since``)."""
+    if cache is None:
+        frame = pd.DataFrame(columns=INSTANCE_COLUMNS)
+    else:
+        frame = cache.nodes_frame(units, seen_since).reset_index(drop=True)[INSTANCE_COLUMNS]
     frame["launch_time"] = pd.to_datetime(frame["launch_time"], utc=True)
     return frame
 
 
-def usage_frame(results: list[RegionResult], start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    """CPU samples joined to instance metadata, as costwatch's usage frame (project = account id)."""
-    meta = {i["instance_id"]: i for r in results for i in r.instances}
-    rows = [(t, meta[iid]["account"], iid, v, meta[iid]["cluster"], meta[iid]["region"],
-             meta[iid]["instance_type"])
-            for r in results for t, iid, v in r.samples]
-    if not rows:
+def usage_frame(cache: Cache, units: list[tuple[str, str]], start: pd.Timestamp, end: pd.Timestamp,
+                ) -> pd.DataFrame:
+    """Cached CPU of the given (owner, region) pairs in [start, end) as costwatch's usage frame (project =
+    the instance's account id), built column by column; ``cpu_max`` carries the hourly Maximum next to the
+    Average in ``cpu_utilization``."""
+    nodes = cache.nodes_frame(units)
+    lo, hi = math.ceil(pd.Timestamp(start).timestamp()), math.ceil(pd.Timestamp(end).timestamp())
+    nid, hour, avg, mx = cache.cpu_columns(nodes.index.to_numpy(), lo, hi)
+    keep = ~np.isnan(avg)
+    nid, hour, avg, mx = nid[keep], hour[keep], avg[keep], mx[keep]
+    if not len(nid):
         return empty_usage()
-    df = pd.DataFrame(rows, columns=["timestamp", "project", "node", "cpu_utilization", "cluster", "region",
-                                     "instance_type"])
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
-    df = df[(df["timestamp"] >= start) & (df["timestamp"] < end)]
-    df["cpu_utilization"] = df["cpu_utilization"].clip(0.0, 100.0)
-    df["provider"] = "aws"
-    return normalize_usage(df)
+    pos = nodes.index.get_indexer(nid)
+    meta = nodes.reset_index(drop=True)
+
+    def col(name: str) -> np.ndarray:  # one reference per row to the instance's string, not a copy
+        return np.asarray(meta[name].to_numpy(dtype=object)[pos])
+
+    frame = pd.DataFrame({
+        "timestamp": pd.to_datetime(hour, unit="s", utc=True),
+        "provider": "aws",
+        "project": col("account"),
+        "node": col("instance_id"),
+        "cpu_utilization": avg,
+        "cluster": col("cluster"),
+        "region": col("region"),
+        "instance_type": col("instance_type"),
+    })
+    out = normalize_usage(frame)
+    out["cpu_max"] = mx
+    return out.sort_values(["timestamp", "project", "node"], ignore_index=True)
+
