@@ -141,16 +141,16 @@ class AwsProvider:
             return empty_usage()
         targets = self._targets()
         self._regions_seen = sorted({r for _, r in targets})
-        results = compute.scan(targets, start, end, cpu=True, max_workers=self.max_workers,
-                               now=fetch_clock(now, self.clock), cache=self.cache,
-                               deadline=self._budget(USAGE_SHARE), clock=self.monotonic)
+        at = fetch_clock(now, self.clock)
+        results = compute.scan(targets, start, end, cpu=True, max_workers=self.max_workers, now=at,
+                               cache=self.cache, deadline=self._budget(USAGE_SHARE), clock=self.monotonic)
         self._note_skipped(results)
         failed = self._regions_failed(results)
         if failed and len(failed) == len(results):
             raise ProviderError("; ".join(str(r.error) for r in failed[:3])
                                 + (f" (and {len(failed) - 3} more regions)" if len(failed) > 3 else ""))
         units = [(compute.owner_key(api), region) for api, region in targets]
-        lo, _ = compute.window(start, end, now)
+        lo, _ = compute.window(start, end, at)
         self.instances = compute.instances_frame(self.cache, units, seen_since=int(lo.timestamp()))
         return compute.usage_frame(self.cache, units, pd.Timestamp(start), pd.Timestamp(end))
 
