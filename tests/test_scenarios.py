@@ -268,3 +268,64 @@ def test_batch_nodes_run_hot_at_the_same_hours_every_night() -> None:
 def test_unknown_kinds_are_refused(kinds: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="unknown incident kind"):
         generate(n_projects=3, days=10, incident_kinds=kinds)
+
+
+# ------------------------------------------------------------------------- failure classes (issue 16)
+
+@cache
+def _hard(seed: int = 5, clean: bool = False) -> Scenario:
+    return generate(seed=seed, n_projects=40, days=120, failure_classes=True, clean=clean)
+
+
+def test_failure_classes_are_opt_in_and_leave_default_worlds_alone() -> None:
+    with pytest.raises(ValueError, match="failure_classes"):
+        generate(seed=3, n_projects=14, days=42, incident_kinds=("cost_step",))
+    kinds = set(_hard().incidents["kind"])
+    assert {"saturating_surge", "legit_gpu_job", "mining_long", "cost_step", "cost_spike"} <= kinds
+    # the plain generator draws exactly what it drew before the classes existed
+    pd.testing.assert_frame_equal(_sc().costs, generate(seed=3, n_projects=14, days=42).costs)
+
+
+def test_clean_world_carries_the_recurring_patterns_and_the_same_base() -> None:
+    clean, labelled = _hard(clean=True), _hard()
+    assert clean.incidents.empty
+    assert {"month-end", "autoscaling", "deploy", "hot node"} <= set(clean.patterns["pattern"])
+    pd.testing.assert_frame_equal(clean.patterns, labelled.patterns)
+    month_end = clean.patterns[clean.patterns["pattern"] == "month-end"]["project_id"].iloc[0]
+    daily = _compute(clean.costs, month_end)
+    last_two = daily.index.days_in_month - daily.index.day <= 1
+    ratio = daily[last_two].median() / daily[~last_two].median()
+    assert 1.2 < ratio < 1.6  # compute x1.3-1.5 on the last two days of every month
+
+
+def test_saturating_surge_caps_a_busy_node_inside_a_project_surge() -> None:
+    sc = _hard()
+    for _, inc in sc.incidents[sc.incidents["kind"] == "saturating_surge"].iterrows():
+        hot = inc["nodes"][0]
+        u = sc.usage[sc.usage["node"] == hot].set_index("timestamp")["cpu_utilization"]
+        before = u[u.index < inc["start"] - DAY]
+        assert 55 <= before.median() <= 78
+        during = u[(u.index >= inc["start"]) & (u.index < inc["end"])]
+        top = (during >= 98.5).to_numpy()
+        runs = np.diff(np.flatnonzero(np.diff(np.r_[0, top.astype(int), 0])))[::2]
+        assert runs.max() >= 2 and top.mean() < 0.25 and during.max() <= 100.0  # capped hours, not a plateau
+        compute = _compute(sc.costs, inc["project_id"])
+        surge = compute[inc["start"].floor("D"): inc["end"].floor("D")].max()
+        assert surge > 1.2 * compute[: inc["start"] - 7 * DAY].tail(14).median()  # cost x1.3-1.6
+
+
+def test_legit_training_jobs_look_legit_and_long_miners_run_to_the_end() -> None:
+    sc = _hard()
+    jobs = sc.incidents[sc.incidents["kind"] == "legit_gpu_job"]
+    assert len(jobs)
+    for _, inc in jobs.iterrows():
+        pods = sc.pods[sc.pods["node"].isin(list(inc["nodes"]))]
+        assert len(pods) == len(inc["nodes"])
+        assert pods["labels"].map(lambda d: bool(d.get("owner"))).all()
+        assert not pods["command"].str.contains("stratum").any()
+        assert sc.usage[sc.usage["node"].isin(list(inc["nodes"]))]["instance_type"].str.startswith(GPU_TYPES).all()
+    long = sc.incidents[sc.incidents["kind"] == "mining_long"]
+    assert len(long) and long["is_mining"].all()
+    assert ((long["end"] == sc.end) & (long["end"] - long["start"] >= 30 * DAY)).all()
+    steps = sc.incidents[sc.incidents["kind"] == "cost_step"]
+    assert len(steps) and (steps["end"] == sc.end).all()
