@@ -218,14 +218,14 @@ def _open_episodes(x: np.ndarray, flag: np.ndarray, level: np.ndarray, profile: 
                    s: CpuSettings) -> np.ndarray:
     """Hours inside an open episode, hours x nodes, causal: an episode opens at a flagged hour and stays open
     until the CPU is back, for two hours in a row, both below the plateau (the level of the last flagged
-    window minus twice the flat tolerance) and within ``min_excess / 2`` of the node's profile.  A miner
+    window minus twice the flat tolerance) and within ``min_excess`` of the node's profile.  A miner
     that keeps running keeps its episode open however long it runs, whatever its profile has learned; a
     missing hour is no recovery.  Two cumulative maxima over the hours: no loop."""
     t = np.arange(x.shape[0])[:, None]
     last_set = np.maximum.accumulate(np.where(flag, t, -1), axis=0)
     lvl = np.take_along_axis(level, np.maximum(last_set, 0), axis=0)
     with np.errstate(invalid="ignore"):
-        below = (x < lvl - 2.0 * s.flat_tolerance) & ~(x >= profile + s.min_excess / 2.0)
+        below = (x < lvl - 2.0 * s.flat_tolerance) & ~(x >= profile + s.min_excess)
     reset = below.copy()
     reset[1:] &= below[:-1]
     reset[0] = False
@@ -308,9 +308,10 @@ def _episodes_open(x: np.ndarray, flag: np.ndarray, level: np.ndarray, profile: 
 # (SATURATION_SHARE of its level): a busy node capped at 100% at its daily peak while the rest of the
 # project surges.  Alone (no other node still moving like a service) a node can only lean on its own shape,
 # as if demand were up LONE_DEMAND x.
-SURGE_RATIO = 1.2
+SURGE_RATIO = 1.1
 SATURATION_SHARE = 0.8
 LONE_DEMAND = 1.6
+DEMAND_HOURS = 6
 
 
 def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pinned: np.ndarray, flagged: np.ndarray,
@@ -320,13 +321,14 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pinned: n
     Traffic lifts a whole pool at once and keeps each node's shape; a node that runs hot every day
     saturates at its peak and comes down with the others.  A miner's plateau is decoupled from demand: it
     stays flat when the other nodes follow their daily shape down, and it outlives the surge, so it is
-    flagged from the first hour demand no longer explains it.  Demand is the median, over the project's
-    other unflagged nodes that still move like a service (flat ones may be miners not yet flagged), of their
-    CPU over their usual for the last 3 hours, the usual floored at 10% so a quiet night's noise is not a
-    surge; one such node is enough, so projects of two or three nodes get a reading too.  The flagged node
-    must be one whose usual shape, scaled by that demand, reaches its plateau within the window that fired
-    (``pinned_hours`` or ``plateau_hours``): a miner
-    pinned at 99% on a node that usually idles at 30% is not explained by a 1.5 x surge.
+    flagged from the first hour demand no longer explains it.  Demand is read from the project's other
+    unflagged nodes that still move like a service (flat ones may be miners not yet flagged) over the last
+    ``DEMAND_HOURS``: their CPU summed over their usual summed (each usual floored at 10% so a quiet night's
+    noise is not a surge), pooled so that a x1.3 surge stands out of per-node noise; one such node is
+    enough, so projects of two or three nodes get a reading too.  The flagged node must be one whose usual
+    shape, scaled by that demand, reaches its plateau within the window that fired (``pinned_hours`` or
+    ``plateau_hours``): a miner pinned at 99% on a node that usually idles at 30% is not explained by a
+    1.5 x surge.
 
     Only read where a node is flagged, so it is computed for the projects and hours that have a flagged
     node."""
@@ -344,19 +346,19 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pinned: n
     step = max(1, SURGE_CELLS // max(rows.size, 1))
     for c0 in range(0, hot_cols.size, step):
         cols = hot_cols[c0: c0 + step]
-        idx = cols[:, None] + np.arange(-2, 1)[None, :]  # the 3 hours up to each column
+        idx = cols[:, None] + np.arange(1 - DEMAND_HOURS, 1)[None, :]  # the hours up to each column
         ok = idx >= 0
         idx = np.clip(idx, 0, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            win = np.where(ok, x[rows][:, idx], np.nan)  # rows x cols x 3
+            win = np.where(ok, x[rows][:, idx], np.nan)  # rows x cols x DEMAND_HOURS
             obs = np.nanmean(win, axis=2)
             usual = np.nanmean(np.where(ok, profile[rows][:, idx], np.nan), axis=2)
             moving = np.nanstd(win, axis=2) > s.flat_tolerance / 2
-            rel = np.where(flagged[rows][:, cols] | ~moving | np.isnan(usual), np.nan,
-                           obs / np.maximum(usual, 10.0))
-        frame = pd.DataFrame(rel)
-        demand = frame.groupby(key).median().reindex(key).to_numpy()  # rows x cols, NaN without witnesses
+            witness = ~flagged[rows][:, cols] & moving & ~np.isnan(usual) & ~np.isnan(obs)
+        pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
+        base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
+        demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()  # rows x cols, NaN without witnesses
         demand = np.where(np.isnan(demand), LONE_DEMAND, demand)
         fr, fc = np.nonzero(flagged[rows][:, cols])
         if not fr.size:

@@ -28,6 +28,7 @@ from . import baseline as bl
 from . import cpu as cpumod
 from .alerts import SEVERITY_ORDER, Alert
 from .config import Config, ProjectConfig
+from .mining_score import rescore
 from .model import COMPUTE_CATEGORY
 from .usage_score import UsageScoreParams, episode_onsets, score_matrix
 
@@ -111,7 +112,8 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
         settings = cpu_settings(cfg)
         feats = cpumod.features(cm, settings)
         episodes = [e for e in cpumod.node_episodes(cm, feats, settings) if e.project in meta.index]
-        mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts)
+        mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts,
+                                cfg.alerting.owner_tags)
     if findings is not None and len(findings):
         mining = _join_findings(findings, mining, meta, since_ts, as_of_ts)
     covered = {a.project for a in mining}
@@ -467,7 +469,7 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
 
 def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
                    cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings,
-                   since: pd.Timestamp, as_of: pd.Timestamp) -> list[Alert]:
+                   since: pd.Timestamp, as_of: pd.Timestamp, owner_tags: list[str] | None = None) -> list[Alert]:
     """Group node episodes per project into incidents; join compute cost alerts of the same days."""
     out: list[Alert] = []
     by_project: dict[str, list[cpumod.NodeEpisode]] = {}
@@ -484,12 +486,33 @@ def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gro
             detected = min(e.detected_at for e in g)
             if detected < since or detected > as_of:
                 continue
-            out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s))
+            out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s, owner_tags or []))
+    return out
+
+
+def _node_owners(gross: pd.DataFrame, pid: str, nodes: set[str], owner_tags: list[str]) -> dict[str, str]:
+    """Node -> the owner its billing rows are labelled with (the first of ``owner_tags`` present): a resource
+    is a node when its id is the node's name or ends with ``/<name>`` (EC2 ids, GCE and Azure VM paths)."""
+    if gross.empty or not nodes or not owner_tags or "tags" not in gross:
+        return {}
+    rows = gross[(gross["project_id"].astype(str) == pid) & gross["resource_id"].notna()]
+    if rows.empty:
+        return {}
+    leaf = rows["resource_id"].astype(str).str.rsplit("/", n=1).str[-1]
+    rows = rows[leaf.isin(nodes).to_numpy()]
+    out: dict[str, str] = {}
+    for node, tags in zip(leaf[leaf.isin(nodes)], rows["tags"], strict=True):
+        if node in out or not isinstance(tags, dict):
+            continue
+        owner = next((str(tags[k]) for k in owner_tags if tags.get(k)), None)
+        if owner:
+            out[str(node)] = owner
     return out
 
 
 def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
-                  cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings) -> Alert:
+                  cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings,
+                  owner_tags: list[str] | None = None) -> Alert:
     # one entry per node: its first episode, stretched to the last flagged hour of any later one
     per_node: dict[str, cpumod.NodeEpisode] = {}
     for e in sorted(g, key=lambda e: e.detected_at):
@@ -507,6 +530,7 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
     if not gross.empty:
         hist = gross[(gross["project_id"].astype(str) == pid) & (gross["period_start"] < start.floor("D"))]
         known_regions |= set(hist["region"].dropna().astype(str))
+    owners = _node_owners(gross, pid, {e.node for e in g}, owner_tags or [])
     nodes = []
     for e in sorted(g, key=lambda e: -e.level):
         nodes.append({
@@ -515,7 +539,8 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
             "new_region": bool(e.region and known_regions and e.region not in known_regions),
             "instance_type": e.instance_type,
             "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
-            "start": e.start, "detected_at": e.detected_at,
+            "start": e.start, "detected_at": e.detected_at, "owner": owners.get(e.node),
+            "flat_hours": round((e.last - e.start) / HOUR, 1),
         })
     new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})
     related = [a for a in cost_alerts if a.project == pid and a.service in (COMPUTE_CATEGORY, None)
@@ -529,6 +554,7 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         "start_hour": start.hour, "ongoing_until": last,
         "clusters": sorted({e.cluster for e in g if e.cluster}),
         "signals": "CPU flat at " + ", ".join(sorted({f"{round(e.level)}%" for e in g})[:5]),
+        "flat_hours": round(max((e.last - e.start) / HOUR for e in g), 1),
     }
     if related:
         c = min(related, key=lambda a: a.start)
@@ -545,10 +571,6 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         unit = "cpu_percent"
         currency = str(row["currency"])
     evidence["metric"] = unit
-    strong = bool(related) or bool(new_regions) or evidence["gpu_nodes"] > 0 or len(pinned) >= 1
-    severity = "critical" if strong else "high"
-    score = float(min(1.0, (observed - expected) / max(abs(expected), 1.0))) if unit == "cpu_percent" else \
-        float(min(1.0, (observed - expected) / max(abs(expected), 1e-9)))
     parts = [f"{len(g)} node(s) flat at high CPU"]
     if evidence["new_nodes"]:
         parts.append(f"{evidence['new_nodes']} new")
@@ -558,13 +580,17 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         parts.append(f"{evidence['gpu_nodes']} GPU")
     if related:
         parts.append("compute spend out of band")
-    return Alert(
+    owned = sorted({n["owner"] for n in nodes if n["new"] and n["owner"]})
+    if owned:
+        parts.append("new node(s) labelled owner " + ", ".join(owned)[:80])
+    # severity and score follow the evidence (costwatch.mining_score), recomputed when more joins it
+    return rescore(Alert(
         kind="mining_suspected", project=pid, project_name=str(row["project_name"]),
         provider=str(row["provider"]), service=COMPUTE_CATEGORY, region=new_regions[0] if new_regions else
-        (g[0].region), start=start, detected_at=detected, severity=severity, observed=observed,
-        expected=expected, lower=lower, upper=upper, currency=currency, score=max(score, 0.0),
+        (g[0].region), start=start, detected_at=detected, severity="warning", observed=observed,
+        expected=expected, lower=lower, upper=upper, currency=currency, score=0.0,
         scope="mining", evidence=evidence, summary="; ".join(parts),
-    )
+    ))
 
 
 def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFrame, since: pd.Timestamp,
@@ -586,7 +612,7 @@ def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFra
         if hits:
             for a in hits:
                 a.evidence["guardduty"] = records
-                a.severity = "critical"
+                rescore(a)
             continue
         first = group["first_seen"].min()
         if first < since:
@@ -594,7 +620,7 @@ def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFra
         row = meta.loc[pid] if pid in meta.index else None
         nodes = sorted({str(n) for n in group["node"].dropna()})
         regions = sorted({str(r) for r in group["region"].dropna()})
-        out.append(Alert(
+        out.append(rescore(Alert(
             kind="mining_suspected", project=pid,
             project_name=str(row["project_name"]) if row is not None else pid,
             provider=str(group["provider"].iloc[0]), service=COMPUTE_CATEGORY, region=regions[0] if regions else None,
@@ -605,7 +631,7 @@ def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFra
             evidence={"metric": "findings", "source": "cloud security findings", "guardduty": records,
                       "finding_nodes": nodes, "regions": regions},
             summary=f"{len(group)} crypto-mining finding(s): {', '.join(sorted(set(group['type'])))[:200]}",
-        ))
+        )))
     return out
 
 
@@ -623,13 +649,13 @@ def _cost_only_mining(cost_alerts: list[Alert], projects_with_cpu: set[str], cov
         ev["source"] = "cost only (no CPU data for this project)"
         ev["cost_alert"] = a.fingerprint
         a.evidence["explained_by"] = "mining_suspected"
-        out.append(Alert(
+        out.append(rescore(Alert(
             kind="mining_suspected", project=a.project, project_name=a.project_name, provider=a.provider,
             service=a.service, region=a.region, start=a.start, detected_at=a.detected_at, severity="high",
             observed=a.observed, expected=a.expected, lower=a.lower, upper=a.upper, currency=a.currency,
             score=a.score, scope="mining", evidence=ev,
             summary=f"compute spend out of band in new region(s) {', '.join(r['region'] for r in ev['new_regions'])}",
-        ))
+        )))
         covered.add(a.project)
     return out
 

@@ -164,7 +164,7 @@ def _ref_open(x: np.ndarray, flag: np.ndarray, level: np.ndarray, profile: np.nd
             if flag[i, t]:
                 is_open, lvl = True, level[i, t]
             v, p = x[i, t], profile[i, t]
-            below = bool(v < lvl - 2 * s.flat_tolerance) and not bool(v >= p + s.min_excess / 2)
+            below = bool(v < lvl - 2 * s.flat_tolerance) and not bool(v >= p + s.min_excess)
             if below and prev_below and not flag[i, t]:
                 is_open = False
             out[i, t] = is_open and not below
@@ -200,14 +200,16 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
     flag = pinned | plateau
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        win = _trailing(x, 3)
-        usual = np.nanmean(_trailing(profile, 3), axis=2)
-        moving = np.nanstd(win, axis=2) > s.flat_tolerance / 2
-        rel = np.where(flag | ~moving | np.isnan(usual), np.nan, np.nanmean(win, axis=2) / np.maximum(usual, 10.0))
+        win = _trailing(x, cpu.DEMAND_HOURS)
+        obs = np.nanmean(win, axis=2)
+        usual = np.nanmean(_trailing(profile, cpu.DEMAND_HOURS), axis=2)
+        witness = ~flag & (np.nanstd(win, axis=2) > s.flat_tolerance / 2) & ~np.isnan(usual) & ~np.isnan(obs)
         peak = np.where(pinned, np.nanmax(_trailing(profile, s.pinned_hours), axis=2),
                         np.nanmax(_trailing(profile, s.plateau_hours), axis=2))
     key = m.nodes["project"].astype(str).to_numpy()
-    demand = pd.DataFrame(rel).groupby(key).median().reindex(key).to_numpy()
+    pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
+    base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
+    demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()
     demand = np.where(np.isnan(demand), cpu.LONE_DEMAND, demand)
     explained = flag & (demand >= cpu.SURGE_RATIO) & (np.nan_to_num(peak) * demand >= cpu.SATURATION_SHARE * level)
     pinned &= ~(explained & ~new[:, None])
