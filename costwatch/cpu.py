@@ -422,6 +422,9 @@ def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int =
         hits = np.flatnonzero(flag[i, int(cols[a]): c1 + 1])
         if not hits.size:
             continue
+        # an episode stays open across a gap in the node's data, but it lasts to the node's last sample: a
+        # node that is gone (terminated, scaled in) runs nothing any more
+        c1 = int(cols[a]) + int(np.flatnonzero(~np.isnan(x[i, int(cols[a]): c1 + 1]))[-1])
         c0 = int(cols[a]) + int(hits[0])
         signal = "pinned" if f.pinned[i, c0] else "plateau"
         w = s.pinned_hours if signal == "pinned" else s.plateau_hours

@@ -75,7 +75,8 @@ def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
 def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None = None, *,
            as_of: pd.Timestamp | str | None = None, since: pd.Timestamp | str | pd.Timedelta | None = None,
            findings: pd.DataFrame | None = None) -> Detection:
-    """Run every detector over the frames and return alerts detected in ``[since, as_of]``.
+    """Run every detector over the frames and return alerts detected in ``[since, as_of]``, and CPU mining
+    alerts detected earlier whose episode still ran after ``since`` (a miner is active as long as it runs).
 
     ``findings`` are cloud security findings of crypto mining (GuardDuty), columns ``costwatch.model.FINDING_COLUMNS``:
     they become evidence on the project's mining alert, or a mining alert of their own."""
@@ -122,7 +123,7 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     alerts += mining + cost_alerts
     alerts += _threshold_alerts(totals, cfg, meta, since_ts, delay)
     alerts += _budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
-    alerts = [a for a in alerts if since_ts <= a.detected_at <= as_of_ts]
+    alerts = [a for a in alerts if a.detected_at <= as_of_ts and (since_ts <= a.detected_at or _ongoing(a, since_ts))]
     alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
     usage_flags = _usage_anomalies(cm, since_ts, as_of_ts) if cm is not None and cm.values.size else {}
     projects = _project_summaries(costs, totals, cm, feats, alerts, meta, pairs, usage_flags, cfg, since_ts,
@@ -134,6 +135,13 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     if usage.empty:
         notes.append("no CPU usage data: mining is judged from cost alone (new regions, compute spikes)")
     return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats)
+
+
+def _ongoing(alert: Alert, since: pd.Timestamp) -> bool:
+    """A CPU mining alert detected before the window whose episode still ran inside it: a miner that has run
+    for longer than the alert window is still an incident, with its first detection kept."""
+    until = alert.evidence.get("ongoing_until") if alert.kind == "mining_suspected" else None
+    return until is not None and pd.Timestamp(until) >= since
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -484,7 +492,8 @@ def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gro
                 groups.append([e])
         for g in groups:
             detected = min(e.detected_at for e in g)
-            if detected < since or detected > as_of:
+            # a miner first seen before the window that still runs in it is still an incident
+            if detected > as_of or max(e.last for e in g) < since:
                 continue
             out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s, owner_tags or []))
     return out

@@ -368,3 +368,19 @@ def test_a_miner_on_a_quiet_node_during_a_surge_is_flagged_at_once() -> None:
     eps = _by_node(_matrix(traces, LONG))
     assert set(eps) == {"o0"}
     assert eps["o0"][0].detected_at - LONG[start] <= pd.Timedelta(hours=2)
+
+
+def test_an_episode_ends_with_its_node_and_survives_a_gap_in_the_data() -> None:
+    rng = np.random.default_rng(13)
+    traces = {f"n{k}": _daily(rng, LONG, 35, 12) for k in range(3)}
+    gone = LONG_START + 24 * 5
+    traces["n0"][LONG_START:] = 99 + rng.normal(0, 0.4, len(LONG) - LONG_START)
+    traces["n0"][gone:] = np.nan  # terminated: no more samples
+    traces["n1"][LONG_START:] = 99 + rng.normal(0, 0.4, len(LONG) - LONG_START)
+    traces["n1"][LONG_START + 50: LONG_START + 60] = np.nan  # the agent stopped reporting for 10 hours
+    usage = normalize_usage(pd.concat([pd.DataFrame({"timestamp": LONG, "node": n, "cpu_utilization": v}).dropna()
+                                       for n, v in traces.items()], ignore_index=True).assign(provider="aws",
+                                                                                               project="p"))
+    eps = _by_node(cpu.cpu_matrix(usage))
+    assert [e.last for e in eps["n0"]] == [LONG[gone]]
+    assert len(eps["n1"]) == 1 and eps["n1"][0].last == LONG[-1] + pd.Timedelta(hours=1)

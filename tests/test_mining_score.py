@@ -144,3 +144,33 @@ def test_new_gpu_nodes_end_to_end(owner: bool, new_region: bool, expected: set[s
     assert all(n["owner"] == ("ml-team@example.com" if owner else None) for n in a.evidence["nodes"])
     if owner and not new_region:
         assert "labelled owner ml-team@example.com" in a.summary
+
+
+def test_a_miner_running_for_a_month_stays_active_in_hourly_runs_and_resolves_when_it_stops() -> None:
+    """Replays run.py's view (a 14-day alert window) as of days 2..34 of a miner on an existing node: it is
+    active at every run while it runs, whatever the window, and not any more once the CPU is back."""
+    from costwatch.incidents import is_active
+
+    hours = pd.date_range("2026-08-01", periods=24 * 60, freq="h", tz="UTC")
+    start, stop = 24 * 20 + 9, 24 * 54 + 9
+    rng = np.random.default_rng(8)
+    h = hours.hour.to_numpy()
+    frames = []
+    for k in range(3):
+        v = np.clip(12 + 25 * np.exp(-0.5 * ((h - 14) / 3.5) ** 2) + rng.normal(0, 3, len(hours)), 0, 100)
+        if k == 0:
+            v[start:stop] = 98.5 + rng.normal(0, 0.4, stop - start)
+        frames.append(pd.DataFrame({"timestamp": hours, "node": f"i-{k}", "cpu_utilization": v}))
+    usage = normalize_usage(pd.concat(frames, ignore_index=True).assign(provider="aws", project=PID))
+    grace = pd.Timedelta(days=1, hours=2)
+    for day in (2, 6, 10, 15, 20, 28, 33):
+        at = hours[start] + pd.Timedelta(days=day)
+        det = detect(pd.DataFrame(), usage, Config(), as_of=at, since=at - pd.Timedelta(days=14))
+        mining = [a for a in det.alerts if a.kind == "mining_suspected"]
+        assert len(mining) == 1 and is_active(mining[0], at, grace), (day, [a.evidence for a in mining])
+        assert mining[0].start == hours[start] and mining[0].detected_at <= hours[start + 2]
+    at = hours[stop] + pd.Timedelta(hours=6)
+    det = detect(pd.DataFrame(), usage, Config(), as_of=at, since=at - pd.Timedelta(days=14))
+    mining = [a for a in det.alerts if a.kind == "mining_suspected"]
+    assert len(mining) == 1 and not is_active(mining[0], at, grace)
+    assert mining[0].evidence["ongoing_until"] <= hours[stop] + pd.Timedelta(hours=2)
