@@ -500,9 +500,11 @@ def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gro
 
 
 def _node_owners(gross: pd.DataFrame, pid: str, nodes: set[str], owner_tags: list[str]) -> dict[str, str]:
-    """Node -> the owner its billing rows are labelled with (the first of ``owner_tags`` present): a resource
-    is a node when its id is the node's name or ends with ``/<name>`` (EC2 ids, GCE and Azure VM paths)."""
-    if gross.empty or not nodes or not owner_tags or "tags" not in gross:
+    """Node -> the owner its billing rows are labelled with (the first of ``owner_tags`` present), ``""`` for a
+    node billed without one; nodes without billing rows (not published yet, or no resource ids) are left out.
+    A resource is a node when its id is the node's name or ends with ``/<name>`` (EC2 ids, GCE and Azure VM
+    paths)."""
+    if gross.empty or not nodes or "tags" not in gross:
         return {}
     rows = gross[(gross["project_id"].astype(str) == pid) & gross["resource_id"].notna()]
     if rows.empty:
@@ -511,11 +513,9 @@ def _node_owners(gross: pd.DataFrame, pid: str, nodes: set[str], owner_tags: lis
     rows = rows[leaf.isin(nodes).to_numpy()]
     out: dict[str, str] = {}
     for node, tags in zip(leaf[leaf.isin(nodes)], rows["tags"], strict=True):
-        if node in out or not isinstance(tags, dict):
+        if out.get(node):
             continue
-        owner = next((str(tags[k]) for k in owner_tags if tags.get(k)), None)
-        if owner:
-            out[str(node)] = owner
+        out[str(node)] = next((str(tags[k]) for k in owner_tags if tags.get(k)), "") if isinstance(tags, dict) else ""
     return out
 
 
@@ -548,7 +548,8 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
             "new_region": bool(e.region and known_regions and e.region not in known_regions),
             "instance_type": e.instance_type,
             "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
-            "start": e.start, "detected_at": e.detected_at, "owner": owners.get(e.node),
+            "start": e.start, "detected_at": e.detected_at, "owner": owners.get(e.node) or None,
+            "billed": e.node in owners,
             "flat_hours": round((e.last - e.start) / HOUR, 1),
         })
     new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})

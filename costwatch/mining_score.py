@@ -19,6 +19,10 @@ signal is worth about e^2 (7x), so the CPU signature with any one of them is cri
 cluster's own word that a miner runs (GuardDuty, a miner image, a stratum URL) is worth e^4.  Owner labels on
 every new node, and pods on the flagged nodes that show no sign at all, count against mining: a planned
 training job on new GPU nodes is reported at warning or info with what was seen, never paged as critical.
+Ownership is read from the billing rows of the nodes, which arrive a day late: until then a new node counts
+half (``new_nodes_unbilled``) and its GPU not at all, so new pinned nodes in the home region are "high" in
+their first hours and become critical (nobody owns them) or a warning (a planned job) when billing arrives;
+a new region, spend, miner pods or GuardDuty make them critical at once.
 
 ``rescore`` is the one place severity is decided: detection calls it when it builds the alert and when
 GuardDuty findings join it, ``providers.kubernetes.attach`` when cluster evidence is attached.
@@ -38,9 +42,10 @@ WEIGHTS: dict[str, float] = {
     "cpu_plateau": 1.5,         # a node held flat at a cap (50-75%) well above its usual shape
     "persistent": 1.0,          # an existing node's flat line has held for a day or more
     "cost": 2.0,                # compute spend out of band on the same days
-    "new_nodes": 2.0,           # flagged nodes first seen during the data, without owner labels
+    "new_nodes": 2.0,           # flagged nodes first seen during the data, billed without owner labels
+    "new_nodes_unbilled": 1.0,  # new flagged nodes whose billing rows have not arrived (or carry no resource id)
     "new_region": 2.0,          # flagged nodes in a region the project never used
-    "gpu": 2.0,                 # GPU instances among the flagged nodes (other than owned new ones)
+    "gpu": 2.0,                 # GPU instances among the flagged nodes: existing ones, or new ones billed unowned
     "owned_new_nodes": -2.0,    # every flagged new node carries an owner label: launched by the team
     "kubernetes_miner": 4.0,    # a pod on the flagged nodes names a miner, a stratum URL, a pool host or port
     "kubernetes_unusual": 1.0,  # only weaker signs: an image outside the allowlist, a brand-new namespace
@@ -75,16 +80,20 @@ def signals(ev: dict[str, Any]) -> list[dict[str, Any]]:
     elif ev.get("cost_alert"):  # a mining alert from cost alone
         add("cost", "compute spend out of band")
     new = [n for n in nodes if n.get("new")]
-    unowned = [n for n in new if not n.get("owner")]
+    unowned = [n for n in new if not n.get("owner") and n.get("billed", True)]
+    unknown = [n for n in new if not n.get("owner") and not n.get("billed", True)]
     if unowned:
-        add("new_nodes", f"{len(unowned)} new node(s) without owner labels")
-    if new and not unowned:
+        add("new_nodes", f"{len(unowned)} new node(s) billed without owner labels")
+    elif unknown:
+        add("new_nodes_unbilled", f"{len(unknown)} new node(s), no billing rows yet to tell who owns them")
+    if new and not unowned and not unknown:
         owners = sorted({str(n["owner"]) for n in new})
         add("owned_new_nodes", f"{len(new)} new node(s) labelled owner {', '.join(owners)[:120]}")
     regions = [str(r.get("region")) if isinstance(r, dict) else str(r) for r in ev.get("new_regions") or []]
     if regions:
         add("new_region", "region(s) never used: " + ", ".join(regions)[:120])
-    gpu = [n for n in nodes if n.get("gpu") and not (n.get("new") and n.get("owner"))]
+    # a new GPU node counts once billing shows nobody owns it (a planned training job runs on new GPU nodes)
+    gpu = [n for n in nodes if n.get("gpu") and (not n.get("new") or n in unowned)]
     if gpu:
         add("gpu", f"{len(gpu)} GPU node(s): " + ", ".join(sorted({str(n.get('instance_type')) for n in gpu}))[:120])
     k8s = ev.get("kubernetes")

@@ -50,6 +50,10 @@ def test_severity_follows_the_evidence() -> None:
     # a flat line that has held for a day is decoupled from any daily demand: more than a warning
     assert _sev(nodes=[_node("i-1") | {"flat_hours": 30}])[0] == "high"
     assert _sev(nodes=[_node("i-1", new=True, owner="ml") | {"flat_hours": 30}])[0] == "info"  # no shape of its own
+    # before billing tells who owns them, new GPU nodes in the home region are high, not critical
+    unbilled = [_node("i-1", new=True, gpu=True) | {"billed": False}]
+    assert _sev(nodes=unbilled)[0] == "high"
+    assert _sev(nodes=unbilled, new_regions=["ap-southeast-3"])[0] == "critical"
     # without a CPU signature, a finding or a miner pod, spend in a new region is at most high
     assert _sev(cost_alert="abc", new_regions=[{"region": "ap-southeast-3", "cost": 10.0}])[0] == "high"
 
@@ -144,6 +148,11 @@ def test_new_gpu_nodes_end_to_end(owner: bool, new_region: bool, expected: set[s
     assert all(n["owner"] == ("ml-team@example.com" if owner else None) for n in a.evidence["nodes"])
     if owner and not new_region:
         assert "labelled owner ml-team@example.com" in a.summary
+        # three hours in, no billing row says who owns the nodes yet: high, not a critical page
+        early = detect(costs, usage, Config(), as_of=HOURS[START + 3], since=pd.Timedelta(days=7))
+        first = next(x for x in early.alerts if x.kind == "mining_suspected")
+        assert first.severity == "high"
+        assert "new_nodes_unbilled" in {x["signal"] for x in first.evidence["score_signals"]}
 
 
 def test_a_miner_running_for_a_month_stays_active_in_hourly_runs_and_resolves_when_it_stops() -> None:
