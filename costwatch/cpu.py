@@ -283,7 +283,7 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
         block: list[np.ndarray] = list(_block(xt, new[r0:r1], s))
         for arr, part in zip(outs, block, strict=True):
             arr[r0:r1] = part.T
-    explained = _surge_explained(m, x, profile, pinned, pinned | plateau, level, s)
+    explained = _surge_explained(m, x, profile, pdays, pinned, pinned | plateau, level, s)
     if explained is not None:
         plateau &= ~explained
         pinned &= ~(explained & ~new[:, None])
@@ -314,15 +314,16 @@ LONE_DEMAND = 1.6
 DEMAND_HOURS = 6
 
 
-def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pinned: np.ndarray, flagged: np.ndarray,
-                     level: np.ndarray, s: CpuSettings) -> np.ndarray | None:
+def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, pinned: np.ndarray,
+                     flagged: np.ndarray, level: np.ndarray, s: CpuSettings) -> np.ndarray | None:
     """Flagged hours that the project's demand explains (nodes x hours; None when nothing is flagged).
 
     Traffic lifts a whole pool at once and keeps each node's shape; a node that runs hot every day
     saturates at its peak and comes down with the others.  A miner's plateau is decoupled from demand: it
     stays flat when the other nodes follow their daily shape down, and it outlives the surge, so it is
     flagged from the first hour demand no longer explains it.  Demand is read from the project's other
-    unflagged nodes that still move like a service (flat ones may be miners not yet flagged) over the last
+    unflagged nodes that still move like a service (flat ones may be miners not yet flagged) and have a usual
+    of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
     ``DEMAND_HOURS``: their CPU summed over their usual summed (each usual floored at 10% so a quiet night's
     noise is not a surge), pooled so that a x1.3 surge stands out of per-node noise; one such node is
     enough, so projects of two or three nodes get a reading too.  The flagged node must be one whose usual
@@ -355,7 +356,9 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pinned: n
             obs = np.nanmean(win, axis=2)
             usual = np.nanmean(np.where(ok, profile[rows][:, idx], np.nan), axis=2)
             moving = np.nanstd(win, axis=2) > s.flat_tolerance / 2
-            witness = ~flagged[rows][:, cols] & moving & ~np.isnan(usual) & ~np.isnan(obs)
+            # a node with too few days of its own (one the autoscaler added for the surge) has no usual to compare
+            known = pdays[rows][:, cols] >= s.min_profile_days
+            witness = ~flagged[rows][:, cols] & moving & known & ~np.isnan(usual) & ~np.isnan(obs)
         pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
         base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
         demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()  # rows x cols, NaN without witnesses

@@ -203,7 +203,8 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
         win = _trailing(x, cpu.DEMAND_HOURS)
         obs = np.nanmean(win, axis=2)
         usual = np.nanmean(_trailing(profile, cpu.DEMAND_HOURS), axis=2)
-        witness = ~flag & (np.nanstd(win, axis=2) > s.flat_tolerance / 2) & ~np.isnan(usual) & ~np.isnan(obs)
+        witness = (~flag & (np.nanstd(win, axis=2) > s.flat_tolerance / 2) & (pdays >= s.min_profile_days)
+                   & ~np.isnan(usual) & ~np.isnan(obs))
         peak = np.where(pinned, np.nanmax(_trailing(profile, s.pinned_hours), axis=2),
                         np.nanmax(_trailing(profile, s.plateau_hours), axis=2))
     key = m.nodes["project"].astype(str).to_numpy()
@@ -384,3 +385,22 @@ def test_an_episode_ends_with_its_node_and_survives_a_gap_in_the_data() -> None:
     eps = _by_node(cpu.cpu_matrix(usage))
     assert [e.last for e in eps["n0"]] == [LONG[gone]]
     assert len(eps["n1"]) == 1 and eps["n1"][0].last == LONG[-1] + pd.Timedelta(hours=1)
+
+
+def test_nodes_added_for_the_surge_do_not_hide_it() -> None:
+    """On the third day of a surge, the nodes the autoscaler added have only known the surge: they are no
+    witness of the project's usual demand, and the busy node's saturation is still read as the surge."""
+    rng = np.random.default_rng(41)
+    at = 24 * 20
+    traces = _surge(rng, LONG, 2, at, days=3)
+    for k in range(4):
+        v = _daily(rng, LONG, 45, 15) * 1.45
+        v[:at] = np.nan
+        v[at + 24 * 3:] = np.nan
+        traces[f"added{k}"] = np.clip(v, 0, 100)
+    busy = traces["busy"]
+    assert (busy[at + 48: at + 72] >= 99.9).sum() >= 2  # capped on the third day too
+    usage = normalize_usage(pd.concat([pd.DataFrame({"timestamp": LONG, "node": n, "cpu_utilization": v}).dropna()
+                                       for n, v in traces.items()], ignore_index=True).assign(provider="aws",
+                                                                                               project="p"))
+    assert _by_node(cpu.cpu_matrix(usage)) == {}
