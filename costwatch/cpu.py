@@ -312,6 +312,7 @@ SURGE_RATIO = 1.1
 SATURATION_SHARE = 0.8
 LONE_DEMAND = 1.6
 DEMAND_HOURS = 6
+DAY_HOURS = 24
 
 
 def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, pinned: np.ndarray,
@@ -325,7 +326,9 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     unflagged nodes that still move like a service (flat ones may be miners not yet flagged) and have a usual
     of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
     ``DEMAND_HOURS``: their CPU summed over their usual summed (each usual floored at 10% so a quiet night's
-    noise is not a surge), pooled so that a x1.3 surge stands out of per-node noise; one such node is
+    noise is not a surge), pooled so that a x1.3 surge stands out of per-node noise, or the same over the
+    last ``DAY_HOURS`` when that is higher (a node busy day and night saturates at night too, when a surge
+    barely lifts the idle nodes); one such node is
     enough, so projects of two or three nodes get a reading too.  The flagged node must be one whose usual
     shape, scaled by that demand, reaches its plateau within the window that fired (``pinned_hours`` or
     ``plateau_hours``): a miner pinned at 99% on a node that usually idles at 30% is not explained by a
@@ -344,6 +347,16 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     hot_cols = np.flatnonzero(flagged[hot_nodes].any(axis=0))
     w = max(s.pinned_hours, s.plateau_hours)
     lag = np.arange(w)[None, :]
+    # the day's demand too: at night a surge barely lifts idle nodes, but a node busy day and night saturates
+    # then as well, inside a surge that its project's last 24 hours show
+    cum_x, cum_p, cum_n = (np.zeros((rows.size, t + 1), dtype=np.float32) for _ in range(3))
+    for b0 in range(0, rows.size, 4 * CHUNK_NODES):  # float32 blocks: a few hundred MB at 100k nodes
+        rb = rows[b0: b0 + 4 * CHUNK_NODES]
+        xr, pr = x[rb].astype(np.float32), profile[rb]
+        have = ~np.isnan(xr) & ~np.isnan(pr)
+        np.cumsum(np.where(have, xr, np.float32(0.0)), axis=1, out=cum_x[b0: b0 + rb.size, 1:])
+        np.cumsum(np.where(have, pr, np.float32(0.0)), axis=1, out=cum_p[b0: b0 + rb.size, 1:])
+        np.cumsum(have, axis=1, out=cum_n[b0: b0 + rb.size, 1:])
     step = max(1, SURGE_CELLS // max(rows.size, 1))
     for c0 in range(0, hot_cols.size, step):
         cols = hot_cols[c0: c0 + step]
@@ -362,6 +375,13 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
         pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
         base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
         demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()  # rows x cols, NaN without witnesses
+        lo = np.maximum(cols + 1 - DAY_HOURS, 0)
+        cnt = np.maximum(cum_n[:, cols + 1] - cum_n[:, lo], 1.0)
+        obs_d = (cum_x[:, cols + 1] - cum_x[:, lo]) / cnt
+        usual_d = np.maximum((cum_p[:, cols + 1] - cum_p[:, lo]) / cnt, 10.0)
+        day = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
+               / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
+        demand = np.fmax(demand, day.reindex(key).to_numpy())
         demand = np.where(np.isnan(demand), LONE_DEMAND, demand)
         fr, fc = np.nonzero(flagged[rows][:, cols])
         if not fr.size:
