@@ -313,6 +313,7 @@ SATURATION_SHARE = 0.8
 LONE_DEMAND = 1.6
 DEMAND_HOURS = 6
 DAY_HOURS = 24
+ONSET_HOURS = 3
 
 
 def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, pinned: np.ndarray,
@@ -327,7 +328,8 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
     ``DEMAND_HOURS``: their CPU summed over their usual summed (each usual floored at 10% so a quiet night's
     noise is not a surge), pooled so that a x1.3 surge stands out of per-node noise, or the same over the
-    last ``DAY_HOURS`` when that is higher (a node busy day and night saturates at night too, when a surge
+    last ``ONSET_HOURS`` (a surge that began an hour or two ago) or ``DAY_HOURS`` when that is higher
+    (a node busy day and night saturates at night too, when a surge
     barely lifts the idle nodes); one such node is
     enough, so projects of two or three nodes get a reading too.  The flagged node must be one whose usual
     shape, scaled by that demand, reaches its plateau within the window that fired (``pinned_hours`` or
@@ -375,13 +377,14 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
         pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
         base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
         demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()  # rows x cols, NaN without witnesses
-        lo = np.maximum(cols + 1 - DAY_HOURS, 0)
-        cnt = np.maximum(cum_n[:, cols + 1] - cum_n[:, lo], 1.0)
-        obs_d = (cum_x[:, cols + 1] - cum_x[:, lo]) / cnt
-        usual_d = np.maximum((cum_p[:, cols + 1] - cum_p[:, lo]) / cnt, 10.0)
-        day = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
-               / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
-        demand = np.fmax(demand, day.reindex(key).to_numpy())
+        for span_h in (ONSET_HOURS, DAY_HOURS):
+            lo = np.maximum(cols + 1 - span_h, 0)
+            cnt = np.maximum(cum_n[:, cols + 1] - cum_n[:, lo], 1.0)
+            obs_d = (cum_x[:, cols + 1] - cum_x[:, lo]) / cnt
+            usual_d = np.maximum((cum_p[:, cols + 1] - cum_p[:, lo]) / cnt, 10.0)
+            other = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
+                     / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
+            demand = np.fmax(demand, other.reindex(key).to_numpy())
         demand = np.where(np.isnan(demand), LONE_DEMAND, demand)
         fr, fc = np.nonzero(flagged[rows][:, cols])
         if not fr.size:

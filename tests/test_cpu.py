@@ -211,15 +211,16 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
     pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
     base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
     demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        have = ~np.isnan(x) & ~np.isnan(profile)
-        n_d = np.maximum(np.nansum(_trailing(have.astype(float), cpu.DAY_HOURS), axis=2), 1.0)
-        obs_d = np.nansum(_trailing(np.where(have, x, 0.0), cpu.DAY_HOURS), axis=2) / n_d
-        usual_d = np.maximum(np.nansum(_trailing(np.where(have, profile, 0.0), cpu.DAY_HOURS), axis=2) / n_d, 10.0)
-    day = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
-           / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
-    demand = np.fmax(demand, day.reindex(key).to_numpy())
+    for span_h in (cpu.ONSET_HOURS, cpu.DAY_HOURS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            have = ~np.isnan(x) & ~np.isnan(profile)
+            n_d = np.maximum(np.nansum(_trailing(have.astype(float), span_h), axis=2), 1.0)
+            obs_d = np.nansum(_trailing(np.where(have, x, 0.0), span_h), axis=2) / n_d
+            usual_d = np.maximum(np.nansum(_trailing(np.where(have, profile, 0.0), span_h), axis=2) / n_d, 10.0)
+        other = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
+                 / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
+        demand = np.fmax(demand, other.reindex(key).to_numpy())
     demand = np.where(np.isnan(demand), cpu.LONE_DEMAND, demand)
     explained = flag & (demand >= cpu.SURGE_RATIO) & (np.nan_to_num(peak) * demand >= cpu.SATURATION_SHARE * level)
     pinned &= ~(explained & ~new[:, None])
