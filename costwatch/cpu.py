@@ -52,6 +52,7 @@ class CpuFeatures:
     plateau: np.ndarray  # bool: window of plateau_hours flat at >= plateau_level, well above profile
     window_mean: np.ndarray
     new_node: np.ndarray  # bool per node: first seen after its project's data began
+    episode: np.ndarray  # bool: inside an open episode (from a flag until the CPU is back to its profile)
 
 
 def cpu_matrix(usage: pd.DataFrame) -> CpuMatrix:
@@ -186,26 +187,78 @@ def _flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np.nda
 
 
 def _block(xt: np.ndarray, new: np.ndarray, s: CpuSettings) -> tuple[np.ndarray, ...]:
-    """Both passes for one block of nodes, hours x nodes: the second only for nodes the first flagged."""
+    """Both passes for one block of nodes, hours x nodes: the second only for nodes the first flagged.
+
+    The second pass masks every hour of every episode the first found, from its window to the hour the
+    node's CPU came back to its profile (``_open_episodes``), not just the flagged hours: a miner that runs
+    for weeks stops being flagged by the first pass once it fills its own profile, so masking only the
+    flags would let the plateau back in.  Where the masked history leaves too few days, the profile and
+    spread from before the episode are carried forward per hour of day (``_carry``)."""
     gappy = bool(np.isnan(xt).any())
     profile, spread, pdays = _profile(xt, s.profile_days, gappy)
     pinned, plateau, level = _flags(xt, profile, spread, pdays, new, s)
     hit = np.flatnonzero((pinned | plateau).any(axis=0))
     if hit.size:
-        # mask the flagged windows (the flag at t covers the window's earlier hours too)
+        xh = np.ascontiguousarray(xt[:, hit])
+        # mask the flagged windows (the flag at t covers the window's earlier hours too) and the open episodes
         flag = pinned[:, hit] | plateau[:, hit]
-        masked = flag.copy()
+        masked = flag | _open_episodes(xh, flag, level[:, hit], profile[:, hit], s)
         for i in range(1, max(s.pinned_hours, s.plateau_hours)):
             masked[:-i] |= flag[i:]
-        x2 = np.where(masked, np.nan, xt[:, hit])
-        p2, s2, d2 = _profile(x2, s.profile_days, True)
-        f2 = _flags(np.ascontiguousarray(xt[:, hit]), p2, s2, d2, new[hit], s)
+        p2, s2, d2 = _carry(*_profile(np.where(masked, np.nan, xh), s.profile_days, True), s.min_profile_days)
+        f2 = _flags(xh, p2, s2, d2, new[hit], s)
         # explicit element types: mypy joins a tuple of differently-typed arrays to `object` nondeterministically
         targets: list[np.ndarray] = [profile, spread, pdays, pinned, plateau, level]
         parts: list[np.ndarray] = [p2, s2, d2, *f2]
         for arr, new_part in zip(targets, parts, strict=True):
             arr[:, hit] = new_part
     return profile, spread, pdays, pinned, plateau, level
+
+
+def _open_episodes(x: np.ndarray, flag: np.ndarray, level: np.ndarray, profile: np.ndarray,
+                   s: CpuSettings) -> np.ndarray:
+    """Hours inside an open episode, hours x nodes, causal: an episode opens at a flagged hour and stays open
+    until the CPU is back, for two hours in a row, both below the plateau (the level of the last flagged
+    window minus twice the flat tolerance) and within ``min_excess`` of the node's profile.  A miner
+    that keeps running keeps its episode open however long it runs, whatever its profile has learned; a
+    missing hour is no recovery.  Two cumulative maxima over the hours: no loop."""
+    t = np.arange(x.shape[0])[:, None]
+    last_set = np.maximum.accumulate(np.where(flag, t, -1), axis=0)
+    lvl = np.take_along_axis(level, np.maximum(last_set, 0), axis=0)
+    with np.errstate(invalid="ignore"):
+        below = (x < lvl - 2.0 * s.flat_tolerance) & ~(x >= profile + s.min_excess)
+    reset = below.copy()
+    reset[1:] &= below[:-1]
+    reset[0] = False
+    last_reset = np.maximum.accumulate(np.where(reset, t, -1), axis=0)
+    return (last_set >= 0) & (last_set >= last_reset) & ~below
+
+
+def _carry(profile: np.ndarray, spread: np.ndarray, pdays: np.ndarray, min_days: int,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where fewer than ``min_days`` unmasked days fed the profile (a long masked episode), use the last
+    profile and spread that had enough, at the same hour of day: the node's pre-incident shape."""
+    t, n = profile.shape
+    ok = pdays >= min_days
+    if ok.all() or not ok.any():
+        return profile, spread, pdays
+    days = -(-t // 24)
+    pad = days * 24 - t
+    okd = np.pad(ok, ((0, pad), (0, 0))).reshape(days, 24, n)
+    src = np.where(okd, np.arange(days)[:, None, None], -1)
+    np.maximum.accumulate(src, axis=0, out=src)
+    fill = ~okd & (src >= 0)
+    if not fill.any():
+        return profile, spread, pdays
+    flat_src = (src * 24 + np.arange(24)[None, :, None]).reshape(days * 24, n)[:t]
+    fill2 = fill.reshape(days * 24, n)[:t]
+    rows, cols = np.nonzero(fill2)
+    from_rows = flat_src[rows, cols]
+    profile, spread, pdays = profile.copy(), spread.copy(), pdays.copy()
+    profile[rows, cols] = profile[from_rows, cols]
+    spread[rows, cols] = spread[from_rows, cols]
+    pdays[rows, cols] = pdays[from_rows, cols]
+    return profile, spread, pdays
 
 
 def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
@@ -231,23 +284,61 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
         block: list[np.ndarray] = list(_block(xt, new[r0:r1], s))
         for arr, part in zip(outs, block, strict=True):
             arr[r0:r1] = part.T
-    surge = _project_surge(m, x, profile, pinned | plateau, s)
-    if surge is not None:
-        plateau &= ~surge
-        pinned &= ~(surge & ~new[:, None])
-    return CpuFeatures(profile, spread, pdays, pinned, plateau, level, new)
+    explained = _surge_explained(m, x, profile, pdays, pinned, pinned | plateau, level, s)
+    if explained is not None:
+        plateau &= ~explained
+        pinned &= ~(explained & ~new[:, None])
+    return CpuFeatures(profile, spread, pdays, pinned, plateau, level, new,
+                       _episodes_open(x, pinned | plateau, level, profile, s))
 
 
-def _project_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, flagged: np.ndarray, s: CpuSettings,
-                   ratio: float = 1.3, min_nodes: int = 3) -> np.ndarray | None:
-    """Hours at which most of a project's other, unflagged nodes run well above their usual shape too.
+def _episodes_open(x: np.ndarray, flag: np.ndarray, level: np.ndarray, profile: np.ndarray,
+                   s: CpuSettings) -> np.ndarray:
+    """``_open_episodes`` of the final flags (nodes x hours), only for the nodes that have one."""
+    out = flag.copy()
+    rows = np.flatnonzero(flag.any(axis=1))
+    for r0 in range(0, rows.size, CHUNK_NODES):
+        r = rows[r0: r0 + CHUNK_NODES]
+        xt = np.ascontiguousarray(x[r].T, dtype=np.float32)
+        out[r] |= _open_episodes(xt, flag[r].T, level[r].T, profile[r].T, s).T
+    return out
 
-    Traffic lifts a whole pool at once and keeps each node's shape; a miner lifts the nodes it runs on
-    and leaves the rest alone (or flattens them all, and then none is left unflagged).  A node that
-    looks flat by chance in the middle of a project-wide surge is the surge, not a miner.
+
+# A flagged node reads as saturation, not a miner, where its project's demand is up (the other nodes run
+# SURGE_RATIO x their usual or more) and its own usual shape scaled by that demand reaches the plateau
+# (SATURATION_SHARE of its level): a busy node capped at 100% at its daily peak while the rest of the
+# project surges.  Alone (no other node still moving like a service) a node can only lean on its own shape,
+# as if demand were up LONE_DEMAND x.
+SURGE_RATIO = 1.1
+SATURATION_SHARE = 0.8
+LONE_DEMAND = 1.6
+DEMAND_HOURS = 6
+DAY_HOURS = 24
+ONSET_HOURS = 3
+
+
+def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, pinned: np.ndarray,
+                     flagged: np.ndarray, level: np.ndarray, s: CpuSettings) -> np.ndarray | None:
+    """Flagged hours that the project's demand explains (nodes x hours; None when nothing is flagged).
+
+    Traffic lifts a whole pool at once and keeps each node's shape; a node that runs hot every day
+    saturates at its peak and comes down with the others.  A miner's plateau is decoupled from demand: it
+    stays flat when the other nodes follow their daily shape down, and it outlives the surge, so it is
+    flagged from the first hour demand no longer explains it.  Demand is read from the project's other
+    unflagged nodes that still move like a service (flat ones may be miners not yet flagged) and have a usual
+    of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
+    ``DEMAND_HOURS``: their CPU summed over their usual summed (each usual floored at 10% so a quiet night's
+    noise is not a surge), pooled so that a x1.3 surge stands out of per-node noise, or the same over the
+    last ``ONSET_HOURS`` (a surge that began an hour or two ago) or ``DAY_HOURS`` when that is higher
+    (a node busy day and night saturates at night too, when a surge
+    barely lifts the idle nodes); one such node is
+    enough, so projects of two or three nodes get a reading too.  The flagged node must be one whose usual
+    shape, scaled by that demand, reaches its plateau within the window that fired (``pinned_hours`` or
+    ``plateau_hours``): a miner pinned at 99% on a node that usually idles at 30% is not explained by a
+    1.5 x surge.
 
     Only read where a node is flagged, so it is computed for the projects and hours that have a flagged
-    node (None when nothing is flagged)."""
+    node."""
     n, t = x.shape
     if n == 0 or not len(m.nodes) or not flagged.any():
         return None
@@ -255,30 +346,60 @@ def _project_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, flagged: np
     hot_nodes = flagged.any(axis=1)
     rows = np.flatnonzero(np.isin(codes, np.unique(codes[hot_nodes])))
     key = codes[rows]
-    surge = np.zeros((n, t), dtype=bool)
+    out = np.zeros((n, t), dtype=bool)
     hot_cols = np.flatnonzero(flagged[hot_nodes].any(axis=0))
+    w = max(s.pinned_hours, s.plateau_hours)
+    lag = np.arange(w)[None, :]
+    # the day's demand too: at night a surge barely lifts idle nodes, but a node busy day and night saturates
+    # then as well, inside a surge that its project's last 24 hours show
+    cum_x, cum_p, cum_n = (np.zeros((rows.size, t + 1), dtype=np.float32) for _ in range(3))
+    for b0 in range(0, rows.size, 4 * CHUNK_NODES):  # float32 blocks: a few hundred MB at 100k nodes
+        rb = rows[b0: b0 + 4 * CHUNK_NODES]
+        xr, pr = x[rb].astype(np.float32), profile[rb]
+        have = ~np.isnan(xr) & ~np.isnan(pr)
+        np.cumsum(np.where(have, xr, np.float32(0.0)), axis=1, out=cum_x[b0: b0 + rb.size, 1:])
+        np.cumsum(np.where(have, pr, np.float32(0.0)), axis=1, out=cum_p[b0: b0 + rb.size, 1:])
+        np.cumsum(have, axis=1, out=cum_n[b0: b0 + rb.size, 1:])
     step = max(1, SURGE_CELLS // max(rows.size, 1))
     for c0 in range(0, hot_cols.size, step):
         cols = hot_cols[c0: c0 + step]
-        idx = cols[:, None] + np.arange(-2, 1)[None, :]  # the 3 hours up to each column
+        idx = cols[:, None] + np.arange(1 - DEMAND_HOURS, 1)[None, :]  # the hours up to each column
         ok = idx >= 0
         idx = np.clip(idx, 0, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            win = np.where(ok, x[rows][:, idx], np.nan)  # rows x cols x 3
+            win = np.where(ok, x[rows][:, idx], np.nan)  # rows x cols x DEMAND_HOURS
             obs = np.nanmean(win, axis=2)
             usual = np.nanmean(np.where(ok, profile[rows][:, idx], np.nan), axis=2)
-            # only nodes that still move like a service count as witnesses; flat ones may be miners not yet
-            # flagged.  The usual level is floored so a quiet night's noise is not read as a surge
             moving = np.nanstd(win, axis=2) > s.flat_tolerance / 2
-            rel = np.where(flagged[rows][:, cols] | ~moving | np.isnan(usual), np.nan,
-                           obs / np.maximum(usual, 10.0))
-        frame = pd.DataFrame(rel)
-        med = frame.groupby(key).median()
-        count = frame.notna().groupby(key).sum()
-        proj_surge = (med >= ratio) & (count >= min_nodes)
-        surge[np.ix_(rows, cols)] = proj_surge.reindex(key).to_numpy(dtype=bool)
-    return surge
+            # a node with too few days of its own (one the autoscaler added for the surge) has no usual to compare
+            known = pdays[rows][:, cols] >= s.min_profile_days
+            witness = ~flagged[rows][:, cols] & moving & known & ~np.isnan(usual) & ~np.isnan(obs)
+        pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
+        base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
+        demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()  # rows x cols, NaN without witnesses
+        for span_h in (ONSET_HOURS, DAY_HOURS):
+            lo = np.maximum(cols + 1 - span_h, 0)
+            cnt = np.maximum(cum_n[:, cols + 1] - cum_n[:, lo], 1.0)
+            obs_d = (cum_x[:, cols + 1] - cum_x[:, lo]) / cnt
+            usual_d = np.maximum((cum_p[:, cols + 1] - cum_p[:, lo]) / cnt, 10.0)
+            other = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
+                     / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
+            demand = np.fmax(demand, other.reindex(key).to_numpy())
+        demand = np.where(np.isnan(demand), LONE_DEMAND, demand)
+        fr, fc = np.nonzero(flagged[rows][:, cols])
+        if not fr.size:
+            continue
+        r, c = rows[fr], cols[fc]
+        lags = c[:, None] - lag
+        span = np.where(pinned[r, c], s.pinned_hours, s.plateau_hours)[:, None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            peak = np.nanmax(np.where((lags >= 0) & (lag < span), profile[r[:, None], np.maximum(lags, 0)], np.nan),
+                             axis=1)
+        d = demand[fr, fc]
+        out[r, c] = (d >= SURGE_RATIO) & (np.nan_to_num(peak, nan=0.0) * d >= SATURATION_SHARE * level[r, c])
+    return out
 
 
 def is_gpu(instance_type: str | None, prefixes: list[str]) -> bool:
@@ -308,12 +429,13 @@ class NodeEpisode:
 
 
 def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int = 3) -> list[NodeEpisode]:
-    """Runs of flagged hours per node, merged across short gaps; start walks back over the flat stretch."""
+    """Runs of hours in an open episode per node, merged across short gaps; detected at the first flagged
+    hour, lasting to the last hour the CPU had not come back; start walks back over the flat stretch."""
     flag = f.pinned | f.plateau
     out: list[NodeEpisode] = []
     if flag.size == 0:
         return out
-    rows, cols = np.nonzero(flag)
+    rows, cols = np.nonzero(f.episode | flag)
     if rows.size == 0:
         return out
     hour = pd.Timedelta(hours=1)
@@ -324,7 +446,14 @@ def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int =
     ends = np.append(starts[1:], rows.size) - 1
     x = m.values
     for a, b in zip(starts, ends, strict=True):
-        i, c0, c1 = int(rows[a]), int(cols[a]), int(cols[b])
+        i, c1 = int(rows[a]), int(cols[b])
+        hits = np.flatnonzero(flag[i, int(cols[a]): c1 + 1])
+        if not hits.size:
+            continue
+        # an episode stays open across a gap in the node's data, but it lasts to the node's last sample: a
+        # node that is gone (terminated, scaled in) runs nothing any more
+        c1 = int(cols[a]) + int(np.flatnonzero(~np.isnan(x[i, int(cols[a]): c1 + 1]))[-1])
+        c0 = int(cols[a]) + int(hits[0])
         signal = "pinned" if f.pinned[i, c0] else "plateau"
         w = s.pinned_hours if signal == "pinned" else s.plateau_hours
         first = c0 - w + 1

@@ -28,6 +28,7 @@ from . import baseline as bl
 from . import cpu as cpumod
 from .alerts import SEVERITY_ORDER, Alert, plain
 from .config import Config, ProjectConfig
+from .mining_score import rescore
 from .model import COMPUTE_CATEGORY
 from .silences import Silence
 from .usage_score import UsageScoreParams, episode_onsets, score_matrix
@@ -83,9 +84,9 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
            as_of: pd.Timestamp | str | None = None, since: pd.Timestamp | str | pd.Timedelta | None = None,
            findings: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
            planned: Sequence[Silence] | None = None) -> Detection:
-    """Run every detector over the frames and return alerts detected in ``[since, as_of]``, plus cost
-    alerts detected earlier whose episode is still going on in the window (a level that persists stays an
-    incident: it is never silently learned).
+    """Run every detector over the frames and return alerts detected in ``[since, as_of]``, plus alerts
+    detected earlier whose episode is still going on in the window: a cost level that persists stays an
+    incident (it is never silently learned), and a miner is active as long as it runs.
 
     ``findings`` are cloud security findings of crypto mining (GuardDuty), columns ``costwatch.model.FINDING_COLUMNS``:
     they become evidence on the project's mining alert, or a mining alert of their own.  ``now`` is the run's
@@ -131,7 +132,8 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
         settings = cpu_settings(cfg)
         feats = cpumod.features(cm, settings)
         episodes = [e for e in cpumod.node_episodes(cm, feats, settings) if e.project in meta.index]
-        mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts)
+        mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts,
+                                cfg.alerting.owner_tags)
     if findings is not None and len(findings):
         mining = _join_findings(findings, mining, meta, since_ts, as_of_ts)
     covered = {a.project for a in mining}
@@ -320,7 +322,12 @@ def _currency_notes(meta: pd.DataFrame, pairs: pd.Series, cfg: Config) -> list[s
 
 
 def _ongoing(a: Alert, since: pd.Timestamp, delay: pd.Timedelta) -> bool:
-    """A cost alert detected before the window whose episode still runs in it."""
+    """An alert detected before the window whose episode still runs in it: a cost episode still out of its
+    band, or a CPU mining episode that still ran inside the window (a miner that has run for longer than the
+    alert window is still an incident, with its first detection kept)."""
+    if a.kind == "mining_suspected":
+        until = a.evidence.get("ongoing_until")
+        return until is not None and pd.Timestamp(until) >= since
     return a.kind == "cost_spike" and bool(a.evidence.get("ongoing")) and \
         pd.Timestamp(a.start) + int(a.evidence.get("days", 1)) * DAY + delay >= since
 
@@ -583,7 +590,7 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
 
 def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
                    cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings,
-                   since: pd.Timestamp, as_of: pd.Timestamp) -> list[Alert]:
+                   since: pd.Timestamp, as_of: pd.Timestamp, owner_tags: list[str] | None = None) -> list[Alert]:
     """Group node episodes per project into incidents; join compute cost alerts of the same days."""
     out: list[Alert] = []
     by_project: dict[str, list[cpumod.NodeEpisode]] = {}
@@ -598,14 +605,36 @@ def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gro
                 groups.append([e])
         for g in groups:
             detected = min(e.detected_at for e in g)
-            if detected < since or detected > as_of:
+            # a miner first seen before the window that still runs in it is still an incident
+            if detected > as_of or max(e.last for e in g) < since:
                 continue
-            out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s))
+            out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s, owner_tags or []))
+    return out
+
+
+def _node_owners(gross: pd.DataFrame, pid: str, nodes: set[str], owner_tags: list[str]) -> dict[str, str]:
+    """Node -> the owner its billing rows are labelled with (the first of ``owner_tags`` present), ``""`` for a
+    node billed without one; nodes without billing rows (not published yet, or no resource ids) are left out.
+    A resource is a node when its id is the node's name or ends with ``/<name>`` (EC2 ids, GCE and Azure VM
+    paths)."""
+    if gross.empty or not nodes or "tags" not in gross:
+        return {}
+    rows = gross[(gross["project_id"].astype(str) == pid) & gross["resource_id"].notna()]
+    if rows.empty:
+        return {}
+    leaf = rows["resource_id"].astype(str).str.rsplit("/", n=1).str[-1]
+    rows = rows[leaf.isin(nodes).to_numpy()]
+    out: dict[str, str] = {}
+    for node, tags in zip(leaf[leaf.isin(nodes)], rows["tags"], strict=True):
+        if out.get(node):
+            continue
+        out[str(node)] = next((str(tags[k]) for k in owner_tags if tags.get(k)), "") if isinstance(tags, dict) else ""
     return out
 
 
 def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
-                  cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings) -> Alert:
+                  cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings,
+                  owner_tags: list[str] | None = None) -> Alert:
     # one entry per node: its first episode, stretched to the last flagged hour of any later one
     per_node: dict[str, cpumod.NodeEpisode] = {}
     for e in sorted(g, key=lambda e: e.detected_at):
@@ -623,6 +652,7 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
     if not gross.empty:
         hist = gross[(gross["project_id"].astype(str) == pid) & (gross["period_start"] < start.floor("D"))]
         known_regions |= set(hist["region"].dropna().astype(str))
+    owners = _node_owners(gross, pid, {e.node for e in g}, owner_tags or [])
     nodes = []
     for e in sorted(g, key=lambda e: -e.level):
         nodes.append({
@@ -631,7 +661,9 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
             "new_region": bool(e.region and known_regions and e.region not in known_regions),
             "instance_type": e.instance_type,
             "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
-            "start": e.start, "detected_at": e.detected_at,
+            "start": e.start, "detected_at": e.detected_at, "owner": owners.get(e.node) or None,
+            "billed": e.node in owners,
+            "flat_hours": round((e.last - e.start) / HOUR, 1),
             **({"instance_id": e.instance_id} if e.instance_id else {}),
         })
     new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})
@@ -646,6 +678,7 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         "start_hour": start.hour, "ongoing_until": last,
         "clusters": sorted({e.cluster for e in g if e.cluster}),
         "signals": "CPU flat at " + ", ".join(sorted({f"{round(e.level)}%" for e in g})[:5]),
+        "flat_hours": round(max((e.last - e.start) / HOUR for e in g), 1),
     }
     if related:
         c = min(related, key=lambda a: a.start)
@@ -662,10 +695,6 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         unit = "cpu_percent"
         currency = str(row["currency"])
     evidence["metric"] = unit
-    strong = bool(related) or bool(new_regions) or evidence["gpu_nodes"] > 0 or len(pinned) >= 1
-    severity = "critical" if strong else "high"
-    score = float(min(1.0, (observed - expected) / max(abs(expected), 1.0))) if unit == "cpu_percent" else \
-        float(min(1.0, (observed - expected) / max(abs(expected), 1e-9)))
     parts = [f"{len(g)} node(s) flat at high CPU"]
     if evidence["new_nodes"]:
         parts.append(f"{evidence['new_nodes']} new")
@@ -675,13 +704,17 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         parts.append(f"{evidence['gpu_nodes']} GPU")
     if related:
         parts.append("compute spend out of band")
-    return Alert(
+    owned = sorted({n["owner"] for n in nodes if n["new"] and n["owner"]})
+    if owned:
+        parts.append("new node(s) labelled owner " + ", ".join(owned)[:80])
+    # severity and score follow the evidence (costwatch.mining_score), recomputed when more joins it
+    return rescore(Alert(
         kind="mining_suspected", project=pid, project_name=str(row["project_name"]),
         provider=str(row["provider"]), service=COMPUTE_CATEGORY, region=new_regions[0] if new_regions else
-        (g[0].region), start=start, detected_at=detected, severity=severity, observed=observed,
-        expected=expected, lower=lower, upper=upper, currency=currency, score=max(score, 0.0),
+        (g[0].region), start=start, detected_at=detected, severity="warning", observed=observed,
+        expected=expected, lower=lower, upper=upper, currency=currency, score=0.0,
         scope="mining", evidence=evidence, summary="; ".join(parts),
-    )
+    ))
 
 
 def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFrame, since: pd.Timestamp,
@@ -705,7 +738,7 @@ def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFra
         if hits:
             for a in hits:
                 a.evidence["guardduty"] = records
-                a.severity = "critical"
+                rescore(a)
             continue
         first = group["first_seen"].min()
         if first < since:
@@ -713,7 +746,7 @@ def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFra
         row = meta.loc[pid] if pid in meta.index else None
         nodes = sorted({str(n) for n in group["node"].dropna()})
         regions = sorted({str(r) for r in group["region"].dropna()})
-        out.append(Alert(
+        out.append(rescore(Alert(
             kind="mining_suspected", project=pid,
             project_name=str(row["project_name"]) if row is not None else pid,
             provider=str(group["provider"].iloc[0]), service=COMPUTE_CATEGORY, region=regions[0] if regions else None,
@@ -724,7 +757,7 @@ def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFra
             evidence={"metric": "findings", "source": "cloud security findings", "guardduty": records,
                       "finding_nodes": nodes, "regions": regions},
             summary=f"{len(group)} crypto-mining finding(s): {', '.join(sorted(set(group['type'])))[:200]}",
-        ))
+        )))
     return out
 
 
@@ -742,13 +775,13 @@ def _cost_only_mining(cost_alerts: list[Alert], projects_with_cpu: set[str], cov
         ev["source"] = "cost only (no CPU data for this project)"
         ev["cost_alert"] = a.fingerprint
         a.evidence["explained_by"] = "mining_suspected"
-        out.append(Alert(
+        out.append(rescore(Alert(
             kind="mining_suspected", project=a.project, project_name=a.project_name, provider=a.provider,
             service=a.service, region=a.region, start=a.start, detected_at=a.detected_at, severity="high",
             observed=a.observed, expected=a.expected, lower=a.lower, upper=a.upper, currency=a.currency,
             score=a.score, scope="mining", evidence=ev,
             summary=f"compute spend out of band in new region(s) {', '.join(r['region'] for r in ev['new_regions'])}",
-        ))
+        )))
         covered.add(a.project)
     return out
 

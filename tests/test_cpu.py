@@ -154,28 +154,80 @@ def _ref_flags(x: np.ndarray, profile: np.ndarray, spread: np.ndarray, pdays: np
     return pinned, plateau, np.asarray(np.where(pinned, mean_p, mean_l))
 
 
+def _ref_open(x: np.ndarray, flag: np.ndarray, level: np.ndarray, profile: np.ndarray, s: cpu.CpuSettings,
+              ) -> np.ndarray:
+    """Open episodes as a plain state machine per node (nodes x hours)."""
+    out = np.zeros(x.shape, dtype=bool)
+    for i in np.flatnonzero(flag.any(axis=1)):
+        is_open, lvl, prev_below = False, np.nan, False
+        for t in range(x.shape[1]):
+            if flag[i, t]:
+                is_open, lvl = True, level[i, t]
+            v, p = x[i, t], profile[i, t]
+            below = bool(v < lvl - 2 * s.flat_tolerance) and not bool(v >= p + s.min_excess)
+            if below and prev_below and not flag[i, t]:
+                is_open = False
+            out[i, t] = is_open and not below
+            prev_below = below
+    return out
+
+
+def _ref_carry(profile: np.ndarray, spread: np.ndarray, pdays: np.ndarray, min_days: int,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    profile, spread, pdays = profile.copy(), spread.copy(), pdays.copy()
+    for t in range(24, profile.shape[1]):
+        bad = (pdays[:, t] < min_days) & (pdays[:, t - 24] >= min_days)
+        profile[bad, t], spread[bad, t], pdays[bad, t] = profile[bad, t - 24], spread[bad, t - 24], pdays[bad, t - 24]
+    return profile, spread, pdays
+
+
 def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
     x = m.values
     new = m.nodes["new"].to_numpy(dtype=bool)
     profile, spread, pdays = _ref_profile(x, s.profile_days)
-    pinned, plateau, _ = _ref_flags(x, profile, spread, pdays, new, s)
-    w = max(s.pinned_hours, s.plateau_hours)
-    flagged = _trailing((pinned | plateau)[:, ::-1].astype(float), w).max(axis=2)[:, ::-1] > 0
-    profile, spread, pdays = _ref_profile(np.where(flagged, np.nan, x), s.profile_days)
     pinned, plateau, level = _ref_flags(x, profile, spread, pdays, new, s)
+    w = max(s.pinned_hours, s.plateau_hours)
+    flag = pinned | plateau
+    flagged = _trailing(flag[:, ::-1].astype(float), w).max(axis=2)[:, ::-1] > 0
+    flagged |= _ref_open(x, flag, level, profile, s)
+    hit = flag.any(axis=1)
+    profile2, spread2, pdays2 = _ref_carry(*_ref_profile(np.where(flagged, np.nan, x), s.profile_days),
+                                           s.min_profile_days)
+    profile = np.where(hit[:, None], profile2, profile)
+    spread = np.where(hit[:, None], spread2, spread)
+    pdays = np.where(hit[:, None], pdays2, pdays)
+    pinned, plateau, level = _ref_flags(x, profile, spread, pdays, new, s)
+    flag = pinned | plateau
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        win = _trailing(x, 3)
-        usual = np.nanmean(_trailing(profile, 3), axis=2)
-        moving = np.nanstd(win, axis=2) > s.flat_tolerance / 2
-        rel = np.where((pinned | plateau) | ~moving | np.isnan(usual), np.nan,
-                       np.nanmean(win, axis=2) / np.maximum(usual, 10.0))
-    frame = pd.DataFrame(rel)
+        win = _trailing(x, cpu.DEMAND_HOURS)
+        obs = np.nanmean(win, axis=2)
+        usual = np.nanmean(_trailing(profile, cpu.DEMAND_HOURS), axis=2)
+        witness = (~flag & (np.nanstd(win, axis=2) > s.flat_tolerance / 2) & (pdays >= s.min_profile_days)
+                   & ~np.isnan(usual) & ~np.isnan(obs))
+        peak = np.where(pinned, np.nanmax(_trailing(profile, s.pinned_hours), axis=2),
+                        np.nanmax(_trailing(profile, s.plateau_hours), axis=2))
     key = m.nodes["project"].astype(str).to_numpy()
-    surge = ((frame.groupby(key).median() >= 1.3) & (frame.notna().groupby(key).sum() >= 3))
-    surge_a = surge.reindex(key).to_numpy(dtype=bool)
-    return cpu.CpuFeatures(profile, spread, pdays, pinned & ~(surge_a & ~new[:, None]), plateau & ~surge_a,
-                           level, new)
+    pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
+    base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
+    demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()
+    for span_h in (cpu.ONSET_HOURS, cpu.DAY_HOURS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            have = ~np.isnan(x) & ~np.isnan(profile)
+            n_d = np.maximum(np.nansum(_trailing(have.astype(float), span_h), axis=2), 1.0)
+            obs_d = np.nansum(_trailing(np.where(have, x, 0.0), span_h), axis=2) / n_d
+            usual_d = np.maximum(np.nansum(_trailing(np.where(have, profile, 0.0), span_h), axis=2) / n_d, 10.0)
+        other = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
+                 / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
+        demand = np.fmax(demand, other.reindex(key).to_numpy())
+    demand = np.where(np.isnan(demand), cpu.LONE_DEMAND, demand)
+    explained = flag & (demand >= cpu.SURGE_RATIO) & (np.nan_to_num(peak) * demand >= cpu.SATURATION_SHARE * level)
+    pinned &= ~(explained & ~new[:, None])
+    plateau &= ~explained
+    flag = pinned | plateau
+    return cpu.CpuFeatures(profile, spread, pdays, pinned, plateau, level, new,
+                           flag | _ref_open(x, flag, level, profile, s))
 
 
 def _fleet(n: int = 300, days: int = 14, seed: int = 4) -> cpu.CpuMatrix:
@@ -216,5 +268,149 @@ def test_features_match_the_tensor_reference(settings: cpu.CpuSettings, monkeypa
     np.testing.assert_array_equal(f.pinned, ref.pinned)
     np.testing.assert_array_equal(f.plateau, ref.plateau)
     np.testing.assert_array_equal(f.profile_days, ref.profile_days)
+    np.testing.assert_array_equal(f.episode, ref.episode)
     for name in ("profile", "spread", "window_mean"):
         np.testing.assert_allclose(getattr(f, name), getattr(ref, name), atol=1e-3, equal_nan=True, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Issue 16: long miners stay open, saturating surges are not miners (also in small projects).
+
+LONG = pd.date_range("2026-09-01", periods=24 * 45, freq="h", tz="UTC")
+LONG_START = 24 * 10 + 5  # day 10, 05:00 UTC
+
+
+def _daily(rng: np.random.Generator, hours: pd.DatetimeIndex, peak: float, trough: float, sigma: float = 3.0,
+           ) -> np.ndarray:
+    h = hours.hour.to_numpy()
+    bump = np.exp(-0.5 * ((h - 14) / 3.5) ** 2)
+    return np.clip(trough + (peak - trough) * bump + rng.normal(0, sigma, len(hours)), 0, 100)
+
+
+def _matrix(traces: dict[str, np.ndarray], hours: pd.DatetimeIndex, project: str = "p") -> cpu.CpuMatrix:
+    frames = [pd.DataFrame({"timestamp": hours, "node": n, "cpu_utilization": v}) for n, v in traces.items()]
+    df = pd.concat(frames, ignore_index=True).assign(provider="aws", project=project)
+    return cpu.cpu_matrix(normalize_usage(df))
+
+
+def _by_node(m: cpu.CpuMatrix, s: cpu.CpuSettings | None = None) -> dict[str, list[cpu.NodeEpisode]]:
+    s = s or cpu.CpuSettings()
+    out: dict[str, list[cpu.NodeEpisode]] = {}
+    for e in cpu.node_episodes(m, cpu.features(m, s), s):
+        out.setdefault(e.node, []).append(e)
+    return out
+
+
+@pytest.mark.parametrize("level, std", [(99.0, 0.4), (60.0, 1.0)])
+def test_a_miner_running_for_a_month_is_still_active_on_its_last_day(level: float, std: float) -> None:
+    rng = np.random.default_rng(11)
+    traces = {f"n{k}": _daily(rng, LONG, 35, 12) for k in range(3)}
+    v = traces["n0"]
+    v[LONG_START:] = np.maximum(v[LONG_START:], level + rng.normal(0, std, len(v) - LONG_START))
+    eps = _by_node(_matrix(traces, LONG))
+    assert set(eps) == {"n0"}
+    assert len(eps["n0"]) == 1, [(e.start, e.last) for e in eps["n0"]]
+    e = eps["n0"][0]
+    assert e.start == LONG[LONG_START] and e.last == LONG[-1] + pd.Timedelta(hours=1)  # 35 days on: still open
+
+
+def test_a_miner_that_stops_resolves_when_cpu_is_back_to_its_profile() -> None:
+    rng = np.random.default_rng(12)
+    traces = {f"n{k}": _daily(rng, LONG, 35, 12) for k in range(3)}
+    stop = LONG_START + 24 * 20 + 7
+    v = traces["n1"]
+    v[LONG_START:stop] = 99 + rng.normal(0, 0.4, stop - LONG_START)
+    m = _matrix(traces, LONG)
+    f = cpu.features(m, cpu.CpuSettings())
+    eps = _by_node(m)
+    assert set(eps) == {"n1"} and len(eps["n1"]) == 1
+    e = eps["n1"][0]
+    assert e.start == LONG[LONG_START]
+    assert LONG[stop] <= e.last <= LONG[stop] + pd.Timedelta(hours=2)
+    row = list(m.nodes["node"]).index("n1")
+    assert not f.episode[row, stop + 2:].any()
+    # the 20 days of mining never became the node's profile: two weeks later it is the old shape again
+    assert np.nanmean(f.profile[row, -24:]) < 40
+
+
+def _surge(rng: np.random.Generator, hours: pd.DatetimeIndex, n_others: int, at: int, days: int = 2,
+           mult: float = 1.45) -> dict[str, np.ndarray]:
+    """A project whose busy node (60-75%) saturates at 100% for a few hours while the others surge too."""
+    t = np.arange(len(hours))
+    factor = np.where((t >= at) & (t < at + 24 * days), mult, 1.0)
+    busy = np.minimum(_daily(rng, hours, 72, 45, 2.5) * factor, 100.0)
+    traces = {"busy": np.round(busy, 1)}
+    for k in range(n_others):
+        traces[f"o{k}"] = np.clip(_daily(rng, hours, 35 + 5 * k, 12) * factor, 0, 100)
+    return traces
+
+
+@pytest.mark.parametrize("n_others", [1, 2, 3, 6])
+def test_a_busy_node_saturating_in_a_project_surge_is_not_a_miner(n_others: int) -> None:
+    rng = np.random.default_rng(20 + n_others)
+    at = 24 * 20
+    traces = _surge(rng, LONG, n_others, at)
+    m = _matrix(traces, LONG)
+    assert (traces["busy"][at: at + 48] >= 99.9).sum() >= 4  # it does hit the cap, flat, for hours
+    assert _by_node(m) == {}
+
+
+def test_a_miner_starting_on_a_busy_node_during_a_surge_is_flagged_once_it_outlives_the_surge() -> None:
+    rng = np.random.default_rng(31)
+    at = 24 * 20
+    traces = _surge(rng, LONG, 2, at, days=1)
+    start = at + 13  # during the surge, at the node's daily peak: looks like saturation at first
+    traces["busy"][start:] = 99 + rng.normal(0, 0.3, len(LONG) - start)
+    eps = _by_node(_matrix(traces, LONG))
+    assert set(eps) == {"busy"}
+    e = eps["busy"][0]
+    assert e.start <= LONG[start + 1]
+    # detected once the plateau is no longer explained: when the others come down for the night
+    assert LONG[start] + pd.Timedelta(hours=2) < e.detected_at <= LONG[start] + pd.Timedelta(hours=12)
+    assert e.last == LONG[-1] + pd.Timedelta(hours=1)
+
+
+def test_a_miner_on_a_quiet_node_during_a_surge_is_flagged_at_once() -> None:
+    rng = np.random.default_rng(32)
+    at = 24 * 20
+    traces = _surge(rng, LONG, 3, at)
+    start = at + 10
+    traces["o0"][start:] = 99 + rng.normal(0, 0.3, len(LONG) - start)
+    eps = _by_node(_matrix(traces, LONG))
+    assert set(eps) == {"o0"}
+    assert eps["o0"][0].detected_at - LONG[start] <= pd.Timedelta(hours=2)
+
+
+def test_an_episode_ends_with_its_node_and_survives_a_gap_in_the_data() -> None:
+    rng = np.random.default_rng(13)
+    traces = {f"n{k}": _daily(rng, LONG, 35, 12) for k in range(3)}
+    gone = LONG_START + 24 * 5
+    traces["n0"][LONG_START:] = 99 + rng.normal(0, 0.4, len(LONG) - LONG_START)
+    traces["n0"][gone:] = np.nan  # terminated: no more samples
+    traces["n1"][LONG_START:] = 99 + rng.normal(0, 0.4, len(LONG) - LONG_START)
+    traces["n1"][LONG_START + 50: LONG_START + 60] = np.nan  # the agent stopped reporting for 10 hours
+    usage = normalize_usage(pd.concat([pd.DataFrame({"timestamp": LONG, "node": n, "cpu_utilization": v}).dropna()
+                                       for n, v in traces.items()], ignore_index=True).assign(provider="aws",
+                                                                                               project="p"))
+    eps = _by_node(cpu.cpu_matrix(usage))
+    assert [e.last for e in eps["n0"]] == [LONG[gone]]
+    assert len(eps["n1"]) == 1 and eps["n1"][0].last == LONG[-1] + pd.Timedelta(hours=1)
+
+
+def test_nodes_added_for_the_surge_do_not_hide_it() -> None:
+    """On the third day of a surge, the nodes the autoscaler added have only known the surge: they are no
+    witness of the project's usual demand, and the busy node's saturation is still read as the surge."""
+    rng = np.random.default_rng(41)
+    at = 24 * 20
+    traces = _surge(rng, LONG, 2, at, days=3)
+    for k in range(4):
+        v = _daily(rng, LONG, 45, 15) * 1.45
+        v[:at] = np.nan
+        v[at + 24 * 3:] = np.nan
+        traces[f"added{k}"] = np.clip(v, 0, 100)
+    busy = traces["busy"]
+    assert (busy[at + 48: at + 72] >= 99.9).sum() >= 2  # capped on the third day too
+    usage = normalize_usage(pd.concat([pd.DataFrame({"timestamp": LONG, "node": n, "cpu_utilization": v}).dropna()
+                                       for n, v in traces.items()], ignore_index=True).assign(provider="aws",
+                                                                                               project="p"))
+    assert _by_node(cpu.cpu_matrix(usage)) == {}

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from costwatch.alerts import Alert
+from costwatch.mining_score import rescore
 
 from .posture import ClusterContext, NodeView, PodView, age, pod_dict
 from .signs import clean
@@ -74,6 +75,7 @@ def attach(alerts: list[Alert], contexts: list[ClusterContext]) -> None:
                            "unbounded_pods": sum(p.unbounded and p.active for p in c.pods)}
                           for _, _, c, _ in ranked[1:MAX_ITEMS + 1]]
         alert.evidence["kubernetes"] = ev
+        rescore(alert)  # miner signs raise a mining alert's score and severity, clean pods lower them
 
 
 def _cap(ev: dict[str, Any], key: str, items: list[Any], limit: int = MAX_ITEMS) -> None:
@@ -155,8 +157,11 @@ def evidence(alert: Alert, ctx: ClusterContext, matched: list[tuple[str, NodeVie
             weight = p.score + (1 if extra else 0)
             suspicious.append((p.node not in on_nodes, -weight, p.namespace, p.name, p, reasons[:6]))
     suspicious.sort(key=lambda t: t[:4])
+    # sign_weight: the strongest sign (3 a miner or stratum URL, 2 a pool, 1 an unusual image or namespace, 0 only
+    # the timing), which the mining score reads
     _cap(ev, "suspicious_pods", [{k: v for k, v in pod_dict(t[4], t[5]).items()
                                   if k in ("namespace", "name", "image", "node", "cpu", "reasons")}
+                                 | {"sign_weight": max((sign.weight for sign in t[4].signs), default=0)}
                                  for t in suspicious])
 
     if on_nodes and ctx.metrics:
