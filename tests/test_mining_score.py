@@ -182,4 +182,4 @@ def test_a_miner_running_for_a_month_stays_active_in_hourly_runs_and_resolves_wh
     det = detect(pd.DataFrame(), usage, Config(), as_of=at, since=at - pd.Timedelta(days=14))
     mining = [a for a in det.alerts if a.kind == "mining_suspected"]
     assert len(mining) == 1 and not is_active(mining[0], at, grace)
-    assert mining[0].evidence["ongoing_until"] <= hours[stop] + pd.Timedelta(hours=2)
+    assert pd.Timestamp(mining[0].evidence["ongoing_until"]) <= hours[stop] + pd.Timedelta(hours=2)
