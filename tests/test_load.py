@@ -124,7 +124,7 @@ class Attack:
         self.alerts = alerts
 
     def __call__(self, costs: Any, usage: Any, cfg: Any = None, *, as_of: Any = None, since: Any = None,
-                 findings: Any = None) -> Detection:
+                 findings: Any = None, now: Any = None, planned: Any = None) -> Detection:
         return Detection(as_of=pd.Timestamp(as_of), since=pd.Timestamp(since), alerts=list(self.alerts), projects=[])
 
 
