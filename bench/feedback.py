@@ -3,15 +3,18 @@ without hiding a miner?
 
     python bench/feedback.py --seeds 3 --projects 40 --days 100 --follow 45
 
-Replays the labelled scenarios of ``costwatch.scenarios`` one day at a time (``detect`` as of the end of
-each day, alerts of that day).  A simulated owner answers once per series, the first time it alerts:
+Replays the labelled scenarios of ``costwatch.scenarios`` (with the issue-16 failure classes: month-end
+jobs, autoscaling, saturating surges, legit GPU jobs, …) one day at a time: ``detect`` as of the end of each
+day, the alerts it reports that day (new ones, and earlier ones whose episode still goes on).  A simulated
+owner answers once per series, the first time it alerts:
 
 - an alert on a project with no labelled incident, or a mining alert where nothing was mined: "not an
   anomaly";
 - a cost alert on a labelled planned step: "expected" (the first alert was right; the new level is planned).
 
 Alerts on real incidents (miners, surges, budget overruns) are never answered.  Counted over the replay:
-alerts on an answered series after its answer, without and with :func:`costwatch.feedback.apply`, and
+alert-days on an answered series after the day of its answer, without and with
+:func:`costwatch.feedback.apply`, and
 mining incidents found without and with it (the answers must not hide one).  Figures are printed, never
 asserted; nothing here chooses a parameter (MARGIN and ACCEPTED_GROWTH were set before this ran).
 """
@@ -52,7 +55,7 @@ def _verdict(alert: Alert, incidents: pd.DataFrame) -> str:
 
 
 def replay(seed: int, projects: int, days: int, follow: int) -> dict[str, float]:
-    sc = generate(seed=seed, n_projects=projects, days=days)
+    sc = generate(seed=seed, n_projects=projects, days=days, failure_classes=True)
     cfg = demo_config(sc)
     inc = sc.incidents
     answers: list[feedback.Feedback] = []
@@ -67,8 +70,8 @@ def replay(seed: int, projects: int, days: int, follow: int) -> dict[str, float]
                      as_of=as_of, since=DAY)
         kept, _ = feedback.apply(det.alerts, answers)
         kept_ids = {id(a) for a in kept}
-        for a in det.alerts:
-            if a.fingerprint in answered_at and a.detected_at > answered_at[a.fingerprint]:
+        for a in det.alerts:  # an alert still reported a later day is told again (repeat, update, digest)
+            if a.fingerprint in answered_at and as_of > answered_at[a.fingerprint]:
                 repeats_without += 1
                 repeats_with += id(a) in kept_ids
             for j, (_, i) in enumerate(mining.iterrows()):
@@ -80,7 +83,7 @@ def replay(seed: int, projects: int, days: int, follow: int) -> dict[str, float]
             verdict = _verdict(a, inc)
             if verdict != "true" and a.fingerprint not in answered_at:
                 answers.append(feedback.from_alert(a.to_dict(), verdict, "bench", as_of))
-                answered_at[a.fingerprint] = a.detected_at
+                answered_at[a.fingerprint] = as_of
                 answered += 1
     return {"answers": answered, "repeats_without": repeats_without, "repeats_with": repeats_with,
             "miners_without": len(found_without), "miners_with": len(found_with), "miners": len(mining)}
