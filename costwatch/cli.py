@@ -462,20 +462,21 @@ def serve(config_path: Path, host: str, port: int) -> None:
     try:
         cfg = _load_cfg(config_path)
         try:
+            import slack_bolt  # noqa: F401 - imported by asgi_app; checked here to name the extra
+            import uvicorn  # noqa: F401
+
+            from .surfaces.serve import asgi_app
             from .surfaces.serve import serve as run_server
         except ImportError as e:
             raise ConfigError(f"costwatch serve needs the 'serve' extra: pip install 'costwatch[serve]' ({e.name} "
                               "is missing)") from None
         from .state import open_store
 
-        store = open_store(cfg.state)
-        from .surfaces.slack_app import build_app
-
-        build_app(cfg, store)  # fail now, with exit 2, on a missing token or signing secret
+        app = asgi_app(cfg, open_store(cfg.state))  # fails here, exit 2, on a missing token or signing secret
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
     click.echo(f"costwatch: serving Slack answers on http://{host}:{port}/slack/events", err=True)
-    run_server(cfg, store, host=host, port=port)
+    run_server(app, host=host, port=port)
 
 
 def main(argv: list[str] | None = None) -> None:

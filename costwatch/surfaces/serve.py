@@ -70,12 +70,12 @@ def asgi_app(cfg: Config, store: Store, **app_args: Any) -> Callable[[Scope, Rec
     return app
 
 
-def serve(cfg: Config, store: Store, *, host: str = "0.0.0.0", port: int = 3000) -> None:  # noqa: S104
-    """Run until stopped (SIGINT/SIGTERM)."""
+def serve(app: Callable[[Scope, Receive, Send], Awaitable[None]], *, host: str = "0.0.0.0",  # noqa: S104
+          port: int = 3000) -> None:
+    """Run ``app`` (from :func:`asgi_app`) until stopped (SIGINT/SIGTERM)."""
     import uvicorn
 
-    uvicorn.run(asgi_app(cfg, store), host=host, port=port, log_level="info", access_log=False,
-                proxy_headers=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, proxy_headers=True)
 
 
 __all__ = ["EVENTS_PATH", "METRICS_PATH", "asgi_app", "serve"]
