@@ -1,5 +1,6 @@
-"""Test-wide settings: on CI, hypothesis runs a fixed set of examples so a red build is reproducible;
-the fake-credential AWS environment every AWS test starts from."""
+"""Test-wide settings: hypothesis runs a fixed set of examples (``make test`` and CI alike), so a red build
+is reproducible and a green one stays green; ``HYPOTHESIS_PROFILE=dev`` explores new examples on each run.
+Also the fake-credential AWS environment every AWS test starts from."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
