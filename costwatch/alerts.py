@@ -84,6 +84,15 @@ def _round(x: float | None) -> float | None:
     return float(round(float(x), 4))
 
 
+def finite(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number, else None (missing, text, NaN, infinities)."""
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def plain(obj: Any, digits: int | None = None) -> Any:
     """``obj`` as plain JSON values: missing values (None, pandas NA/NaT, NaN, infinities) become None,
     numpy scalars Python ones, times ISO 8601 UTC strings, tuples and sets lists; ``digits`` rounds floats

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from .alerts import Alert, iso
+from .alerts import Alert, finite, iso
 from .state import Store
 
 KINDS = ("expected", "not_anomaly")
@@ -80,17 +80,9 @@ def from_alert(alert: dict[str, Any], kind: str, by: str, now: pd.Timestamp, inc
         alert_kind=str(alert.get("kind") or ""), project=str(alert.get("project") or ""),
         project_name=str(alert.get("project_name") or ""), provider=str(alert.get("provider") or ""),
         service=alert.get("service"), currency=str(alert.get("currency") or ""),
-        observed=_float(alert.get("observed")) or 0.0, expected=_float(alert.get("expected")),
+        observed=finite(alert.get("observed")) or 0.0, expected=finite(alert.get("expected")),
         start=str(alert.get("start") or iso(now)), at=iso(now) or "", by=by[:100], incident=incident,
         nodes=nodes, until=iso(now + KEEP) or "")
-
-
-def _float(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def record(store: Store, fb: Feedback) -> None:

@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     root = logging.getLogger()
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         for h in list(root.handlers):  # Lambda's bootstrap installs a plain-text handler
@@ -151,7 +151,7 @@ def _emit(doc: dict[str, Any]) -> None:
 def handle(event: dict[str, Any] | None = None, context: Any = None) -> dict[str, Any]:
     """The scheduled invocation.  Returns the run summary; raises only for a config error (so the
     failure destination sees it), never for an overlapping invocation."""
-    _setup_logging()
+    setup_logging()
     from .run import RunLocked, run_once
 
     started = time.time()
@@ -177,4 +177,5 @@ def handle(event: dict[str, Any] | None = None, context: Any = None) -> dict[str
     return out
 
 
-__all__ = ["JsonFormatter", "handle", "load_handler_config", "load_secrets", "provider_deadline", "summary"]
+__all__ = ["JsonFormatter", "handle", "load_handler_config", "load_secrets", "provider_deadline", "setup_logging",
+           "summary"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from .alerts import SEVERITY_ORDER, iso
+from .alerts import SEVERITY_ORDER, finite, iso
 from .notify import Delivery, Notification, Notifier, notification_id
 from .state import Record, Store
 
@@ -457,14 +456,6 @@ def _slim(alert: dict[str, Any], event: str, group: str = "") -> dict[str, Any]:
     return out
 
 
-def _num(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _money(alert: dict[str, Any]) -> tuple[float, float] | None:
     """(observed, expected) spend per day of an alert, where it is about money."""
     ev = _evidence(alert)
@@ -474,7 +465,7 @@ def _money(alert: dict[str, Any]) -> tuple[float, float] | None:
                                                                    ev.get("metric") != "cpu_percent") else None)
     if src is None:
         return None
-    obs, exp = _num(src.get("observed")), _num(src.get("expected"))
+    obs, exp = finite(src.get("observed")), finite(src.get("expected"))
     return (obs, exp) if obs is not None and exp is not None else None
 
 

@@ -17,12 +17,12 @@ _handler: Any = None
 def _build() -> Any:
     from slack_bolt.adapter.aws_lambda import SlackRequestHandler
 
-    from costwatch.handler import _setup_logging, load_handler_config, load_secrets
+    from costwatch.handler import load_handler_config, load_secrets, setup_logging
     from costwatch.state import open_store
 
     from .slack_app import build_app
 
-    _setup_logging()
+    setup_logging()
     if os.environ.get("COSTWATCH_SECRETS_PATH"):
         load_secrets(os.environ["COSTWATCH_SECRETS_PATH"])
     cfg = load_handler_config()
