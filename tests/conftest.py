@@ -4,7 +4,9 @@ Also the fake-credential AWS environment every AWS test starts from."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,22 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The handler replaces the root logger's handlers (as it must on Lambda): every
+    test that runs a Lambda entry point puts pytest's back after, so later tests' capture still sees logs."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    quieted = {n: logging.getLogger(n).level for n in ("botocore", "boto3", "urllib3", "slack_sdk", "matplotlib")}
+    yield
+    for n, lvl in quieted.items():
+        logging.getLogger(n).setLevel(lvl)
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)

@@ -7,7 +7,6 @@ the local fake when the Slack notifier is installed).  Checks the summary, that 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -61,24 +60,6 @@ class Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return 600_000
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """The handler replaces the root logger's handlers (as it must on Lambda); put pytest's back after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    quieted = {n: logging.getLogger(n).level for n in ("botocore", "boto3", "urllib3", "slack_sdk", "matplotlib")}
-    yield
-    for n, lvl in quieted.items():
-        logging.getLogger(n).setLevel(lvl)
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    for h in handlers:
-        if h not in root.handlers:
-            root.addHandler(h)
-    root.setLevel(level)
 
 
 @pytest.fixture

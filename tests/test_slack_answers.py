@@ -351,7 +351,8 @@ def test_an_older_occurrence_or_a_resolved_incident_is_not_acknowledged(tmp_path
 
 
 def test_lambda_function_url_event_through_bolts_adapter(slack: FakeSlack, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         restore_logging: None) -> None:
     from costwatch.surfaces import slack_lambda
 
     cfg_text = (f"notify:\n  stdout: false\n  slack:\n    token: ${{SLACK_BOT_TOKEN}}\n    channel: '#alerts'\n"
