@@ -699,7 +699,7 @@ def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None, ex: _Ex
             drops = np.zeros((d, second.size), dtype=bool)
             drops[tt[beyond], col[beyond]] = True
             acc = ex.accepted[second].T if ex.accepted is not None else None
-            episode, acc_days, f_ey, f_half, f_sig = _episodes(ys, xt[:, second], drops, acc, pad, p, add_s, extra_s)
+            episode, acc_days, f_ey, f_half, f_sig = _episodes(y2, xt[:, second], drops, acc, pad, p, add_s, extra_s)
             y2[pad:][episode] = np.nan
             y2[pad:][acc_days] = ys[pad:][acc_days]
             marks = (episode, acc_days)
