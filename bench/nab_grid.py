@@ -58,6 +58,7 @@ class Result:
     fp: int
     per_file: dict[str, float]  # standard raw score per file
     marks: dict[str, str]  # per file: detections as row:window-score, FP rows as row:FP
+    raw: dict[str, float]  # profile -> raw score (what folds pool)
 
 
 def load(data: Path) -> list[_File]:
@@ -132,7 +133,8 @@ def evaluate_rows(files: Sequence[_File], detections: dict[str, np.ndarray], cos
                 missed = [w for w in f.seen if w not in hit]
                 if missed:
                     marks[f.name] += f"  missed w{missed}"
-    return Result({p: normalized(raw[p], n_windows, c) for p, c in costs.items()}, tp, fn, fp, per_file, marks)
+    scores = {p: normalized(raw[p], n_windows, c) if n_windows else float("nan") for p, c in costs.items()}
+    return Result(scores, tp, fn, fp, per_file, marks, raw)
 
 
 def search(files: Sequence[_File], base: UsageScoreParams, grid: dict[str, list[Any]],
@@ -170,9 +172,9 @@ def folds(files: Sequence[_File], k: int, base: UsageScoreParams, grid: dict[str
             continue
         chosen = search(train, base, grid, costs)[0][0]
         chosen_sets.append(_diff(chosen, keys))
-        for pname, cost in costs.items():
-            r = evaluate(test, chosen, costs)
-            pooled[pname] += (r.scores[pname] / 100.0 * (cost.tp + cost.fn) - cost.fn) * sum(f.n_windows for f in test)
+        raw = evaluate(test, chosen, costs).raw
+        for pname in costs:
+            pooled[pname] += raw[pname]
     n_windows = sum(f.n_windows for f in files)
     scores = {p: normalized(pooled[p], n_windows, c) for p, c in costs.items()}
     print(f"\n{k}-fold by file (file i in fold i % {k}), held-out scores pooled: "
