@@ -1,6 +1,6 @@
 """Grid search and split check for the usage-band detector on NAB realAWSCloudwatch.
 
-    python bench/nab_grid.py [--data DIR] [--split] [--set name=value ...] [--grid name=v1,v2,... ...]
+    python bench/nab_grid.py [--data DIR] [--split] [--folds K] [--oracle] [--set name=value] [--grid name=v1,v2]
 
 Every parameter set is scored over the whole corpus with the three NAB profiles (the same scorer and the
 same onset rule as ``bench/nab.py``).  ``--grid`` sweeps the cartesian product of the given values on top
