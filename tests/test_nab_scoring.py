@@ -160,3 +160,28 @@ def test_real_corpus_null_and_perfect_detectors() -> None:
         assert result.normalized == pytest.approx(0.0), profile
     for profile, result in score_corpus(perfect, windows, profiles).items():
         assert result.normalized == pytest.approx(100.0), profile
+
+
+@pytest.mark.skipif(not NAB_DIR.exists(), reason="NAB data not available")
+def test_grid_evaluator_agrees_with_the_scorer_on_the_label_oracle() -> None:
+    """bench/nab_grid.py scores detection rows with its own fast loop (and pools them across folds); it must
+    give what the reference scorer gives, on every profile, for the whole corpus and for a half."""
+    from bench.nab_grid import _label_rows, evaluate_rows, load
+
+    files = load(NAB_DIR)
+    profiles = load_profiles(NAB_DIR)
+    windows = load_windows(NAB_DIR)
+    # labels, plus one false positive per file a fixed distance after the probation period
+    rows = {name: np.union1d(r, [900]) for name, r in _label_rows(files, {}).items()}
+    for subset in (files, files[1::2]):
+        fast = evaluate_rows(subset, rows, profiles)
+        results = {}
+        for f in subset:
+            hit = np.zeros(len(f.ts))
+            hit[rows[f.name]] = 1.0
+            results[f.name] = (pd.Series(f.ts), hit)
+        ref = score_corpus(results, windows, profiles)
+        for profile in profiles:
+            assert fast.scores[profile] == pytest.approx(ref[profile].normalized), profile
+            assert fast.raw[profile] == pytest.approx(ref[profile].raw), profile
+    assert 0 < evaluate_rows(files, rows, profiles).fp <= len(files)
