@@ -90,9 +90,9 @@ _register()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="costwatch YAML config.")
 @click.option("--since", default="28d", show_default=True, help="Window: 28d, 36h, 2w or an ISO time.")
 @click.option("--as-of", "as_of", default=None, help="Evaluate as if now were this ISO time (UTC).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
-              show_default=True)
-@click.option("--output", type=click.Path(path_type=Path), help="Write the report here instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "html"]), default="table",
+              show_default=True, help="html: one self-contained page with a chart per alert (works offline).")
+@click.option("--output", type=click.Path(path_type=Path), help="Write the report here instead of stdout ('-': stdout).")
 def report(costs: tuple[Path, ...], usage: tuple[Path, ...], config_path: Path | None, since: str,
            as_of: str | None, fmt: str, output: Path | None) -> None:
     """Per-project spend, bands, forecasts and every alert detected in the window."""
@@ -157,10 +157,12 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     det.errors = got.error_records()
     for w in got.warnings():
         _echo(f"costwatch: warning: {w}", err=True)
+    if output is not None and str(output) == "-":
+        output = None
     if output is None and fmt == "table":
         plain_console().print(renderable(det))
         return
-    text = render(det, fmt)
+    text = _render_html(det) if fmt == "html" else render(det, fmt)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -169,6 +171,12 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
         except OSError as e:
             raise CostwatchError(f"{output}: cannot write the report: {e.strerror}") from e
         _echo(f"wrote {fmt} report to {output} ({len(det.alerts)} alerts)", err=True)
+
+
+def _render_html(det: Any) -> str:
+    from .html_report import render as html_render
+
+    return html_render(det)
 
 
 def _planned_marks(cfg: Any) -> list[Any]:

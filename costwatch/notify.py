@@ -20,8 +20,10 @@ from typing import Any, Literal, Protocol
 
 # "digest": many incidents on one target folded into one message (see costwatch.outbox)
 # "channel_broken": a channel failed for good, told through another (see costwatch.fallback)
-Event = Literal["firing", "updated", "repeat", "resolved", "digest", "channel_broken"]
-EVENTS: tuple[str, ...] = ("firing", "updated", "repeat", "resolved", "digest", "channel_broken")
+# "weekly_digest": the scheduled spend summary of an owner's projects (alerting.digest, see costwatch.digest);
+#   its one "alert" is the summary document (``{"kind": "weekly_digest", "digest": {...}}``)
+Event = Literal["firing", "updated", "repeat", "resolved", "digest", "channel_broken", "weekly_digest"]
+EVENTS: tuple[str, ...] = ("firing", "updated", "repeat", "resolved", "digest", "channel_broken", "weekly_digest")
 
 
 @dataclass(frozen=True)
