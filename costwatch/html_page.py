@@ -107,7 +107,7 @@ def page(title: str, body: Iterable[object]) -> str:
 def money(x: float | None, currency: str, signed: bool = False) -> str:
     if x is None:
         return ""
-    return f"{x:+,.2f} {currency}" if signed else f"{x:,.2f} {currency}"
+    return (f"{x:+,.2f} {currency}" if signed else f"{x:,.2f} {currency}").rstrip()
 
 
 def pct(x: float | None, signed: bool = True) -> str:

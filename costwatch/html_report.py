@@ -21,7 +21,7 @@ import pandas as pd
 
 from .alerts import Alert, iso
 from .detect import Detection
-from .html_page import Markup, esc, image, items, join, page, para, table, tag
+from .html_page import Markup, image, items, join, page, para, table, tag
 from .k8s_summary import ClusterSummary, summarize
 from .report import SHORT_KIND, currency_totals, error_text, evidence_text, observed_text
 
