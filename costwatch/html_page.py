@@ -27,12 +27,12 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'n
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;font-size:14px;color:#1f2328;
-margin:0 auto;max-width:1180px;padding:16px 20px;background:#fff}
+margin:0 auto;max-width:1280px;padding:16px 20px;background:#fff}
 h1{font-size:22px;margin:4px 0 2px}h2{font-size:18px;margin:22px 0 8px;border-bottom:1px solid #d0d7de}
 h3{font-size:15px;margin:4px 0}p{margin:4px 0}.muted{color:#656d76}.small{font-size:12px}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}.wide{overflow-x:auto}
-td:first-child,td:last-child{white-space:nowrap}th,td{padding:3px 9px;border-bottom:1px solid #e4e7eb;
-text-align:left;vertical-align:top}th{background:#f6f8fa;font-weight:600}td.num,th.num{text-align:right;
+td:first-child{white-space:nowrap}th,td{padding:3px 7px;border-bottom:1px solid #e4e7eb;
+text-align:left;vertical-align:top}th{background:#f6f8fa;font-weight:600;white-space:nowrap}td.num,th.num{text-align:right;
 font-variant-numeric:tabular-nums;white-space:nowrap}
 .cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #d0d7de;border-radius:6px;padding:8px 12px;
 min-width:150px;max-width:300px}.card b{font-size:18px;display:block}

@@ -28,7 +28,7 @@ from .report import SHORT_KIND, currency_totals, error_text, evidence_text, obse
 log = logging.getLogger("costwatch.html_report")
 
 CHART_LIMIT = 30
-_KIND = {"mining_suspected": "Mining suspected", "cost_spike": "Cost spike",
+KIND_TITLE = {"mining_suspected": "Mining suspected", "cost_spike": "Cost spike",
          "threshold_exceeded": "Daily threshold exceeded", "budget_forecast_exceeded": "Budget forecast exceeded"}
 
 
@@ -122,16 +122,16 @@ def _projects(det: Detection) -> Markup:
                      forecast_text(p), budget, share,
                      ", ".join(f"{SHORT_KIND.get(k, k)} {v}" for k, v in (p.get("alerts") or {}).items())])
     head = ["project", "owner", "cloud", "spend", "last day", "band", "month to date", "month-end forecast",
-            "budget", "forecast/budget", "alerts"]
+            "budget", "of budget", "alerts"]
     return join([tag("h2", "Projects"), para("Spend in the window; the last day against its usual band; the "
                                                "month-end forecast against the monthly budget.", "muted small"),
-                 tag("div", table(head, rows, numeric=(3, 4, 6, 7, 8, 9)), "wide")])
+                 tag("div", table(head, rows, numeric=(3, 4, 5, 6, 7, 8, 9)), "wide")])
 
 
 def _alert(n: int, a: Alert, chart: bytes | str | None) -> Markup:
     sev = a.severity if a.severity in _SEV_ORDER else "info"
     title = join([tag("span", a.severity.upper(), f"badge sev-{sev}"), " ",
-                  f"{_KIND.get(a.kind, a.kind)}: {a.project_name} ({a.provider}:{a.project})",
+                  f"{KIND_TITLE.get(a.kind, a.kind)}: {a.project_name} ({a.provider}:{a.project})",
                   f" — {a.service}" if a.service else ""])
     parts: list[object] = [tag("h3", title, id=f"alert-{n + 1}"),
                            para(f"Started {iso(a.start)}, detected {iso(a.detected_at)}.", "muted"),
@@ -172,4 +172,4 @@ def _cluster(c: ClusterSummary) -> Markup:
     return tag("div", join(parts), "k8s")
 
 
-__all__ = ["CHART_LIMIT", "forecast_text", "render"]
+__all__ = ["CHART_LIMIT", "KIND_TITLE", "forecast_text", "render"]
