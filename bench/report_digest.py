@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,22 +23,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from costwatch import digest, html_report  # noqa: E402
-from costwatch.config import Config  # noqa: E402
-from costwatch.demo import demo_config  # noqa: E402
-from costwatch.detect import detect  # noqa: E402
-from costwatch.model import normalize_costs  # noqa: E402
-from costwatch.scenarios import demo_scenario, generate  # noqa: E402
-from costwatch.state import SqliteStore  # noqa: E402
+from costwatch import digest, html_report
+from costwatch.config import Config
+from costwatch.demo import demo_config
+from costwatch.detect import Detection, detect
+from costwatch.model import normalize_costs
+from costwatch.scenarios import demo_scenario, generate
+from costwatch.state import SqliteStore
 
 
-def report(label: str, det: object) -> None:
+def report(label: str, det: Detection) -> None:
     t0 = time.perf_counter()
-    page = html_report.render(det)  # type: ignore[arg-type]
+    page = html_report.render(det)
     took = time.perf_counter() - t0
-    print(f"html report, {label}: {len(det.alerts)} alerts, {page.count('<img ')} charts, "  # type: ignore[attr-defined]
+    print(f"html report, {label}: {len(det.alerts)} alerts, {page.count('<img ')} charts, "
           f"{len(page.encode()) / 1e6:.2f} MB, {took:.2f} s")
 
 

@@ -350,9 +350,10 @@ def headline(doc: dict[str, Any]) -> str:
 
 
 def _days(doc: dict[str, Any]) -> str:
+    """``2026-11-09 to 2026-11-15``: the days compared (the window's end is exclusive)."""
     w = doc.get("window") or {}
-    end = pd.Timestamp(str(w.get("end"))) - pd.Timedelta(days=1) if w.get("end") else None
-    return f"{str(w.get('this_start'))[:10]} to {iso(end)[:10] if end is not None else '?'}"  # type: ignore[index]
+    last = iso(pd.Timestamp(str(w["end"])) - pd.Timedelta(days=1)) if w.get("end") else None
+    return f"{str(w.get('this_start') or '?')[:10]} to {(last or '?')[:10]}"
 
 
 def sections(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
@@ -420,7 +421,7 @@ def html(doc: dict[str, Any]) -> str:
              tag("h2", "Month-end forecast against the budget"),
              table(["project", "forecast"], [[f.get("project_name"), _forecast_cell(f)]
                                              for f in doc.get("forecasts") or []])]
-    for title, lines in sections(doc)[4:]:
+    for title, lines in sections(doc)[4:]:   # after spend, movers and forecasts (tables above): the lists
         body += [tag("h2", title), items(lines)]
     body.append(para(join(["costwatch ", tag("code", str(doc.get("period_start")))]), "muted small"))
     return page(f"costwatch {doc.get('schedule')} digest", body)
