@@ -260,7 +260,7 @@ def notification(aud: Audience, period: Period, doc: dict[str, Any], now: pd.Tim
             "project_name": f"{len(aud.projects)} project(s)", "summary": headline(doc), "currency": None,
             "observed": None, "expected": None, "evidence": {}, "fingerprint": None, "digest": doc}
     return Notification(id=digest_id(period, aud.target), group_key=f"{EVENT}:{period.key}", event=EVENT,
-                        target=aud.target, title=f"costwatch {what} digest, {period.label}", alerts=[head],
+                        target=aud.target, title=f"{what} cost digest, {period.label}", alerts=[head],
                         created_at=iso(now) or "", owner=", ".join(aud.owners) or None, sequence=0,
                         labels={"digest": period.schedule})
 

@@ -252,7 +252,8 @@ def test_email_digest_uses_the_html_page(tmp_path: Path) -> None:
         assert d.ok, d.error
         [got] = srv.messages
     msg = got.message
-    assert got.rcpt_tos == ["a@example.com"] and "weekly digest" in str(msg["Subject"])
+    assert got.rcpt_tos == ["a@example.com"]
+    assert str(msg["Subject"]).startswith("[costwatch] weekly cost digest, week of Mon 2026-11-16")
     assert str(msg["X-Costwatch-Event"]) == "weekly_digest"
     html_part, text_part = msg.get_body(("html",)), msg.get_body(("plain",))
     assert html_part is not None and text_part is not None
@@ -288,7 +289,7 @@ def test_stdout_renders_the_digest(tmp_path: Path) -> None:
     out = io.StringIO()
     StdoutNotifier(out).notify([n])
     text = out.getvalue()
-    assert text.startswith("[costwatch] costwatch weekly digest") and "Top movers by region:" in text
+    assert text.startswith("[costwatch] weekly cost digest") and "Top movers by region:" in text
     assert "\u202e" not in text
 
 
@@ -325,7 +326,7 @@ def test_run_sends_the_digest_once_per_week(run_cfg: Config) -> None:
     run("2026-11-18T12:00:00Z")                  # Wednesday
     run("2026-11-19T23:00:00Z")
     text = out.getvalue()
-    assert text.count("[costwatch] costwatch weekly digest") == 2, text
+    assert text.count("[costwatch] weekly cost digest") == 2, text
     assert "week of Mon 2026-11-09 09:00 Europe/Paris" in text and "week of Mon 2026-11-16 09:00 Europe/Paris" in text
 
 
@@ -339,3 +340,16 @@ def test_cli_digest_preview_and_send(run_cfg: Config, tmp_path: Path) -> None:
     assert sent.exit_code == 0 and "queued 1 digest(s); delivered 1" in sent.output, sent.output
     again = runner.invoke(cli, ["digest", "--config", path, "--as-of", "2026-11-16T10:00:00Z"])
     assert "already queued" in again.output
+
+
+def test_teams_card_is_plain_text_within_its_size(tmp_path: Path) -> None:
+    from costwatch.notifiers import teams
+
+    cfg = _config(tmp_path, notify={"stdout": True})
+    [n] = digest.plan(cfg, ROWS, _frame(), SqliteStore(tmp_path / "s.db"), NOW, {})
+    card = teams.card(n)
+    assert len(json.dumps(teams.message(card)).encode()) <= teams.MAX_CARD
+    runs = [i["text"] for b in card["body"] if b["type"] == "RichTextBlock" for i in b["inlines"]]
+    assert any(r == "Payments (aws): 175.00 USD vs 105.00 (+70.00, +67%)" for r in runs)
+    markdown = [b["text"] for b in card["body"] if b["type"] == "TextBlock"]   # parsed by Teams: no data in it
+    assert not any("script" in t or "evil" in t for t in markdown)
