@@ -90,9 +90,9 @@ _register()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="costwatch YAML config.")
 @click.option("--since", default="28d", show_default=True, help="Window: 28d, 36h, 2w or an ISO time.")
 @click.option("--as-of", "as_of", default=None, help="Evaluate as if now were this ISO time (UTC).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
-              show_default=True)
-@click.option("--output", type=click.Path(path_type=Path), help="Write the report here instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "html"]), default="table",
+              show_default=True, help="html: one self-contained page with a chart per alert (works offline).")
+@click.option("--output", type=click.Path(path_type=Path), help="Write the report here ('-' or none: stdout).")
 def report(costs: tuple[Path, ...], usage: tuple[Path, ...], config_path: Path | None, since: str,
            as_of: str | None, fmt: str, output: Path | None) -> None:
     """Per-project spend, bands, forecasts and every alert detected in the window."""
@@ -126,11 +126,32 @@ def _providers(cfg: Any, cost_paths: list[Any], usage_paths: list[Any]) -> list[
 def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
                 since: pd.Timedelta | pd.Timestamp | None, as_of: pd.Timestamp | None, fmt: str,
                 output: Path | None) -> None:
+    from .report import render, renderable
+    from .safetext import plain_console
+
+    det, _ = _gather_detect(cfg, cost_paths, usage_paths, since, as_of)
+    if output is not None and str(output) == "-":
+        output = None
+    if output is None and fmt == "table":
+        plain_console().print(renderable(det))
+        return
+    text = _render_html(det) if fmt == "html" else render(det, fmt)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise CostwatchError(f"{output}: cannot write the report: {e.strerror}") from e
+        _echo(f"wrote {fmt} report to {output} ({len(det.alerts)} alerts)", err=True)
+
+
+def _gather_detect(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
+                   since: pd.Timedelta | pd.Timestamp | None, as_of: pd.Timestamp | None) -> tuple[Any, Any]:
+    """Read, detect and annotate as ``report`` shows it; returns the detection and what was gathered."""
     from . import sources
     from .detect import detect
-    from .report import render, renderable
     from .routing import set_report_owners
-    from .safetext import plain_console
 
     providers = _providers(cfg, cost_paths, usage_paths)
     end = as_of or pd.Timestamp.now(tz="UTC").floor("h")
@@ -157,18 +178,13 @@ def _run_report(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     det.errors = got.error_records()
     for w in got.warnings():
         _echo(f"costwatch: warning: {w}", err=True)
-    if output is None and fmt == "table":
-        plain_console().print(renderable(det))
-        return
-    text = render(det, fmt)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise CostwatchError(f"{output}: cannot write the report: {e.strerror}") from e
-        _echo(f"wrote {fmt} report to {output} ({len(det.alerts)} alerts)", err=True)
+    return det, got
+
+
+def _render_html(det: Any) -> str:
+    from .html_report import render as html_render
+
+    return html_render(det)
 
 
 def _planned_marks(cfg: Any) -> list[Any]:
@@ -219,6 +235,53 @@ def _mark_silenced(det: Any, cfg: Any) -> None:
             a.evidence["silence"] = asdict(s)
         det.notes.append(f"{'planned activity' if s.planned else 'silence'} {s.id}: {s.project}"
                          f"{' ' + s.kind if s.kind else ''} until {s.until} — {s.reason} ({len(hits)} alert(s))")
+
+
+@cli.command("digest")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="costwatch YAML config (providers, owners, notify, state, alerting.digest).")
+@click.option("--owner", default=None, help="Only the digests that reach this owner's targets.")
+@click.option("--dry-run", is_flag=True, help="Print the digests as text; queue and send nothing.")
+@click.option("--as-of", "as_of", default=None, help="As if now were this ISO time (UTC).")
+def digest_cmd(config_path: Path, owner: str | None, dry_run: bool, as_of: str | None) -> None:
+    """Preview, or send now, this period's spend digest per owner (alerting.digest; default weekly, Monday
+    09:00 UTC).  Sending uses the outbox with the same ids as `costwatch run`: a target already told this
+    period is not told again."""
+    now = _as_of(as_of) or pd.Timestamp.now(tz="UTC")
+    try:
+        cfg = _load_cfg(config_path)
+        lines = _digest(cfg, owner, dry_run, now)
+    except CostwatchError as e:
+        _fail(e, _Ctx.debug)
+    for line in lines:
+        _echo(line, err=not dry_run)
+
+
+def _digest(cfg: Any, owner: str | None, dry_run: bool, now: pd.Timestamp) -> list[str]:
+    from . import digest, outbox
+    from .config import DigestConfig
+    from .routing import project_owners_from_tags
+    from .run import build_notifiers
+    from .state import open_store
+
+    if cfg.alerting.digest is None:
+        cfg.alerting.digest = DigestConfig()
+    notifiers = {} if dry_run else build_notifiers(cfg)
+    det, got = _gather_detect(cfg, [], [], pd.Timedelta(days=28), now.floor("h"))
+    tags = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
+    store = open_store(cfg.state)
+    try:
+        todo = digest.plan(cfg, det.projects, got.costs, store, now, tags, only_owner=owner, queued_too=dry_run)
+        if dry_run:
+            return [f"--- to {n.target.key}\n{digest.text(digest.of(n))}" for n in todo] or ["no digest to show"]
+        new = {n.id for n in todo if outbox.enqueue(store, n, now)}
+        if not new:
+            return ["costwatch: every digest of this period was already queued; nothing sent"]
+        report = outbox.deliver(store, notifiers, now, max_attempts=cfg.alerting.max_attempts, digest_after=0,
+                                only=new)
+    finally:
+        store.close()
+    return [f"costwatch: queued {len(new)} digest(s); {report.summary()}", *report.errors]
 
 
 @cli.command()

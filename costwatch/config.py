@@ -340,6 +340,31 @@ GROUP_BY_LABELS: tuple[str, ...] = ("project", "project_name", "owner", "provide
                                     "service", "region")
 
 
+WEEKDAYS: tuple[str, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class DigestConfig(_Model):
+    """``alerting.digest``: when each owner gets the scheduled spend summary (``costwatch.digest``).  ``hour``
+    is on the wall clock of ``timezone`` (an IANA name), so "Monday 9:00 in Berlin" stays 9:00 across DST."""
+
+    schedule: Literal["weekly", "daily"] = "weekly"
+    day: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = "monday"
+    hour: int = Field(default=9, ge=0, le=23)
+    timezone: str = "UTC"
+    top: int = Field(default=5, ge=1, le=50)   # movers listed per dimension (service, region)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as UTC or Europe/Berlin") from None
+        return v
+
+
 class AlertingConfig(_Model):
     """How detected alerts become notifications: grouping, re-notification and resolve messages."""
 
@@ -361,6 +386,8 @@ class AlertingConfig(_Model):
     digest_after: int = Field(default=10, ge=0, le=10_000)
     # told (through its other channels) when a channel fails for good; default: default_owner, else notify's
     fallback: str | None = None
+    # the scheduled spend summary each owner gets (costwatch.digest); none unless configured
+    digest: DigestConfig | None = None
 
     @field_validator("stuck_after", "provider_timeout")
     @classmethod

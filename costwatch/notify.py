@@ -20,8 +20,11 @@ from typing import Any, Literal, Protocol
 
 # "digest": many incidents on one target folded into one message (see costwatch.outbox)
 # "channel_broken": a channel failed for good, told through another (see costwatch.fallback)
-Event = Literal["firing", "updated", "repeat", "resolved", "digest", "channel_broken"]
-EVENTS: tuple[str, ...] = ("firing", "updated", "repeat", "resolved", "digest", "channel_broken")
+# "weekly_digest": the scheduled spend summary of an owner's projects (alerting.digest, see costwatch.digest);
+#   its one "alert" is the summary document (``{"kind": "weekly_digest", "digest": {...}}``)
+Event = Literal["firing", "updated", "repeat", "resolved", "digest", "channel_broken", "weekly_digest"]
+EVENTS: tuple[str, ...] = ("firing", "updated", "repeat", "resolved", "digest", "channel_broken", "weekly_digest")
+SCHEDULED_DIGEST = "weekly_digest"
 
 
 @dataclass(frozen=True)
@@ -120,5 +123,5 @@ class Notifier(Protocol):
     def notify(self, notifications: list[Notification]) -> list[Delivery]: ...
 
 
-__all__ = ["EVENTS", "NEXT_STEPS", "RESOLVED_STEPS", "Delivery", "Event", "Notification", "Notifier", "Target",
-           "notification_id"]
+__all__ = ["EVENTS", "NEXT_STEPS", "RESOLVED_STEPS", "SCHEDULED_DIGEST", "Delivery", "Event", "Notification",
+           "Notifier", "Target", "notification_id"]

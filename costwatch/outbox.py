@@ -39,7 +39,7 @@ from typing import Any
 import pandas as pd
 
 from .alerts import SEVERITY_ORDER, finite, iso
-from .notify import Delivery, Notification, Notifier, notification_id
+from .notify import SCHEDULED_DIGEST, Delivery, Notification, Notifier, notification_id
 from .state import Record, Store
 
 log = logging.getLogger("costwatch.outbox")
@@ -259,8 +259,8 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
         if stop is not None:
             deferred[stop] += 1
             return False
-        if n.event == "digest":
-            n.thread = None  # a digest stands on its own
+        if n.event in ("digest", SCHEDULED_DIGEST):
+            n.thread = None  # a digest (and the scheduled summary) stands on its own
         elif n.sequence > 0 or n.event != "firing":
             tk = thread_key(n)
             ref = store.get("thread", tk)
@@ -388,7 +388,8 @@ def _fold(store: Store, items: list[_Item], now: pd.Timestamp, limit: int, repor
     by_target: dict[str, list[_Item]] = {}
     for it in items:
         doc = it.rec.doc
-        if (doc.get("status") == "pending" and int(doc.get("attempts", 0)) == 0 and it.n.event != "digest"
+        if (doc.get("status") == "pending" and int(doc.get("attempts", 0)) == 0
+                and it.n.event not in ("digest", SCHEDULED_DIGEST)
                 and pd.Timestamp(doc.get("next_attempt") or now) <= now):
             by_target.setdefault(it.n.target.key, []).append(it)
     folded: set[str] = set()

@@ -145,8 +145,8 @@ def renderable(det: Detection) -> Group:
         title = Text.assemble((f"{a.severity.upper():8s} ", style), (a.kind, "bold"),
                               f"  {a.project_name} ({a.provider}:{a.project})",
                               f"  {a.service}" if a.service else "")
-        body = [f"started {iso(a.start)}, detected {iso(a.detected_at)}", _observed_text(a),
-                _evidence_text(a.summary, a.evidence), *evidence_lines(a.evidence)]
+        body = [f"started {iso(a.start)}, detected {iso(a.detected_at)}", observed_text(a),
+                evidence_text(a.summary, a.evidence), *evidence_lines(a.evidence)]
         if a.evidence.get("silence"):
             s = a.evidence["silence"]
             body.append(f"{'planned activity' if s.get('planned') else 'silenced'} until {s.get('until')}: "
@@ -154,7 +154,7 @@ def renderable(det: Detection) -> Group:
         blocks.append(Panel("\n".join(body), title=title, title_align="left", border_style=style or "dim"))
     parts: list[Any] = [head, pt, Group(*blocks) if blocks else Text("No alerts in the window.", style="green")]
     if det.errors:
-        parts.append(Text("Warnings (data not read):\n" + "\n".join(f"  - {_error_text(e)}" for e in det.errors),
+        parts.append(Text("Warnings (data not read):\n" + "\n".join(f"  - {error_text(e)}" for e in det.errors),
                           style="yellow"))
     if det.notes:
         parts.append(Text("Notes:\n" + "\n".join(f"  - {n}" for n in det.notes), style="dim"))
@@ -176,13 +176,13 @@ def terminal_view(det: Detection) -> Detection:
 _ALERT_TEXT = ("kind", "project", "project_name", "provider", "severity", "currency", "service", "region", "summary")
 
 
-def _error_text(e: dict[str, str]) -> str:
+def error_text(e: dict[str, str]) -> str:
     """``provider scope: what failed; what to do``."""
     fix = f"; {e['fix']}" if e.get("fix") else ""
     return f"{e.get('provider')} {e.get('scope')}: {e.get('failed')}{fix}"
 
 
-def _observed_text(a: Alert) -> str:
+def observed_text(a: Alert) -> str:
     if a.evidence.get("metric") == "cpu_percent":
         return f"CPU {a.observed:.0f}% where {a.expected:.0f}% is usual"
     if a.kind == "budget_forecast_exceeded":
@@ -192,7 +192,7 @@ def _observed_text(a: Alert) -> str:
     return f"{a.observed:,.2f} {a.currency}/day, expected {exp}{band}"
 
 
-def _evidence_text(summary: str, ev: dict[str, Any], max_nodes: int = 3) -> str:
+def evidence_text(summary: str, ev: dict[str, Any], max_nodes: int = 3) -> str:
     """A few lines an owner can act on; the full list is in the JSON report."""
     lines = [summary] if summary else []
     nodes = ev.get("nodes") or []
@@ -257,7 +257,7 @@ def _markdown(det: Detection) -> str:
         lines += [f"| {_md_escape(t['currency'])} | {t['projects']} | {t['spend']:,.2f} | {t['month_to_date']:,.2f} "
                   f"| {t['forecast']:,.2f} |" for t in totals]
     if det.errors:
-        lines += ["", "## Warnings: data not read", ""] + [f"- {_md_escape(_error_text(e))}" for e in det.errors]
+        lines += ["", "## Warnings: data not read", ""] + [f"- {_md_escape(error_text(e))}" for e in det.errors]
     if det.notes:
         lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in det.notes]
     return "\n".join(lines) + "\n"

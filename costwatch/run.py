@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import fallback, feedback, incidents, metrics, outbox, silences, sources
+from . import digest, fallback, feedback, incidents, metrics, outbox, silences, sources
 from .config import Config
 from .detect import Detection, detect
 from .errors import ConfigError
@@ -212,6 +212,9 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
         _attach_charts(det, p, cfg)
     result.queued, digests, folded = outbox.enqueue_many(store, p.notifications, now, digest_after)
     result.conflicts = incidents.commit(store, p)
+    # the scheduled summary, once per target and period (its id is derived from both): see costwatch.digest
+    result.queued += sum(outbox.enqueue(store, n, now)
+                         for n in digest.plan(cfg, det.projects, got.costs, store, now, tag_owners))
     stuck_after = pd.Timedelta(cfg.alerting.stuck_after_td)
     result.delivery = outbox.deliver(
         store, notifiers, now, max_attempts=cfg.alerting.max_attempts, stuck_after=stuck_after, sleep=sleep,

@@ -30,8 +30,9 @@ from email.utils import formatdate, getaddresses
 from pathlib import Path
 from typing import Any
 
+from costwatch import digest
 from costwatch.k8s_summary import summarize_one
-from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Notification
+from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, SCHEDULED_DIGEST, Notification
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,8 @@ def subject(n: Notification) -> str:
     """``[costwatch] CRITICAL mining_suspected recs-prod-3``; the most severe alert names the group."""
     prefix = {"resolved": "resolved: ", "updated": "update: ", "repeat": "reminder: "}.get(n.event, "")
     top = _top(n)
+    if n.event == SCHEDULED_DIGEST:
+        return clean(f"[costwatch] {n.title}", 200)
     if top is None:
         body = clean(n.title, 150) or "alert"
     else:
@@ -516,6 +519,11 @@ def build_message(n: Notification, *, sender: Address, recipients: list[Address]
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation auto-replies to alerts
     msg["X-Costwatch-Event"] = clean(n.event, 20)
     msg["X-Costwatch-Group"] = clean(n.group_key, 120)
+    if n.event == SCHEDULED_DIGEST:  # the summary: the report's page shell, the same text as stdout
+        doc = digest.of(n)
+        msg.set_content(digest.text(doc), cte="quoted-printable")
+        msg.add_alternative(digest.html(doc), subtype="html", cte="quoted-printable")
+        return msg
     png = _chart_bytes(n.chart)
     cid = f"chart.{msgid.strip('<>')}" if png else None
     # quoted-printable, not base64: stays readable (and greppable) in raw mail and logs of relays

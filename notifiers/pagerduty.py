@@ -86,8 +86,9 @@ class PagerDutyNotifier(_http.PostNotifier):
         self._endpoints = _http.Endpoints(routing_key, owner_keys, "pagerduty_routing_key")
 
     def _send(self, n: Notification, key: str) -> Delivery:
-        if n.event == "digest":
-            # a digest folds incidents for people; PagerDuty gets them one by one (outbox.UNFOLDED)
+        if n.event in ("digest", "weekly_digest"):
+            # a digest folds incidents for people; PagerDuty gets them one by one (outbox.UNFOLDED), and the
+            # scheduled summary is never routed here (costwatch.digest.NOT_TOLD)
             return Delivery(ok=False, permanent=True, error="PagerDuty takes no digests; this is a costwatch bug")
         body = json.dumps(event(n, key, self.client_url), default=str).encode("utf-8")
         return _http.send("PagerDuty", self.events_url, body, {"Accept": "application/json"}, self.timeout,

@@ -28,8 +28,9 @@ from slack_sdk.web import WebClient
 from slack_sdk.webhook import WebhookClient
 
 from costwatch.config import Config, SlackConfig
-from costwatch.notify import Delivery, Notification
+from costwatch.notify import SCHEDULED_DIGEST, Delivery, Notification
 
+from . import slack_digest
 from ._http import redact, unreachable
 from .slack_blocks import render
 
@@ -232,7 +233,7 @@ class SlackNotifier:
 
     def _deliver(self, n: Notification, channel: str) -> Delivery:
         try:
-            text, blocks = render(n, self.interactive)
+            text, blocks = slack_digest.render(n) if n.event == SCHEDULED_DIGEST else render(n, self.interactive)
         except Exception as e:  # a rendering bug must not take the rest of the batch down
             log.error("slack: could not render %s (%s); this is a costwatch bug", n.id, type(e).__name__)
             return Delivery(ok=False, permanent=True, error=f"could not render the message ({type(e).__name__})")

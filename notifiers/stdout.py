@@ -9,8 +9,9 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from costwatch import digest
 from costwatch.k8s_summary import evidence_lines
-from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, Delivery, Notification
+from costwatch.notify import NEXT_STEPS, RESOLVED_STEPS, SCHEDULED_DIGEST, Delivery, Notification
 from costwatch.safetext import terminal_safe
 
 
@@ -19,6 +20,9 @@ def _clean(x: Any, limit: int = 300) -> str:
 
 
 def render(n: Notification) -> str:
+    if n.event == SCHEDULED_DIGEST:  # the digest's text escapes every value from data itself
+        body = digest.text(digest.of(n)).rstrip("\n").split("\n")
+        return "\n".join([f"[costwatch] {_clean(n.title)}"] + [f"  {line}" for line in body[1:]])
     lines = [f"[costwatch] {_clean(n.title)}" + (f" → {_clean(n.owner)}" if n.owner else "")]
     for a in n.alerts[:10]:
         cur = a.get("currency") or ""

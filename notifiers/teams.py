@@ -24,8 +24,9 @@ import json
 import re
 from typing import Any
 
+from costwatch import digest
 from costwatch.config import Config, TeamsConfig
-from costwatch.notify import Delivery, Notification
+from costwatch.notify import SCHEDULED_DIGEST, Delivery, Notification
 
 from . import _http
 from .email_render import AlertView, Section, _next_steps, _views, clean
@@ -101,8 +102,23 @@ def headline(n: Notification) -> str:
     return f"{EVENT_PREFIX.get(n.event, '')}{kind} · {project}{more}"
 
 
+def digest_card(n: Notification) -> dict[str, Any]:
+    """The scheduled summary (``costwatch.digest``) as plain-text runs, sections added while the card fits."""
+    doc = digest.of(n)
+    body: list[dict[str, Any]] = [_title(esc(n.title, 200), size="Large"), _run(clean(digest.headline(doc), 1000))]
+    for title, lines in digest.sections(doc):
+        part = _section(Section(title, lines=lines))
+        if _size(_card(body + part, n)) > MAX_CARD:
+            body.append(_run("… more in `costwatch digest` and the email digest", isSubtle=True))
+            break
+        body += part
+    return _card(body, n)
+
+
 def card(n: Notification) -> dict[str, Any]:
     """The Adaptive Card for one notification (see the module docstring)."""
+    if n.event == SCHEDULED_DIGEST:
+        return digest_card(n)
     sev = "info" if n.event == "resolved" else worst_severity(n)
     head: list[dict[str, Any]] = [_title(esc(headline(n), 200), size="Large",
                                          color="Good" if n.event == "resolved" else _COLOR.get(sev, "Default"))]
@@ -168,4 +184,4 @@ def from_config(section: TeamsConfig, cfg: Config) -> TeamsNotifier:
     return TeamsNotifier(section.webhook_url.get_secret_value(), owner_urls=owners, timeout=section.timeout)
 
 
-__all__ = ["TeamsNotifier", "card", "esc", "from_config", "message"]
+__all__ = ["TeamsNotifier", "card", "digest_card", "esc", "from_config", "message"]
