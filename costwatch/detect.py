@@ -31,7 +31,7 @@ from .config import Config, ProjectConfig
 from .mining_score import rescore
 from .model import COMPUTE_CATEGORY
 from .silences import Silence
-from .usage_score import UsageScoreParams, episode_onsets, score_matrix
+from .usage_score import UsageScoreParams, episode_onsets, flagged_scores
 
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
@@ -900,8 +900,9 @@ def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timest
     """Nodes whose CPU left its own band (any direction, any shape) in the window, per project.
 
     Not an alert: a usage departure alone is often a deploy or a batch job.  It is the context an owner
-    reads next to the mining and cost alerts, scored by the same code as ``bench/nab.py``."""
-    scores = score_matrix(cm.values, params=HOURLY_USAGE)
+    reads next to the mining and cost alerts, scored by the same code as ``bench/nab.py`` (only the departures:
+    the same onsets and scores, computed where a statistic left its range)."""
+    scores = flagged_scores(cm.values, params=HOURLY_USAGE)
     onsets = episode_onsets(scores, refractory=HOURLY_USAGE.refractory, quiet=HOURLY_USAGE.quiet)
     in_win = np.asarray((cm.hours >= since) & (cm.hours + HOUR <= as_of))
     rows, cols = np.nonzero(onsets & in_win[None, :])

@@ -2,17 +2,17 @@
 
 Why: pandas rolls one column at a time (a Python call and a skip list per series, ~0.4 us a value for a
 quantile), so scoring 100,000 nodes spent minutes there.  These roll every series of a block at once:
-window extremes with scipy.ndimage's running min/max filters (NaN read as the neutral +-inf, infinities read as NaN like pandas does, the count of
+window extremes with scipy.ndimage's running min/max filters (NaN read as the neutral +-inf, the count of
 known values kept apart), short windows (a few rows) by sorting networks of elementwise min/max, and window
 order statistics only at the cells a caller asks for, by sorting the window's ranks (each series is sorted
 once; a window of ranks is a small unsigned-integer sort, which numpy vectorizes).
 
 Invariants: each function equals ``pd.Series(a_row).shift(lag).rolling(window, min_periods).<stat>()`` on
-every row of ``a`` (NaN skipped, NaN where fewer than ``min_periods`` values are known) with the same
-arithmetic (pandas' linear interpolation for quantiles, ``(a + b) / 2`` for an even median), so the values
-are identical; the standard deviation is two-pass rather than pandas' Welford updates, so it agrees to
-rounding, and is exactly 0 where every known value is the same (as pandas makes it).  The window of sample
-``i`` is samples ``i - lag - window + 1 .. i - lag``.
+every row of ``a`` (NaN and, as in pandas, infinities skipped; NaN where fewer than ``min_periods`` values
+are known) with the same arithmetic (pandas' linear interpolation for quantiles, ``(a + b) / 2`` for an
+even median), so the values are identical; the standard deviation is two-pass rather than pandas' Welford
+updates, so it agrees to rounding, and is exactly 0 where every known value is the same (as pandas makes
+it).  The window of sample ``i`` is samples ``i - lag - window + 1 .. i - lag``.
 """
 
 from __future__ import annotations
@@ -48,9 +48,12 @@ def _lagged(a: np.ndarray, lag: int, fill: float | int) -> np.ndarray:
 def rolling_count(a: np.ndarray, window: int, lag: int = 0) -> np.ndarray:
     """Known (finite) values in each window."""
     a = _prep(a)
-    c = np.zeros((*a.shape[:-1], a.shape[-1] + 1), dtype=np.int32)
-    np.cumsum(~np.isnan(a), axis=-1, out=c[..., 1:])
-    n = c[..., 1:] - c[..., np.maximum(np.arange(a.shape[-1]) + 1 - window, 0)]
+    t = a.shape[-1]
+    c = np.cumsum(~np.isnan(a), axis=-1, dtype=np.int32)
+    w = max(0, min(window, t))
+    n = np.empty_like(c)
+    n[..., :w] = c[..., :w]
+    n[..., w:] = c[..., w:] - c[..., : t - w]
     return _lagged(n, lag, 0)
 
 
@@ -96,12 +99,12 @@ def _sorted_short(a: np.ndarray, k: int) -> tuple[list[np.ndarray], np.ndarray]:
 def short_median(a: np.ndarray, k: int, min_periods: int) -> np.ndarray:
     """``rolling(k, min_periods).median()`` for a short window."""
     s, n = _sorted_short(a, k)
-    stack = np.stack(s, axis=-1) if k > 1 else s[0][..., None]
-    mid = np.take_along_axis(stack, (n // 2)[..., None], axis=-1)[..., 0]
-    below = np.take_along_axis(stack, np.maximum(n // 2 - 1, 0)[..., None], axis=-1)[..., 0]
+    med = np.full(a.shape, np.nan)
     with np.errstate(invalid="ignore"):
-        med = np.where(n % 2 == 1, mid, (mid + below) / 2.0)
-    return np.where(n >= max(min_periods, 1), med, np.nan)
+        for m in range(max(min_periods, 1), k + 1):  # the median of the m known values, where m are known
+            val = s[m // 2] if m % 2 else (s[m // 2] + s[m // 2 - 1]) / 2.0
+            np.copyto(med, val, where=n == m)
+    return med
 
 
 def short_std(a: np.ndarray, k: int, min_periods: int) -> np.ndarray:
@@ -125,7 +128,7 @@ class SortedRanks:
         a = _prep(a)
         s, t = a.shape
         self.window, self.lag, self.minp = window, lag, max(min_periods, 1)
-        order = np.argsort(a, axis=-1, kind="stable")  # NaN last
+        order = np.argsort(a, axis=-1)  # NaN last; ties in any order (equal values)
         self.sorted = np.take_along_axis(a, order, axis=-1)
         big = t + window < np.iinfo(np.uint16).max
         self.dtype = np.uint16 if big else np.int64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from hypothesis.extra.numpy import arrays
 from costwatch.usage_score import (
     UsageScoreParams,
     episode_onsets,
+    flagged_scores,
     onset_scores,
     score_matrix,
     score_series,
@@ -364,3 +366,40 @@ def pinned_input(n: int = 320, t: int = 720, seed: int = 16) -> np.ndarray:
     x[20, 300:] = 0.0  # stopped for good
     x[30, 100] = np.inf  # a broken sample
     return np.clip(x, -50, None)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_PARAMS))
+def test_scores_match_the_output_pinned_before_the_speed_work(name: str) -> None:
+    """tests/data/usage_score_pinned.npz was written by the pandas implementation (before costwatch/rolling.py):
+    the same samples at or above 0.5, the same scores there, and the same row sums of every score."""
+    pinned = np.load(Path(__file__).parent / "data" / "usage_score_pinned.npz")
+    x = pinned_input()
+    s = score_matrix(x, params=PINNED_PARAMS[name])
+    rows, cols = np.nonzero(s >= 0.5)
+    assert np.array_equal(rows, pinned[f"{name}_rows"]) and np.array_equal(cols, pinned[f"{name}_cols"])
+    assert np.allclose(s[rows, cols], pinned[f"{name}_scores"], rtol=1e-12, atol=0)
+    assert np.allclose(s.sum(axis=1), pinned[f"{name}_rowsum"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_PARAMS))
+def test_flagged_scores_are_the_departures_of_score_matrix(name: str) -> None:
+    """The fast path detect uses: every sample score_matrix puts at or above 0.5, with its score; 0 elsewhere."""
+    x = pinned_input()
+    p = PINNED_PARAMS[name]
+    s = score_matrix(x, params=p)
+    f = flagged_scores(x, params=p, workers=2)
+    assert np.array_equal(f >= 0.5, s >= 0.5)
+    # exact but for the rolling standard deviation (two-pass here, Welford in pandas): ~1e-12 relative
+    assert np.allclose(f, np.where(s >= 0.5, s, 0.0), rtol=1e-10, atol=0)
+    assert (f >= 0.5).sum() > 1000  # the input does depart: spikes, shifts, miners, stuck values
+    # blocks of series give the same answer as one call, and onsets follow
+    assert np.array_equal(flagged_scores(x[:7], params=p), f[:7])
+    assert np.array_equal(episode_onsets(f, refractory=p.refractory, quiet=p.quiet),
+                          episode_onsets(s, refractory=p.refractory, quiet=p.quiet))
+
+
+def test_flagged_scores_falls_back_where_a_threshold_does_not_bound_it() -> None:
+    x = pinned_input(n=40, t=300)
+    for p in (dataclasses.replace(SMALL, spike_threshold=0.0), dataclasses.replace(CAL, history=100)):
+        s = score_matrix(x, params=p)
+        assert np.array_equal(flagged_scores(x, params=p), np.where(s >= 0.5, s, 0.0))
