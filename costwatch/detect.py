@@ -907,11 +907,11 @@ def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timest
     in_win = np.asarray((cm.hours >= since) & (cm.hours + HOUR <= as_of))
     rows, cols = np.nonzero(onsets & in_win[None, :])
     out: dict[str, list[dict[str, Any]]] = {}
+    names, projects = cm.nodes["node"].to_numpy(), cm.nodes["project"].to_numpy()  # not a row lookup per onset
     for r, c in sorted(zip(rows.tolist(), cols.tolist(), strict=True), key=lambda rc: -scores[rc[0], rc[1]]):
-        node = cm.nodes.iloc[r]
-        bucket = out.setdefault(str(node["project"]), [])
+        bucket = out.setdefault(str(projects[r]), [])
         if len(bucket) < limit:
-            bucket.append({"node": str(node["node"]), "at": cm.hours[c], "score": float(scores[r, c]),
+            bucket.append({"node": str(names[r]), "at": cm.hours[c], "score": float(scores[r, c]),
                            "cpu": float(cm.values[r, c])})
     return out
 
