@@ -9,9 +9,12 @@ then scored with ``baseline.detection_bands``, the call ``detect._series_bands``
 last ``--scored`` days scored (every day's own causal band).  A per-series statsmodels robust STL loop
 runs on a sample of the same series in the same run, and the time it would take on all of them is
 projected from its rate; both are scored on the same injected spikes, so the speed ratio comes with the
-quality it buys.  CPU: ``cpu.features`` (the call ``detect`` makes) on a nodes x hours matrix with pinned
-miners, stealth miners and project-wide surges, every hour scored.  Peak RSS is the process's
-(``resource.getrusage``), so it includes the generated data.  Nothing is asserted.
+quality it buys.  CPU: what ``detect`` runs on a nodes x hours matrix with pinned miners, stealth miners
+and project-wide surges, stage by stage: ``cpu.features``, ``cpu.node_episodes``, the usage score with its
+onsets (``detect._usage_anomalies`` over the whole 28 days, ``usage_score.flagged_scores``), and
+``cpu.cpu_matrix`` pivoting the long frame of ``--long-nodes`` nodes (projected to all).  Each stage prints
+wall and process CPU seconds (the box is shared: wall moves with the load, CPU much less) and the peak RSS
+so far (``resource.getrusage``, so it includes the generated data).  Nothing is asserted.
 
 Measured on the project's 2-core box while other jobs shared it (load average 0.3-3; figures move ~30%
 run to run with the load):
@@ -21,8 +24,18 @@ run to run with the load):
          positives per clean series-day, the same days as the tensor version flagged
     STL  ~200 series/s (statsmodels imported before the clock), so 1M series would take ~85 min: ~195x
          slower; on its 300-series sample recall / false positives STL 1.000 / 0.023 vs weekday 0.970 / 0.0005
-    cpu  100,000 nodes x 28 days hourly: 10,000-11,000 nodes/s (7M node-hours/s), 9-10 s, peak RSS 1.9 GB
-         when run alone (--series 0); all 1,485 miners found, no clean node flagged
+
+Issue 16 (default sizes, one ``nice`` run while five other jobs loaded the box to load average 11-15, so
+wall times are ~3x the CPU seconds and the cost stage's wall says little):
+
+    cost 1,000,000 series x 120 days: 145.5 s wall (26-40 s when quiet, above), peak RSS 3.42 GB; spike
+         recall 0.982, 0.00053 false positives per series-day
+    cpu  100,000 nodes x 28 days hourly: features 9.6 s CPU (24.8 s wall), node_episodes 0.5 s CPU, usage
+         score 43.8 s CPU (154.8 s wall; it was ~280 s CPU with pandas rolling: 28 s per 10,000 nodes),
+         cpu_matrix on 5,000 nodes' long frame 5.6 s CPU (~111 s CPU for all 100,000: not yet fast), peak
+         RSS 3.42 GB (the cost stage's); all 1,485 miners found, no clean node flagged, 43,979 usage
+         departures reported.  Without the pivot the stage is ~54 s of CPU, which two threads share in the
+         usage score, so ~35-40 s wall on a quiet box; under this load it took 181 s.
 
 The (series x day x lookback) tensor version this replaced ran detection's two passes at ~1,350 series/s
 on this data (100,000 x 120 days: 74 s, 1.8 GB; 1M would be ~12 min and ~13 GB), and CPU features at ~900
@@ -106,12 +119,13 @@ def bench_cost(n: int, days: int, scored: int, stl_n: int, workers: int | None) 
     t0 = time.perf_counter()
     x, dates, rows, at = cost_data(n, days, scored)
     gen = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     # as detect() calls it: month-end patterns from the calendar, open episodes held
     b = bl.detection_bands(x, scored_from=days - scored, workers=workers, days=dates)
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     r, fp = quality(x, b.upper, rows, at, scored, b.history)
     print(f"cost {n:>9,} series x {days} days, last {scored} scored: {n / dt:>8,.0f} series/s, {dt:6.1f} s "
+          f"wall, {dc:.1f} s CPU "
           f"(data generated in {gen:.1f} s), peak RSS {peak_rss_gb():.2f} GB; "
           f"spike recall {r:.3f}, false positives {fp:.5f} per series-day")
     if stl_n <= 0:
@@ -175,7 +189,7 @@ class Stages:
         out = fn()
         w, c = time.perf_counter() - w0, time.process_time() - c0
         self.wall, self.cpu = self.wall + w, self.cpu + c
-        print(f"     {name:<34} {w:6.1f} s wall, {c:6.1f} s CPU, peak RSS {peak_rss_gb():.2f} GB")
+        print(f"     {name:<38} {w:6.1f} s wall, {c:6.1f} s CPU, peak RSS {peak_rss_gb():.2f} GB")
         return out
 
 
