@@ -1,11 +1,11 @@
 """Causal rolling statistics along the last axis of a series x samples matrix, equal to pandas' rolling ones.
 
-Why: pandas rolls one column at a time (a Python call and a skip list per series, ~0.4 us a value for a
-quantile), so scoring 100,000 nodes spent minutes there.  These roll every series of a block at once:
-window extremes with scipy.ndimage's running min/max filters (NaN read as the neutral +-inf, the count of
-known values kept apart), short windows (a few rows) by sorting networks of elementwise min/max, and window
-order statistics only at the cells a caller asks for, by sorting the window's ranks (each series is sorted
-once; a window of ranks is a small unsigned-integer sort, which numpy vectorizes).
+Why: pandas rolls one column at a time (a Python call and a skip list per series, ~0.4 us a value for a quantile),
+so scoring 100,000 nodes spent minutes there.  These roll every series of a block at once: window extremes with a
+numpy sparse table of running min/max (the Lambda build has no scipy; NaN read as the neutral +-inf, the count of
+known values kept apart), short windows (a few rows) by sorting networks of elementwise min/max, and window order
+statistics only at the cells a caller asks for, by sorting the window's ranks (each series is sorted once; a window
+of ranks is a small unsigned-integer sort, which numpy vectorizes).
 
 Invariants: each function equals ``pd.Series(a_row).shift(lag).rolling(window, min_periods).<stat>()`` on
 every row of ``a`` (NaN and, as in pandas, infinities skipped; NaN where fewer than ``min_periods`` values
@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["MEDIAN", "SortedRanks", "rolling_count", "rolling_extremes", "short_median", "short_std"]
 
@@ -62,15 +61,27 @@ def rolling_extremes(a: np.ndarray, window: int, lag: int, min_periods: int,
     """Window (min, max), NaN where fewer than ``min_periods`` (at least one) values are known."""
     a = _prep(a)
     w = max(1, window)
-    origin = (w - 1) - w // 2  # the window ends at the sample itself
     n = rolling_count(a, window) if count is None else count
     few = n < max(min_periods, 1)
     out = []
-    for f, neutral in ((ndimage.minimum_filter1d, np.inf), (ndimage.maximum_filter1d, -np.inf)):
-        e = f(np.where(np.isnan(a), neutral, a), w, axis=-1, mode="constant", cval=neutral, origin=origin)
+    for f, neutral in ((np.minimum, np.inf), (np.maximum, -np.inf)):
+        e = _running(np.where(np.isnan(a), neutral, a), w, f, neutral)
         e[few] = np.nan
         out.append(_lagged(e, lag, np.nan))
     return out[0], out[1]
+
+
+def _running(a: np.ndarray, w: int, f: np.ufunc, neutral: float) -> np.ndarray:
+    """``f`` (minimum or maximum) over the ``w`` samples ending at each sample, by doubling (a sparse table:
+    log2(w) elementwise passes).  numpy only: the Lambda build ships no scipy."""
+    t = a.shape[-1]
+    run = np.full((*a.shape[:-1], t + w - 1), neutral, dtype=a.dtype)
+    run[..., w - 1:] = a
+    width = 1
+    while 2 * width <= w:  # run[i] = f over the padded samples i .. i + width - 1
+        run = f(run[..., :-width], run[..., width:])
+        width *= 2
+    return f(run[..., :t], run[..., w - width: w - width + t])
 
 
 def _windows(a: np.ndarray, k: int) -> list[np.ndarray]:

@@ -82,7 +82,7 @@ range method on hourly CPU (more rolling quantiles), so the report path (``detec
 Speed: :func:`score_matrix` rolls with pandas, one column at a time (~2.8 ms of CPU per node of 28 hourly
 days, so ~280 s for 100,000 nodes).  ``detect`` reads only the departures, so it calls
 :func:`flagged_scores`: every statistic and its historical range for every sample with
-:mod:`costwatch.rolling` (window extremes by scipy.ndimage, short windows by sorting networks), and the band
+:mod:`costwatch.rolling` (window extremes by a numpy sparse table, short windows by sorting networks), and the band
 (three window quantiles, the costly part) only at the samples where some statistic left its range (~3% of
 node-hours on hourly CPU), the only places a range test can reach 0.5.  Same samples at or above 0.5, same
 scores (to ~1e-12: the rolling standard deviation is two-pass there, Welford in pandas); the tests pin both
@@ -440,7 +440,7 @@ def flagged_scores(x: np.ndarray, *, params: UsageScoreParams | None = None, wor
     where some statistic left its range (~3% of node-hours on hourly CPU), and elsewhere only the stillness
     test, which needs no band, can reach 0.5.  ``method="calibrated"`` (or a threshold at or below zero) goes
     through :func:`score_matrix` whole.  ``workers`` threads share the blocks of series (default: one per
-    core; numpy and scipy.ndimage release the GIL in their loops).
+    core; numpy releases the GIL in their loops).
     """
     p = params or UsageScoreParams()
     arr = np.asarray(x, dtype=float)
