@@ -9,9 +9,12 @@ then scored with ``baseline.detection_bands``, the call ``detect._series_bands``
 last ``--scored`` days scored (every day's own causal band).  A per-series statsmodels robust STL loop
 runs on a sample of the same series in the same run, and the time it would take on all of them is
 projected from its rate; both are scored on the same injected spikes, so the speed ratio comes with the
-quality it buys.  CPU: ``cpu.features`` (the call ``detect`` makes) on a nodes x hours matrix with pinned
-miners, stealth miners and project-wide surges, every hour scored.  Peak RSS is the process's
-(``resource.getrusage``), so it includes the generated data.  Nothing is asserted.
+quality it buys.  CPU: what ``detect`` runs on a nodes x hours matrix with pinned miners, stealth miners
+and project-wide surges, stage by stage: ``cpu.features``, ``cpu.node_episodes``, the usage score with its
+onsets (``detect._usage_anomalies`` over the whole 28 days, ``usage_score.flagged_scores``), and
+``cpu.cpu_matrix`` pivoting the long frame of ``--long-nodes`` nodes (projected to all).  Each stage prints
+wall and process CPU seconds (the box is shared: wall moves with the load, CPU much less) and the peak RSS
+so far (``resource.getrusage``, so it includes the generated data).  Nothing is asserted.
 
 Measured on the project's 2-core box while other jobs shared it (load average 0.3-3; figures move ~30%
 run to run with the load):
@@ -21,8 +24,18 @@ run to run with the load):
          positives per clean series-day, the same days as the tensor version flagged
     STL  ~200 series/s (statsmodels imported before the clock), so 1M series would take ~85 min: ~195x
          slower; on its 300-series sample recall / false positives STL 1.000 / 0.023 vs weekday 0.970 / 0.0005
-    cpu  100,000 nodes x 28 days hourly: 10,000-11,000 nodes/s (7M node-hours/s), 9-10 s, peak RSS 1.9 GB
-         when run alone (--series 0); all 1,485 miners found, no clean node flagged
+
+Issue 16 (default sizes, one ``nice`` run while five other jobs loaded the box to load average 11-15, so
+wall times are ~3x the CPU seconds and the cost stage's wall says little):
+
+    cost 1,000,000 series x 120 days: 145.5 s wall (26-40 s when quiet, above), peak RSS 3.42 GB; spike
+         recall 0.982, 0.00053 false positives per series-day
+    cpu  100,000 nodes x 28 days hourly: features 9.6 s CPU (24.8 s wall), node_episodes 0.5 s CPU, usage
+         score 43.8 s CPU (154.8 s wall; it was ~280 s CPU with pandas rolling: 28 s per 10,000 nodes),
+         cpu_matrix on 5,000 nodes' long frame 5.6 s CPU (~111 s CPU for all 100,000: not yet fast), peak
+         RSS 3.42 GB (the cost stage's); all 1,485 miners found, no clean node flagged, 43,979 usage
+         departures reported.  Without the pivot the stage is ~54 s of CPU, which two threads share in the
+         usage score, so ~35-40 s wall on a quiet box; under this load it took 181 s.
 
 The (series x day x lookback) tensor version this replaced ran detection's two passes at ~1,350 series/s
 on this data (100,000 x 120 days: 74 s, 1.8 GB; 1M would be ~12 min and ~13 GB), and CPU features at ~900
@@ -35,7 +48,9 @@ import argparse
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -44,6 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from costwatch import baseline as bl
 from costwatch import cpu
+from costwatch.detect import _usage_anomalies
+
+T = TypeVar("T")
 
 WEEK = np.array([1.0, 1.05, 1.1, 1.05, 1.0, 0.6, 0.55])
 GEN_CHUNK = 100_000
@@ -101,12 +119,13 @@ def bench_cost(n: int, days: int, scored: int, stl_n: int, workers: int | None) 
     t0 = time.perf_counter()
     x, dates, rows, at = cost_data(n, days, scored)
     gen = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     # as detect() calls it: month-end patterns from the calendar, open episodes held
     b = bl.detection_bands(x, scored_from=days - scored, workers=workers, days=dates)
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     r, fp = quality(x, b.upper, rows, at, scored, b.history)
     print(f"cost {n:>9,} series x {days} days, last {scored} scored: {n / dt:>8,.0f} series/s, {dt:6.1f} s "
+          f"wall, {dc:.1f} s CPU "
           f"(data generated in {gen:.1f} s), peak RSS {peak_rss_gb():.2f} GB; "
           f"spike recall {r:.3f}, false positives {fp:.5f} per series-day")
     if stl_n <= 0:
@@ -158,19 +177,59 @@ def cpu_data(n: int, hours_n: int, seed: int = 1) -> tuple[cpu.CpuMatrix, np.nda
     return cpu.CpuMatrix(nodes, hours, vals), pinned | stealth
 
 
-def bench_cpu(n: int, hours: int) -> None:
+class Stages:
+    """Wall and process CPU seconds (the box is shared: wall moves with the load, CPU much less) and the
+    peak RSS after each stage."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def run(self, name: str, fn: Callable[[], T]) -> T:
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        w, c = time.perf_counter() - w0, time.process_time() - c0
+        self.wall, self.cpu = self.wall + w, self.cpu + c
+        print(f"     {name:<38} {w:6.1f} s wall, {c:6.1f} s CPU, peak RSS {peak_rss_gb():.2f} GB")
+        return out
+
+
+def long_usage(m: cpu.CpuMatrix, n: int) -> pd.DataFrame:
+    """The first ``n`` nodes of the matrix as the long frame providers return (one row per node-hour)."""
+    k, t = min(n, len(m.nodes)), len(m.hours)
+    meta = m.nodes.iloc[:k]
+    return pd.DataFrame({"timestamp": np.tile(m.hours, k), "cpu_utilization": m.values[:k].ravel(),
+                         **{c: np.repeat(meta[c].to_numpy(), t) for c in ("node", "provider", "project",
+                                                                            "cluster", "region", "instance_type")}})
+
+
+def bench_cpu(n: int, hours: int, long_nodes: int) -> None:
+    """What detect() runs on the CPU matrix: features, node episodes and the usage score (with its onsets);
+    the matrix itself is pivoted from the long frame for ``long_nodes`` nodes and projected to all."""
     t0 = time.perf_counter()
     m, miners = cpu_data(n, hours)
     gen = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    f = cpu.features(m, cpu.CpuSettings())
-    dt = time.perf_counter() - t0
     t = len(m.hours)
+    print(f"cpu  {n:>9,} nodes x {t} h ({t / 24:.1f} days), data generated in {gen:.1f} s:")
+    st = Stages()
+    settings = cpu.CpuSettings()
+    f = st.run("features", lambda: cpu.features(m, settings))
+    episodes = st.run("node_episodes", lambda: cpu.node_episodes(m, f, settings))
+    as_of = m.hours[-1] + pd.Timedelta(hours=1)
+    usage = st.run("usage score (detect's, 28-day window)", lambda: _usage_anomalies(m, m.hours[0], as_of))
+    reported = sum(len(v) for v in usage.values())
+    k = min(long_nodes, n)
+    pivot = 0.0
+    if k:
+        frame = long_usage(m, k)
+        c0 = time.process_time()
+        st.run(f"cpu_matrix from {k * t:,} long rows", lambda: cpu.cpu_matrix(frame))
+        pivot = (time.process_time() - c0) * n / k
+        del frame
     flagged = (f.pinned | f.plateau).any(axis=1)
-    print(f"cpu  {n:>9,} nodes x {t} h ({t / 24:.1f} days): {n / dt:>8,.0f} nodes/s "
-          f"({n * t / dt / 1e6:,.1f}M node-hours/s), {dt:6.1f} s (data generated in {gen:.1f} s), "
-          f"peak RSS {peak_rss_gb():.2f} GB; miners found {int((flagged & miners).sum())}/{int(miners.sum())}, "
-          f"clean nodes flagged {int((flagged & ~miners).sum())}")
+    print(f"     total {st.wall:.1f} s wall, {st.cpu:.1f} s CPU ({n * t / st.cpu / 1e6:,.1f}M node-hours per CPU s)"
+          + (f"; the pivot for all {n:,} nodes would add ~{pivot:.0f} s CPU" if k and k < n else "")
+          + f"; miners found {int((flagged & miners).sum())}/{int(miners.sum())}, clean nodes flagged "
+          f"{int((flagged & ~miners).sum())}, {len(episodes):,} episodes, {reported:,} usage departures reported")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hours", type=int, default=None, help="hours of CPU (overrides --cpu-days)")
     ap.add_argument("--stl-series", type=int, default=300, help="series in the STL comparison loop")
     ap.add_argument("--workers", type=int, default=None, help="threads for the cost bands (default: cores)")
+    ap.add_argument("--long-nodes", type=int, default=5_000,
+                    help="nodes whose long frame is pivoted by cpu_matrix (timed, projected to --nodes)")
     a = ap.parse_args(argv)
     if a.series:
         bench_cost(a.series, a.days, a.scored, a.stl_series, a.workers)
     if a.nodes:
-        bench_cpu(a.nodes, a.hours or 24 * a.cpu_days)
+        bench_cpu(a.nodes, a.hours or 24 * a.cpu_days, a.long_nodes)
     return 0
 
 

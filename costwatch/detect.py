@@ -31,7 +31,7 @@ from .config import Config, ProjectConfig
 from .mining_score import rescore
 from .model import COMPUTE_CATEGORY
 from .silences import Silence
-from .usage_score import UsageScoreParams, episode_onsets, score_matrix
+from .usage_score import UsageScoreParams, episode_onsets, flagged_scores
 
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
@@ -900,17 +900,18 @@ def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timest
     """Nodes whose CPU left its own band (any direction, any shape) in the window, per project.
 
     Not an alert: a usage departure alone is often a deploy or a batch job.  It is the context an owner
-    reads next to the mining and cost alerts, scored by the same code as ``bench/nab.py``."""
-    scores = score_matrix(cm.values, params=HOURLY_USAGE)
+    reads next to the mining and cost alerts, scored by the same code as ``bench/nab.py`` (only the departures:
+    the same onsets and scores, computed where a statistic left its range)."""
+    scores = flagged_scores(cm.values, params=HOURLY_USAGE)
     onsets = episode_onsets(scores, refractory=HOURLY_USAGE.refractory, quiet=HOURLY_USAGE.quiet)
     in_win = np.asarray((cm.hours >= since) & (cm.hours + HOUR <= as_of))
     rows, cols = np.nonzero(onsets & in_win[None, :])
     out: dict[str, list[dict[str, Any]]] = {}
+    names, projects = cm.nodes["node"].to_numpy(), cm.nodes["project"].to_numpy()  # not a row lookup per onset
     for r, c in sorted(zip(rows.tolist(), cols.tolist(), strict=True), key=lambda rc: -scores[rc[0], rc[1]]):
-        node = cm.nodes.iloc[r]
-        bucket = out.setdefault(str(node["project"]), [])
+        bucket = out.setdefault(str(projects[r]), [])
         if len(bucket) < limit:
-            bucket.append({"node": str(node["node"]), "at": cm.hours[c], "score": float(scores[r, c]),
+            bucket.append({"node": str(names[r]), "at": cm.hours[c], "score": float(scores[r, c]),
                            "cpu": float(cm.values[r, c])})
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from hypothesis.extra.numpy import arrays
 from costwatch.usage_score import (
     UsageScoreParams,
     episode_onsets,
+    flagged_scores,
     onset_scores,
     score_matrix,
     score_series,
@@ -315,3 +317,89 @@ def test_calibrated_needs_enough_history_for_its_tail_fit() -> None:
     x = noise.copy()
     x[:, 250] += 50  # with 250 rows they can
     assert np.all(score_matrix(x, params=params)[:, 250] >= 0.5)
+
+
+# ------------------------------------------------------------------ pinned output (issue 16 speed work)
+
+# the hourly CPU parameters detect uses, and short windows that reach every test within a few hundred rows
+PINNED_PARAMS = {
+    "hourly": UsageScoreParams(history=336, min_history=48, level_window=2, spread_window=4, rough_window=4,
+                               still_min=24, refractory=12, quiet=2),
+    "small": UsageScoreParams(history=120, min_history=12, level_window=6, spread_window=8, rough_window=5,
+                              still_min=10, refractory=20, quiet=2),
+}
+
+
+def pinned_input(n: int = 320, t: int = 720, seed: int = 16) -> np.ndarray:
+    """Seeded series x hours of the shapes a node's CPU takes: daily shape and noise, spikes, level shifts,
+    pinned and throttled miners, stuck values, rounded (repeating) values, gaps, nodes that start late or
+    stop, constant and all-missing series."""
+    rng = np.random.default_rng(seed)
+    h = np.arange(t)
+    shape = 0.3 + 0.7 * np.clip(np.sin((h % 24 - 6) / 24 * 2 * np.pi), 0, None)
+    x = rng.uniform(5, 60, n)[:, None] * shape[None, :] + rng.normal(0, 1, (n, 1)) * rng.normal(0, 3, (n, t))
+    kind = np.arange(n) % 10
+    at = rng.integers(t // 3, t - 40, n)
+    for i in range(n):
+        a = int(at[i])
+        if kind[i] == 1:
+            x[i, a] += rng.uniform(20, 80)  # one spike
+        elif kind[i] == 2:
+            x[i, a:] += rng.uniform(-20, 40)  # a level shift, either way
+        elif kind[i] == 3:
+            x[i, a:] = 99.0 + rng.normal(0, 0.3, t - a)  # pinned miner
+        elif kind[i] == 4:
+            x[i, a:] = np.maximum(x[i, a:], 60 + rng.normal(0, 0.8, t - a))  # throttled miner
+        elif kind[i] == 5:
+            x[i, a: a + int(rng.integers(20, 200))] = x[i, a]  # stuck value
+        elif kind[i] == 6:
+            x[i] = np.round(x[i])  # coarse values: ties and repeats
+        elif kind[i] == 7:
+            x[i, rng.uniform(size=t) < rng.uniform(0.01, 0.2)] = np.nan  # gappy exports
+        elif kind[i] == 8:
+            x[i, : int(rng.integers(1, t // 2))] = np.nan  # a node that started late
+            x[i, a + 5:] = np.nan if i % 20 == 8 else x[i, a + 5:] * 1.5  # ... and stopped, or stepped up
+        elif kind[i] == 9:
+            x[i, a: a + 30] = x[i, a: a + 30] * rng.uniform(2, 4) + rng.normal(0, 15, 30)  # oscillation
+    x[0] = 42.0  # never moved
+    x[10] = np.nan  # never reported
+    x[20, 300:] = 0.0  # stopped for good
+    x[30, 100] = np.inf  # a broken sample
+    return np.clip(x, -50, None)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_PARAMS))
+def test_scores_match_the_output_pinned_before_the_speed_work(name: str) -> None:
+    """tests/data/usage_score_pinned.npz was written by the pandas implementation (before costwatch/rolling.py):
+    the same samples at or above 0.5, the same scores there, and the same row sums of every score."""
+    pinned = np.load(Path(__file__).parent / "data" / "usage_score_pinned.npz")
+    x = pinned_input()
+    s = score_matrix(x, params=PINNED_PARAMS[name])
+    rows, cols = np.nonzero(s >= 0.5)
+    assert np.array_equal(rows, pinned[f"{name}_rows"]) and np.array_equal(cols, pinned[f"{name}_cols"])
+    assert np.allclose(s[rows, cols], pinned[f"{name}_scores"], rtol=1e-12, atol=0)
+    assert np.allclose(s.sum(axis=1), pinned[f"{name}_rowsum"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_PARAMS))
+def test_flagged_scores_are_the_departures_of_score_matrix(name: str) -> None:
+    """The fast path detect uses: every sample score_matrix puts at or above 0.5, with its score; 0 elsewhere."""
+    x = pinned_input()
+    p = PINNED_PARAMS[name]
+    s = score_matrix(x, params=p)
+    f = flagged_scores(x, params=p, workers=2)
+    assert np.array_equal(f >= 0.5, s >= 0.5)
+    # exact but for the rolling standard deviation (two-pass here, Welford in pandas): ~1e-12 relative
+    assert np.allclose(f, np.where(s >= 0.5, s, 0.0), rtol=1e-10, atol=0)
+    assert (f >= 0.5).sum() > 1000  # the input does depart: spikes, shifts, miners, stuck values
+    # blocks of series give the same answer as one call, and onsets follow
+    assert np.array_equal(flagged_scores(x[:7], params=p), f[:7])
+    assert np.array_equal(episode_onsets(f, refractory=p.refractory, quiet=p.quiet),
+                          episode_onsets(s, refractory=p.refractory, quiet=p.quiet))
+
+
+def test_flagged_scores_falls_back_where_a_threshold_does_not_bound_it() -> None:
+    x = pinned_input(n=40, t=300)
+    for p in (dataclasses.replace(SMALL, spike_threshold=0.0), dataclasses.replace(CAL, history=100)):
+        s = score_matrix(x, params=p)
+        assert np.array_equal(flagged_scores(x, params=p), np.where(s >= 0.5, s, 0.0))
