@@ -196,6 +196,7 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
         attach(det.alerts, contexts)
         result.provider_errors += [f"kubernetes {c.name}: {c.status}" for c in contexts if not c.available]
     tag_owners = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
+    cfg = det.config or cfg  # with the monitors' virtual projects: their owners are routed like projects'
     quiet = silences.active(store, now)
     owed, answered = feedback.apply(det.alerts, feedback.load(store, now))
     result.answered = len(answered)
