@@ -168,10 +168,14 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
 
 def _rows_of(gross: pd.DataFrame, sel: monmod.Selection) -> Callable[[str], pd.DataFrame]:
     """A series' own usage rows, for its alert's evidence: a monitor's are the real rows it matches."""
+    index: dict[str, np.ndarray] = {}
+
     def rows(pid: str) -> pd.DataFrame:
         if pid in sel.members:
             return sel.rows(pid, gross)
-        return gross[gross["project_id"].astype(str) == pid]
+        if not index:  # each project's positions, found once for all its alerts (scale: 1M rows)
+            index.update(gross.groupby(gross["project_id"].astype(str), observed=True, sort=False).indices)
+        return gross.iloc[index.get(pid, np.zeros(0, dtype=np.int64))]
     return rows
 
 
@@ -611,13 +615,15 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
     service of the project ever used it."""
     if proj.empty:
         return {}
+    # masks and single columns, not copies of the history: a monitor's rows can be a good part of 1M
     day = proj["period_start"].dt.floor("D")
     start, end = days[a], days[b] + DAY
-    before = proj[day < start]
-    during = proj[(day >= start) & (day < end)]
-    first = during[during["period_start"].dt.floor("D") == start]
-    recent = before[before["period_start"].dt.floor("D") >= start - pd.Timedelta(days=7)]
-    recent_days = max(int(recent["period_start"].dt.floor("D").nunique()), 1)
+    before = (day < start).to_numpy()
+    during = proj[((day >= start) & (day < end)).to_numpy()]
+    first = proj[(day == start).to_numpy()]
+    recent_mask = before & (day >= start - pd.Timedelta(days=7)).to_numpy()
+    recent = proj[recent_mask]
+    recent_days = max(int(day[recent_mask].nunique()), 1)
     by_svc_now = first.groupby("service", dropna=False)["effective_cost"].sum()
     by_svc_before = recent.groupby("service", dropna=False)["effective_cost"].sum() / recent_days
     diff = (by_svc_now - by_svc_before.reindex(by_svc_now.index).fillna(0.0)).sort_values(ascending=False)
@@ -629,8 +635,8 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
     ]
     # a miner that starts late in the evening shows up as a small amount the day before the spike:
     # regions first seen in the last few days before it still count as new
-    settled = whole[whole["period_start"].dt.floor("D") < start - pd.Timedelta(days=NEW_REGION_GRACE_DAYS)]
-    seen_regions = set(settled["region"].dropna().astype(str))
+    settled = whole["region"][(whole["period_start"] < start - pd.Timedelta(days=NEW_REGION_GRACE_DAYS)).to_numpy()]
+    seen_regions = set(settled.dropna().astype(str).unique())
     reg_now = during.groupby("region")["effective_cost"].sum()
     new_regions = [
         {"region": str(r), "cost": float(c)} for r, c in reg_now.sort_values(ascending=False).items()
@@ -645,8 +651,8 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
     ev: dict[str, Any] = {"services": services, "regions": regions, "new_regions": new_regions,
                           # providers restate recent days: an estimated figure may still move
                           "estimated": bool(first["estimated"].any()) if "estimated" in first else False}
-    if proj["resource_id"].notna().any() and len(before):
-        seen = set(before["resource_id"].dropna().astype(str))
+    if proj["resource_id"].notna().any() and before.any():
+        seen = set(proj["resource_id"][before].dropna().astype(str).unique())
         fresh = during[~during["resource_id"].astype("string").isin(seen) & during["resource_id"].notna()]
         if len(fresh):
             ev["new_resources"] = {"count": int(fresh["resource_id"].nunique()),

@@ -375,35 +375,36 @@ class _Cells:
     def frame(self, monitors: list[Monitor], members: dict[str, np.ndarray]) -> pd.DataFrame:
         """One row per (monitor, day, currency, charge, sign) with rows, plus a zero usage row on each day the
         data has rows but the monitor none (after its first): a quiet day is a real zero, as for a project."""
-        parts = []
-        for m in monitors:
-            cells = self.of(members[m.pid])
-            d = self.cell_dcc[cells]
-            n = np.bincount(d, minlength=self.n_dcc)
-            eff = np.bincount(d, weights=self.eff[cells], minlength=self.n_dcc)
-            billed = np.bincount(d, weights=self.billed[cells], minlength=self.n_dcc)
-            est = np.bincount(d, weights=self.est[cells], minlength=self.n_dcc) > 0
-            hit = np.flatnonzero(n)
-            main = int(np.bincount(self.cur[hit], weights=np.abs(eff[hit])).argmax()) if hit.size else 0
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("monitor", "day", "cur", "charge", "eff", "billed", "est")}
+        for k, m in enumerate(monitors):
+            d = self.cell_dcc[cells := self.of(members[m.pid])]
+            hit = np.flatnonzero(np.bincount(d, minlength=self.n_dcc))
+            eff = np.bincount(d, weights=self.eff[cells], minlength=self.n_dcc)[hit]
+            main = int(np.bincount(self.cur[hit], weights=np.abs(eff)).argmax())
             quiet = self.days_present[(self.days_present > self.day[hit].min())
                                       & ~np.isin(self.days_present, self.day[hit])]
-            parts.append(pd.DataFrame({
-                "day": np.concatenate([self.day[hit], quiet]),
-                "charge_category": np.concatenate([np.asarray(self.charges, dtype=object)[self.charge[hit]],
-                                                   np.full(len(quiet), "Usage", dtype=object)]),
-                "currency": np.asarray(self.currencies, dtype=object)[np.concatenate(
-                    [self.cur[hit], np.full(len(quiet), main)])],
-                "effective_cost": np.concatenate([eff[hit], np.zeros(len(quiet))]),
-                "billed_cost": np.concatenate([billed[hit], np.zeros(len(quiet))]),
-                "estimated": np.concatenate([est[hit], np.zeros(len(quiet), dtype=bool)]),
-                "project_id": m.pid, "project_name": m.config.name,
-            }))
-        if not parts:
+            zeros = np.zeros(len(quiet))
+            cols["monitor"].append(np.full(len(hit) + len(quiet), k))
+            cols["day"] += [self.day[hit], quiet]
+            cols["cur"] += [self.cur[hit], np.full(len(quiet), main)]
+            cols["charge"] += [self.charge[hit], np.full(len(quiet), -1)]  # -1: Usage
+            cols["eff"] += [eff, zeros]
+            cols["billed"] += [np.bincount(d, weights=self.billed[cells], minlength=self.n_dcc)[hit], zeros]
+            cols["est"] += [np.bincount(d, weights=self.est[cells], minlength=self.n_dcc)[hit] > 0, zeros > 0]
+        if not monitors:
             return normalize_costs(pd.DataFrame(columns=["period_start"]))
-        out = pd.concat(parts, ignore_index=True)
-        out["period_start"] = pd.to_datetime(out.pop("day").to_numpy(dtype=np.int64), unit="D", utc=True)
-        out["provider"] = PROVIDER
-        out["tags"] = pd.Series([_NO_TAGS] * len(out), dtype=object)
+        a = {k: np.concatenate(v) for k, v in cols.items()}
+        charges = np.append(np.asarray(self.charges, dtype=object), "Usage")
+        out = pd.DataFrame({
+            "period_start": pd.to_datetime(a["day"], unit="D", utc=True),
+            "provider": PROVIDER,
+            "project_id": np.asarray([m.pid for m in monitors], dtype=object)[a["monitor"]],
+            "project_name": np.asarray([m.config.name for m in monitors], dtype=object)[a["monitor"]],
+            "charge_category": charges[a["charge"]],
+            "currency": np.asarray(self.currencies, dtype=object)[a["cur"]],
+            "effective_cost": a["eff"], "billed_cost": a["billed"], "estimated": a["est"],
+            "tags": pd.Series([_NO_TAGS] * len(a["day"]), dtype=object),
+        })
         return normalize_costs(out)
 
 
