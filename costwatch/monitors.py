@@ -143,7 +143,7 @@ def select(costs: pd.DataFrame, cfg: Config) -> Selection:
     if costs.empty:
         return Selection([], cfg, costs, [f"{len(cfg.monitors)} monitor(s) configured, but there is no cost data"])
     base = costs.reset_index(drop=True)
-    prof = _Profiles(base)
+    prof = _Profiles(base, *_dimensions(cfg))
     chosen: list[tuple[Monitor, np.ndarray]] = []
     notes: list[str] = []
     for mc in cfg.monitors:
@@ -163,6 +163,17 @@ def select(costs: pd.DataFrame, cfg: Config) -> Selection:
     return Selection(monitors, out_cfg, both, notes, len(base), prof.of_row, members, prof.n)
 
 
+def _dimensions(cfg: Config) -> tuple[list[str], bool]:
+    """The columns the monitors' selectors and templates read, and whether they read tags."""
+    keys: set[str] = set()
+    for mc in cfg.monitors:
+        keys |= set(mc.selector.keys())
+        if mc.for_each:
+            keys.add(mc.for_each.split(":", 1)[0])
+    cols = [c for c in _COLUMNS if c in keys or (c in ("project_id", "project_name") and "project" in keys)]
+    return cols, bool(keys & {"namespace", "tags", "labels", "tag", "label"})
+
+
 def _usable(chosen: list[tuple[Monitor, np.ndarray]], prof: _Profiles,
             ) -> tuple[list[Monitor], dict[str, np.ndarray], list[str]]:
     """Monitors with rows and a name of their own; a note for each one left out."""
@@ -175,7 +186,7 @@ def _usable(chosen: list[tuple[Monitor, np.ndarray]], prof: _Profiles,
             notes.append(f"monitor {name}" + (f" (from template {m.template})" if m.template else "")
                          + " has the name of an earlier monitor and was left out; give the template a more "
                          "specific name")
-        elif not idx.size or not prof.rows[idx].any():
+        elif not idx.size:
             notes.append(f"monitor {name}: no cost rows match its selector ({_show(m.selector)}); it has no "
                          "series until some do (check the values and, for tags, that the export carries them)")
         else:
@@ -249,28 +260,29 @@ def _selector_for(mc: MonitorConfig, dim: str, value: str) -> dict[str, Any]:
 class _Profiles:
     """Base rows reduced to distinct (provider, project, name, service, category, region, tag set)."""
 
-    def __init__(self, costs: pd.DataFrame) -> None:
+    def __init__(self, costs: pd.DataFrame, used: list[str], with_tags: bool) -> None:
+        """Only the columns some monitor reads (``used``), and the tags if one reads them, are looked at."""
         n = len(costs)
         self.codes: dict[str, np.ndarray] = {}
         self.uniques: dict[str, np.ndarray] = {}
-        for col in _COLUMNS:
+        for col in used:
             c, u = pd.factorize(costs[col].astype("string"), use_na_sentinel=True)
             self.codes[col], self.uniques[col] = c.astype(np.int64), np.asarray(u, dtype=object)
-        tags = costs["tags"].to_numpy(dtype=object) if "tags" in costs else np.full(n, None, dtype=object)
+        tags = costs["tags"].to_numpy(dtype=object) if with_tags and "tags" in costs else np.full(n, None, object)
         # rows share tag dicts (loaders decode each distinct text once): one entry per distinct object
-        tcodes, _ = pd.factorize(np.fromiter(map(id, tags), dtype=np.int64, count=n))
+        tcodes = pd.factorize(np.fromiter(map(id, tags), dtype=np.int64, count=n))[0].astype(np.int64) \
+            if with_tags else np.zeros(n, dtype=np.int64)
         first = _first_index(tcodes, int(tcodes.max()) + 1 if n else 0)
         self.tag_sets = [t if isinstance(t, dict) else {} for t in tags[first]]
-        key = tcodes.astype(np.int64)
-        for col in _COLUMNS:
+        key = tcodes
+        for col in used:
             key = _combine(key, self.codes[col])
         self.of_row, _ = pd.factorize(key)
         self.of_row = self.of_row.astype(np.int64)
         self.n = int(self.of_row.max()) + 1 if n else 0
         rep = _first_index(self.of_row, self.n)
-        self.attr = {col: self.codes[col][rep] for col in _COLUMNS}
+        self.attr = {col: self.codes[col][rep] for col in used}
         self.tag_of = tcodes[rep]
-        self.rows = np.bincount(self.of_row, minlength=self.n) > 0
         usage = costs["effective_cost"].to_numpy(dtype=float)
         self.spend = np.bincount(self.of_row, weights=np.nan_to_num(np.clip(usage, 0, None)), minlength=self.n)
         self._tag_cache: dict[str, tuple[np.ndarray, list[str]]] = {}
