@@ -374,7 +374,15 @@ class _Cells:
         counts = np.bincount(cell_profile, minlength=prof.n)
         self.start = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self.count = counts
-        self.days_present = np.unique(day)
+        # which providers published which days: a monitor's quiet day is a zero only where all of its
+        # providers have data (one lagging export is a gap, as for a project)
+        prov = prof.codes["provider"] if "provider" in prof.codes else \
+            pd.factorize(costs["provider"].astype("string"))[0].astype(np.int64)
+        prov = np.where(prov < 0, int(prov.max()) + 1, prov)
+        self.day0 = int(day.min())
+        self.published = np.zeros((int(prov.max()) + 1, int(day.max()) - self.day0 + 1), dtype=bool)
+        self.published[prov, day - self.day0] = True
+        self.provider_of = prov[_first_index(prof.of_row, prof.n)]
 
     def of(self, profiles: np.ndarray) -> np.ndarray:
         """The cells of these profiles, without a Python loop over them."""
@@ -385,16 +393,18 @@ class _Cells:
         return np.asarray(self.order[offsets + np.arange(total)])
 
     def frame(self, monitors: list[Monitor], members: dict[str, np.ndarray]) -> pd.DataFrame:
-        """One row per (monitor, day, currency, charge, sign) with rows, plus a zero usage row on each day the
-        data has rows but the monitor none (after its first): a quiet day is a real zero, as for a project."""
+        """One row per (monitor, day, currency, charge, sign) with rows, plus a zero usage row on each day its
+        providers published but the monitor has no rows (after its first): a quiet day is a real zero, as for a
+        project."""
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("monitor", "day", "cur", "charge", "eff", "billed", "est")}
         for k, m in enumerate(monitors):
             d = self.cell_dcc[cells := self.of(members[m.pid])]
             hit = np.flatnonzero(np.bincount(d, minlength=self.n_dcc))
             eff = np.bincount(d, weights=self.eff[cells], minlength=self.n_dcc)[hit]
             main = int(np.bincount(self.cur[hit], weights=np.abs(eff)).argmax())
-            quiet = self.days_present[(self.days_present > self.day[hit].min())
-                                      & ~np.isin(self.days_present, self.day[hit])]
+            published = self.published[np.unique(self.provider_of[members[m.pid]])].all(axis=0)
+            quiet = np.flatnonzero(published) + self.day0
+            quiet = quiet[(quiet > self.day[hit].min()) & ~np.isin(quiet, self.day[hit])]
             zeros = np.zeros(len(quiet))
             cols["monitor"].append(np.full(len(hit) + len(quiet), k))
             cols["day"] += [self.day[hit], quiet]
