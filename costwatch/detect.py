@@ -72,6 +72,7 @@ class Detection:
     # the config detection ran with: the file's plus one virtual project per monitor (``costwatch.monitors``),
     # which routing reads monitors' owners from
     config: Config | None = None
+    monitors: dict[str, list[str]] = field(default_factory=dict)  # monitor (virtual project) -> its projects
 
 
 def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
@@ -163,7 +164,8 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     if usage.empty:
         notes.append("no CPU usage data: mining is judged from cost alone (new regions, compute spikes)")
     sel.annotate(alerts, projects)
-    return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats, config=cfg)
+    return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats, config=cfg,
+                     monitors=sel.projects)
 
 
 def _rows_of(gross: pd.DataFrame, sel: monmod.Selection) -> Callable[[str], pd.DataFrame]:

@@ -73,10 +73,20 @@ class Selection:
     profile: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # of each base row
     members: dict[str, np.ndarray] = field(default_factory=dict)  # pid -> its profiles
     n_profiles: int = 0
+    project_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # of each profile
+    project_ids: list[str | None] = field(default_factory=list)
 
     @property
     def pids(self) -> set[str]:
         return {m.pid for m in self.monitors}
+
+    @property
+    def projects(self) -> dict[str, list[str]]:
+        """Monitor -> the projects whose rows it matched: its incidents depend on their exports."""
+        if not self.monitors:
+            return {}
+        ids = np.asarray(self.project_ids, dtype=object)
+        return {pid: sorted(set(ids[self.project_of[idx]].tolist()) - {None}) for pid, idx in self.members.items()}
 
     def projects_only(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` (a slice of ``costs``) without the monitors' rows."""
@@ -160,7 +170,8 @@ def select(costs: pd.DataFrame, cfg: Config) -> Selection:
     virtual = {m.pid: m.config for m in monitors}
     out_cfg = cfg.model_copy(update={"projects": {**cfg.projects, **virtual}})
     both = pd.concat([base, frame], ignore_index=True) if len(frame) else base
-    return Selection(monitors, out_cfg, both, notes, len(base), prof.of_row, members, prof.n)
+    return Selection(monitors, out_cfg, both, notes, len(base), prof.of_row, members, prof.n,
+                     prof.attr["project_id"], [*prof.uniques["project_id"].tolist(), None])
 
 
 def _dimensions(cfg: Config) -> tuple[list[str], bool]:
@@ -170,7 +181,9 @@ def _dimensions(cfg: Config) -> tuple[list[str], bool]:
         keys |= set(mc.selector.keys())
         if mc.for_each:
             keys.add(mc.for_each.split(":", 1)[0])
-    cols = [c for c in _COLUMNS if c in keys or (c in ("project_id", "project_name") and "project" in keys)]
+    # provider and project always: which exports a monitor's days depend on (gaps, feeds of its incidents)
+    cols = [c for c in _COLUMNS if c in keys or c in ("provider", "project_id")
+            or (c == "project_name" and "project" in keys)]
     return cols, bool(keys & {"namespace", "tags", "labels", "tag", "label"})
 
 

@@ -26,6 +26,7 @@ from costwatch.detect import detect
 from costwatch.errors import ConfigError
 from costwatch.model import normalize_costs
 from costwatch.run import run_once
+from costwatch.state import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "monitors.example.yaml"
@@ -341,6 +342,14 @@ def test_run_routes_a_monitor_alert_to_its_owner(slack: Any, tmp_path: Path, mon
     assert len(to_owner) == 1
     raw = json.dumps(to_owner[0])
     assert "monitor ns-ingest" in raw and "<!subteam^S0INGEST>" in raw
+    # its incident is fed by the provider that delivered its projects: a failed export holds it open
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        docs = [r.doc for r in store.scan("incident")]
+    finally:
+        store.close()
+    mine = [d for d in docs if any(a.get("project") == "monitor:ns-ingest" for a in d.get("alerts", []))]
+    assert len(mine) == 1 and mine[0]["feeds"] == ["files:costs"]
     # the project's own alert goes where a project without an owner goes: the default channel
     default = json.dumps([c.params for c in slack.calls("chat.postMessage") if c.params.get("channel") == "C0ALERTS"])
     assert "Data platform" in default and "monitor ns-ingest" not in default
