@@ -230,7 +230,7 @@ def _expand(mc: MonitorConfig, matched: np.ndarray, prof: _Profiles,
     ok = matched & (codes >= 0)
     if not ok.any():
         return [], [f"monitor template {mc.name}: no values of {dim} in the rows its selector matches "
-                    f"({_show(_shown(mc.selector)) })"]
+                    f"({_show(_shown(mc.selector))})"]
     spend = np.bincount(codes[ok], weights=prof.spend[ok], minlength=len(values))
     present = np.flatnonzero(np.bincount(codes[ok], minlength=len(values)))
     # largest spend first; ties by value, so the cut is deterministic
@@ -240,9 +240,9 @@ def _expand(mc: MonitorConfig, matched: np.ndarray, prof: _Profiles,
         kept, dropped = order[: mc.max_monitors], order[mc.max_monitors:]
         notes.append(f"monitor template {mc.name}: {len(order)} values of {dim}, more than max_monitors "
                      f"({mc.max_monitors}); kept the {len(kept)} with the largest spend ("
-                     + ", ".join(values[v] for v in kept[:_SHOWN]) + (", ..." if len(kept) > _SHOWN else "")
+                     + ", ".join(_clean(values[v]) for v in kept[:_SHOWN]) + (", ..." if len(kept) > _SHOWN else "")
                      + f"), dropped {len(dropped)} (largest dropped: "
-                     + ", ".join(values[v] for v in dropped[:_SHOWN]) + ")")
+                     + ", ".join(_clean(values[v]) for v in dropped[:_SHOWN]) + ")")
         order = kept
     out = []
     pidx = np.flatnonzero(ok)
