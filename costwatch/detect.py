@@ -1094,9 +1094,10 @@ def _series_money(costs: pd.DataFrame, since: pd.Timestamp,
     if costs.empty:
         return pd.Series(dtype="float64"), {}
     pid, cur = costs["project_id"].astype(str), costs["currency"].astype(str)
-    cat = costs["charge_category"].astype("string").str.lower()
-    credit = ((costs["period_start"] >= since) & (costs["effective_cost"] < 0)
-              & cat.isin(["credit", "adjustment"]).fillna(False)).to_numpy(dtype=bool)
+    codes, kinds = pd.factorize(costs["charge_category"].astype("string"))  # lower-cased once per category
+    kind = np.append(pd.Series(kinds, dtype="string").str.lower().isin(["credit", "adjustment"]).to_numpy(bool),
+                     False)[codes]
+    credit = ((costs["period_start"] >= since) & (costs["effective_cost"] < 0)).to_numpy(dtype=bool) & kind
     credits = costs["effective_cost"][credit].groupby([pid[credit], cur[credit]]).sum()
     daily = costs["effective_cost"].groupby([pid, cur, costs["period_start"].dt.floor("D")]).sum()
     nets = {(str(k[0]), str(k[1])): g.droplevel([0, 1]) for k, g in daily.groupby(level=[0, 1], sort=False)}
