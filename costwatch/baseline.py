@@ -60,9 +60,12 @@ class Bands:
 
 
 def usage_rows(costs: pd.DataFrame) -> pd.Series:
-    """Which rows are consumption.  Credits, refunds, tax and purchases never count as a spike."""
-    cat = costs["charge_category"].astype("string").str.strip().str.lower()
-    return (cat.isin(list(USAGE_CHARGES)) | cat.isna()) & (costs["effective_cost"] >= 0)
+    """Which rows are consumption.  Credits, refunds, tax and purchases never count as a spike.  The text is
+    cleaned once per distinct category, not per row (1M rows hold a handful)."""
+    codes, kinds = pd.factorize(costs["charge_category"].astype("string"), use_na_sentinel=True)
+    clean = pd.Series(kinds, dtype="string").str.strip().str.lower()
+    usage = np.append(clean.isin(list(USAGE_CHARGES)).to_numpy(dtype=bool), True)  # -1: missing counts
+    return pd.Series(usage[codes], index=costs.index) & (costs["effective_cost"] >= 0)
 
 
 def daily_matrix(costs: pd.DataFrame, keys: list[str], value: str = "effective_cost") -> DailyMatrix:

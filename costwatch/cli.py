@@ -166,7 +166,7 @@ def _gather_detect(cfg: Any, cost_paths: list[Any], usage_paths: list[Any],
     det = detect(got.costs, got.usage if len(got.usage) else None, cfg, as_of=as_of, since=since,
                  findings=got.findings, planned=_planned_marks(cfg))
     _mark_silenced(det, cfg)
-    set_report_owners(det.projects, got.costs, cfg)  # the owner `run` would route to
+    set_report_owners(det.projects, got.costs, det.config or cfg)  # the owner `run` would route to (monitors too)
     if cfg.kubernetes.clusters and det.alerts:
         from costwatch.providers.kubernetes import attach, contexts_from_config
 
@@ -308,7 +308,8 @@ def check_config(path: Path) -> None:
         cfg = _load_cfg(path)
     except CostwatchError as e:
         _fail(e, _Ctx.debug)
-    _echo(f"{path}: OK — {len(cfg.providers)} provider(s), {len(cfg.projects)} project(s), "
+    monitors = f"{len(cfg.monitors)} monitor(s), " if cfg.monitors else ""
+    _echo(f"{path}: OK — {len(cfg.providers)} provider(s), {len(cfg.projects)} project(s), {monitors}"
                f"band method {cfg.detection.band_method}, sensitivity {cfg.detection.sensitivity}")
 
 

@@ -59,6 +59,8 @@ __all__ = [
     "GcpProviderConfig",
     "KubernetesCluster",
     "KubernetesConfig",
+    "MonitorConfig",
+    "MonitorSelector",
     "NotifyConfig",
     "OwnerConfig",
     "PagerDutyConfig",
@@ -274,6 +276,10 @@ class ProjectConfig(_Model):
     monthly_budget: float | None = Field(default=None, gt=0)
     currency: str = "USD"
     min_spend: float | None = Field(default=None, ge=0)
+    # detection knobs for this project's (or monitor's) series; None: the ``detection:`` value
+    sensitivity: float | None = Field(default=None, ge=0.25, le=4.0)
+    min_impact: float | None = Field(default=None, ge=0)
+    min_impact_pct: float | None = Field(default=None, ge=0)
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("currency")
@@ -283,6 +289,89 @@ class ProjectConfig(_Model):
         if not re.fullmatch(r"[A-Z]{3}", v):
             raise ValueError("currency must be a 3-letter ISO 4217 code such as USD or EUR")
         return v
+
+
+# ``for_each`` dimensions a templated monitor expands over: one monitor per distinct value in the data
+FOR_EACH_PLAIN: tuple[str, ...] = ("provider", "project", "service", "service_category", "region", "namespace")
+_FOR_EACH = re.compile(r"(provider|project|service|service_category|region|namespace)|(tag|label):(\S.{0,127})")
+Values = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1, max_length=1000)]
+
+
+def _as_list(v: Any) -> Any:
+    """A selector value may be one string or a list of them (any of); numbers are read as text."""
+    if v is None:
+        return None
+    if isinstance(v, list) and not v:
+        raise ValueError("an empty list matches nothing: give at least one value, or drop the key")
+    if isinstance(v, bool) or not isinstance(v, str | int | float | list):
+        raise ValueError("expected a string or a list of strings (any of them matches)")
+    if isinstance(v, list):
+        return [str(x) if isinstance(x, int | float) and not isinstance(x, bool) else x for x in v]
+    return [str(v)]
+
+
+class MonitorSelector(_Model):
+    """Which cost rows a monitor watches: every key given must match (and), a list means any of its values
+    (or).  ``namespace`` and ``labels`` are read from the Kubernetes cost tags (``costwatch.monitors``)."""
+
+    provider: Values | None = None
+    project: Values | None = None   # project id or display name
+    service: Values | None = None
+    service_category: Values | None = None
+    region: Values | None = None
+    namespace: Values | None = None
+    tags: dict[str, Values] = Field(default_factory=dict)
+    labels: dict[str, Values] = Field(default_factory=dict)
+
+    @field_validator("provider", "project", "service", "service_category", "region", "namespace", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return _as_list(v)
+
+    @field_validator("tags", "labels", mode="before")
+    @classmethod
+    def _each_one_or_many(cls, v: Any) -> Any:
+        return {k: _as_list(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    def keys(self) -> list[str]:
+        """The keys set, in the order above (for messages and evidence)."""
+        return [k for k in type(self).model_fields if getattr(self, k)]
+
+
+class MonitorConfig(ProjectConfig):
+    """A named scope over the cost data (``selector``), watched like a project: one series, banded and
+    alerted with the same knobs, routed to ``owner``.  With ``for_each`` it is a template: one monitor per
+    distinct value of that dimension, named by ``name`` with ``{value}`` filled in (``owner`` too)."""
+
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f]+$")
+    selector: MonitorSelector = Field(default_factory=MonitorSelector)
+    for_each: str | None = None
+    max_monitors: int = Field(default=500, ge=1, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_top_level_tags(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tags" in data:
+            raise ValueError("a monitor's tags go under 'selector:' (selector: {tags: {team: payments}})")
+        return data
+
+    @field_validator("for_each")
+    @classmethod
+    def _known_dimension(cls, v: str | None) -> str | None:
+        if v is not None and not _FOR_EACH.fullmatch(v.strip()):
+            raise ValueError("for_each must be one of " + ", ".join(FOR_EACH_PLAIN)
+                             + ", tag:<key> or label:<key> (e.g. tag:team)")
+        return v.strip() if v is not None else None
+
+    @model_validator(mode="after")
+    def _template_names(self) -> MonitorConfig:
+        has = "{value}" in self.name
+        if self.for_each and not has:
+            raise ValueError("a monitor with for_each needs '{value}' in its name (e.g. name: team-{value}), "
+                             "so each expanded monitor has its own name")
+        if not self.for_each and ("{value}" in self.name or "{value}" in (self.owner or "")):
+            raise ValueError("'{value}' in name or owner needs for_each (the dimension whose values fill it in)")
+        return self
 
 
 DEFAULT_GPU_PREFIXES: tuple[str, ...] = (
@@ -719,6 +808,18 @@ class Config(_Model):
     owners: dict[str, OwnerConfig] = Field(default_factory=dict)
     state: StateConfig = Field(default_factory=StateConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    monitors: list[MonitorConfig] = Field(default_factory=list)
+
+    @field_validator("monitors")
+    @classmethod
+    def _unique_monitor_names(cls, v: list[MonitorConfig]) -> list[MonitorConfig]:
+        seen: dict[str, int] = {}
+        for i, m in enumerate(v):
+            if m.name in seen:
+                raise ValueError(f"monitors[{i}].name repeats monitors[{seen[m.name]}].name; monitor names "
+                                 "must be unique (they name the alerts' series)")
+            seen[m.name] = i
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import baseline as bl
 from . import cpu as cpumod
+from . import monitors as monmod
 from .alerts import SEVERITY_ORDER, Alert, plain
 from .config import Config, ProjectConfig
 from .mining_score import rescore
@@ -68,6 +69,10 @@ class Detection:
     cpu_features: cpumod.CpuFeatures | None = None
     # what the providers could not read: {provider, scope, failed, fix} (``ScopeFailure.to_dict``)
     errors: list[dict[str, str]] = field(default_factory=list)
+    # the config detection ran with: the file's plus one virtual project per monitor (``costwatch.monitors``),
+    # which routing reads monitors' owners from
+    config: Config | None = None
+    monitors: dict[str, list[str]] = field(default_factory=dict)  # monitor (virtual project) -> its projects
 
 
 def cpu_settings(cfg: Config) -> cpumod.CpuSettings:
@@ -113,17 +118,21 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     if not costs.empty and costs["currency"].isna().any():
         costs = costs.assign(currency=costs["currency"].fillna(DEFAULT_CURRENCY))
     notes: list[str] = list(time_notes)
+    sel = monmod.select(costs, cfg)  # monitors become virtual projects, with their rows appended
+    cfg, costs = sel.config, sel.costs
+    notes += sel.notes
     pairs = _currency_rows(costs)
     meta = _project_meta(costs, usage, cfg, pairs)
 
     gross = costs[bl.usage_rows(costs)] if not costs.empty else costs
     marks = [s for s in (planned or []) if s.planned and s.kind in (None, "cost_spike")]
     totals = _series_bands(gross, SERIES, cfg, since_ts, meta, marks)
-    cats = _series_bands(gross.assign(service_category=gross["service_category"].fillna("Other"))
-                         if not gross.empty else gross,
+    own = sel.projects_only(gross)  # monitors have one series each, no categories
+    cats = _series_bands(own.assign(service_category=own["service_category"].fillna("Other"))
+                         if not own.empty else own,
                          [*SERIES, "service_category"], cfg, since_ts, meta, marks)
     alerts: list[Alert] = []
-    cost_alerts = _cost_alerts(gross, totals, cats, meta, since_ts, delay)
+    cost_alerts = _cost_alerts(gross, totals, cats, meta, since_ts, delay, _rows_of(gross, sel))
 
     cm = cpumod.cpu_matrix(usage) if not usage.empty else None
     feats = None
@@ -136,7 +145,7 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
                                 cfg.alerting.owner_tags)
     if findings is not None and len(findings):
         mining = _join_findings(findings, mining, meta, since_ts, as_of_ts)
-    covered = {a.project for a in mining}
+    covered = {a.project for a in mining} | sel.pids  # monitors are cost-only: a miner is told on its project
     nodes_by_project = set(cm.nodes["project"]) if cm is not None else set()
     mining += _cost_only_mining(cost_alerts, nodes_by_project, covered)
     alerts += mining + cost_alerts
@@ -154,7 +163,22 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     notes += _currency_notes(meta, pairs, cfg)
     if usage.empty:
         notes.append("no CPU usage data: mining is judged from cost alone (new regions, compute spikes)")
-    return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats)
+    sel.annotate(alerts, projects)
+    return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats, config=cfg,
+                     monitors=sel.projects)
+
+
+def _rows_of(gross: pd.DataFrame, sel: monmod.Selection) -> Callable[[str], pd.DataFrame]:
+    """A series' own usage rows, for its alert's evidence: a monitor's are the real rows it matches."""
+    index: dict[str, np.ndarray] = {}
+
+    def rows(pid: str) -> pd.DataFrame:
+        if pid in sel.members:
+            return sel.rows(pid, gross)
+        if not index:  # each project's positions, found once for all its alerts (scale: 1M rows)
+            index.update(gross.groupby(gross["project_id"].astype(str), observed=True, sort=False).indices)
+        return gross.iloc[index.get(pid, np.zeros(0, dtype=np.int64))]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -266,7 +290,7 @@ def _project_meta(costs: pd.DataFrame, usage: pd.DataFrame, cfg: Config, pairs: 
         parts.append(u)
     if not parts:
         return pd.DataFrame(columns=["provider", "project_name", "currency", "limit_currency", "n_currencies",
-                                     "min_spend"])
+                                     "min_spend", *_KNOBS])
     meta = pd.concat(parts)
     meta = meta[~meta.index.duplicated(keep="first")].copy()
     meta.index = meta.index.astype(str)
@@ -277,7 +301,13 @@ def _project_meta(costs: pd.DataFrame, usage: pd.DataFrame, cfg: Config, pairs: 
         _configured_currency(p) or str(cur) for p, cur in zip(pcfg.values(), meta["currency"], strict=True)]
     meta["min_spend"] = [
         (p.min_spend if p and p.min_spend is not None else cfg.detection.min_spend) for p in pcfg.values()]
+    for knob in _KNOBS:  # a project's (or monitor's) own detection knobs, else detection's
+        default = getattr(cfg.detection, knob)
+        meta[knob] = [v if (v := getattr(p, knob, None)) is not None else default for p in pcfg.values()]
     return meta
+
+
+_KNOBS = ("sensitivity", "min_impact", "min_impact_pct")
 
 
 def _series_scope(scope: str, currency: str, main: str) -> str:
@@ -357,30 +387,20 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
                   meta: pd.DataFrame, marks: Sequence[Silence] = ()) -> SeriesBands:
     det = cfg.detection
     m = bl.daily_matrix(frame, keys)
-    if det.band_method == "stl" and m.values.size:
-        bands = bl.stl_bands(m.values, m.days, since, lookback=det.lookback_days, z=det.band_z,
-                             sensitivity=det.sensitivity, min_ratio=det.min_band_ratio,
-                             min_history=det.history_days)
-    else:
-        # two passes, the second without the days the first found out of band (bl.detection_bands); bands
-        # from the first day whose alert can fall in the window on (a day earlier, to be safe)
-        first_day = since.floor("D") - DAY - pd.Timedelta(hours=det.cost_delay_hours)
-        # open episodes are judged against the band frozen at their start, month-end patterns are learned,
-        # and planned marks accept a new level
-        bands = bl.detection_bands(m.values, scored_from=int(m.days.searchsorted(first_day)),
-                                   history_days=det.history_days, lookback=det.lookback_days, z=det.band_z,
-                                   sensitivity=det.sensitivity, min_ratio=det.min_band_ratio, days=m.days,
-                                   accepted=planned_days(m, marks, meta))
+    knobs = _series_knobs(m, meta, cfg)
+    bands = _bands_by_sensitivity(m, knobs["sensitivity"].to_numpy(dtype=float), cfg, since,
+                                  planned_days(m, marks, meta) if det.band_method != "stl" else None)
     if not m.values.size:
         z = np.zeros(m.values.shape, dtype=bool)
         return SeriesBands(m, bands, z, z)
-    min_spend = meta["min_spend"].reindex(m.keys["project_id"].astype(str)).fillna(det.min_spend)
-    floor = min_spend.to_numpy(dtype=float)[:, None]
+    floor = knobs["min_spend"].to_numpy(dtype=float)[:, None]
+    min_impact = knobs["min_impact"].to_numpy(dtype=float)[:, None]
+    min_pct = knobs["min_impact_pct"].to_numpy(dtype=float)[:, None]
     x = m.values
     enough = bands.history >= det.history_days
     with np.errstate(invalid="ignore"):
         impact = x - bands.expected  # money per day above expected: the figure owners set limits on
-        big = (impact >= det.min_impact) & (impact >= det.min_impact_pct / 100.0 * bands.expected)
+        big = (impact >= min_impact) & (impact >= min_pct / 100.0 * bands.expected)
         banded = enough & (x > bands.upper) & (x >= floor) & big
         # plain threshold for short histories: several times the typical day seen so far
         short = ~enough & (bands.history >= 3)
@@ -388,13 +408,73 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
         rows = np.flatnonzero(short.any(axis=1))  # only series with a short history need it (scale: 1M rows)
         if rows.size:
             prior_med[rows] = _expanding_median(x[rows])
-        plain = short & (x >= floor) & (x > 3.0 / max(det.sensitivity, 1e-6) * prior_med)
+        factor = 3.0 / np.maximum(knobs["sensitivity"].to_numpy(dtype=float), 1e-6)[:, None]
+        plain = short & (x >= floor) & (x > factor * prior_med)
     anomalous = np.nan_to_num(banded | plain).astype(bool)
     if bands.episode is not None:
         anomalous = _bridge_open_episodes(anomalous, bands.episode & enough & (np.nan_to_num(x) >= floor))
     if bands.accepted is not None:
         anomalous &= ~bands.accepted  # planned: the owner said so
     return SeriesBands(m, bands, anomalous, ~enough)
+
+
+def _series_knobs(m: bl.DailyMatrix, meta: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Per series: min spend and the detection knobs of its project (or monitor), else detection's."""
+    det = cfg.detection
+    names = ["min_spend", *_KNOBS]
+    pids = m.keys["project_id"].astype(str) if len(m.keys) else pd.Index([], dtype=str)
+    have = [c for c in names if c in meta.columns]
+    out = meta[have].reindex(pids) if have else pd.DataFrame(index=pids)
+    return pd.DataFrame({c: (out[c] if c in out else pd.Series(np.nan, index=pids)).astype(float)
+                        .fillna(float(getattr(det, c))).to_numpy() for c in names})
+
+
+def _bands(values: np.ndarray, days: pd.DatetimeIndex, cfg: Config, since: pd.Timestamp, sensitivity: float,
+           accepted: np.ndarray | None) -> bl.Bands:
+    det = cfg.detection
+    if det.band_method == "stl" and values.size:
+        return bl.stl_bands(values, days, since, lookback=det.lookback_days, z=det.band_z,
+                            sensitivity=sensitivity, min_ratio=det.min_band_ratio, min_history=det.history_days)
+    # two passes, the second without the days the first found out of band (bl.detection_bands); bands
+    # from the first day whose alert can fall in the window on (a day earlier, to be safe)
+    first_day = since.floor("D") - DAY - pd.Timedelta(hours=det.cost_delay_hours)
+    # open episodes are judged against the band frozen at their start, month-end patterns are learned,
+    # and planned marks accept a new level
+    return bl.detection_bands(values, scored_from=int(days.searchsorted(first_day)),
+                              history_days=det.history_days, lookback=det.lookback_days, z=det.band_z,
+                              sensitivity=sensitivity, min_ratio=det.min_band_ratio, days=days, accepted=accepted)
+
+
+def _bands_by_sensitivity(m: bl.DailyMatrix, sensitivity: np.ndarray, cfg: Config, since: pd.Timestamp,
+                          accepted: np.ndarray | None) -> bl.Bands:
+    """Bands for every series, each at its own sensitivity: one band computation per distinct value (the
+    band code takes one), stitched back in series order.  One value (the usual case) is one computation."""
+    levels = np.unique(sensitivity)
+    if len(levels) <= 1:
+        level = float(levels[0]) if len(levels) else cfg.detection.sensitivity
+        return _bands(m.values, m.days, cfg, since, level, accepted)
+    parts = []
+    for level in levels:
+        rows = np.flatnonzero(sensitivity == level)
+        parts.append((rows, _bands(m.values[rows], m.days, cfg, since, float(level),
+                                   accepted[rows] if accepted is not None else None)))
+    return _stitch(parts, m.values.shape)
+
+
+def _stitch(parts: list[tuple[np.ndarray, bl.Bands]], shape: tuple[int, ...]) -> bl.Bands:
+    def full(name: str) -> Any:
+        arrays = [getattr(b, name) for _, b in parts]
+        if all(a is None for a in arrays):
+            return None
+        known = [a for a in arrays if a is not None]
+        out = np.zeros(shape, dtype=np.result_type(*known))
+        for (rows, _), a in zip(parts, arrays, strict=True):
+            if a is not None:
+                out[rows] = a
+        return out
+
+    return bl.Bands(full("expected"), full("lower"), full("upper"), full("sigma"), full("history"),
+                    parts[0][1].method, full("episode"), full("accepted"))
 
 
 def _bridge_open_episodes(anomalous: np.ndarray, episode: np.ndarray) -> np.ndarray:
@@ -443,7 +523,9 @@ def _episodes(mask_row: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _cost_alerts(gross: pd.DataFrame, totals: SeriesBands, cats: SeriesBands, meta: pd.DataFrame,
-                 since: pd.Timestamp, delay: pd.Timedelta) -> list[Alert]:
+                 since: pd.Timestamp, delay: pd.Timedelta,
+                 rows_of: Callable[[str], pd.DataFrame] | None = None) -> list[Alert]:
+    rows_of = rows_of or (lambda pid: gross[gross["project_id"].astype(str) == pid])
     out: list[Alert] = []
     spans: dict[tuple[str, str], list[tuple[int, int]]] = {}  # per (project, currency)
     for sb, scope_of in ((cats, lambda k: str(k["service_category"])), (totals, lambda k: "total")):
@@ -462,7 +544,7 @@ def _cost_alerts(gross: pd.DataFrame, totals: SeriesBands, cats: SeriesBands, me
                     continue  # already explained by a category alert
                 if scope != "total":
                     spans.setdefault((pid, cur), []).append((a, b))
-                out.append(_cost_alert(gross, sb, int(i), a, b, pid, cur, scope, meta, detected))
+                out.append(_cost_alert(rows_of(pid), sb, int(i), a, b, pid, cur, scope, meta, detected))
     return out
 
 
@@ -475,13 +557,13 @@ def _still_open(sb: SeriesBands, i: int, b: int) -> bool:
     return b == last or (ep is not None and bool(ep[i, b:].all()))
 
 
-def _cost_alert(gross: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pid: str, cur: str, scope: str,
+def _cost_alert(whole: pd.DataFrame, sb: SeriesBands, i: int, a: int, b: int, pid: str, cur: str, scope: str,
                 meta: pd.DataFrame, detected: pd.Timestamp) -> Alert:
+    """``whole``: the series' project's usage rows in every currency (which regions the project used)."""
     m, bands = sb.matrix, sb.bands
     days = m.days
     obs, exp = float(m.values[i, a]), float(bands.expected[i, a])
     short = bool(sb.short[i, a])
-    whole = gross[gross["project_id"].astype(str) == pid]  # every currency: which regions the project used
     proj = whole[whole["currency"].astype(str) == cur]  # the series' own amounts
     if scope != "total":
         proj = proj[proj["service_category"].fillna("Other").astype(str) == scope]
@@ -535,13 +617,15 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
     service of the project ever used it."""
     if proj.empty:
         return {}
+    # masks and single columns, not copies of the history: a monitor's rows can be a good part of 1M
     day = proj["period_start"].dt.floor("D")
     start, end = days[a], days[b] + DAY
-    before = proj[day < start]
-    during = proj[(day >= start) & (day < end)]
-    first = during[during["period_start"].dt.floor("D") == start]
-    recent = before[before["period_start"].dt.floor("D") >= start - pd.Timedelta(days=7)]
-    recent_days = max(int(recent["period_start"].dt.floor("D").nunique()), 1)
+    before = (day < start).to_numpy()
+    during = proj[((day >= start) & (day < end)).to_numpy()]
+    first = proj[(day == start).to_numpy()]
+    recent_mask = before & (day >= start - pd.Timedelta(days=7)).to_numpy()
+    recent = proj[recent_mask]
+    recent_days = max(int(day[recent_mask].nunique()), 1)
     by_svc_now = first.groupby("service", dropna=False)["effective_cost"].sum()
     by_svc_before = recent.groupby("service", dropna=False)["effective_cost"].sum() / recent_days
     diff = (by_svc_now - by_svc_before.reindex(by_svc_now.index).fillna(0.0)).sort_values(ascending=False)
@@ -553,8 +637,8 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
     ]
     # a miner that starts late in the evening shows up as a small amount the day before the spike:
     # regions first seen in the last few days before it still count as new
-    settled = whole[whole["period_start"].dt.floor("D") < start - pd.Timedelta(days=NEW_REGION_GRACE_DAYS)]
-    seen_regions = set(settled["region"].dropna().astype(str))
+    settled = whole["region"][(whole["period_start"] < start - pd.Timedelta(days=NEW_REGION_GRACE_DAYS)).to_numpy()]
+    seen_regions = set(settled.dropna().astype(str).unique())
     reg_now = during.groupby("region")["effective_cost"].sum()
     new_regions = [
         {"region": str(r), "cost": float(c)} for r, c in reg_now.sort_values(ascending=False).items()
@@ -569,8 +653,8 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
     ev: dict[str, Any] = {"services": services, "regions": regions, "new_regions": new_regions,
                           # providers restate recent days: an estimated figure may still move
                           "estimated": bool(first["estimated"].any()) if "estimated" in first else False}
-    if proj["resource_id"].notna().any() and len(before):
-        seen = set(before["resource_id"].dropna().astype(str))
+    if proj["resource_id"].notna().any() and before.any():
+        seen = set(proj["resource_id"][before].dropna().astype(str).unique())
         fresh = during[~during["resource_id"].astype("string").isin(seen) & during["resource_id"].notna()]
         if len(fresh):
             ev["new_resources"] = {"count": int(fresh["resource_id"].nunique()),
@@ -1011,9 +1095,10 @@ def _series_money(costs: pd.DataFrame, since: pd.Timestamp,
     if costs.empty:
         return pd.Series(dtype="float64"), {}
     pid, cur = costs["project_id"].astype(str), costs["currency"].astype(str)
-    cat = costs["charge_category"].astype("string").str.lower()
-    credit = ((costs["period_start"] >= since) & (costs["effective_cost"] < 0)
-              & cat.isin(["credit", "adjustment"]).fillna(False)).to_numpy(dtype=bool)
+    codes, kinds = pd.factorize(costs["charge_category"].astype("string"))  # lower-cased once per category
+    kind = np.append(pd.Series(kinds, dtype="string").str.lower().isin(["credit", "adjustment"]).to_numpy(bool),
+                     False)[codes]
+    credit = ((costs["period_start"] >= since) & (costs["effective_cost"] < 0)).to_numpy(dtype=bool) & kind
     credits = costs["effective_cost"][credit].groupby([pid[credit], cur[credit]]).sum()
     daily = costs["effective_cost"].groupby([pid, cur, costs["period_start"].dt.floor("D")]).sum()
     nets = {(str(k[0]), str(k[1])): g.droplevel([0, 1]) for k, g in daily.groupby(level=[0, 1], sort=False)}

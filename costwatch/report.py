@@ -66,6 +66,8 @@ def currency_totals(det: Detection) -> list[dict[str, Any]]:
     for p in det.projects:
         if p.get("spend") is None and p.get("forecast") is None:
             continue  # no cost data (a project seen only in CPU data)
+        if p.get("monitor"):
+            continue  # a monitor re-counts its projects' spend
         t = out.setdefault(str(p["currency"]), {"currency": str(p["currency"]), "projects": 0, "spend": 0.0,
                                                 "month_to_date": 0.0, "forecast": 0.0})
         t["projects"] += 1

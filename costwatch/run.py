@@ -196,11 +196,15 @@ def _run(cfg: Config, now: pd.Timestamp, end: pd.Timestamp, providers: list[Any]
         attach(det.alerts, contexts)
         result.provider_errors += [f"kubernetes {c.name}: {c.status}" for c in contexts if not c.available]
     tag_owners = project_owners_from_tags(got.costs, cfg.alerting.owner_tags)
+    cfg = det.config or cfg  # with the monitors' virtual projects: their owners are routed like projects'
     quiet = silences.active(store, now)
     owed, answered = feedback.apply(det.alerts, feedback.load(store, now))
     result.answered = len(answered)
+    # a monitor's incidents are fed by the providers of the projects it matched
+    feeds = {**got.providers_of, **{m: set().union(*(got.providers_of.get(p, set()) for p in projects))
+                                    for m, projects in det.monitors.items()}}
     p = incidents.plan(owed, store, cfg, now, as_of=det.as_of, tag_owners=tag_owners, silences=quiet,
-                       data_end=incidents.data_ends(got.costs, got.usage), providers_of=got.providers_of,
+                       data_end=incidents.data_ends(got.costs, got.usage), providers_of=feeds,
                        failed=got.failed)
     result.silenced = len(p.silenced)
     result.incidents_open = p.open_groups

@@ -78,6 +78,10 @@ class FilesProvider:
 def from_config(provider_cfg: Any, cfg: Any = None) -> FilesProvider:
     """Registry factory (``type: files``); paths were already resolved against the config file."""
     owner_tags = getattr(getattr(cfg, "alerting", None), "owner_tags", None) or duckdb_focus.DEFAULT_OWNER_TAGS
+    if getattr(cfg, "monitors", None):  # DuckDB keeps only the tags asked for: the monitors' selectors read some
+        from costwatch.monitors import tag_keys
+
+        owner_tags = list(dict.fromkeys([*owner_tags, *tag_keys(cfg)]))
     return FilesProvider(costs=provider_cfg.costs, usage=provider_cfg.usage,
                          engine=getattr(provider_cfg, "engine", "auto"), owner_tags=owner_tags,
                          name=getattr(provider_cfg, "name", "files"))
