@@ -57,6 +57,11 @@ class Alert:
     def fingerprint(self) -> str:
         return fingerprint(self.kind, self.provider, self.project, self.scope)
 
+    @property
+    def origin(self) -> str:
+        """``provider:project`` as shown to people; a monitor's id (``monitor:<name>``) already says what it is."""
+        return self.project if self.provider == "monitor" else f"{self.provider}:{self.project}"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: times as ISO 8601 UTC, floats rounded for humans but not truncated to zero."""
         d = asdict(self)

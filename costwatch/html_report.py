@@ -131,7 +131,7 @@ def _projects(det: Detection) -> Markup:
 def _alert(n: int, a: Alert, chart: bytes | str | None) -> Markup:
     sev = a.severity if a.severity in _SEV_ORDER else "info"
     title = join([tag("span", a.severity.upper(), f"badge sev-{sev}"), " ",
-                  f"{KIND_TITLE.get(a.kind, a.kind)}: {a.project_name} ({a.provider}:{a.project})",
+                  f"{KIND_TITLE.get(a.kind, a.kind)}: {a.project_name} ({a.origin})",
                   f" — {a.service}" if a.service else ""])
     parts: list[object] = [tag("h3", title, id=f"alert-{n + 1}"),
                            para(f"Started {iso(a.start)}, detected {iso(a.detected_at)}.", "muted"),

@@ -145,7 +145,7 @@ def renderable(det: Detection) -> Group:
     for a in det.alerts:
         style = {"critical": "bold red", "high": "red", "warning": "yellow"}.get(a.severity, "")
         title = Text.assemble((f"{a.severity.upper():8s} ", style), (a.kind, "bold"),
-                              f"  {a.project_name} ({a.provider}:{a.project})",
+                              f"  {a.project_name} ({a.origin})",
                               f"  {a.service}" if a.service else "")
         body = [f"started {iso(a.start)}, detected {iso(a.detected_at)}", observed_text(a),
                 evidence_text(a.summary, a.evidence), *evidence_lines(a.evidence)]
@@ -238,7 +238,7 @@ def _markdown(det: Detection) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for a in det.alerts:
             lines.append("| " + " | ".join(_md_escape(x) for x in (
-                a.severity, a.kind, f"{a.project_name} ({a.provider}:{a.project})", iso(a.start),
+                a.severity, a.kind, f"{a.project_name} ({a.origin})", iso(a.start),
                 iso(a.detected_at), f"{a.observed:,.2f}", f"{a.expected:,.2f}" if pd.notna(a.expected) else "",
                 a.summary)) + " |")
     else:
