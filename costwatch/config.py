@@ -19,6 +19,7 @@ Why this is more than ``yaml.safe_load`` plus ``Config.model_validate``:
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import re
 import types
@@ -69,6 +70,7 @@ __all__ = [
     "StateConfig",
     "TeamsConfig",
     "WebhookConfig",
+    "budget_steps",
     "format_duration",
     "https_or_loopback",
     "load_config",
@@ -262,6 +264,20 @@ ProviderConfig = Annotated[FilesProviderConfig | AwsProviderConfig | GcpProvider
 PROVIDER_TYPES: tuple[str, ...] = ("files", "aws", "gcp", "azure")
 
 
+def budget_steps(v: list[float]) -> list[float]:
+    """Budget steps as written, checked: each is told once a month, so a duplicate or an unsorted list is
+    almost always a typo (``[50, 75, 09]``), and a step above 1000 % cannot be a budget alert."""
+    if not v:
+        raise ValueError("list at least one step, e.g. [50, 75, 90, 100] (percent of monthly_budget)")
+    for p in v:
+        if not 0 < p <= 1000:
+            raise ValueError("each step is a percent of monthly_budget above 0 and at most 1000, "
+                             "e.g. [50, 75, 90, 100]")
+    if any(b <= a for a, b in itertools.pairwise(v)):
+        raise ValueError("list the steps in increasing order, each once, e.g. [50, 75, 90, 100]")
+    return [float(p) for p in v]
+
+
 class ProjectConfig(_Model):
     """Per-project overrides, keyed in the file by the provider's project id (account, project, subscription)."""
 
@@ -275,6 +291,13 @@ class ProjectConfig(_Model):
     currency: str = "USD"
     min_spend: float | None = Field(default=None, ge=0)
     tags: dict[str, str] = Field(default_factory=dict)
+    # percent steps of monthly_budget told on actual and forecast spend; unset: detection.budget_alerts
+    budget_alerts: list[float] | None = None
+
+    @field_validator("budget_alerts")
+    @classmethod
+    def _steps(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else budget_steps(v)
 
     @field_validator("currency")
     @classmethod
@@ -332,6 +355,13 @@ class DetectionConfig(_Model):
     min_band_ratio: float = Field(default=0.15, ge=0, le=10)
     cost_delay_hours: float = Field(default=0.0, ge=0, le=168)
     cpu: CpuDetectionConfig = Field(default_factory=CpuDetectionConfig)
+    # budget steps (percent of monthly_budget) for projects that set a budget but no steps of their own
+    budget_alerts: list[float] = Field(default_factory=lambda: [100.0])
+
+    @field_validator("budget_alerts")
+    @classmethod
+    def _steps(cls, v: list[float]) -> list[float]:
+        return budget_steps(v)
 
 
 # Alert fields (plus the project's configured owner) that make sense as grouping labels.  Checked here
