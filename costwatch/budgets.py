@@ -55,9 +55,13 @@ PERIOD = 7                       # weekday effects
 MIN_FIT_DAYS = 21                # three weeks before the scored month (statsmodels' heuristic start needs 16)
 FIT_DAYS = 91                    # the newest quarter is enough for a daily cost model, and keeps the fit cheap
 DESPIKE_Z = 4.0
+CLIP_Z = 3.0                     # a scored day's error beyond this many sigma waits for the next day to confirm it
+ALPHA_FLOOR = 0.1                # the level follows a change in spend at least this fast (bench/forecast.py)
+GAMMA_CAP = 0.05                 # ... and a weekday's pattern changes slowly: a surge is not next week's pattern
 MIN_ERROR_SAMPLES = 8            # past run-rate errors needed for an empirical interval
 ETS_SPEC: dict[str, Any] = {"error": "add", "trend": None, "seasonal": "add", "seasonal_periods": PERIOD,
                             "initialization_method": "heuristic"}
+ETS_BOUNDS = {"smoothing_level": (ALPHA_FLOOR, 0.9999), "smoothing_seasonal": (0.0, GAMMA_CAP)}
 BUDGET_KIND = "budget_forecast_exceeded"
 
 
@@ -167,14 +171,14 @@ def _ets_sums(dense: pd.Series, pos: np.ndarray, left: np.ndarray, fit_end: pd.T
     if n_hist < MIN_FIT_DAYS:
         return {}, f"run rate: {n_hist} days of history before {fit_end:%Y-%m} (ETS needs {MIN_FIT_DAYS})"
     y = dense.iloc[first:].interpolate(limit_direction="both").to_numpy(dtype=float)
-    y[:n_hist] = despike(y[:n_hist])
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence chatter: the fit is checked below
-            fit = ETSModel(y[:n_hist], **ETS_SPEC).fit(disp=False)
-            states = np.asarray(ETSModel(y, **ETS_SPEC).smooth(fit.params).states, dtype=float)
+            warnings.simplefilter("ignore")  # convergence chatter: the result is checked below
+            fit = ETSModel(despike(y[:n_hist]), bounds=dict(ETS_BOUNDS),  # a copy: statsmodels writes into it
+                           **ETS_SPEC).fit(disp=False)
         alpha, gamma = float(fit.params[0]), float(fit.params[1])
         sigma2 = float(np.mean(np.asarray(fit.resid, dtype=float) ** 2))
+        states = robust_filter(np.asarray(fit.states, dtype=float), y[n_hist:], alpha, gamma, math.sqrt(sigma2))
     except (ValueError, np.linalg.LinAlgError, FloatingPointError) as e:
         return {}, f"run rate: the ETS fit failed ({type(e).__name__})"
     if not (np.isfinite(states).all() and math.isfinite(sigma2)):
@@ -183,6 +187,31 @@ def _ets_sums(dense: pd.Series, pos: np.ndarray, left: np.ndarray, fit_end: pd.T
     for i, h in zip(pos - first, left, strict=True):
         out[int(i) + first] = _sum_moments(states, int(i), int(h), alpha, gamma, sigma2)
     return out, ""
+
+
+def robust_filter(fitted: np.ndarray, y: np.ndarray, alpha: float, gamma: float, sigma: float) -> np.ndarray:
+    """The (level, season) states of ETS(A,N,A) through ``y``, continuing the ``fitted`` states, with the
+    one-step error of a day beyond ``CLIP_Z`` sigma held back until the next day confirms it (an error the
+    same way): a one-day spike then moves the forecast by at most ``alpha * CLIP_Z * sigma``, while a change
+    that stays is taken in full, a day late.  With nothing beyond, statsmodels' own filter (``smooth``)."""
+    states = np.vstack([fitted, np.zeros((len(y), 2))])
+    n, lim = len(fitted), CLIP_Z * sigma
+    held, pending, confirmed = 0.0, 0.0, 0.0
+    for t, obs in enumerate(y, start=n):
+        level, season = states[t - 1, 0], states[t - PERIOD, 1]
+        e = obs - level - season
+        side = math.copysign(1.0, e)
+        if abs(e) <= lim:
+            used, held, pending, confirmed = e, 0.0, 0.0, 0.0
+        elif side == confirmed:
+            used = e
+        elif side == pending:
+            used, held, pending, confirmed = e + held, 0.0, 0.0, side
+        else:
+            used, pending, confirmed = side * lim, side, 0.0
+            held = e - used
+        states[t] = level + alpha * used, season + gamma * used
+    return states
 
 
 def _sum_moments(states: np.ndarray, i: int, h: int, alpha: float, gamma: float, sigma2: float,
