@@ -50,13 +50,13 @@ from .config import Config, DetectionConfig, ProjectConfig
 DAY = pd.Timedelta(days=1)
 LEVEL = 0.8                      # the interval's coverage
 Z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
-INTERVAL_SCALE = 1.0             # sd multiplier for the ETS interval (bench/forecast.py: tuned on seeds 1-3)
+INTERVAL_SCALE = 2.0             # sd multiplier for the ETS interval: 80 % coverage on bench seeds 1-3
 PERIOD = 7                       # weekday effects
 MIN_FIT_DAYS = 21                # three weeks before the scored month (statsmodels' heuristic start needs 16)
 FIT_DAYS = 91                    # the newest quarter is enough for a daily cost model, and keeps the fit cheap
 DESPIKE_Z = 4.0
 CLIP_Z = 3.0                     # a scored day's error beyond this many sigma waits for the next day to confirm it
-ALPHA_FLOOR = 0.1                # the level follows a change in spend at least this fast (bench/forecast.py)
+ALPHA_FLOOR = 0.2                # the level follows a change in spend at least this fast (bench/forecast.py)
 GAMMA_CAP = 0.05                 # ... and a weekday's pattern changes slowly: a surge is not next week's pattern
 MIN_ERROR_SAMPLES = 8            # past run-rate errors needed for an empirical interval
 ETS_SPEC: dict[str, Any] = {"error": "add", "trend": None, "seasonal": "add", "seasonal_periods": PERIOD,
@@ -101,6 +101,16 @@ def month_forecast(net: pd.Series, day: pd.Timestamp) -> tuple[float, float, int
     return mtd, mtd + rate * days_left, days_left, rate
 
 
+def row_text(row: dict[str, Any], digits: int = 0) -> str:
+    """A report row's forecast with its interval, ``2,574 (2,410–2,730)``; "" without a forecast."""
+    if row.get("forecast") is None:
+        return ""
+    text = f"{row['forecast']:,.{digits}f}"
+    if row.get("forecast_low") is not None and row.get("forecast_high") is not None:
+        text += f" ({row['forecast_low']:,.{digits}f}–{row['forecast_high']:,.{digits}f})"
+    return text
+
+
 def steps_of(pc: ProjectConfig, det: DetectionConfig) -> list[float]:
     """The budget steps (percent) a project is told at: its own, else the detection default."""
     return list(pc.budget_alerts) if pc.budget_alerts is not None else list(det.budget_alerts)
@@ -115,7 +125,7 @@ def forecasts(net: pd.Series, days: Sequence[pd.Timestamp], *, method: str = "au
     if not len(days):
         return {}
     scored = pd.DatetimeIndex(sorted(set(days)))
-    dense = net.groupby(level=0).sum().sort_index()
+    dense = net if net.index.is_unique and net.index.is_monotonic_increasing else net.groupby(level=0).sum()
     dense = dense.reindex(pd.date_range(dense.index.min(), scored.max(), freq="D"))
     x = dense.to_numpy(dtype=float)
     filled = np.nan_to_num(x)
@@ -243,13 +253,20 @@ def despike(y: np.ndarray, z: float = DESPIKE_Z) -> np.ndarray:
         src = slice(max(0, -lag), n - max(0, lag))
         dst = slice(max(0, lag), n - max(0, -lag))
         shifted[row, dst] = y[src]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns at the edges of short series
-        ref = np.nanmedian(shifted, axis=0)
+    ref = _column_medians(shifted)
     resid = y - ref
     spread = 1.4826 * float(np.nanmedian(np.abs(resid))) if np.isfinite(resid).any() else 0.0
     reach = z * max(spread, 0.02 * float(np.median(np.abs(y))), 1e-9)
     return np.where(np.isfinite(ref), np.clip(y, ref - reach, ref + reach), y)
+
+
+def _column_medians(x: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(x, axis=0)`` for a few rows, without its per-call overhead (it dominated the fit)."""
+    ranked = np.sort(x, axis=0)  # NaN sorts last
+    count = (~np.isnan(x)).sum(axis=0)
+    lo = np.take_along_axis(ranked, np.maximum((count - 1) // 2, 0)[None, :], axis=0)[0]
+    hi = np.take_along_axis(ranked, (count // 2)[None, :], axis=0)[0]  # the same row when the count is odd
+    return np.where(count > 0, (lo + hi) / 2, np.nan)
 
 
 # ---------------------------------------------------------------------------------------------- alerts
@@ -331,4 +348,4 @@ def ongoing(alert: Alert, since: pd.Timestamp, delay: pd.Timedelta) -> bool:
 
 
 __all__ = ["BUDGET_KIND", "LEVEL", "Forecast", "budget_alerts", "despike", "forecasts", "month_forecast", "ongoing",
-           "steps_of"]
+           "row_text", "steps_of"]
