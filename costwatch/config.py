@@ -1144,10 +1144,17 @@ def _unknown_key_message(path: _Path, data: dict[str, Any]) -> str:
     if not (isinstance(model, type) and issubclass(model, BaseModel)) or not path:
         return "unknown key"
     allowed = list(model.model_fields)
-    close = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(path[-1]), allowed, n=3, cutoff=0.6)
     if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
+        # ``budget: 10`` means monthly_budget, not budget_alerts: prefer a key whose type takes the value's shape
+        is_list = isinstance(_node_at(path, data), list)
+        fits = [k for k in close if _takes_list(model.model_fields[k].annotation) == is_list]
+        return f"unknown key (did you mean {(fits or close)[0]!r}?)"
     return "unknown key; expected one of: " + ", ".join(allowed)
+
+
+def _takes_list(tp: Any) -> bool:
+    return get_origin(tp) is list or any(get_origin(a) is list for a in get_args(tp))
 
 
 def _node_at(path: _Path, data: Any) -> Any:

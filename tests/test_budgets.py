@@ -282,3 +282,12 @@ def test_budget_steps_default_and_override() -> None:
     assert budgets.steps_of(cfg.projects["a"], cfg.detection) == [80.0, 100.0]
     assert budgets.steps_of(cfg.projects["b"], cfg.detection) == [50.0, 100.0, 150.0]
     assert Config().detection.budget_alerts == [100.0]
+
+
+def test_a_misspelt_steps_key_is_named_by_its_shape() -> None:
+    """``budget: 10`` is a budget, ``budget: [50, 100]`` is steps: the suggestion follows the value."""
+    for text, meant in (("budget: 10", "monthly_budget"), ("budget: [50, 100]", "budget_alerts"),
+                        ("budget_alert: [50]", "budget_alerts")):
+        with pytest.raises(ConfigError) as e:
+            parse_config(f"projects:\n  p:\n    {text}\n", "c.yaml")
+        assert f"c.yaml, line 3: projects.p.{text.split(':')[0]}: unknown key (did you mean '{meant}'?)" in str(e.value)
