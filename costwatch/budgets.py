@@ -183,12 +183,13 @@ def _ets_sums(dense: pd.Series, pos: np.ndarray, left: np.ndarray, fit_end: pd.T
     y = dense.iloc[first:].interpolate(limit_direction="both").to_numpy(dtype=float)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence chatter: the result is checked below
+            warnings.simplefilter("ignore")  # convergence chatter, overflow on absurd amounts: checked below
             fit = ETSModel(despike(y[:n_hist]), bounds=dict(ETS_BOUNDS),  # a copy: statsmodels writes into it
                            **ETS_SPEC).fit(disp=False)
-        alpha, gamma = float(fit.params[0]), float(fit.params[1])
-        sigma2 = float(np.mean(np.asarray(fit.resid, dtype=float) ** 2))
-        states = robust_filter(np.asarray(fit.states, dtype=float), y[n_hist:], alpha, gamma, math.sqrt(sigma2))
+            alpha, gamma = float(fit.params[0]), float(fit.params[1])
+            sigma2 = float(np.mean(np.asarray(fit.resid, dtype=float) ** 2))
+            states = robust_filter(np.asarray(fit.states, dtype=float), y[n_hist:], alpha, gamma,
+                                   math.sqrt(sigma2))
     except (ValueError, np.linalg.LinAlgError, FloatingPointError) as e:
         return {}, f"run rate: the ETS fit failed ({type(e).__name__})"
     if not (np.isfinite(states).all() and math.isfinite(sigma2)):
