@@ -148,8 +148,9 @@ def forecasts(net: pd.Series, days: Sequence[pd.Timestamp], *, method: str = "au
             continue
         point = float(rate[i]) * int(h)
         lo_q, hi_q, why = _run_rate_errors(cs, rate, int(i), int(h))
-        out[day] = Forecast(base, base + point, base + point * (1 + lo_q), base + point * (1 + hi_q), int(h),
-                            float(rate[i]), "run_rate", "; ".join(w for w in (note, why) if w))
+        low, high = sorted((base + point * (1 + lo_q), base + point * (1 + hi_q)))  # credits: a negative rate
+        out[day] = Forecast(base, base + point, low, high, int(h), float(rate[i]), "run_rate",
+                            "; ".join(w for w in (note, why) if w))
     return out
 
 
