@@ -91,9 +91,10 @@ def told(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Notification], 
     (tmp / "c.yaml").write_text(yaml.safe_dump(doc))
     cfg = load_config(tmp / "c.yaml")
     rec = Recorder()
+    retried = {"2026-11-01", "2026-11-10", "2026-12-01"}
     for day in pd.date_range("2026-10-28", "2026-12-04", freq="D", tz="UTC"):
-        for hour in (6, 6):  # a retried run
-            at = day + pd.Timedelta(hours=hour)
+        at = day + pd.Timedelta(hours=6)
+        for _ in range(2 if str(day.date()) in retried else 1):  # a retried run decides the same, sends nothing
             run_once(cfg, now=at, as_of=at, notifiers={"stdout": rec}, charts=False)
     store = SqliteStore(tmp / "state.db")
     try:
