@@ -19,6 +19,7 @@ Why this is more than ``yaml.safe_load`` plus ``Config.model_validate``:
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import re
 import types
@@ -71,6 +72,7 @@ __all__ = [
     "StateConfig",
     "TeamsConfig",
     "WebhookConfig",
+    "budget_steps",
     "format_duration",
     "https_or_loopback",
     "load_config",
@@ -264,6 +266,20 @@ ProviderConfig = Annotated[FilesProviderConfig | AwsProviderConfig | GcpProvider
 PROVIDER_TYPES: tuple[str, ...] = ("files", "aws", "gcp", "azure")
 
 
+def budget_steps(v: list[float]) -> list[float]:
+    """Budget steps as written, checked: each is told once a month, so a duplicate or an unsorted list is
+    almost always a typo (``[50, 75, 09]``), and a step above 1000 % cannot be a budget alert."""
+    if not v:
+        raise ValueError("list at least one step, e.g. [50, 75, 90, 100] (percent of monthly_budget)")
+    for p in v:
+        if not 0 < p <= 1000:
+            raise ValueError("each step is a percent of monthly_budget above 0 and at most 1000, "
+                             "e.g. [50, 75, 90, 100]")
+    if any(b <= a for a, b in itertools.pairwise(v)):
+        raise ValueError("list the steps in increasing order, each once, e.g. [50, 75, 90, 100]")
+    return [float(p) for p in v]
+
+
 class ProjectConfig(_Model):
     """Per-project overrides, keyed in the file by the provider's project id (account, project, subscription)."""
 
@@ -281,6 +297,13 @@ class ProjectConfig(_Model):
     min_impact: float | None = Field(default=None, ge=0)
     min_impact_pct: float | None = Field(default=None, ge=0)
     tags: dict[str, str] = Field(default_factory=dict)
+    # percent steps of monthly_budget told on actual and forecast spend; unset: detection.budget_alerts
+    budget_alerts: list[float] | None = None
+
+    @field_validator("budget_alerts")
+    @classmethod
+    def _steps(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else budget_steps(v)
 
     @field_validator("currency")
     @classmethod
@@ -421,6 +444,13 @@ class DetectionConfig(_Model):
     min_band_ratio: float = Field(default=0.15, ge=0, le=10)
     cost_delay_hours: float = Field(default=0.0, ge=0, le=168)
     cpu: CpuDetectionConfig = Field(default_factory=CpuDetectionConfig)
+    # budget steps (percent of monthly_budget) for projects that set a budget but no steps of their own
+    budget_alerts: list[float] = Field(default_factory=lambda: [100.0])
+
+    @field_validator("budget_alerts")
+    @classmethod
+    def _steps(cls, v: list[float]) -> list[float]:
+        return budget_steps(v)
 
 
 # Alert fields (plus the project's configured owner) that make sense as grouping labels.  Checked here
@@ -1242,10 +1272,17 @@ def _unknown_key_message(path: _Path, data: dict[str, Any]) -> str:
     if not (isinstance(model, type) and issubclass(model, BaseModel)) or not path:
         return "unknown key"
     allowed = list(model.model_fields)
-    close = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(path[-1]), allowed, n=3, cutoff=0.6)
     if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
+        # ``budget: 10`` means monthly_budget, not budget_alerts: prefer a key whose type takes the value's shape
+        is_list = isinstance(_node_at(path, data), list)
+        fits = [k for k in close if _takes_list(model.model_fields[k].annotation) == is_list]
+        return f"unknown key (did you mean {(fits or close)[0]!r}?)"
     return "unknown key; expected one of: " + ", ".join(allowed)
+
+
+def _takes_list(tp: Any) -> bool:
+    return get_origin(tp) is list or any(get_origin(a) is list for a in get_args(tp))
 
 
 def _node_at(path: _Path, data: Any) -> Any:

@@ -25,9 +25,11 @@ import numpy as np
 import pandas as pd
 
 from . import baseline as bl
+from . import budgets
 from . import cpu as cpumod
 from . import monitors as monmod
 from .alerts import SEVERITY_ORDER, Alert, plain
+from .budgets import month_forecast as month_forecast  # re-exported: the run-rate forecast
 from .config import Config, ProjectConfig
 from .mining_score import rescore
 from .model import COMPUTE_CATEGORY
@@ -150,13 +152,14 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     mining += _cost_only_mining(cost_alerts, nodes_by_project, covered)
     alerts += mining + cost_alerts
     alerts += _threshold_alerts(totals, cfg, meta, since_ts, delay)
-    alerts += _budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
+    budget_alerts, month_forecasts = budgets.budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
+    alerts += budget_alerts
     alerts = [a for a in alerts if a.detected_at <= as_of_ts and (since_ts <= a.detected_at or _ongoing(a, since_ts,
                                                                                                     delay))]
     alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
     usage_flags = _usage_anomalies(cm, since_ts, as_of_ts) if cm is not None and cm.values.size else {}
     projects = _project_summaries(costs, totals, cm, feats, alerts, meta, pairs, usage_flags, cfg, since_ts,
-                                  as_of_ts)
+                                  as_of_ts, month_forecasts)
     for p in projects:
         if p["band_status"].startswith("short"):
             notes.append(f"{_series_name(p['project'], p['currency'], meta)}: {p['band_status']}")
@@ -358,6 +361,8 @@ def _ongoing(a: Alert, since: pd.Timestamp, delay: pd.Timedelta) -> bool:
     if a.kind == "mining_suspected":
         until = a.evidence.get("ongoing_until")
         return until is not None and pd.Timestamp(until) >= since
+    if budgets.ongoing(a, since, delay):
+        return True
     return a.kind == "cost_spike" and bool(a.evidence.get("ongoing")) and \
         pd.Timestamp(a.start) + int(a.evidence.get("days", 1)) * DAY + delay >= since
 
@@ -870,7 +875,7 @@ def _cost_only_mining(cost_alerts: list[Alert], projects_with_cpu: set[str], cov
     return out
 
 
-# ---------------------------------------------------------------------------------- thresholds, budget
+# ------------------------------------------------------------------------------------------ thresholds
 
 def _threshold_alerts(totals: SeriesBands, cfg: Config, meta: pd.DataFrame, since: pd.Timestamp,
                       delay: pd.Timedelta) -> list[Alert]:
@@ -902,70 +907,6 @@ def _threshold_alerts(totals: SeriesBands, cfg: Config, meta: pd.DataFrame, sinc
                 evidence={"metric": "daily_cost", "threshold": limit, "days": int(b - a + 1),
                           "peak": float(np.nanmax(m.values[i, a: b + 1]))},
                 summary=f"daily spend {obs:,.2f} {row['limit_currency']} over the threshold {limit:,.2f}",
-            ))
-    return out
-
-
-def month_forecast(net: pd.Series, day: pd.Timestamp) -> tuple[float, float, int, float]:
-    """Month-to-date spend through ``day`` and a month-end forecast from the last 7 days' run rate.
-
-    A run rate (not a fitted trend) because budgets are checked daily on noisy partial months, and the
-    last week's average is what an owner would multiply out by hand.  Returns (mtd, forecast,
-    days_left, run_rate)."""
-    month_start = day.replace(day=1)
-    month_end = month_start + pd.offsets.MonthBegin(1)
-    mtd = float(net[(net.index >= month_start) & (net.index <= day)].sum())
-    last7 = net[(net.index > day - pd.Timedelta(days=7)) & (net.index <= day)]
-    rate = float(last7.mean()) if len(last7) else 0.0
-    days_left = int((month_end - (day + DAY)) / DAY)
-    return mtd, mtd + rate * days_left, days_left, rate
-
-
-def _budget_alerts(costs: pd.DataFrame, cfg: Config, meta: pd.DataFrame, since: pd.Timestamp,
-                   as_of: pd.Timestamp, delay: pd.Timedelta) -> list[Alert]:
-    """Month-end forecasts over a project's monthly budget, from its net spend in the budget's currency only."""
-    out: list[Alert] = []
-    if costs.empty:
-        return out
-    budgets = {pid: float(pc.monthly_budget) for pid, pc in cfg.projects.items() if pc.monthly_budget is not None}
-    if not budgets:
-        return out
-    pids = costs["project_id"].astype(str)
-    sel = pids.isin(list(budgets))
-    sub, sub_pids = costs[sel], pids[sel]
-    sub = sub[sub["currency"].astype(str).to_numpy() == sub_pids.map(meta["limit_currency"]).astype(str).to_numpy()]
-    daily = sub.groupby([sub["project_id"].astype(str), sub["period_start"].dt.floor("D")])[
-        "effective_cost"].sum()
-    for pid, budget in budgets.items():
-        if pid not in daily.index.get_level_values(0):
-            continue
-        net = daily.loc[pid]
-        fired: set[str] = set()
-        for day in net.index:
-            detected = day + DAY + delay
-            if detected < since or detected > as_of:
-                continue
-            month = day.strftime("%Y-%m")
-            if month in fired:
-                continue
-            mtd, forecast, left, rate = month_forecast(net, day)
-            if forecast <= budget:
-                continue
-            fired.add(month)
-            row = meta.loc[pid]
-            over = mtd > budget
-            cur = str(row["limit_currency"])
-            out.append(Alert(
-                kind="budget_forecast_exceeded", project=pid, project_name=str(row["project_name"]),
-                provider=str(row["provider"]), start=day.replace(day=1), detected_at=detected,
-                severity="high" if over else "warning", observed=forecast, expected=budget,
-                lower=mtd, upper=budget, currency=cur,
-                score=forecast / budget, scope=f"budget:{month}",
-                evidence={"metric": "month_forecast", "month": month, "month_to_date": mtd,
-                          "forecast": forecast, "budget": budget, "days_left": left,
-                          "run_rate": rate, "already_over": over},
-                summary=(f"{month} forecast {forecast:,.2f} {cur} exceeds budget {budget:,.2f} "
-                         f"(month to date {mtd:,.2f})"),
             ))
     return out
 
@@ -1005,10 +946,12 @@ def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timest
 def _project_summaries(costs: pd.DataFrame, totals: SeriesBands, cm: cpumod.CpuMatrix | None,
                        cpu_features: cpumod.CpuFeatures | None, alerts: list[Alert], meta: pd.DataFrame,
                        pairs: pd.Series, usage_flags: dict[str, list[dict[str, Any]]], cfg: Config,
-                       since: pd.Timestamp, as_of: pd.Timestamp) -> list[dict[str, Any]]:
+                       since: pd.Timestamp, as_of: pd.Timestamp,
+                       month_forecasts: dict[tuple[str, str], budgets.Forecast]) -> list[dict[str, Any]]:
     """One row per cost series: a project billed in two currencies has two rows, each with its own figures
     in its own currency (CPU figures go on the main currency's row), and a project seen only in CPU data
-    has one.  Thresholds and budgets show on the row of the currency they are configured in."""
+    has one.  Thresholds and budgets show on the row of the currency they are configured in, and so does
+    the budget's own forecast (``month_forecasts``); other rows get the cheap run-rate forecast."""
     out = []
     m = totals.matrix
     row_of = ({(str(pid), str(cur)): i for i, (pid, cur) in enumerate(zip(m.keys["project_id"], m.keys["currency"],
@@ -1061,8 +1004,7 @@ def _project_summaries(costs: pd.DataFrame, totals: SeriesBands, cm: cpumod.CpuM
         net = nets.get((pid, cur))
         if net is not None:
             p["credits"] = float(credits.get((pid, cur), 0.0))
-            mtd, forecast, _, _ = month_forecast(net, net.index.max())
-            p.update({"month_to_date": mtd, "forecast": forecast})
+            p.update(_forecast_fields(month_forecasts.get((pid, cur)) or _run_rate_forecast(net)))
         if pc:
             compared = cur == str(row["limit_currency"])
             p["monthly_budget"] = pc.monthly_budget if compared else None
@@ -1103,6 +1045,16 @@ def _series_money(costs: pd.DataFrame, since: pd.Timestamp,
     daily = costs["effective_cost"].groupby([pid, cur, costs["period_start"].dt.floor("D")]).sum()
     nets = {(str(k[0]), str(k[1])): g.droplevel([0, 1]) for k, g in daily.groupby(level=[0, 1], sort=False)}
     return credits, nets
+
+
+def _run_rate_forecast(net: pd.Series) -> budgets.Forecast:
+    day = net.index.max()
+    return budgets.forecasts(net, [day], method="run_rate")[day]
+
+
+def _forecast_fields(f: budgets.Forecast) -> dict[str, Any]:
+    return {"month_to_date": f.month_to_date, "forecast": f.forecast, "forecast_low": f.low,
+            "forecast_high": f.high, "forecast_method": f.method}
 
 
 def _f(x: float) -> float | None:

@@ -3,9 +3,12 @@
 An incident is a group of alerts (``alerting.group_by``, by project by default) that are *active* now.
 Its first message is "firing"; it is told again when it grows (a new alert joins, or an alert's impact
 grows by ``growth_factor``: "updated"), when ``repeat_interval`` has passed ("repeat"), and once when no
-alert of the group is active any more ("resolved").  Decisions depend only on stored state and this
-run's alerts, and every notification id is derived from (group, incident number, target, event,
-sequence), so a retried or overlapping run computes the same ids and the outbox drops the copies.
+alert of the group is active any more ("resolved").  Budget steps are the exception: a project's budget
+alerts of a month are an incident of their own (label ``budget``), which tells each step once (no repeats,
+no growth updates), stays open to the month's end and then closes without a message, as a crossed step is
+never "resolved".  Decisions depend only on stored state and this run's alerts, and every notification id
+is derived from (group, incident number, target, event, sequence), so a retried or overlapping run
+computes the same ids and the outbox drops the copies.
 
 State is written after the notifications are queued: a crash in between makes the next run redo the
 same decision with the same ids, never skip it.
@@ -22,6 +25,7 @@ import pandas as pd
 
 from . import answers
 from .alerts import SEVERITY_ORDER, Alert, iso
+from .budgets import BUDGET_KIND
 from .config import Config
 from .notify import Notification, notification_id
 from .routing import owners_for, routes
@@ -38,7 +42,7 @@ def active_until(alert: Alert) -> pd.Timestamp:
     ev = alert.evidence
     if alert.kind == "mining_suspected" and ev.get("ongoing_until") is not None:
         return pd.Timestamp(ev["ongoing_until"]) + HOUR
-    if alert.kind == "budget_forecast_exceeded":
+    if alert.kind == BUDGET_KIND:
         return pd.Timestamp(alert.start) + pd.offsets.MonthBegin(1)
     if ev.get("days"):
         return pd.Timestamp(alert.start) + int(ev["days"]) * DAY
@@ -145,6 +149,8 @@ def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, a
             continue
         owners = owners_for(a.project, a.severity, cfg, tag_owners)
         labels = labels_of(a, al.group_by, owners[0] if owners else None)
+        if a.kind == BUDGET_KIND and a.evidence.get("month"):
+            labels["budget"] = str(a.evidence["month"])
         groups.setdefault(group_key(labels), (labels, []))[1].append(a)
 
     stored = {r.key: r for r in store.scan("incident")}
@@ -153,6 +159,7 @@ def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, a
         rec = stored.get(key)
         doc: dict[str, Any] = dict(rec.doc) if rec else {"number": 0, "status": "resolved"}
         labels, members = groups.get(key, (doc.get("labels", {}), []))
+        month = labels.get("budget")
         members.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.fingerprint))
         event: str | None = None
         if members:
@@ -164,12 +171,12 @@ def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, a
                            notified=sizes, acked_by=None, acked_at=None)
             else:
                 told: dict[str, float] = doc.get("notified", {})
-                grew = any(fp not in told or (told[fp] > 0 and s >= al.growth_factor * told[fp])
+                grew = any(fp not in told or (not month and told[fp] > 0 and s >= al.growth_factor * told[fp])
                            for fp, s in sizes.items())
                 last = pd.Timestamp(doc.get("last_notified_at") or doc.get("opened_at"))
                 if grew:
                     event = "updated"
-                elif now - last >= repeat and not doc.get("acked_by"):
+                elif not month and now - last >= repeat and not doc.get("acked_by"):
                     event = "repeat"  # an acknowledged incident is not repeated; growth and resolve still go
                 if event:
                     doc["sequence"] = int(doc.get("sequence", 0)) + 1
@@ -179,14 +186,20 @@ def plan(alerts: list[Alert], store: Store, cfg: Config, now: pd.Timestamp, *, a
         elif doc.get("status") == "open" and _held(doc, failed or {}):
             out.open_groups += 1  # its data did not come: still open, nothing new to say
             out.held += 1
+        elif doc.get("status") == "open" and month and as_of < _month_end(month) + grace:
+            out.open_groups += 1  # a crossed step holds to the month's end, whatever the forecast does now
         elif doc.get("status") == "open":
             doc.update(status="resolved", resolved_at=iso(now), sequence=int(doc.get("sequence", 0)) + 1)
-            event = "resolved" if al.send_resolved else None
+            event = "resolved" if al.send_resolved and not month else None
         if event:
             doc["last_notified_at"] = iso(now)
             out.notifications += _notifications(key, doc, event, cfg, tag_owners, now, charts or {})
         out.incidents[key] = (rec.version if rec else None, doc)
     return out
+
+
+def _month_end(month: str) -> pd.Timestamp:
+    return pd.Timestamp(f"{month}-01", tz="UTC") + pd.offsets.MonthBegin(1)
 
 
 def _notifications(key: str, doc: dict[str, Any], event: str, cfg: Config, tag_owners: dict[str, str],

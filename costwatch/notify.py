@@ -88,8 +88,9 @@ NEXT_STEPS: dict[str, str] = {
                    "spend is expected, mark it as planned activity (costwatch silence --planned) so it is "
                    "not re-alerted."),
     "threshold_exceeded": "Spend passed the project's configured daily threshold; confirm it is expected.",
-    "budget_forecast_exceeded": ("At the current run rate the project ends the month over budget; find the "
-                                 "services driving it or raise the budget in the config."),
+    "budget_forecast_exceeded": ("Spend has passed a step of the monthly budget, or its month-end forecast "
+                                 "will: find the services driving it, or raise the budget (or its "
+                                 "budget_alerts steps) in the config. Each step is told once a month."),
     "channel_broken": ("Fix the channel named above (a new token, a verified sender, a reachable webhook) and "
                        "update the config or its secret; the next run delivers what it missed and this stops."),
 }

@@ -431,7 +431,8 @@ _EVENT_WORD = {"firing": "new", "updated": "grown", "repeat": "still firing", "r
 _ALERT_KEYS = ("kind", "project", "project_name", "provider", "service", "region", "start", "detected_at",
                "severity", "observed", "expected", "lower", "upper", "currency", "score", "fingerprint", "summary")
 _EVIDENCE_KEYS = ("metric", "node_count", "new_nodes", "gpu_nodes", "ongoing_until", "days", "forecast", "budget",
-                  "month_to_date", "run_rate", "days_left")
+                  "month_to_date", "run_rate", "days_left", "forecast_low", "forecast_high", "interval", "basis",
+                  "step_pct", "step_amount", "method")
 
 
 def _evidence(alert: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .alerts import Alert, iso
+from .budgets import row_text
 from .detect import Detection
 from .k8s_summary import evidence_lines, markdown_section
 from .safetext import plain_console, safe_strings, spreadsheet_safe, terminal_safe
@@ -119,14 +120,13 @@ def renderable(det: Detection) -> Group:
     pt = Table(title="Projects (spend in the window; last day against its band)", box=box.SIMPLE_HEAVY,
                show_lines=False)
     for col, just in (("project", "left"), ("cloud", "left"), ("spend", "right"), ("last day", "right"),
-                      ("band", "right"), ("month fcst/budget", "right"), ("CPU 24h (usual)", "right"),
+                      ("band", "right"), ("month fcst (80 %)/budget", "right"), ("CPU 24h (usual)", "right"),
                       ("off band", "right"), ("alerts", "left")):
         pt.add_column(col, justify=just)  # type: ignore[arg-type]
     for p in det.projects:
         band = (f"{p['lower']:,.0f}–{p['upper']:,.0f}" if p.get("upper") is not None
                 else ("short history" if p.get("band_status", "").startswith("short") else ""))
-        budget = (f"{p.get('forecast', 0):,.0f}/{p['monthly_budget']:,.0f}" if p.get("monthly_budget")
-                  else (f"{p['forecast']:,.0f}" if p.get("forecast") is not None else ""))
+        budget = (f"{row_text(p)}/{p['monthly_budget']:,.0f}" if p.get("monthly_budget") else row_text(p))
         if p.get("limits_currency"):
             budget = f"{budget} (limits in {p['limits_currency']})".strip()
         cpu_txt = ""
@@ -188,7 +188,9 @@ def observed_text(a: Alert) -> str:
     if a.evidence.get("metric") == "cpu_percent":
         return f"CPU {a.observed:.0f}% where {a.expected:.0f}% is usual"
     if a.kind == "budget_forecast_exceeded":
-        return f"month-end forecast {a.observed:,.2f} vs budget {a.expected:,.2f} {a.currency}"
+        what = "month to date" if a.evidence.get("basis") == "actual" else "month-end forecast"
+        step = a.evidence.get("step_pct", 100.0)
+        return f"{what} {a.observed:,.2f} vs {step:g} % of the budget: {a.expected:,.2f} {a.currency}"
     band = f", band {a.lower:,.2f}–{a.upper:,.2f}" if pd.notna(a.upper) else ""
     exp = f"{a.expected:,.2f}" if pd.notna(a.expected) else "?"
     return f"{a.observed:,.2f} {a.currency}/day, expected {exp}{band}"
@@ -250,7 +252,7 @@ def _markdown(det: Detection) -> str:
         band = f"{p['lower']:,.2f}–{p['upper']:,.2f}" if p.get("upper") is not None else p["band_status"]
         lines.append("| " + " | ".join(_md_escape(x) for x in (
             p["project_name"], p["provider"], f"{p.get('spend', 0):,.2f} {p['currency']}", band,
-            f"{p.get('forecast', 0):,.2f}", p.get("monthly_budget") or "",
+            row_text(p, 2), p.get("monthly_budget") or "",
             ", ".join(f"{k}×{v}" for k, v in p["alerts"].items()))) + " |")
     totals = currency_totals(det)
     if totals:

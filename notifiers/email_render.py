@@ -129,7 +129,12 @@ def _impact(a: dict[str, Any], ev: dict[str, Any], cur: str) -> Section:
     if metric == "month_forecast" or a.get("kind") == "budget_forecast_exceeded":
         forecast = ev.get("forecast", a.get("observed"))
         budget = ev.get("budget", a.get("expected"))
-        s.lines.append(f"Month-end forecast {_money(forecast, cur)} against a budget of {_money(budget, cur)}.")
+        span = (f" (80 %: {_money(ev['forecast_low'], cur)}–{_money(ev['forecast_high'], cur)})"
+                if _num(ev.get("forecast_low")) is not None and _num(ev.get("forecast_high")) is not None else "")
+        s.lines.append(f"Month-end forecast {_money(forecast, cur)}{span} against a budget of {_money(budget, cur)}.")
+        if _num(ev.get("step_pct")) is not None:
+            s.lines.append(f"Step {_num(ev['step_pct']):g} % of the budget ({_money(ev.get('step_amount'), cur)}) "
+                           f"passed on {ev.get('basis')} spend.")
         extra = []
         if _num(ev.get("month_to_date")) is not None:
             extra.append(f"month to date {_money(ev['month_to_date'], cur)}")

@@ -221,6 +221,14 @@ def _safe(fn: Callable[[dict[str, Any]], list[dict[str, Any]]], a: dict[str, Any
         return []
 
 
+def _interval(ev: dict[str, Any], cur: str) -> str:
+    """`` (80 %: low–high)`` of a budget forecast, when the evidence has one."""
+    low, high, level = _num(ev.get("forecast_low")), _num(ev.get("forecast_high")), _num(ev.get("interval"))
+    if low is None or high is None:
+        return ""
+    return f" ({(level or 0.8) * 100:.0f} %: {_money(low, cur)}–{_money(high, cur)})"
+
+
 def _impact(a: dict[str, Any]) -> list[str]:
     """The numbers an owner needs first, as mrkdwn field texts (each far below 2000 characters)."""
     ev = _ev(a)
@@ -229,8 +237,12 @@ def _impact(a: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if a.get("kind") == "budget_forecast_exceeded" or metric == "month_forecast":
         forecast, budget = _num(ev.get("forecast", a.get("observed"))), _num(ev.get("budget", a.get("expected")))
-        out.append(f"*Month-end forecast*\n{_money(forecast, cur)} vs budget {_money(budget, cur)}")
-        if forecast is not None and budget is not None:
+        out.append(f"*Month-end forecast*\n{_money(forecast, cur)}{_interval(ev, cur)} "
+                   f"vs budget {_money(budget, cur)}")
+        step = _num(ev.get("step_pct"))
+        if step is not None:
+            out.append(f"*Step*\n{step:g} % on {ev.get('basis')}: {_money(ev.get('step_amount'), cur)}")
+        if forecast is not None and budget is not None and forecast > budget:
             out.append(f"*Over budget by*\n{_money(forecast - budget, cur, signed=True)}")
         if _num(ev.get("month_to_date")) is not None:
             out.append(f"*Month to date*\n{_money(ev.get('month_to_date'), cur)}")

@@ -254,7 +254,8 @@ def test_budget_in_eur_uses_eur_net_spend_only() -> None:
     (b,) = [a for a in det.alerts if a.kind == "budget_forecast_exceeded"]
     assert b.currency == "EUR" and b.expected == 3500.0
     assert 3500.0 < b.observed < 150.0 * 31  # an EUR forecast, nowhere near the ~15,000 USD a month
-    assert b.fingerprint == fingerprint("budget_forecast_exceeded", "aws", "aaa", f"budget:{b.evidence['month']}")
+    scope = f"budget:{b.evidence['month']}:100:forecast"  # the default step: 100 % on forecast
+    assert b.fingerprint == fingerprint("budget_forecast_exceeded", "aws", "aaa", scope)
     rows = rows_of(det, "aaa")
     assert rows["EUR"]["alerts"]["budget_forecast_exceeded"] == 1 and rows["USD"]["alerts"] == {}
 
