@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from costwatch.errors import ProviderError
@@ -28,7 +29,7 @@ from costwatch.providers._daycache import DayCache, day_range, fetch_clock
 from . import athena as athena_source
 from . import compute, guardduty
 from ._api import Api
-from .cache import Cache
+from .cache import Cache, Codes
 from .costs import CostExplorer, combine
 
 __all__ = ["AwsProvider", "from_config"]
@@ -124,15 +125,18 @@ class AwsProvider:
             rows = self.athena.daily(days, today)
             names, owners = self.accounts()
             return athena_source.costs_frame(rows, self.athena.export, today, self.restate_days, names, owners)
-        svc_rows, svc_est = self.ce.daily("service", days, today)
-        reg_rows, reg_est = self.ce.daily("region", days, today)
+        plan = self.ce.plan(days, today)
+        codes = Codes()
+        svc, svc_est = self.ce.daily("service", days, plan["service"], codes)
+        reg, reg_est = self.ce.daily("region", days, plan["region"], codes)
         estimated = {d: svc_est.get(d, False) or reg_est.get(d, False) for d in {*svc_est, *reg_est}}
         names, owners = self.accounts()
         shard = self.shard()
         if shard is not None:  # Cost Explorer answers for the whole organization: keep this deployment's share
-            svc_rows = [r for r in svc_rows if r[1] in shard]
-            reg_rows = [r for r in reg_rows if r[1] in shard]
-        return combine(svc_rows, reg_rows, estimated, names, owners)
+            ours = np.isin(codes.values("account"), list(shard))
+            svc = svc[ours[svc["account"].to_numpy()]]
+            reg = reg[ours[reg["account"].to_numpy()]]
+        return combine(svc, reg, codes, estimated, names, owners)
 
     def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
         """Hourly CPU of every instance in every region up to ``now`` (see ``fetch_clock``); failed regions go
