@@ -59,9 +59,16 @@ CREATE TABLE IF NOT EXISTS cpu_progress (scope TEXT NOT NULL, owner TEXT NOT NUL
 
 NODE_FIELDS = ("instance_id", "account", "instance_type", "launch_time", "state", "cluster", "nodegroup", "name")
 READ_CHUNK = 200_000
+DAY_S = 86_400
 _PUT_CPU = {stat: f"INSERT INTO cpu_hours (nid, hour, {stat}) VALUES (?,?,?) "  # noqa: S608 (two fixed names)
                   f"ON CONFLICT (nid, hour) DO UPDATE SET {stat}=excluded.{stat}" for stat in ("avg", "max")}
 _NODES = "SELECT nid, owner, region, last_seen, " + ", ".join(NODE_FIELDS) + " FROM nodes WHERE scope=?"  # noqa: S608
+# an instance's labels in the state-store copy: instance_id, owner, region, last_seen, then the other fields
+_LABELS = ("SELECT nid, instance_id, owner, region, last_seen, "  # noqa: S608 (fixed column names)
+           + ", ".join(NODE_FIELDS[1:]) + " FROM nodes WHERE scope=?")
+_PUT_LABELS = ("INSERT INTO nodes (scope, instance_id, owner, region, last_seen, "  # noqa: S608
+               + ", ".join(NODE_FIELDS[1:]) + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (scope, instance_id) "
+               "DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen)")
 
 # (day, account, key, amount, unit)
 Row = tuple[str, str, str, float, str]
@@ -91,6 +98,8 @@ class Cache(SqliteFile):
     def __init__(self, path: Any, scope: str) -> None:
         super().__init__(path, scope)
         self._write = threading.Lock()  # one writer at a time: workers store while others fetch
+        # what this process changed, for the copy in the state store (``mirror``)
+        self._dirty: dict[str, set[Any]] = {"cpu": set(), "ce": set(), "progress": set(), "kv": set()}
         with super()._connect() as db:
             # readers do not block the writer, nor the writer them; see _connect for durability
             db.execute("PRAGMA journal_mode=WAL")
@@ -140,6 +149,7 @@ class Cache(SqliteFile):
                        "MIN(unit) FROM ce_stage WHERE scope=? AND kind=? AND metric=? AND granularity=? "
                        "GROUP BY day, account, key", key)
             db.execute("DELETE FROM ce_stage WHERE scope=? AND kind=? AND metric=? AND granularity=?", key)
+            self._dirty["ce"].update((kind, metric, d) for d in days)
 
     def rows(self, kind: str, metric: str, granularity: str, days: Sequence[str]) -> list[Row]:
         """The cached rows of ``days`` as tuples (small reads, tests); frames use :meth:`ce_columns`."""
@@ -187,10 +197,12 @@ class Cache(SqliteFile):
                              (self.scope, key)).fetchone()
         return (json.loads(row[0]), row[1]) if row else None
 
-    def put(self, key: str, value: Any, fetched_at: str) -> None:
-        with self._connect() as db:
+    def put(self, key: str, value: Any, fetched_at: str, *, dirty: bool = True) -> None:
+        with self._write, self._connect() as db:
             db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)",
                        (self.scope, key, json.dumps(value), fetched_at))
+            if dirty:
+                self._dirty["kv"].add(key)
 
     # ---------------------------------------------------------------------------------- hourly CPU
     # ``owner`` is the account an (account, region) pair is read through: "" for the caller's own credentials.
@@ -234,12 +246,14 @@ class Cache(SqliteFile):
         rows = zip(nids.tolist(), hours.tolist(), values.tolist(), strict=True)
         with self._write, self._connect() as db:
             db.executemany(_PUT_CPU[stat], rows)
+            self._dirty["cpu"].update(np.unique(hours // DAY_S).tolist())
 
     def done(self, owner: str, region: str, since: int, until: int) -> None:
         """(owner, region) read for [since, until)."""
         with self._write, self._connect() as db:
             db.execute("INSERT OR REPLACE INTO cpu_progress VALUES (?,?,?,?,?)",
                        (self.scope, owner, region, since, until))
+            self._dirty["progress"].add((owner, region))
 
     def nodes_frame(self, units: Iterable[tuple[str, str]], seen_since: int | None = None) -> pd.DataFrame:
         """Instances known in the given (owner, region) pairs (seen at or after ``seen_since``), by nid.
@@ -293,6 +307,78 @@ class Cache(SqliteFile):
             db.execute("DELETE FROM nodes WHERE scope=? AND last_seen<? AND nid NOT IN "
                        "(SELECT DISTINCT nid FROM cpu_hours)", (self.scope, before))
 
+
+    # ---------------------------------------------------------------------------------- the state-store copy
+    # (``mirror``): each piece as plain data, and back; loading replaces what the piece covers.
+
+    def take_dirty(self) -> dict[str, set[Any]]:
+        """What changed since the last call (CPU days, Cost Explorer (kind, metric, day)s, progress, kv keys)."""
+        with self._write:
+            out, self._dirty = self._dirty, {k: set() for k in self._dirty}
+        return out
+
+    def dump_cpu_day(self, day: int) -> dict[str, np.ndarray]:
+        """The cached hours of UTC day ``day`` (days since the epoch) with their instances' labels."""
+        with self._connect() as db:
+            cur = db.execute("SELECT c.nid, c.hour, COALESCE(c.avg, -1.0), COALESCE(c.max, -1.0) FROM cpu_hours c "
+                             "JOIN nodes n ON n.nid=c.nid WHERE n.scope=? AND c.hour>=? AND c.hour<? ORDER BY c.nid",
+                             (self.scope, day * DAY_S, (day + 1) * DAY_S))
+            arr = np.array(cur.fetchall(), dtype=[("nid", "i8"), ("hour", "i8"), ("avg", "f4"), ("max", "f4")])
+            nids, node = np.unique(arr["nid"], return_inverse=True)
+            known = {int(r[0]): r[1:] for r in db.execute(_LABELS, (self.scope,)).fetchall()}
+            labels = [known[int(n)] for n in nids]
+        return {"node": node.astype(np.int32), "hour": arr["hour"], "avg": arr["avg"], "max": arr["max"],
+                "labels": np.frombuffer(json.dumps(labels).encode(), dtype=np.uint8)}
+
+    def load_cpu_day(self, day: int, arrays: dict[str, np.ndarray]) -> None:
+        labels = json.loads(arrays["labels"].tobytes())
+        with self._write, self._connect() as db:
+            db.executemany(_PUT_LABELS, [(self.scope, *row) for row in labels])
+            nid_of = dict(db.execute("SELECT instance_id, nid FROM nodes WHERE scope=?", (self.scope,)).fetchall())
+            nids = np.array([nid_of[row[0]] for row in labels], dtype=np.int64)
+            db.execute("DELETE FROM cpu_hours WHERE hour>=? AND hour<? AND nid IN (SELECT nid FROM nodes WHERE "
+                       "scope=?)", (day * DAY_S, (day + 1) * DAY_S, self.scope))
+            avg = [None if v < 0 else v for v in arrays["avg"].astype(np.float64).tolist()]
+            mx = [None if v < 0 else v for v in arrays["max"].astype(np.float64).tolist()]
+            db.executemany("INSERT OR REPLACE INTO cpu_hours VALUES (?,?,?,?)",
+                           zip(nids[arrays["node"]].tolist(), arrays["hour"].tolist(), avg, mx, strict=True))
+
+    def dump_ce_day(self, kind: str, metric: str, day: str) -> dict[str, Any]:
+        key = (self.scope, kind, metric, "DAILY", day)
+        with self._connect() as db:
+            head = db.execute("SELECT estimated, fetched_at FROM ce_days WHERE scope=? AND kind=? AND metric=? AND "
+                              "granularity=? AND day=?", key).fetchone()
+            rows = db.execute("SELECT account, key, amount, unit FROM ce_rows WHERE scope=? AND kind=? AND metric=? "
+                              "AND granularity=? AND day=?", key).fetchall()
+        return {"estimated": bool(head[0]) if head else False, "fetched_at": head[1] if head else "",
+                "rows": rows}
+
+    def load_ce_day(self, kind: str, metric: str, day: str, doc: dict[str, Any]) -> None:
+        key = (self.scope, kind, metric, "DAILY", day)
+        with self._write, self._connect() as db:
+            db.execute("DELETE FROM ce_rows WHERE scope=? AND kind=? AND metric=? AND granularity=? AND day=?", key)
+            db.execute("INSERT OR REPLACE INTO ce_days VALUES (?,?,?,?,?,?,?)",
+                       (*key, int(doc["estimated"]), doc["fetched_at"]))
+            db.executemany("INSERT INTO ce_rows VALUES (?,?,?,?,?,?,?,?,?)", [(*key, *r) for r in doc["rows"]])
+
+    def dump_progress(self) -> list[list[Any]]:
+        return [[o, r, a, b] for (o, r), (a, b) in self.cpu_progress().items()]
+
+    def load_progress(self, rows: list[list[Any]]) -> None:
+        with self._write, self._connect() as db:
+            db.execute("DELETE FROM cpu_progress WHERE scope=?", (self.scope,))
+            db.executemany("INSERT INTO cpu_progress VALUES (?,?,?,?,?)", [(self.scope, *r) for r in rows])
+
+    def dump_kv(self) -> dict[str, list[str]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT key, value, fetched_at FROM kv WHERE scope=? AND key!='mirror'",
+                              (self.scope,)).fetchall()
+        return {k: [v, at] for k, v, at in rows}
+
+    def load_kv(self, entries: dict[str, list[str]]) -> None:
+        with self._write, self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)",
+                           [(self.scope, k, v, at) for k, (v, at) in entries.items()])
 
 
 def _iso(value: Any) -> str | None:
