@@ -18,9 +18,11 @@ answer one backfill on this shared 2-core box, since every account x region buil
 
 Each measured run is a fresh process doing what ``costwatch run`` asks of the provider
 (``sources.gather`` over the detection window, 77 days, with the deadline the handler would give): the
-backfill run with an empty cache at NOW, then the hourly run with that cache at NOW + 1 h.  Printed per
-run: wall seconds, the process's CPU seconds (the stand-ins' are not in it), peak RSS, rows, and API
-requests by service.  Nothing is asserted.
+backfill run with an empty cache at NOW, then the hourly run with that cache at NOW + 1 h, then the next
+hourly run (NOW + 2 h) as a Lambda cold start makes it: an empty cache file, the cache's copy in the state
+store (``state_copy``; a SQLite state file here, DynamoDB on Lambda).  Printed per run: wall seconds, the
+process's CPU seconds (the stand-ins' are not in it), peak RSS, rows, and API requests by service.  Nothing
+is asserted.  The stand-ins' process has a fixed hash seed, so their amounts (and the row counts) repeat.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ SERVICES = ["Amazon Elastic Compute Cloud - Compute", "EC2 - Other", "Amazon Sim
 WINDOW_DAYS = 77  # run.py: ALERT_WINDOW (14 days) + lookback_days * 2 + 7 (28 * 2 + 7)
 FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+            "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "PYTHONHASHSEED": "0"}
 
 
 # ------------------------------------------------------------------------------------------ stand-ins
@@ -304,10 +306,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from costwatch.providers.aws import AwsProvider
     from costwatch.sources import gather
+    from costwatch.state import SqliteStore
 
     now = pd.Timestamp(args.now, unit="s", tz="UTC")
     prov = AwsProvider(cache_path=args.cache, clock=lambda: now, regions=REGIONS[: args.regions],
-                       assume_role=ROLE, max_workers=args.workers)
+                       assume_role=ROLE, max_workers=args.workers,
+                       state_store=SqliteStore(args.state) if args.state else None)
     end = now.floor("h")
     start = end - pd.Timedelta(days=WINDOW_DAYS)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -335,10 +339,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _child(args: argparse.Namespace, endpoints: dict[str, Any], cache: Path, now: int) -> dict[str, Any]:
+def _child(args: argparse.Namespace, endpoints: dict[str, Any], cache: Path, now: int, state: Path | None,
+           ) -> dict[str, Any]:
     env = {**os.environ, **FAKE_ENV, "AWS_ENDPOINT_URL": endpoints["url"]}
     cmd = [sys.executable, __file__, "--measure", "--accounts", str(args.accounts), "--regions", str(args.regions),
-           "--workers", str(args.workers), "--cache", str(cache), "--now", str(now),
+           "--workers", str(args.workers), "--cache", str(cache), "--now", str(now)] + (
+        ["--state", str(state)] if state else []) + [
            "--deadline", str(args.deadline)] + (["--trace"] if args.trace else []) + (
         ["--src", args.src] if args.src else [])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -365,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cache", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--state", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--no-state-copy", action="store_true",
+                    help="no copy of the cache in a state store (and no cold-start run)")
     ap.add_argument("--now", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
@@ -387,9 +396,12 @@ def main(argv: list[str] | None = None) -> int:
               f"({args.cpu_regions} region(s) each with {args.cpu_days} days of CPU), workers {args.workers}",
               flush=True)
         with tempfile.TemporaryDirectory(prefix="costwatch-bench-") as tmp:
-            cache = Path(tmp) / "aws-cache.db"
-            for label, at in (("backfill", now), ("hourly", now + 3600)):
-                got = _child(args, endpoints, cache, at)
+            cache, state = Path(tmp) / "aws-cache.db", None if args.no_state_copy else Path(tmp) / "state.db"
+            runs = [("backfill", now, cache), ("hourly", now + 3600, cache)]
+            if state is not None:
+                runs.append(("next hour, cold start", now + 7200, Path(tmp) / "cold" / "aws-cache.db"))
+            for label, at, path in runs:
+                got = _child(args, endpoints, path, at, state)
                 print(f"{label}: {json.dumps(got)}", flush=True)
     finally:
         if server.stdin:

@@ -210,6 +210,9 @@ class AwsProviderConfig(_CachedProvider):
     assume_role: str | None = Field(default=None, pattern=r"^[\w+=,.@/-]{1,128}$")
     # one deployment per OU (sharding a large organization): only the accounts under these OUs (or roots)
     organizational_units: list[OrgUnitId] | None = None
+    # copy the cache (CPU history, Cost Explorer days, account names) to the state store, so a run on a fresh
+    # machine (a Lambda cold start) does not refetch it; default: on when the state is in DynamoDB
+    state_copy: bool | None = None
     guardduty: bool = True
     # where daily spend comes from: Cost Explorer, or the Data Export in S3 through Athena (``athena:``)
     cost_source: Literal["cost_explorer", "athena"] = "cost_explorer"

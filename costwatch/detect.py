@@ -145,6 +145,7 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
         episodes = [e for e in cpumod.node_episodes(cm, feats, settings) if e.project in meta.index]
         mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts,
                                 cfg.alerting.owner_tags)
+        _add_cpu_peaks(mining, usage)
     if findings is not None and len(findings):
         mining = _join_findings(findings, mining, meta, since_ts, as_of_ts)
     covered = {a.project for a in mining} | sel.pids  # monitors are cost-only: a miner is told on its project
@@ -699,6 +700,31 @@ def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gro
                 continue
             out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s, owner_tags or []))
     return out
+
+
+def _add_cpu_peaks(alerts: list[Alert], usage: pd.DataFrame) -> None:
+    """Each flagged node's ``cpu_peak``: its highest hourly Maximum over the episode, where the provider reads
+    one (``cpu_max``: AWS's CloudWatch Maximum next to the Average).  Evidence for the owner only (a miner
+    pinned at 100% inside hours whose average looks tame): detection reads the Average, as the labelled
+    scenarios it is measured on have no Maximum."""
+    if "cpu_max" not in usage.columns or not alerts:
+        return
+    pids = {a.project for a in alerts}
+    sub = usage.loc[usage["project"].isin(pids).to_numpy() & usage["cpu_max"].notna().to_numpy(),
+                    ["project", "node", "timestamp", "cpu_max"]]
+    if sub.empty:
+        return
+    by_node = {(str(k[0]), str(k[1])): g for k, g in sub.groupby(["project", "node"], observed=True, sort=False)}
+    for a in alerts:
+        end = a.evidence.get("ongoing_until") or a.detected_at
+        for n in a.evidence.get("nodes") or []:
+            g = by_node.get((a.project, str(n.get("node"))))
+            if g is None:
+                continue
+            start = n.get("start") or a.start
+            peak = g.loc[((g["timestamp"] >= start) & (g["timestamp"] <= end)).to_numpy(), "cpu_max"].max()
+            if pd.notna(peak):
+                n["cpu_peak"] = round(float(peak), 1)
 
 
 def _node_owners(gross: pd.DataFrame, pid: str, nodes: set[str], owner_tags: list[str]) -> dict[str, str]:

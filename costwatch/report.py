@@ -203,7 +203,8 @@ def evidence_text(summary: str, ev: dict[str, Any], max_nodes: int = 3) -> str:
     for n in nodes[:max_nodes]:
         usual = "new" if n.get("new") else f"usual {n['baseline_cpu']:.0f}%"
         extra = " ".join(str(x) for x in (n.get("instance_type"), n.get("region")) if x)
-        lines.append(f"{n['node']}: {n['cpu']:.0f}% ({usual}) {extra}".rstrip())
+        peak = f", peak {n['cpu_peak']:.0f}%" if n.get("cpu_peak") is not None else ""
+        lines.append(f"{n['node']}: {n['cpu']:.0f}% ({usual}{peak}) {extra}".rstrip())
     if len(nodes) > max_nodes:
         lines.append(f"… and {len(nodes) - max_nodes} more nodes")
     for g in (ev.get("guardduty") or [])[:3]:

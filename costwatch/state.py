@@ -21,8 +21,9 @@ from typing import Any, Protocol
 
 from .errors import ConfigError, CostwatchError
 
-# feedback: owners' answers (costwatch.feedback); answer: Slack request ids already acted on (replays)
-TABLES = ("incident", "outbox", "thread", "silence", "lock", "feedback", "answer", "channel", "metrics")
+# feedback: owners' answers (costwatch.feedback); answer: Slack request ids already acted on (replays);
+# cache: providers' fetched history, so a Lambda cold start does not refetch it (providers/aws/mirror.py)
+TABLES = ("incident", "outbox", "thread", "silence", "lock", "feedback", "answer", "channel", "metrics", "cache")
 
 
 class StateError(CostwatchError):

@@ -182,7 +182,8 @@ def _nodes(ev: dict[str, Any]) -> Section | None:
     s = Section("Nodes", table=[["node", "CPU", "usual CPU", "new / GPU", "instance type", "region"]])
     for n in nodes[:MAX_NODES]:
         flags = ", ".join(f for f, on in (("new", n.get("new") is True), ("GPU", n.get("gpu") is True)) if on)
-        s.table.append([clean(n.get("node"), 80) or "?", _pct(n.get("cpu")),
+        peak = f" (peak {_pct(n.get('cpu_peak'))})" if _num(n.get("cpu_peak")) is not None else ""
+        s.table.append([clean(n.get("node"), 80) or "?", _pct(n.get("cpu")) + peak,
                         "none (new)" if n.get("new") is True else _pct(n.get("baseline_cpu")), flags,
                         clean(n.get("instance_type"), 40), clean(n.get("region"), 40)])
     total = max(len(nodes), int(_num(ev.get("node_count")) or 0))

@@ -305,6 +305,8 @@ def _nodes(a: dict[str, Any]) -> list[dict[str, Any]]:
     lines = [head]
     for nd in nodes[:_TOP_NODES]:
         usual = "new node" if nd.get("new") else f"usual {_pct(nd.get('baseline_cpu'))}"
+        if _num(nd.get("cpu_peak")) is not None:  # the hourly Maximum, where the cloud reports one
+            usual += f", peak {_pct(nd.get('cpu_peak'))}"
         parts = [f"• {code(nd.get('node') or '?')} {_pct(nd.get('cpu'))} CPU ({usual})"]
         if nd.get("gpu"):
             parts.append("GPU")

@@ -526,3 +526,50 @@ def test_miner_in_new_region_is_detected(moto: None, tmp_path: Path) -> None:
     assert a.evidence["new_regions"] == ["ap-southeast-2"]
     assert {n["node"] for n in a.evidence["nodes"]} == set(miners)
     assert all(n["new_region"] and n["instance_type"] == "c5.4xlarge" for n in a.evidence["nodes"])
+
+
+def test_restating_days_are_reread_in_turns_within_four_requests(tmp_path: Path) -> None:
+    """At 1,000 accounts a day of services fills a Cost Explorer page: the four restating days cannot all be
+    re-read in 4 requests, so each run re-reads the stalest that fit (at least one), and every restating day
+    comes round within two runs.  A small organization re-reads them all every run; missing days always."""
+    from costwatch.providers.aws.cache import Cache
+    from costwatch.providers.aws.costs import CostExplorer
+
+    today = dt.date(2024, 6, 30)
+    days = [today - dt.timedelta(days=i) for i in range(9, -1, -1)]
+    cache = Cache(tmp_path / "aws.db", scope="aws")
+    clock = {"t": "2024-06-30T10:00:00+00:00"}
+    ce = CostExplorer(Api(), cache, "UnblendedCost", 3, lambda: pd.Timestamp(clock["t"]))
+
+    def fetched(plan: dict[str, list[tuple[dt.date, dt.date]]], at: str) -> set[dt.date]:
+        """Mark the planned days fetched at ``at``; returns them."""
+        got = set()
+        for kind, windows in plan.items():
+            for a, b in windows:
+                these = {(a + dt.timedelta(days=i)).isoformat(): False for i in range((b - a).days)}
+                cache.store(kind, "UnblendedCost", "DAILY", these, at)
+                got |= {dt.date.fromisoformat(d) for d in these}
+        return got
+
+    assert fetched(ce.plan(days, today), "2024-06-30T10:00:00") == set(days)  # backfill: everything
+    assert ce.plan(days, today) == {k: [(today - dt.timedelta(days=3), today + dt.timedelta(days=1))]
+                                    for k in ("service", "region")}  # pages unknown: one window each
+
+    cache.put("ce-pages:service:UnblendedCost", {"groups_per_page": 8000, "groups_per_day": 8000.0}, "x")
+    cache.put("ce-pages:region:UnblendedCost", {"groups_per_page": 4000, "groups_per_day": 2000.0}, "x")
+    first = ce.plan(days, today)  # the newest of the equally stale: today and yesterday, 2 + 1 requests
+    assert first == {k: [(today - dt.timedelta(days=1), today + dt.timedelta(days=1))] for k in first}
+    fetched(first, "2024-06-30T11:00:00")
+    second = ce.plan(days, today)  # then the two not re-read since the backfill
+    assert second == {k: [(today - dt.timedelta(days=3), today - dt.timedelta(days=1))] for k in second}
+    fetched(second, "2024-06-30T12:00:00")
+    assert ce.plan(days, today) == first
+
+    # a day never fetched is read whatever it costs, with at least one restating day
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "aws.db") as db:
+        db.execute("DELETE FROM ce_days WHERE day=?", ((today - dt.timedelta(days=8)).isoformat(),))
+    plan = ce.plan(days, today)
+    assert plan["service"][0] == (today - dt.timedelta(days=8), today - dt.timedelta(days=7))
+    assert len(plan["service"]) == 2 and plan["region"][0] == plan["service"][0]

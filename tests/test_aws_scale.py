@@ -253,3 +253,31 @@ def test_organizational_units_shard_the_organization(moto: None, tmp_path: Path)
     usage = p.fetch_usage(now - pd.Timedelta(days=1), now)
     assert set(costs["project_id"]) == set(usage["project"]) == {members[0], members[1]}
     assert p.stats()["sts_requests"] == 3  # GetCallerIdentity + the two accounts; the caller's is not in the OU
+
+
+def test_the_hourly_maximum_is_shown_on_a_mining_alert(moto: None, tmp_path: Path) -> None:
+    """New miners next to a web node, at 96% on the hour's Average and 100% inside every hour: the alert's
+    nodes carry the peak (``cpu_peak``, from CloudWatch's Maximum) and the Slack message shows it."""
+    from datetime import UTC, datetime
+
+    from costwatch.detect import detect
+    from costwatch.notify import Notification, Target
+    from notifiers.slack_blocks import render
+
+    now = next_hour()
+    web = run("us-east-1", 1)[0]
+    miners = run("us-east-1", 2, "c5.4xlarge")
+    put_cpu("us-east-1", {web: [(t, 20.0 + t.hour % 5) for t in pd.date_range(now - pd.Timedelta(days=4), now,
+                                                                              freq="h", inclusive="left")]})
+    hours = pd.date_range(now - pd.Timedelta(hours=10), now - pd.Timedelta(hours=1), freq="h")
+    put_cpu("us-east-1", {iid: [(t + pd.Timedelta(minutes=m), v) for t in hours for m, v in ((5, 92.0), (35, 100.0))]
+                          for iid in miners})
+    usage = provider(tmp_path, now).fetch_usage(now - pd.Timedelta(days=5), now)
+    mined = usage[usage["node"].isin(miners)]
+    assert set(mined["cpu_utilization"]) == {96.0} and set(mined["cpu_max"]) == {100.0}
+    mining = [a for a in detect(pd.DataFrame(), usage, as_of=now).alerts if a.kind == "mining_suspected"]
+    assert len(mining) == 1 and [n["cpu_peak"] for n in mining[0].evidence["nodes"]] == [100.0, 100.0]
+    n = Notification(id="n-1", group_key="g", event="firing", target=Target("slack", ""), title="mining",
+                     alerts=[mining[0].to_dict()], created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    _, blocks = render(n)
+    assert "peak 100%" in json.dumps(blocks)

@@ -13,23 +13,27 @@ Organizations lists (sts:AssumeRole) and scans them too; without it only the cal
 
 from __future__ import annotations
 
+import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from costwatch.errors import ProviderError
+from costwatch.errors import CostwatchError, ProviderError
 from costwatch.model import ScopeFailure, empty_usage
 from costwatch.providers._daycache import DayCache, day_range, fetch_clock
 
 from . import athena as athena_source
 from . import compute, guardduty
 from ._api import Api
-from .cache import Cache
+from .cache import Cache, Codes
 from .costs import CostExplorer, combine
+from .mirror import Mirror
 
 __all__ = ["AwsProvider", "from_config"]
 
@@ -51,10 +55,12 @@ class AwsProvider:
                  owner_tag: str = "owner", cpu: bool = True, max_workers: int = 8,
                  assume_role: str | None = None, guardduty: bool = True, cost_source: str = "cost_explorer",
                  athena: Any = None, clock: Callable[[], pd.Timestamp] = _now,
-                 organizational_units: list[str] | None = None) -> None:
+                 organizational_units: list[str] | None = None, state_store: Any = None) -> None:
         self.name = name
         self.api = Api(profile, max_workers)
         self.cache = Cache(cache_path, scope=name)
+        # a copy of the cache in the run's state store (``mirror``): a cold start reads it instead of AWS
+        self.mirror = Mirror(state_store, self.cache) if state_store is not None else None
         self.clock = clock
         self.ce = CostExplorer(self.api, self.cache, metric, restate_days, clock)
         # cost_source "athena": the Data Export through Athena (``athena`` holds AthenaConfig's fields)
@@ -120,25 +126,52 @@ class AwsProvider:
         AWS only the days the cache cannot answer or that were still restating then."""
         today = fetch_clock(now, self.clock).date()
         days = day_range(start, end, today)
+        with self._copied():
+            return self._costs(days, today)
+
+    def _costs(self, days: list[dt.date], today: dt.date) -> pd.DataFrame:
         if self.athena is not None:
             rows = self.athena.daily(days, today)
             names, owners = self.accounts()
             return athena_source.costs_frame(rows, self.athena.export, today, self.restate_days, names, owners)
-        svc_rows, svc_est = self.ce.daily("service", days, today)
-        reg_rows, reg_est = self.ce.daily("region", days, today)
+        plan = self.ce.plan(days, today)
+        codes = Codes()
+        svc, svc_est = self.ce.daily("service", days, plan["service"], codes)
+        reg, reg_est = self.ce.daily("region", days, plan["region"], codes)
         estimated = {d: svc_est.get(d, False) or reg_est.get(d, False) for d in {*svc_est, *reg_est}}
         names, owners = self.accounts()
         shard = self.shard()
         if shard is not None:  # Cost Explorer answers for the whole organization: keep this deployment's share
-            svc_rows = [r for r in svc_rows if r[1] in shard]
-            reg_rows = [r for r in reg_rows if r[1] in shard]
-        return combine(svc_rows, reg_rows, estimated, names, owners)
+            ours = np.isin(codes.values("account"), list(shard))
+            svc = svc[ours[svc["account"].to_numpy()]]
+            reg = reg[ours[reg["account"].to_numpy()]]
+        return combine(svc, reg, codes, estimated, names, owners)
 
     def fetch_usage(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.DataFrame:
         """Hourly CPU of every instance in every region up to ``now`` (see ``fetch_clock``); failed regions go
         to ``stats()["errors"]`` and only a failure of all of them raises."""
         if not self.cpu:
             return empty_usage()
+        with self._copied():
+            return self._usage(start, end, now)
+
+    @contextmanager
+    def _copied(self) -> Iterator[None]:
+        """Around a fetch: the state-store copy loaded first (once), then what the fetch changed saved to it.
+        The copy failing is a note, never a failed fetch (the data comes from AWS then)."""
+        if self.mirror is not None:
+            try:
+                self.mirror.load()
+            except CostwatchError as e:
+                self.notes.append(f"the cache copy in the state store was not read: {e}")
+        yield
+        if self.mirror is not None:
+            try:
+                self.mirror.save(self.clock())
+            except CostwatchError as e:
+                self.notes.append(f"the cache copy in the state store was not saved: {e}")
+
+    def _usage(self, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp | None) -> pd.DataFrame:
         targets = self._targets()
         self._regions_seen = sorted({r for _, r in targets})
         at = fetch_clock(now, self.clock)
@@ -164,6 +197,10 @@ class AwsProvider:
         skips it; GuardDuty denied is a note and an empty frame, never a failed run."""
         if not self.guardduty:
             return guardduty.empty_findings()
+        with self._copied():
+            return self._findings_frame(start, end)
+
+    def _findings_frame(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         results = guardduty.scan(self._targets(), start, end, max_workers=self.max_workers,
                                  deadline=self._budget(1.0), clock=self.monotonic, cache=self.cache, now=self.clock())
         self._note_skipped(results)
@@ -277,6 +314,8 @@ class AwsProvider:
             "skipped_accounts": ", ".join(sorted(self._skipped)[:SKIPPED_SHOWN])
                                 + (f" (+{len(self._skipped) - SKIPPED_SHOWN} more)"
                                    if len(self._skipped) > SKIPPED_SHOWN else ""),
+            "state_copy_parts_read": self.mirror.parts_read if self.mirror else 0,
+            "state_copy_parts_written": self.mirror.parts_written if self.mirror else 0,
             "errors": list(self.errors),
             "notes": list(self.notes),
         }
@@ -299,7 +338,22 @@ def from_config(provider_cfg: Any, cfg: Any = None) -> AwsProvider:
         guardduty=getattr(provider_cfg, "guardduty", True),
         organizational_units=getattr(provider_cfg, "organizational_units", None),
         cost_source=getattr(provider_cfg, "cost_source", "cost_explorer"), athena=getattr(provider_cfg, "athena", None),
+        state_store=_state_copy(provider_cfg, cfg),
     )
+
+
+def _state_copy(provider_cfg: Any, cfg: Any) -> Any:
+    """The state store the cache is copied to (``state_copy``; default: when the state is in DynamoDB, i.e. on
+    Lambda, whose /tmp a cold start empties), or None."""
+    state = getattr(cfg, "state", None)
+    wanted = getattr(provider_cfg, "state_copy", None)
+    if wanted is None:
+        wanted = getattr(state, "backend", None) == "dynamodb"
+    if not wanted or state is None:
+        return None
+    from costwatch.state import open_store
+
+    return open_store(state)
 
 
 def _fields(athena: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -40,6 +41,10 @@ CREATE TABLE IF NOT EXISTS ce_rows (
     day TEXT NOT NULL, account TEXT NOT NULL, key TEXT NOT NULL, amount REAL NOT NULL, unit TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ce_rows_day ON ce_rows (scope, kind, metric, granularity, day);
+CREATE TABLE IF NOT EXISTS ce_stage (
+    scope TEXT NOT NULL, kind TEXT NOT NULL, metric TEXT NOT NULL, granularity TEXT NOT NULL,
+    day TEXT NOT NULL, account TEXT NOT NULL, key TEXT NOT NULL, amount REAL NOT NULL, unit TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS kv (scope TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     fetched_at TEXT NOT NULL, PRIMARY KEY (scope, key));
 CREATE TABLE IF NOT EXISTS nodes (nid INTEGER PRIMARY KEY, scope TEXT NOT NULL, instance_id TEXT NOT NULL,
@@ -54,12 +59,37 @@ CREATE TABLE IF NOT EXISTS cpu_progress (scope TEXT NOT NULL, owner TEXT NOT NUL
 
 NODE_FIELDS = ("instance_id", "account", "instance_type", "launch_time", "state", "cluster", "nodegroup", "name")
 READ_CHUNK = 200_000
+DAY_S = 86_400
 _PUT_CPU = {stat: f"INSERT INTO cpu_hours (nid, hour, {stat}) VALUES (?,?,?) "  # noqa: S608 (two fixed names)
                   f"ON CONFLICT (nid, hour) DO UPDATE SET {stat}=excluded.{stat}" for stat in ("avg", "max")}
 _NODES = "SELECT nid, owner, region, last_seen, " + ", ".join(NODE_FIELDS) + " FROM nodes WHERE scope=?"  # noqa: S608
+# an instance's labels in the state-store copy: instance_id, owner, region, last_seen, then the other fields
+_LABELS = ("SELECT nid, instance_id, owner, region, last_seen, "  # noqa: S608 (fixed column names)
+           + ", ".join(NODE_FIELDS[1:]) + " FROM nodes WHERE scope=?")
+_PUT_LABELS = ("INSERT INTO nodes (scope, instance_id, owner, region, last_seen, "  # noqa: S608
+               + ", ".join(NODE_FIELDS[1:]) + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (scope, instance_id) "
+               "DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen)")
 
 # (day, account, key, amount, unit)
 Row = tuple[str, str, str, float, str]
+
+
+class Codes:
+    """String columns as int32 codes into one list of distinct values per column (shared by the two Cost
+    Explorer query kinds, so their day and account codes can be joined directly)."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, dict[str, int]] = {}
+
+    def map(self, column: str) -> dict[str, int]:
+        return self._maps.setdefault(column, {})
+
+    def values(self, column: str) -> np.ndarray:
+        """The distinct values of ``column`` as an object array: ``values(c)[codes]`` is the column."""
+        m = self.map(column)
+        out = np.empty(len(m), dtype=object)
+        out[list(m.values())] = list(m.keys())
+        return out
 
 
 class Cache(SqliteFile):
@@ -68,6 +98,8 @@ class Cache(SqliteFile):
     def __init__(self, path: Any, scope: str) -> None:
         super().__init__(path, scope)
         self._write = threading.Lock()  # one writer at a time: workers store while others fetch
+        # what this process changed, for the copy in the state store (``mirror``)
+        self._dirty: dict[str, set[Any]] = {"cpu": set(), "ce": set(), "progress": set(), "kv": set()}
         with super()._connect() as db:
             # readers do not block the writer, nor the writer them; see _connect for durability
             db.execute("PRAGMA journal_mode=WAL")
@@ -88,18 +120,39 @@ class Cache(SqliteFile):
                              "AND granularity=?", (self.scope, kind, metric, granularity))
             return {d: bool(e) for d, e in cur.fetchall()}
 
-    def store(self, kind: str, metric: str, granularity: str, days: dict[str, bool], rows: Iterable[Row],
-              fetched_at: str) -> None:
-        """Replace the given days (with their estimated flags) and their rows in one transaction."""
-        key = (self.scope, kind, metric, granularity)
+    def fetched_at(self, kind: str, metric: str, granularity: str) -> dict[str, str]:
+        """Days already fetched -> when (ISO time): the stalest restating day is read again first."""
         with self._connect() as db:
+            cur = db.execute("SELECT day, fetched_at FROM ce_days WHERE scope=? AND kind=? AND metric=? "
+                             "AND granularity=?", (self.scope, kind, metric, granularity))
+            return dict(cur.fetchall())
+
+    def stage(self, kind: str, metric: str, granularity: str, rows: Iterable[Row], *, first: bool) -> None:
+        """One Cost Explorer page's rows, put aside on disk until the query's last page (``first`` clears
+        what an interrupted query left): a backfill never holds its whole answer in memory."""
+        key = (self.scope, kind, metric, granularity)
+        with self._write, self._connect() as db:
+            if first:
+                db.execute("DELETE FROM ce_stage WHERE scope=? AND kind=? AND metric=? AND granularity=?", key)
+            db.executemany("INSERT INTO ce_stage VALUES (?,?,?,?,?,?,?,?,?)", [(*key, *r) for r in rows])
+
+    def store(self, kind: str, metric: str, granularity: str, days: dict[str, bool], fetched_at: str) -> None:
+        """Replace the given days (with their estimated flags) by the staged rows, in one transaction; a group
+        that came twice is summed."""
+        key = (self.scope, kind, metric, granularity)
+        with self._write, self._connect() as db:
             db.executemany("DELETE FROM ce_rows WHERE scope=? AND kind=? AND metric=? AND granularity=? "
                            "AND day=?", [(*key, d) for d in days])
             db.executemany("INSERT OR REPLACE INTO ce_days VALUES (?,?,?,?,?,?,?)",
                            [(*key, d, int(e), fetched_at) for d, e in days.items()])
-            db.executemany("INSERT INTO ce_rows VALUES (?,?,?,?,?,?,?,?,?)", [(*key, *r) for r in rows])
+            db.execute("INSERT INTO ce_rows SELECT scope, kind, metric, granularity, day, account, key, SUM(amount), "
+                       "MIN(unit) FROM ce_stage WHERE scope=? AND kind=? AND metric=? AND granularity=? "
+                       "GROUP BY day, account, key", key)
+            db.execute("DELETE FROM ce_stage WHERE scope=? AND kind=? AND metric=? AND granularity=?", key)
+            self._dirty["ce"].update((kind, metric, d) for d in days)
 
     def rows(self, kind: str, metric: str, granularity: str, days: Sequence[str]) -> list[Row]:
+        """The cached rows of ``days`` as tuples (small reads, tests); frames use :meth:`ce_columns`."""
         if not days:
             return []
         with self._connect() as db:
@@ -109,6 +162,34 @@ class Cache(SqliteFile):
             wanted = set(days)
             return [r for r in cur.fetchall() if r[0] in wanted]
 
+    def ce_columns(self, kind: str, metric: str, granularity: str, days: Sequence[str], codes: Codes,
+                   ) -> pd.DataFrame:
+        """The cached rows of ``days`` as int32 codes (day, account, key, unit: see :class:`Codes`) and float
+        amounts.  A 1,000-account organization has ~1 M rows over the detection window: as tuples of fresh
+        strings they took ~350 bytes each, as codes 24."""
+        cols = ("day", "account", "key", "unit")
+        ints: dict[str, array[int]] = {c: array("i") for c in cols}
+        amounts = array("d")
+        maps = [codes.map(c) for c in cols]
+        out = [ints[c] for c in cols]
+        wanted = set(days)
+        if days:
+            with self._connect() as db:
+                cur = db.execute("SELECT day, account, key, unit, amount FROM ce_rows WHERE scope=? AND kind=? "
+                                 "AND metric=? AND granularity=? AND day>=? AND day<=?",
+                                 (self.scope, kind, metric, granularity, min(days), max(days)))
+                while chunk := cur.fetchmany(READ_CHUNK):
+                    for row in chunk:
+                        if row[0] not in wanted:
+                            continue
+                        for m, o, v in zip(maps, out, row, strict=False):
+                            o.append(m.setdefault(v, len(m)))
+                        amounts.append(row[4])
+        frame: dict[str, np.ndarray] = {
+            c: np.frombuffer(ints[c], dtype=np.int32) if len(ints[c]) else np.empty(0, np.int32) for c in cols}
+        frame["amount"] = np.frombuffer(amounts, dtype=np.float64) if len(amounts) else np.empty(0)
+        return pd.DataFrame(frame)
+
     def get(self, key: str) -> tuple[Any, str] | None:
         """A JSON value and when it was stored, or None."""
         with self._connect() as db:
@@ -116,10 +197,12 @@ class Cache(SqliteFile):
                              (self.scope, key)).fetchone()
         return (json.loads(row[0]), row[1]) if row else None
 
-    def put(self, key: str, value: Any, fetched_at: str) -> None:
-        with self._connect() as db:
+    def put(self, key: str, value: Any, fetched_at: str, *, dirty: bool = True) -> None:
+        with self._write, self._connect() as db:
             db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)",
                        (self.scope, key, json.dumps(value), fetched_at))
+            if dirty:
+                self._dirty["kv"].add(key)
 
     # ---------------------------------------------------------------------------------- hourly CPU
     # ``owner`` is the account an (account, region) pair is read through: "" for the caller's own credentials.
@@ -163,27 +246,39 @@ class Cache(SqliteFile):
         rows = zip(nids.tolist(), hours.tolist(), values.tolist(), strict=True)
         with self._write, self._connect() as db:
             db.executemany(_PUT_CPU[stat], rows)
+            self._dirty["cpu"].update(np.unique(hours // DAY_S).tolist())
 
     def done(self, owner: str, region: str, since: int, until: int) -> None:
         """(owner, region) read for [since, until)."""
         with self._write, self._connect() as db:
             db.execute("INSERT OR REPLACE INTO cpu_progress VALUES (?,?,?,?,?)",
                        (self.scope, owner, region, since, until))
+            self._dirty["progress"].add((owner, region))
 
     def nodes_frame(self, units: Iterable[tuple[str, str]], seen_since: int | None = None) -> pd.DataFrame:
-        """Instances known in the given (owner, region) pairs (seen at or after ``seen_since``), by nid."""
+        """Instances known in the given (owner, region) pairs (seen at or after ``seen_since``), by nid.
+        Values that repeat (account, region, type, state, cluster...) are one string object each, not one
+        per instance (an organization has ~100,000 instances)."""
+        wanted = set(units)
+        cols = ("nid", "owner", "region", "last_seen", *NODE_FIELDS)
+        out: list[list[Any]] = [[] for _ in cols]
+        seen: dict[Any, Any] = {}
         with self._connect() as db:
-            frame = pd.read_sql_query(_NODES, db, params=(self.scope,))
-        wanted = pd.MultiIndex.from_tuples(list(units) or [("", "")], names=["owner", "region"])
-        keep = pd.MultiIndex.from_frame(frame[["owner", "region"]]).isin(wanted)
-        if seen_since is not None:
-            keep &= frame["last_seen"].to_numpy() >= seen_since
-        return frame[keep].set_index("nid")
+            cur = db.execute(_NODES, (self.scope,))
+            while chunk := cur.fetchmany(READ_CHUNK):
+                for row in chunk:
+                    if (row[1], row[2]) not in wanted or (seen_since is not None and row[3] < seen_since):
+                        continue
+                    for col, v in zip(out, row, strict=True):
+                        col.append(seen.setdefault(v, v))
+        return pd.DataFrame({c: pd.Series(v, dtype="int64" if c in ("nid", "last_seen") else object)
+                             for c, v in zip(cols, out, strict=True)}).set_index("nid")
 
     def cpu_columns(self, nids: np.ndarray, since: int, until: int,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(nid, hour, avg, max) arrays of the cached hours in [since, until) of the given nodes, read in
-        chunks straight into numpy (a 1,000-account organization has millions of instance-hours)."""
+        chunks straight into numpy (a 1,000-account organization has millions of instance-hours); a missing
+        statistic is NaN."""
         parts: list[np.ndarray] = []
         dtype = np.dtype([("nid", "i8"), ("hour", "i8"), ("avg", "f8"), ("max", "f8")])
         wanted = np.unique(nids)
@@ -194,12 +289,15 @@ class Cache(SqliteFile):
                              (self.scope, since, until))
             while chunk := cur.fetchmany(READ_CHUNK):
                 arr = np.array(chunk, dtype=dtype)
+                del chunk
                 parts.append(arr[np.isin(arr["nid"], wanted)])
         out = np.concatenate(parts) if parts else np.empty(0, dtype)
-        avg, mx = out["avg"].copy(), out["max"].copy()
-        avg[avg < 0] = np.nan
-        mx[mx < 0] = np.nan
-        return out["nid"], out["hour"], avg, mx
+        del parts
+        cols = [np.ascontiguousarray(out[c]) for c in ("nid", "hour", "avg", "max")]
+        del out
+        for c in cols[2:]:
+            c[c < 0] = np.nan
+        return cols[0], cols[1], cols[2], cols[3]
 
     def prune_cpu(self, before: int) -> None:
         """Forget hours before ``before`` and instances not seen since."""
@@ -209,6 +307,78 @@ class Cache(SqliteFile):
             db.execute("DELETE FROM nodes WHERE scope=? AND last_seen<? AND nid NOT IN "
                        "(SELECT DISTINCT nid FROM cpu_hours)", (self.scope, before))
 
+
+    # ---------------------------------------------------------------------------------- the state-store copy
+    # (``mirror``): each piece as plain data, and back; loading replaces what the piece covers.
+
+    def take_dirty(self) -> dict[str, set[Any]]:
+        """What changed since the last call (CPU days, Cost Explorer (kind, metric, day)s, progress, kv keys)."""
+        with self._write:
+            out, self._dirty = self._dirty, {k: set() for k in self._dirty}
+        return out
+
+    def dump_cpu_day(self, day: int) -> dict[str, np.ndarray]:
+        """The cached hours of UTC day ``day`` (days since the epoch) with their instances' labels."""
+        with self._connect() as db:
+            cur = db.execute("SELECT c.nid, c.hour, COALESCE(c.avg, -1.0), COALESCE(c.max, -1.0) FROM cpu_hours c "
+                             "JOIN nodes n ON n.nid=c.nid WHERE n.scope=? AND c.hour>=? AND c.hour<? ORDER BY c.nid",
+                             (self.scope, day * DAY_S, (day + 1) * DAY_S))
+            arr = np.array(cur.fetchall(), dtype=[("nid", "i8"), ("hour", "i8"), ("avg", "f4"), ("max", "f4")])
+            nids, node = np.unique(arr["nid"], return_inverse=True)
+            known = {int(r[0]): r[1:] for r in db.execute(_LABELS, (self.scope,)).fetchall()}
+            labels = [known[int(n)] for n in nids]
+        return {"node": node.astype(np.int32), "hour": arr["hour"], "avg": arr["avg"], "max": arr["max"],
+                "labels": np.frombuffer(json.dumps(labels).encode(), dtype=np.uint8)}
+
+    def load_cpu_day(self, day: int, arrays: dict[str, np.ndarray]) -> None:
+        labels = json.loads(arrays["labels"].tobytes())
+        with self._write, self._connect() as db:
+            db.executemany(_PUT_LABELS, [(self.scope, *row) for row in labels])
+            nid_of = dict(db.execute("SELECT instance_id, nid FROM nodes WHERE scope=?", (self.scope,)).fetchall())
+            nids = np.array([nid_of[row[0]] for row in labels], dtype=np.int64)
+            db.execute("DELETE FROM cpu_hours WHERE hour>=? AND hour<? AND nid IN (SELECT nid FROM nodes WHERE "
+                       "scope=?)", (day * DAY_S, (day + 1) * DAY_S, self.scope))
+            avg = [None if v < 0 else v for v in arrays["avg"].astype(np.float64).tolist()]
+            mx = [None if v < 0 else v for v in arrays["max"].astype(np.float64).tolist()]
+            db.executemany("INSERT OR REPLACE INTO cpu_hours VALUES (?,?,?,?)",
+                           zip(nids[arrays["node"]].tolist(), arrays["hour"].tolist(), avg, mx, strict=True))
+
+    def dump_ce_day(self, kind: str, metric: str, day: str) -> dict[str, Any]:
+        key = (self.scope, kind, metric, "DAILY", day)
+        with self._connect() as db:
+            head = db.execute("SELECT estimated, fetched_at FROM ce_days WHERE scope=? AND kind=? AND metric=? AND "
+                              "granularity=? AND day=?", key).fetchone()
+            rows = db.execute("SELECT account, key, amount, unit FROM ce_rows WHERE scope=? AND kind=? AND metric=? "
+                              "AND granularity=? AND day=?", key).fetchall()
+        return {"estimated": bool(head[0]) if head else False, "fetched_at": head[1] if head else "",
+                "rows": rows}
+
+    def load_ce_day(self, kind: str, metric: str, day: str, doc: dict[str, Any]) -> None:
+        key = (self.scope, kind, metric, "DAILY", day)
+        with self._write, self._connect() as db:
+            db.execute("DELETE FROM ce_rows WHERE scope=? AND kind=? AND metric=? AND granularity=? AND day=?", key)
+            db.execute("INSERT OR REPLACE INTO ce_days VALUES (?,?,?,?,?,?,?)",
+                       (*key, int(doc["estimated"]), doc["fetched_at"]))
+            db.executemany("INSERT INTO ce_rows VALUES (?,?,?,?,?,?,?,?,?)", [(*key, *r) for r in doc["rows"]])
+
+    def dump_progress(self) -> list[list[Any]]:
+        return [[o, r, a, b] for (o, r), (a, b) in self.cpu_progress().items()]
+
+    def load_progress(self, rows: list[list[Any]]) -> None:
+        with self._write, self._connect() as db:
+            db.execute("DELETE FROM cpu_progress WHERE scope=?", (self.scope,))
+            db.executemany("INSERT INTO cpu_progress VALUES (?,?,?,?,?)", [(self.scope, *r) for r in rows])
+
+    def dump_kv(self) -> dict[str, list[str]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT key, value, fetched_at FROM kv WHERE scope=? AND key!='mirror'",
+                              (self.scope,)).fetchall()
+        return {k: [v, at] for k, v, at in rows}
+
+    def load_kv(self, entries: dict[str, list[str]]) -> None:
+        with self._write, self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)",
+                           [(self.scope, k, v, at) for k, (v, at) in entries.items()])
 
 
 def _iso(value: Any) -> str | None:
