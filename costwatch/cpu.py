@@ -448,6 +448,47 @@ def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: n
     return out if out.any() else None
 
 
+def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: pd.Timestamp,
+                 t1: pd.Timestamp) -> float | None:
+    """The project's demand over [t0, t1) where it explains the flagged nodes' plateaus, else None.
+
+    A cost rise on the days of a project-wide surge is the surge's own bill: it is evidence of mining only
+    where the CPU signature is not itself the surge.  It is, when every flagged node is an existing one that
+    runs hot every day (its usual peak scaled by the demand reaches its level, as in ``_surge_explained``)
+    and the project's other nodes (unflagged, with a usual of their own) ran ``SURGE_RATIO`` x their usual
+    or more, pooled, over those hours and over the day either side of each plateau's end (as far as the data
+    goes): a plateau that ends inside the surge is the surge, one that outlives it by a day is not.  A miner
+    on a quiet node, or on nodes of its own, never is.  Unlike the flags this reads the hours after a
+    plateau's end that the data has: a later run re-scores the alert with them."""
+    if not episodes or any(e.new_node for e in episodes):
+        return None
+    names = m.nodes["node"].astype(str).to_numpy()
+    mine = m.nodes["project"].astype(str).to_numpy() == episodes[0].project
+    hot = mine & np.isin(names, [e.node for e in episodes])
+    peers = mine & ~hot & ~(f.pinned | f.plateau | f.episode).any(axis=1)
+    d = _pooled(m, f, peers, t0, t1)
+    for e in episodes:
+        d = min(d, _pooled(m, f, peers, e.last - pd.Timedelta(hours=DAY_HOURS), e.last + pd.Timedelta(hours=DAY_HOURS)))
+        i = int(np.flatnonzero(mine & (names == e.node))[0])
+        lo, hi = (int(v) for v in m.hours.searchsorted([e.start - pd.Timedelta(hours=DAY_HOURS), e.last]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            peak = float(np.nanmax(f.profile[i, lo: max(hi, lo + 1)]))
+        if d < SURGE_RATIO or not peak * d >= SATURATION_SHARE * e.level:
+            return None
+    return d
+
+
+def _pooled(m: CpuMatrix, f: CpuFeatures, rows: np.ndarray, t0: pd.Timestamp, t1: pd.Timestamp) -> float:
+    """The rows' CPU over their usual (floored at 10, known hours only), pooled over hours [t0, t1)."""
+    a, b = (int(v) for v in m.hours.searchsorted([t0, t1]))
+    x, prof = m.values[rows, a:b], f.profile[rows, a:b]
+    with np.errstate(invalid="ignore"):
+        ok = ~np.isnan(x) & ~np.isnan(prof) & (f.profile_days[rows, a:b] >= CpuSettings.min_profile_days)
+    usual = float(np.where(ok, np.maximum(np.nan_to_num(prof), 10.0), 0.0).sum())
+    return float(np.where(ok, x, 0.0).sum()) / usual if usual > 0 else 0.0
+
+
 def _ratio(cum_o: np.ndarray, cum_u: np.ndarray, a: int, b: int) -> float:
     """Pooled demand over hours [a, b) from cumulative sums of observed and usual CPU (0 without any usual)."""
     u = cum_u[b] - cum_u[a]
