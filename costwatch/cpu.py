@@ -289,7 +289,7 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
         plateau &= ~explained
         pinned &= ~(explained & ~new[:, None])
     episode = _episodes_open(x, pinned | plateau, level, profile, s)
-    inside = _episode_in_surge(m, x, profile, pdays, pinned | plateau, episode, new)
+    inside = _episode_in_surge(m, x, profile, pdays, pinned | plateau, episode, new, s.min_profile_days)
     if inside is not None:
         plateau &= ~inside
         pinned &= ~inside
@@ -409,7 +409,7 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
 
 
 def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, flag: np.ndarray,
-                      episode: np.ndarray, new: np.ndarray) -> np.ndarray | None:
+                      episode: np.ndarray, new: np.ndarray, min_days: int) -> np.ndarray | None:
     """Whole episodes of existing nodes that sit inside a project-wide surge (nodes x hours; None when none).
 
     The hourly check (``_surge_explained``) reads demand from the hours up to each flag; a surge that begins
@@ -421,35 +421,36 @@ def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: n
     outlives the surge: once the project's last day is back to its usual, the episode is no longer explained,
     and it is flagged (with every hour it has lasted) from then on.  Causal: an episode's reading uses only
     the hours up to its last one.  Loops over episodes, which exist only on flagged nodes."""
-    hot = np.flatnonzero(flag.any(axis=1) & ~new)
+    flagged = flag.any(axis=1)
+    hot = np.flatnonzero(flagged & ~new)
     if not hot.size:
         return None
     codes, _ = pd.factorize(m.nodes["project"].astype(str).to_numpy())
     out = np.zeros(flag.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):
-        have = ~np.isnan(x) & ~np.isnan(profile) & (pdays >= CpuSettings.min_profile_days)
-    obs_all = np.where(have, x, 0.0)
-    usual_all = np.where(have, np.maximum(np.nan_to_num(profile, nan=0.0), 10.0), 0.0)
-    for i in hot:
-        peers = np.flatnonzero((codes == codes[i]) & ~flag.any(axis=1))
+    for code in np.unique(codes[hot]):  # the project's witnesses summed once, in float64 over its peers only
+        peers = np.flatnonzero((codes == code) & ~flagged)
         if not peers.size:
             continue
-        cum_o = np.concatenate([[0.0], np.cumsum(obs_all[peers].sum(axis=0))])
-        cum_u = np.concatenate([[0.0], np.cumsum(usual_all[peers].sum(axis=0))])
-
-        for a, b in _runs(episode[i], EPISODE_GAP_HOURS):
-            d = min(_ratio(cum_o, cum_u, a, b), _ratio(cum_o, cum_u, max(b - DAY_HOURS, 0), b))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                usual_peak = float(np.nanmax(profile[i, max(a - DAY_HOURS, 0): b]))
-                lvl = float(np.nanmedian(x[i, a:b]))
-            if d >= SURGE_RATIO and usual_peak * d >= SATURATION_SHARE * lvl:
-                out[i, a:b] = True
+        x_p, prof_p = x[peers], profile[peers]
+        with np.errstate(invalid="ignore"):
+            have = ~np.isnan(x_p) & ~np.isnan(prof_p) & (pdays[peers] >= min_days)
+        cum_o = np.concatenate([[0.0], np.cumsum(np.where(have, x_p, 0.0).sum(axis=0))])
+        cum_u = np.concatenate([[0.0], np.cumsum(np.where(have, np.maximum(np.nan_to_num(prof_p), 10.0),
+                                                          0.0).sum(axis=0))])
+        for i in hot[codes[hot] == code]:
+            for a, b in _runs(episode[i], EPISODE_GAP_HOURS):
+                d = min(_ratio(cum_o, cum_u, a, b), _ratio(cum_o, cum_u, max(b - DAY_HOURS, 0), b))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    usual_peak = float(np.nanmax(profile[i, max(a - DAY_HOURS, 0): b]))
+                    lvl = float(np.nanmedian(x[i, a:b]))
+                if d >= SURGE_RATIO and usual_peak * d >= SATURATION_SHARE * lvl:
+                    out[i, a:b] = True
     return out if out.any() else None
 
 
 def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: pd.Timestamp,
-                 t1: pd.Timestamp) -> float | None:
+                 t1: pd.Timestamp, min_days: int) -> float | None:
     """The project's demand over [t0, t1) where it explains the flagged nodes' plateaus, else None.
 
     A cost rise on the days of a project-wide surge is the surge's own bill: it is evidence of mining only
@@ -466,9 +467,10 @@ def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: 
     mine = m.nodes["project"].astype(str).to_numpy() == episodes[0].project
     hot = mine & np.isin(names, [e.node for e in episodes])
     peers = mine & ~hot & ~(f.pinned | f.plateau | f.episode).any(axis=1)
-    d = _pooled(m, f, peers, t0, t1)
+    d = _pooled(m, f, peers, t0, t1, min_days)
     for e in episodes:
-        d = min(d, _pooled(m, f, peers, e.last - pd.Timedelta(hours=DAY_HOURS), e.last + pd.Timedelta(hours=DAY_HOURS)))
+        day = pd.Timedelta(hours=DAY_HOURS)
+        d = min(d, _pooled(m, f, peers, e.last - day, e.last + day, min_days))
         i = int(np.flatnonzero(mine & (names == e.node))[0])
         lo, hi = (int(v) for v in m.hours.searchsorted([e.start - pd.Timedelta(hours=DAY_HOURS), e.last]))
         with warnings.catch_warnings():
@@ -479,12 +481,13 @@ def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: 
     return d
 
 
-def _pooled(m: CpuMatrix, f: CpuFeatures, rows: np.ndarray, t0: pd.Timestamp, t1: pd.Timestamp) -> float:
+def _pooled(m: CpuMatrix, f: CpuFeatures, rows: np.ndarray, t0: pd.Timestamp, t1: pd.Timestamp,
+            min_days: int) -> float:
     """The rows' CPU over their usual (floored at 10, known hours only), pooled over hours [t0, t1)."""
     a, b = (int(v) for v in m.hours.searchsorted([t0, t1]))
     x, prof = m.values[rows, a:b], f.profile[rows, a:b]
     with np.errstate(invalid="ignore"):
-        ok = ~np.isnan(x) & ~np.isnan(prof) & (f.profile_days[rows, a:b] >= CpuSettings.min_profile_days)
+        ok = ~np.isnan(x) & ~np.isnan(prof) & (f.profile_days[rows, a:b] >= min_days)
     usual = float(np.where(ok, np.maximum(np.nan_to_num(prof), 10.0), 0.0).sum())
     return float(np.where(ok, x, 0.0).sum()) / usual if usual > 0 else 0.0
 

@@ -749,7 +749,7 @@ def _node_owners(gross: pd.DataFrame, pid: str, nodes: set[str], owner_tags: lis
 
 
 def _surge_costs(related: list[Alert], g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix,
-                 feats: cpumod.CpuFeatures | None) -> list[tuple[Alert, float]]:
+                 feats: cpumod.CpuFeatures | None, min_days: int) -> list[tuple[Alert, float]]:
     """The compute cost alerts that a project-wide surge explains (with the project's demand those days):
     the surge's own bill is not evidence of mining beside a CPU signature that is the same surge
     (``cpu.surge_demand``).  They stay cost alerts of their own."""
@@ -757,7 +757,8 @@ def _surge_costs(related: list[Alert], g: list[cpumod.NodeEpisode], cm: cpumod.C
     if feats is None:
         return out
     for a in related:
-        d = cpumod.surge_demand(cm, feats, g, a.start, a.start + pd.Timedelta(days=a.evidence.get("days", 1)))
+        d = cpumod.surge_demand(cm, feats, g, a.start, a.start + pd.Timedelta(days=a.evidence.get("days", 1)),
+                                min_days)
         if d is not None:
             out.append((a, d))
     return out
@@ -800,7 +801,7 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
     new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})
     related = [a for a in cost_alerts if a.project == pid and a.service in (COMPUTE_CATEGORY, None)
                and a.start <= last and a.start + pd.Timedelta(days=a.evidence.get("days", 1)) >= start.floor("D")]
-    surge = _surge_costs(related, g, cm, feats)
+    surge = _surge_costs(related, g, cm, feats, s.min_profile_days)
     related = [a for a in related if all(a is not b for b, _ in surge)]
     row = meta.loc[pid]
     pinned = [e for e in g if e.signal == "pinned"]

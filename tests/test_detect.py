@@ -332,4 +332,5 @@ def test_the_same_plateau_outliving_the_surge_is_critical_mining() -> None:
     det = detect(costs, usage, Config(), as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[50])
     mining = [a for a in det.alerts if a.kind == "mining_suspected" and a.severity == "critical"]
     assert len(mining) == 1 and mining[0].evidence["nodes"][0]["node"] == "busy"
-    assert pd.Timestamp(mining[0].evidence["ongoing_until"]) >= DAYS[0] + pd.Timedelta(hours=SURGE_AT + SURGE_HOURS + 24)
+    surge_end = DAYS[0] + pd.Timedelta(hours=SURGE_AT + SURGE_HOURS)
+    assert pd.Timestamp(mining[0].evidence["ongoing_until"]) >= surge_end + pd.Timedelta(hours=24)
