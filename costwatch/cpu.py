@@ -288,8 +288,13 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
     if explained is not None:
         plateau &= ~explained
         pinned &= ~(explained & ~new[:, None])
-    return CpuFeatures(profile, spread, pdays, pinned, plateau, level, new,
-                       _episodes_open(x, pinned | plateau, level, profile, s))
+    episode = _episodes_open(x, pinned | plateau, level, profile, s)
+    inside = _episode_in_surge(m, x, profile, pdays, pinned | plateau, episode, new, s.min_profile_days)
+    if inside is not None:
+        plateau &= ~inside
+        pinned &= ~inside
+        episode &= ~inside
+    return CpuFeatures(profile, spread, pdays, pinned, plateau, level, new, episode)
 
 
 def _episodes_open(x: np.ndarray, flag: np.ndarray, level: np.ndarray, profile: np.ndarray,
@@ -315,6 +320,7 @@ LONE_DEMAND = 1.6
 DEMAND_HOURS = 6
 DAY_HOURS = 24
 ONSET_HOURS = 3
+EPISODE_GAP_HOURS = 3  # node_episodes' gap_hours
 
 
 def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, pinned: np.ndarray,
@@ -402,6 +408,109 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     return out
 
 
+def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, flag: np.ndarray,
+                      episode: np.ndarray, new: np.ndarray, min_days: int) -> np.ndarray | None:
+    """Whole episodes of existing nodes that sit inside a project-wide surge (nodes x hours; None when none).
+
+    The hourly check (``_surge_explained``) reads demand from the hours up to each flag; a surge that begins
+    at night barely lifts the idle nodes then, so a busy node that the surge pushes near its ceiling can be
+    flagged in the surge's first hours, and its episode then stays open for as long as the surge lasts.  Read
+    over the episode as a whole, the two tell apart: demand (the project's other unflagged nodes with a usual
+    of their own, pooled as in ``_surge_explained``) is up over the episode and still up over the last
+    ``DAY_HOURS`` of it, and the node's usual peak scaled by that demand reaches its level.  A miner's plateau
+    outlives the surge: once the project's last day is back to its usual, the episode is no longer explained,
+    and it is flagged (with every hour it has lasted) from then on.  Causal: an episode's reading uses only
+    the hours up to its last one.  Loops over episodes, which exist only on flagged nodes."""
+    flagged = flag.any(axis=1)
+    hot = np.flatnonzero(flagged & ~new)
+    if not hot.size:
+        return None
+    codes, _ = pd.factorize(m.nodes["project"].astype(str).to_numpy())
+    out = np.zeros(flag.shape, dtype=bool)
+    for code in np.unique(codes[hot]):  # the project's witnesses summed once, in float64 over its peers only
+        peers = np.flatnonzero((codes == code) & ~flagged)
+        if not peers.size:
+            continue
+        x_p, prof_p = x[peers], profile[peers]
+        with np.errstate(invalid="ignore"):
+            have = ~np.isnan(x_p) & ~np.isnan(prof_p) & (pdays[peers] >= min_days)
+        cum_o = np.concatenate([[0.0], np.cumsum(np.where(have, x_p, 0.0).sum(axis=0))])
+        cum_u = np.concatenate([[0.0], np.cumsum(np.where(have, np.maximum(np.nan_to_num(prof_p), 10.0),
+                                                          0.0).sum(axis=0))])
+        for i in hot[codes[hot] == code]:
+            for a, b in _runs(episode[i], EPISODE_GAP_HOURS):
+                d = min(_ratio(cum_o, cum_u, a, b), _ratio(cum_o, cum_u, max(b - DAY_HOURS, 0), b))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    usual_peak = float(np.nanmax(profile[i, max(a - DAY_HOURS, 0): b]))
+                    lvl = float(np.nanmedian(x[i, a:b]))
+                if d >= SURGE_RATIO and usual_peak * d >= SATURATION_SHARE * lvl:
+                    out[i, a:b] = True
+    return out if out.any() else None
+
+
+def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: pd.Timestamp,
+                 t1: pd.Timestamp, min_days: int) -> float | None:
+    """The project's demand over [t0, t1) where it explains the flagged nodes' plateaus, else None.
+
+    A cost rise on the days of a project-wide surge is the surge's own bill: it is evidence of mining only
+    where the CPU signature is not itself the surge.  It is, when every flagged node is an existing one that
+    runs hot every day (its usual peak scaled by the demand reaches its level, as in ``_surge_explained``)
+    and the project's other nodes (unflagged, with a usual of their own) ran ``SURGE_RATIO`` x their usual
+    or more, pooled, over those hours and over the day either side of each plateau's end (as far as the data
+    goes): a plateau that ends inside the surge is the surge, one that outlives it by a day is not.  A miner
+    on a quiet node, or on nodes of its own, never is.  Unlike the flags this reads the hours after a
+    plateau's end that the data has: a later run re-scores the alert with them."""
+    if not episodes or any(e.new_node for e in episodes):
+        return None
+    names = m.nodes["node"].astype(str).to_numpy()
+    mine = m.nodes["project"].astype(str).to_numpy() == episodes[0].project
+    hot = mine & np.isin(names, [e.node for e in episodes])
+    peers = mine & ~hot & ~(f.pinned | f.plateau | f.episode).any(axis=1)
+    d = _pooled(m, f, peers, t0, t1, min_days)
+    for e in episodes:
+        day = pd.Timedelta(hours=DAY_HOURS)
+        d = min(d, _pooled(m, f, peers, e.last - day, e.last + day, min_days))
+        i = int(np.flatnonzero(mine & (names == e.node))[0])
+        lo, hi = (int(v) for v in m.hours.searchsorted([e.start - pd.Timedelta(hours=DAY_HOURS), e.last]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            peak = float(np.nanmax(f.profile[i, lo: max(hi, lo + 1)]))
+        if d < SURGE_RATIO or not peak * d >= SATURATION_SHARE * e.level:
+            return None
+    return d
+
+
+def _pooled(m: CpuMatrix, f: CpuFeatures, rows: np.ndarray, t0: pd.Timestamp, t1: pd.Timestamp,
+            min_days: int) -> float:
+    """The rows' CPU over their usual (floored at 10, known hours only), pooled over hours [t0, t1)."""
+    a, b = (int(v) for v in m.hours.searchsorted([t0, t1]))
+    x, prof = m.values[rows, a:b], f.profile[rows, a:b]
+    with np.errstate(invalid="ignore"):
+        ok = ~np.isnan(x) & ~np.isnan(prof) & (f.profile_days[rows, a:b] >= min_days)
+    usual = float(np.where(ok, np.maximum(np.nan_to_num(prof), 10.0), 0.0).sum())
+    return float(np.where(ok, x, 0.0).sum()) / usual if usual > 0 else 0.0
+
+
+def _ratio(cum_o: np.ndarray, cum_u: np.ndarray, a: int, b: int) -> float:
+    """Pooled demand over hours [a, b) from cumulative sums of observed and usual CPU (0 without any usual)."""
+    u = cum_u[b] - cum_u[a]
+    return float((cum_o[b] - cum_o[a]) / u) if u > 0 else 0.0
+
+
+def _runs(on: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    """[start, end) of the runs of True, merged across gaps of up to ``gap`` hours (as ``node_episodes``
+    merges them: a node dipping for an hour inside its episode is still the same episode)."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], on.astype(np.int8), [0]])))
+    out: list[tuple[int, int]] = []
+    for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+        if out and a - out[-1][1] < gap:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
 def is_gpu(instance_type: str | None, prefixes: list[str]) -> bool:
     if not instance_type or pd.isna(instance_type):
         return False
@@ -428,7 +537,8 @@ class NodeEpisode:
     instance_id: str | None = None  # the cloud's id where the node is named otherwise (GCE)
 
 
-def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings, gap_hours: int = 3) -> list[NodeEpisode]:
+def node_episodes(m: CpuMatrix, f: CpuFeatures, s: CpuSettings,
+                  gap_hours: int = EPISODE_GAP_HOURS) -> list[NodeEpisode]:
     """Runs of hours in an open episode per node, merged across short gaps; detected at the first flagged
     hour, lasting to the last hour the CPU had not come back; start walks back over the flat stretch."""
     flag = f.pinned | f.plateau

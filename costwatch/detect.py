@@ -144,7 +144,7 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
         feats = cpumod.features(cm, settings)
         episodes = [e for e in cpumod.node_episodes(cm, feats, settings) if e.project in meta.index]
         mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts,
-                                cfg.alerting.owner_tags)
+                                cfg.alerting.owner_tags, feats)
         _add_cpu_peaks(mining, usage)
     if findings is not None and len(findings):
         mining = _join_findings(findings, mining, meta, since_ts, as_of_ts)
@@ -680,7 +680,8 @@ def _cost_evidence(proj: pd.DataFrame, whole: pd.DataFrame, days: pd.DatetimeInd
 
 def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
                    cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings,
-                   since: pd.Timestamp, as_of: pd.Timestamp, owner_tags: list[str] | None = None) -> list[Alert]:
+                   since: pd.Timestamp, as_of: pd.Timestamp, owner_tags: list[str] | None = None,
+                   feats: cpumod.CpuFeatures | None = None) -> list[Alert]:
     """Group node episodes per project into incidents; join compute cost alerts of the same days."""
     out: list[Alert] = []
     by_project: dict[str, list[cpumod.NodeEpisode]] = {}
@@ -698,7 +699,7 @@ def _mining_alerts(episodes: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gro
             # a miner first seen before the window that still runs in it is still an incident
             if detected > as_of or max(e.last for e in g) < since:
                 continue
-            out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s, owner_tags or []))
+            out.append(_mining_alert(pid, g, cm, gross, cost_alerts, meta, s, owner_tags or [], feats))
     return out
 
 
@@ -747,9 +748,25 @@ def _node_owners(gross: pd.DataFrame, pid: str, nodes: set[str], owner_tags: lis
     return out
 
 
+def _surge_costs(related: list[Alert], g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix,
+                 feats: cpumod.CpuFeatures | None, min_days: int) -> list[tuple[Alert, float]]:
+    """The compute cost alerts that a project-wide surge explains (with the project's demand those days):
+    the surge's own bill is not evidence of mining beside a CPU signature that is the same surge
+    (``cpu.surge_demand``).  They stay cost alerts of their own."""
+    out: list[tuple[Alert, float]] = []
+    if feats is None:
+        return out
+    for a in related:
+        d = cpumod.surge_demand(cm, feats, g, a.start, a.start + pd.Timedelta(days=a.evidence.get("days", 1)),
+                                min_days)
+        if d is not None:
+            out.append((a, d))
+    return out
+
+
 def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
                   cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings,
-                  owner_tags: list[str] | None = None) -> Alert:
+                  owner_tags: list[str] | None = None, feats: cpumod.CpuFeatures | None = None) -> Alert:
     # one entry per node: its first episode, stretched to the last flagged hour of any later one
     per_node: dict[str, cpumod.NodeEpisode] = {}
     for e in sorted(g, key=lambda e: e.detected_at):
@@ -784,6 +801,8 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
     new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})
     related = [a for a in cost_alerts if a.project == pid and a.service in (COMPUTE_CATEGORY, None)
                and a.start <= last and a.start + pd.Timedelta(days=a.evidence.get("days", 1)) >= start.floor("D")]
+    surge = _surge_costs(related, g, cm, feats, s.min_profile_days)
+    related = [a for a in related if all(a is not b for b, _ in surge)]
     row = meta.loc[pid]
     pinned = [e for e in g if e.signal == "pinned"]
     evidence: dict[str, Any] = {
@@ -795,6 +814,8 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         "signals": "CPU flat at " + ", ".join(sorted({f"{round(e.level)}%" for e in g})[:5]),
         "flat_hours": round(max((e.last - e.start) / HOUR for e in g), 1),
     }
+    if surge:
+        evidence["surge"] = [{"day": a.start, "demand": round(d, 2)} for a, d in surge]
     if related:
         c = min(related, key=lambda a: a.start)
         evidence["cost"] = {"service": c.service or "total", "day": c.start, "observed": c.observed,

@@ -41,7 +41,7 @@ WEIGHTS: dict[str, float] = {
     "cpu_pinned": 2.0,          # a node flat at >= 90% above its usual shape, or new and pinned from its first hours
     "cpu_plateau": 1.5,         # a node held flat at a cap (50-75%) well above its usual shape
     "persistent": 1.0,          # an existing node's flat line has held for a day or more
-    "cost": 2.0,                # compute spend out of band on the same days
+    "cost": 2.0,                # compute spend out of band on the same days (not a surge's own bill, see detect)
     "new_nodes": 2.0,           # flagged nodes first seen during the data, billed without owner labels
     "new_nodes_unbilled": 1.0,  # new flagged nodes whose billing rows have not arrived (or carry no resource id)
     "new_region": 2.0,          # flagged nodes in a region the project never used

@@ -226,8 +226,41 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
     pinned &= ~(explained & ~new[:, None])
     plateau &= ~explained
     flag = pinned | plateau
-    return cpu.CpuFeatures(profile, spread, pdays, pinned, plateau, level, new,
-                           flag | _ref_open(x, flag, level, profile, s))
+    episode = flag | _ref_open(x, flag, level, profile, s)
+    inside = _ref_episode_in_surge(m, x, profile, pdays, flag, episode, new, s)
+    return cpu.CpuFeatures(profile, spread, pdays, pinned & ~inside, plateau & ~inside, level, new,
+                           episode & ~inside)
+
+
+def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray,
+                          flag: np.ndarray, episode: np.ndarray, new: np.ndarray, s: cpu.CpuSettings) -> np.ndarray:
+    """Episode by episode, hour by hour: the project's unflagged nodes' CPU over their usual (floored at 10)
+    over the episode and over its last day, against the node's usual peak."""
+    out = np.zeros(flag.shape, dtype=bool)
+    project = m.nodes["project"].astype(str).to_numpy()
+    have = ~np.isnan(x) & ~np.isnan(profile) & (pdays >= s.min_profile_days)
+    for i in np.flatnonzero(flag.any(axis=1) & ~new):
+        peers = (project == project[i]) & ~flag.any(axis=1)
+        hours = np.flatnonzero(episode[i])
+        runs: list[list[int]] = []
+        for h in hours:  # merged across gaps of up to two hours
+            if runs and h - runs[-1][1] <= cpu.EPISODE_GAP_HOURS:
+                runs[-1][1] = int(h)
+            else:
+                runs.append([int(h), int(h)])
+        for a, last in runs:
+            b = last + 1
+            d = min(_ref_ratio(x[peers], profile[peers], have[peers], a, b),
+                    _ref_ratio(x[peers], profile[peers], have[peers], max(b - cpu.DAY_HOURS, 0), b))
+            peak = np.nanmax(profile[i, max(a - cpu.DAY_HOURS, 0): b])
+            if d >= cpu.SURGE_RATIO and peak * d >= cpu.SATURATION_SHARE * np.nanmedian(x[i, a:b]):
+                out[i, a:b] = True
+    return out
+
+
+def _ref_ratio(x: np.ndarray, profile: np.ndarray, ok: np.ndarray, lo: int, hi: int) -> float:
+    u = np.where(ok[:, lo:hi], np.maximum(profile[:, lo:hi], 10.0), 0.0).sum()
+    return float(np.where(ok[:, lo:hi], x[:, lo:hi], 0.0).sum() / u) if u > 0 else 0.0
 
 
 def _fleet(n: int = 300, days: int = 14, seed: int = 4) -> cpu.CpuMatrix:

@@ -279,3 +279,58 @@ def test_one_quiet_day_does_not_split_an_open_cost_episode() -> None:
     det = detect(costs, None, Config(), as_of=days[80] + pd.Timedelta(days=1), since=pd.Timedelta(days=14))
     spikes = [a for a in det.alerts if a.kind == "cost_spike"]
     assert len(spikes) == 1 and spikes[0].start == days[60] and spikes[0].evidence["days"] == 21
+
+
+# Issue 16 section 2: a busy node pushed near its ceiling by a project-wide surge that begins at night.
+SURGE_AT = 24 * 60 + 22  # day 60, 22:00 UTC: the idle night barely shows the surge on the other nodes
+SURGE_HOURS = 36
+
+
+def _night_surge(outlive_hours: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A project whose compute cost and every node's load rise x1.5 for 36 h with their daily shape; its busy
+    node (usually 60-72%) saturates near 90% day and night, and at 100% for 2 h at the peak.  With
+    ``outlive_hours`` the busy node stays flat at ~91% that long after the surge has ended: a miner.  The
+    project's idle nodes keep the night's pooled demand near its usual, so the hour-by-hour surge check
+    cannot explain the busy node's first flat hours; the episode as a whole is inside the surge."""
+    rng = np.random.default_rng(seed)
+    hours = pd.date_range(DAYS[0], periods=24 * len(DAYS), freq="h", tz="UTC")
+    t = np.arange(len(hours))
+    ramp = np.clip(np.minimum(t - SURGE_AT + 1, SURGE_AT + SURGE_HOURS - t) / 3.0, 0, 1)
+    mult = 1 + 0.5 * ramp
+    bump = np.exp(-0.5 * ((hours.hour.to_numpy() - 14) / 3.5) ** 2)
+
+    def load(peak: float, trough: float, sigma: float) -> np.ndarray:
+        x = (trough + (peak - trough) * bump) * mult
+        x = np.where(x <= 70.0, x, 70.0 + 20.0 * np.tanh((x - 70.0) / 20.0))  # a busy service slows down
+        return np.clip(x + rng.normal(0, sigma, len(t)) * np.sqrt(mult), 0, 100)
+
+    traces = {f"web-{k}": load(20 + 5 * k, 6, 3.0) for k in range(3)}
+    traces |= {f"idle-{k}": load(10, 6, 3.0) for k in range(2)}  # at night the pooled demand reads ~1
+    busy = load(72, 60, 3.0)
+    busy[SURGE_AT + 7: SURGE_AT + 9] = 97.0 + rng.normal(0, 0.3, 2)  # 05:00: near its ceiling, flat by chance
+    peak_hour = SURGE_AT + 16  # 14:00 the next day
+    busy[peak_hour: peak_hour + 2] = 99.7
+    end = SURGE_AT + SURGE_HOURS
+    busy[end: end + outlive_hours] = 91.0 + rng.normal(0, 0.4, outlive_hours)
+    traces["busy"] = busy
+    usage = normalize_usage(pd.concat([pd.DataFrame({"timestamp": hours, "node": n, "cpu_utilization": v})
+                                       for n, v in traces.items()]).assign(provider="aws", project="888"))
+    daily = mult.reshape(len(DAYS), 24).mean(axis=1)
+    costs = _costs({("888", "Compute", "us-east-1"): _steady(300.0, seed=3) * daily})
+    return costs, usage
+
+
+def test_a_busy_node_saturating_in_a_night_surge_is_not_critical_mining() -> None:
+    costs, usage = _night_surge(outlive_hours=0)
+    det = detect(costs, usage, Config(), as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[50])
+    assert [a.kind for a in det.alerts if a.kind == "cost_spike"]  # the surge shows in the bill
+    assert not [a for a in det.alerts if a.kind == "mining_suspected" and a.severity == "critical"]
+
+
+def test_the_same_plateau_outliving_the_surge_is_critical_mining() -> None:
+    costs, usage = _night_surge(outlive_hours=30)
+    det = detect(costs, usage, Config(), as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[50])
+    mining = [a for a in det.alerts if a.kind == "mining_suspected" and a.severity == "critical"]
+    assert len(mining) == 1 and mining[0].evidence["nodes"][0]["node"] == "busy"
+    surge_end = DAYS[0] + pd.Timedelta(hours=SURGE_AT + SURGE_HOURS)
+    assert pd.Timestamp(mining[0].evidence["ongoing_until"]) >= surge_end + pd.Timedelta(hours=24)
