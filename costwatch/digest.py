@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from . import feedback, silences
-from .alerts import SEVERITY_ORDER, iso
+from .alerts import SEVERITY_ORDER, finite, iso
 from .config import WEEKDAYS, Config, DigestConfig
 from .html_page import Markup, items, join, money, page, para, pct, table, tag
 from .notify import SCHEDULED_DIGEST, Notification, Target, notification_id
@@ -203,7 +203,7 @@ def _forecasts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "forecast": p.get("forecast"), "forecast_low": p.get("forecast_low"),
                     "forecast_high": p.get("forecast_high"), "budget": budget,
                     "share": round(float(p["forecast"]) / float(budget), 4) if budget else None})
-    out.sort(key=lambda f: (-(_num(f["share"]) or 0.0), -(_num(f["forecast"]) or 0.0)))
+    out.sort(key=lambda f: (-(finite(f["share"]) or 0.0), -(finite(f["forecast"]) or 0.0)))
     return out
 
 
@@ -302,14 +302,10 @@ def _t(value: object, limit: int = 120) -> str:
     return terminal_safe(value, limit)
 
 
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
-
-
 def change_text(c: dict[str, Any]) -> str:
     cur = _t(c.get("currency"), 8)
-    this, last, delta = _num(c.get("this")), _num(c.get("last")), _num(c.get("delta"))
-    p = _num(c.get("pct"))
+    this, last, delta = finite(c.get("this")), finite(c.get("last")), finite(c.get("delta"))
+    p = finite(c.get("pct"))
     rel = pct(p) if p is not None else ("new" if (last or 0) == 0 and (this or 0) > 0 else "")
     return (f"{money(this, cur)} vs {money(last, '').strip()} ({money(delta, '', signed=True).strip()}"
             + (f", {rel}" if rel else "") + ")")
@@ -317,7 +313,7 @@ def change_text(c: dict[str, Any]) -> str:
 
 def forecast_text(f: dict[str, Any]) -> str:
     cur = _t(f.get("currency"), 8)
-    fc, lo, hi, budget, share = (_num(f.get(k)) for k in ("forecast", "forecast_low", "forecast_high", "budget",
+    fc, lo, hi, budget, share = (finite(f.get(k)) for k in ("forecast", "forecast_low", "forecast_high", "budget",
                                                           "share"))
     out = f"{fc:,.0f} {cur}" if fc is not None else "?"
     if lo is not None and hi is not None:
@@ -341,9 +337,9 @@ def silence_text(s: dict[str, Any]) -> str:
 
 
 def headline(doc: dict[str, Any]) -> str:
-    parts = [f"{money(_num(t.get('this')), _t(t.get('currency'), 8))} ({pct(_num(t.get('pct')))})".replace(" ()", "")
-             for t in doc.get("totals") or []]
-    over = sum(1 for f in doc.get("forecasts") or [] if (_num(f.get("share")) or 0) > 1)
+    parts = [f"{money(finite(t.get('this')), _t(t.get('currency'), 8))} ({pct(finite(t.get('pct')))})"
+             .replace(" ()", "") for t in doc.get("totals") or []]
+    over = sum(1 for f in doc.get("forecasts") or [] if (finite(f.get("share")) or 0) > 1)
     n = int(doc.get("incidents_total") or 0)
     return ("Spend " + ("; ".join(parts) or "none") + f"; {n} open incident(s)"
             + (f"; {over} project(s) forecast over budget" if over else "") + ".")
@@ -391,14 +387,14 @@ def text(doc: dict[str, Any]) -> str:
 
 
 def _delta_cell(c: dict[str, Any]) -> Markup:
-    d = _num(c.get("delta")) or 0.0
-    p = _num(c.get("pct"))
+    d = finite(c.get("delta")) or 0.0
+    p = finite(c.get("pct"))
     txt = money(d, "", signed=True).strip() + (f" ({pct(p)})" if p is not None else "")
     return tag("span", txt, "up" if d > 0 else "down" if d < 0 else "")
 
 
 def _change_rows(rows: list[dict[str, Any]], name: str) -> list[list[object]]:
-    return [[r.get(name), r.get("currency"), money(_num(r.get("this")), ""), money(_num(r.get("last")), ""),
+    return [[r.get(name), r.get("currency"), money(finite(r.get("this")), ""), money(finite(r.get("last")), ""),
              _delta_cell(r)] for r in rows]
 
 
@@ -429,7 +425,7 @@ def html(doc: dict[str, Any]) -> str:
 
 def _forecast_cell(f: dict[str, Any]) -> Markup:
     txt = forecast_text(f)
-    return tag("span", txt, "over" if (_num(f.get("share")) or 0) > 1 else "")
+    return tag("span", txt, "over" if (finite(f.get("share")) or 0) > 1 else "")
 
 
 __all__ = ["EVENT", "Audience", "Period", "Windows", "audiences", "content", "digest_id", "due", "html", "of",
