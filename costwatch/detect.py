@@ -29,7 +29,6 @@ from . import budgets
 from . import cpu as cpumod
 from . import monitors as monmod
 from .alerts import SEVERITY_ORDER, Alert, plain
-from .budgets import month_forecast as month_forecast  # re-exported: the run-rate forecast
 from .config import Config, ProjectConfig
 from .mining_score import rescore
 from .model import COMPUTE_CATEGORY

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from costwatch.budgets import month_forecast
 from costwatch.config import Config, DetectionConfig, ProjectConfig
-from costwatch.detect import detect, month_forecast
+from costwatch.detect import detect
 from costwatch.model import normalize_costs, normalize_usage
 from costwatch.scenarios import generate
 
