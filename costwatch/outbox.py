@@ -214,126 +214,50 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
     failed items are tried again, oldest first, one probe per notifier until one fails again: when the
     channel works again, what it could not deliver goes out.  ``only``: deliver just these ids."""
     report = DeliveryReport()
-    spacing = PACE if pace is None else pace
-    timer = _Timer(clock, sleep)
+    items = _due_items(store, notifiers, now, max_attempts, retry_failed, only)
+    if digest_after > 0 and only is None:
+        items = _fold(store, items, now, digest_after, report)
+    run = _Run(store, notifiers, now, report, _Timer(clock, sleep), PACE if pace is None else pace,
+               max_attempts, max_wait, in_run_retries, _first_pending(items))
+    run.serve(items)
+    for why, count in run.deferred.items():
+        report.deferred += count
+        report.errors.append(f"{count} more notification(s) not tried this run ({why}); they stay pending")
+    _count(store, now, stuck_after, report)
+    return report
+
+
+def _due_items(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, max_attempts: int,
+               retry_failed: set[str] | frozenset[str], only: set[str] | None) -> list[_Item]:
+    """Pending and sending items, plus permanently failed ones of notifiers being probed, oldest first in
+    each incident's order."""
     records = store.scan("outbox")
     if _repair_digests(store, records, now):
         records = store.scan("outbox")
-    items = [_load(r) for r in records if r.doc.get("status") in ("pending", "sending")
-             or (r.doc.get("status") == "failed" and r.doc.get("permanent") and r.doc.get("channel") in retry_failed
-                 and r.doc.get("channel") in notifiers and int(r.doc.get("attempts", 0)) < max_attempts)]
+
+    def wanted(doc: dict[str, Any]) -> bool:
+        if doc.get("status") in ("pending", "sending"):
+            return True
+        return bool(doc.get("status") == "failed" and doc.get("permanent") and doc.get("channel") in retry_failed
+                    and doc.get("channel") in notifiers and int(doc.get("attempts", 0)) < max_attempts)
+
+    items = [_load(r) for r in records if wanted(r.doc)]
     if only is not None:
         items = [i for i in items if i.rec.key in only]
     items.sort(key=lambda i: (i.rec.doc.get("created_at") or "", i.n.group_key, i.n.sequence, i.n.id))
-    if digest_after > 0 and only is None:
-        items = _fold(store, items, now, digest_after, report)
-    first_pending = {thread_key(i.n) for i in items if i.n.sequence == 0 and i.n.event == "firing"}
-    first_pending |= {f"{group}|{i.n.target.key}" for i in items if i.n.event == "digest"
-                      for group in i.rec.doc.get("firing_groups") or []}  # a digest is their first message
-    down: dict[str, str] = {}           # notifier or target key -> why it is left alone for the rest of the run
-    strikes: Counter[str] = Counter()   # notifier -> transient failures in a row
-    not_before: dict[str, float] = {}   # target key -> timer time before which nothing more is posted there
-    deferred: Counter[str] = Counter()
+    return items
 
-    def attempt(item: _Item) -> bool:
-        """Deliver one item if it is due; True when its target must first wait a little (pace, Retry-After),
-        so the caller comes back to it after serving the other targets."""
-        doc, n = item.rec.doc, item.n
-        due = pd.Timestamp(doc.get("next_attempt") or now)
-        if doc["status"] == "failed":
-            if n.target.channel in report.broken:
-                return False  # the notifier failed for good again this run: one probe is enough
-        elif doc["status"] == "sending":
-            since = pd.Timestamp(doc.get("sending_since") or now)
-            if now - since < LEASE:
-                return False  # another run is sending it right now
-        elif due > now:
-            return False
-        notifier = notifiers.get(n.target.channel)
-        if notifier is None:
-            _finish(store, item, now, Delivery(ok=False, permanent=True,
-                                               error=f"notify.{n.target.channel} is no longer configured"),
-                    report, max_attempts, tried=False)
-            return False
-        stop = down.get(n.target.channel) or down.get(n.target.key)
-        if stop is not None:
-            deferred[stop] += 1
-            return False
-        if n.event in ("digest", SCHEDULED_DIGEST):
-            n.thread = None  # a digest (and the scheduled summary) stands on its own
-        elif n.sequence > 0 or n.event != "firing":
-            tk = thread_key(n)
-            ref = store.get("thread", tk)
-            if ref is None and tk in first_pending:
-                return False  # the incident's first message has not gone yet: keep the order
-            n.thread = ref.doc.get("ref") if ref else None
-        wait = not_before.get(n.target.key, 0.0) - timer.now()
-        if wait > max_wait:
-            deferred[f"{_where(n)} asked us to wait"] += 1
-            return False
-        if wait > 0:
-            return True
-        # an earlier attempt may have reached the service even though we never heard back (a crash, a
-        # timeout after the post): ask before sending again, where the service can tell
-        if doc["status"] == "sending" or int(doc.get("attempts", 0)) > 0:
-            found = _already_delivered(notifier, n)
-            if found is not None:
-                _finish(store, item, now, found, report, max_attempts)
-                _after_delivery(item, first_pending)
-                return False
-        claimed = store.put("outbox", item.rec.key, {**doc, "status": "sending", "sending_since": iso(now),
-                                                      "attempts": int(doc.get("attempts", 0)) + 1},
-                            version=item.rec.version, expires_at=_ttl(KEEP))
-        if not claimed:
-            return False  # another run claimed it between our read and now
-        item.rec = store.get("outbox", item.rec.key) or item.rec
-        d = _send(notifier, n)
-        first_error = None if d.ok else d.error
-        for _ in range(in_run_retries):
-            if d.ok or d.permanent:
-                break
-            retry_in = d.retry_after if d.retry_after is not None else 1.0
-            if retry_in > max_wait:
-                break
-            timer.sleep(retry_in)
-            d = _already_delivered(notifier, n) or _send(notifier, n)
-        if d.ok and first_error is not None:
-            report.retried.append(f"{_where(n)}: {first_error} -> delivered on a retry within the run")
-        _finish(store, item, now, d, report, max_attempts)
-        not_before[n.target.key] = timer.now() + spacing.get(n.target.channel, 0.0)
-        if d.ok:
-            strikes[n.target.channel] = 0
-            _after_delivery(item, first_pending)
-        elif not d.permanent:
-            if d.retry_after is not None:  # rate limited: this target waits, the others go on
-                not_before[n.target.key] = max(not_before[n.target.key], timer.now() + d.retry_after)
-            else:
-                down[n.target.key] = f"{_where(n)} failed: {d.error or 'delivery failed'}"
-                strikes[n.target.channel] += 1
-                if strikes[n.target.channel] >= TRIES_PER_SERVICE:
-                    down[n.target.channel] = f"{n.target.channel} failed {TRIES_PER_SERVICE} times in a row"
-        return False
 
-    # passes over the items: a target that must wait keeps its items (in order) for a later pass while the
-    # other targets are served; when only waiting targets are left, sleep until the first is ready
-    todo = items
-    while todo:
-        later: list[_Item] = []
-        waiting: set[str] = set()
-        for item in todo:
-            key = item.n.target.key
-            if key in waiting or attempt(item):
-                waiting.add(key)
-                later.append(item)
-        if not later:
-            break
-        pause = min(not_before.get(i.n.target.key, 0.0) for i in later) - timer.now()
-        if pause > 0:
-            timer.sleep(pause)
-        todo = later
-    for why, count in deferred.items():
-        report.deferred += count
-        report.errors.append(f"{count} more notification(s) not tried this run ({why}); they stay pending")
+def _first_pending(items: list[_Item]) -> set[str]:
+    """Threads whose first message is still to go: their follow-ups wait for it (a digest is their first)."""
+    first = {thread_key(i.n) for i in items if i.n.sequence == 0 and i.n.event == "firing"}
+    first |= {f"{group}|{i.n.target.key}" for i in items if i.n.event == "digest"
+              for group in i.rec.doc.get("firing_groups") or []}
+    return first
+
+
+def _count(store: Store, now: pd.Timestamp, stuck_after: pd.Timedelta, report: DeliveryReport) -> None:
+    """The outbox's state after the run, for the report and costwatch.fallback."""
     for r in store.scan("outbox"):
         st = r.doc.get("status")
         if st == "pending":
@@ -345,7 +269,158 @@ def deliver(store: Store, notifiers: dict[str, Notifier], now: pd.Timestamp, *, 
             report.stuck += 1
             if r.doc.get("permanent") and r.doc.get("channel"):
                 report.failed_channels.add(str(r.doc["channel"]))
-    return report
+
+
+@dataclass
+class _Run:
+    """One delivery run's memory: which services and targets are left alone (``down``: key -> why), transient
+    failures in a row per service, the timer time before which a target gets nothing more (pace,
+    Retry-After), and what was not tried and why."""
+    store: Store
+    notifiers: dict[str, Notifier]
+    now: pd.Timestamp
+    report: DeliveryReport
+    timer: _Timer
+    spacing: dict[str, float]
+    max_attempts: int
+    max_wait: float
+    in_run_retries: int
+    first_pending: set[str]
+    down: dict[str, str] = field(default_factory=dict)
+    strikes: Counter[str] = field(default_factory=Counter)
+    not_before: dict[str, float] = field(default_factory=dict)
+    deferred: Counter[str] = field(default_factory=Counter)
+
+    def serve(self, items: list[_Item]) -> None:
+        """Passes over the items: a target that must wait keeps its items (in order) for a later pass while
+        the other targets are served; when only waiting targets are left, sleep until the first is ready."""
+        todo = items
+        while todo:
+            later: list[_Item] = []
+            waiting: set[str] = set()
+            for item in todo:
+                key = item.n.target.key
+                if key in waiting or self.attempt(item):
+                    waiting.add(key)
+                    later.append(item)
+            if not later:
+                break
+            pause = min(self.not_before.get(i.n.target.key, 0.0) for i in later) - self.timer.now()
+            if pause > 0:
+                self.timer.sleep(pause)
+            todo = later
+
+    def attempt(self, item: _Item) -> bool:
+        """Deliver one item if it is due; True when its target must first wait a little (pace, Retry-After),
+        so the caller comes back to it after serving the other targets."""
+        if not self._due(item):
+            return False
+        notifier = self._notifier(item)
+        if notifier is None or not self._threaded(item):
+            return False
+        n = item.n
+        wait = self.not_before.get(n.target.key, 0.0) - self.timer.now()
+        if wait > self.max_wait:
+            self.deferred[f"{_where(n)} asked us to wait"] += 1
+            return False
+        if wait > 0:
+            return True
+        if self._delivered_before(item, notifier) or not self._claim(item):
+            return False
+        self._record(item, self._send_retrying(notifier, n))
+        return False
+
+    def _due(self, item: _Item) -> bool:
+        doc = item.rec.doc
+        if doc["status"] == "failed":
+            return item.n.target.channel not in self.report.broken  # failed for good again: one probe is enough
+        if doc["status"] == "sending":
+            return self.now - pd.Timestamp(doc.get("sending_since") or self.now) >= LEASE  # else another run has it
+        return pd.Timestamp(doc.get("next_attempt") or self.now) <= self.now
+
+    def _notifier(self, item: _Item) -> Notifier | None:
+        """The item's notifier, or None when it is gone (the item fails for good) or left alone this run."""
+        n = item.n
+        notifier = self.notifiers.get(n.target.channel)
+        if notifier is None:
+            _finish(self.store, item, self.now, Delivery(ok=False, permanent=True,
+                                                         error=f"notify.{n.target.channel} is no longer configured"),
+                    self.report, self.max_attempts, tried=False)
+            return None
+        stop = self.down.get(n.target.channel) or self.down.get(n.target.key)
+        if stop is not None:
+            self.deferred[stop] += 1
+            return None
+        return notifier
+
+    def _threaded(self, item: _Item) -> bool:
+        """Sets the thread a follow-up replies in; False while the incident's first message has not gone."""
+        n = item.n
+        if n.event in ("digest", SCHEDULED_DIGEST):
+            n.thread = None  # a digest (and the scheduled summary) stands on its own
+        elif n.sequence > 0 or n.event != "firing":
+            tk = thread_key(n)
+            ref = self.store.get("thread", tk)
+            if ref is None and tk in self.first_pending:
+                return False
+            n.thread = ref.doc.get("ref") if ref else None
+        return True
+
+    def _delivered_before(self, item: _Item, notifier: Notifier) -> bool:
+        """An earlier attempt may have reached the service though we never heard back (a crash, a timeout
+        after the post): ask before sending again, where the service can tell."""
+        doc = item.rec.doc
+        if doc["status"] != "sending" and int(doc.get("attempts", 0)) == 0:
+            return False
+        found = _already_delivered(notifier, item.n)
+        if found is None:
+            return False
+        _finish(self.store, item, self.now, found, self.report, self.max_attempts)
+        _after_delivery(item, self.first_pending)
+        return True
+
+    def _claim(self, item: _Item) -> bool:
+        """Marks the item as being sent; False when another run claimed it between our read and now."""
+        doc = item.rec.doc
+        claimed = self.store.put("outbox", item.rec.key, {**doc, "status": "sending", "sending_since": iso(self.now),
+                                                          "attempts": int(doc.get("attempts", 0)) + 1},
+                                 version=item.rec.version, expires_at=_ttl(KEEP))
+        if claimed:
+            item.rec = self.store.get("outbox", item.rec.key) or item.rec
+        return claimed
+
+    def _send_retrying(self, notifier: Notifier, n: Notification) -> Delivery:
+        """Sends, retrying a transient failure within the run when the wait it asks for is short."""
+        d = _send(notifier, n)
+        first_error = None if d.ok else d.error
+        for _ in range(self.in_run_retries):
+            if d.ok or d.permanent:
+                break
+            retry_in = d.retry_after if d.retry_after is not None else 1.0
+            if retry_in > self.max_wait:
+                break
+            self.timer.sleep(retry_in)
+            d = _already_delivered(notifier, n) or _send(notifier, n)
+        if d.ok and first_error is not None:
+            self.report.retried.append(f"{_where(n)}: {first_error} -> delivered on a retry within the run")
+        return d
+
+    def _record(self, item: _Item, d: Delivery) -> None:
+        """Stores the outcome and what it means for the rest of the run: pace the target, wait out a rate
+        limit, or leave the target (and after repeated failures the service) alone."""
+        n = item.n
+        _finish(self.store, item, self.now, d, self.report, self.max_attempts)
+        self.not_before[n.target.key] = self.timer.now() + self.spacing.get(n.target.channel, 0.0)
+        if d.ok:
+            self.strikes[n.target.channel] = 0
+            _after_delivery(item, self.first_pending)
+        elif d.retry_after is not None and not d.permanent:  # rate limited: this target waits, the others go on
+            self.not_before[n.target.key] = max(self.not_before[n.target.key], self.timer.now() + d.retry_after)
+        elif not d.permanent:
+            self.down[n.target.key] = f"{_where(n)} failed: {d.error or 'delivery failed'}"
+            self.strikes[n.target.channel] += 1
+            if self.strikes[n.target.channel] >= TRIES_PER_SERVICE:
+                self.down[n.target.channel] = f"{n.target.channel} failed {TRIES_PER_SERVICE} times in a row"
 
 
 def _where(n: Notification) -> str:

@@ -357,37 +357,39 @@ class _Plan:
 
 
 def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
-    cols, types = src.columns, src.types
+    """The SQL for one source: per-row expressions, the grouped output columns and the checks that name a bad
+    row, in the pandas loader's order so both name the same first bad row."""
+    return _Planner(src).plan(keys, resources)
 
-    def col(*names: str) -> str | None:
-        return next((cols[n.lower()] for n in names if n.lower() in cols), None)
 
-    missing = [c for c in REQUIRED_FOCUS if col(c) is None]
-    if missing:
-        raise DataError(
-            f"{src.path}: missing FOCUS column(s) {', '.join(missing)}. Expected a FOCUS 1.0–1.2 cost export with "
-            f"columns {', '.join(REQUIRED_FOCUS)} (and optionally {', '.join(OPTIONAL_FOCUS)}); "
-            f"found {describe_headers(src.headers)}"
-        )
-    c_start, c_end, c_billed, c_cur, c_prov, c_acct = (str(col(c)) for c in REQUIRED_FOCUS)
-    q = _quote
-    checks: list[_Check] = []
-    carried: list[str] = []
+class _Planner:
+    """Builds a ``_Plan`` column by column; remembers the checks and the columns carried to stage 2."""
 
-    def carry(*names: str) -> list[str]:
-        found = [c for c in (col(n) for n in names) if c is not None]
-        carried.extend(c for c in found if c not in carried)
+    def __init__(self, src: _Source) -> None:
+        self.src, self.cols, self.types = src, src.columns, src.types
+        self.checks: list[_Check] = []
+        self.carried: list[str] = []
+        self.row_params: list[Any] = []
+        self.final_params: list[Any] = []
+
+    def col(self, *names: str) -> str | None:
+        return next((self.cols[n.lower()] for n in names if n.lower() in self.cols), None)
+
+    def carry(self, *names: str) -> list[str]:
+        found = [c for c in (self.col(n) for n in names) if c is not None]
+        self.carried.extend(c for c in found if c not in self.carried)
         return found
 
-    def text(*names: str) -> str:
+    def text(self, *names: str) -> str:
         """First non-missing value across fallback columns, cleaned like ``clean_text`` (stage 2)."""
-        parts = [f"cw_clean({q(c)})" for c in carry(*names)]
+        parts = [f"cw_clean({_quote(c)})" for c in self.carry(*names)]
         if not parts:
             return _NULL_TEXT
         return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
 
-    def time(c: str) -> str:
-        if _is_time(types[c]):
+    def time(self, c: str) -> str:
+        q = _quote
+        if _is_time(self.types[c]):
             expr = f"CAST({q(c)} AS TIMESTAMPTZ)"
             shown = f"CAST({expr} AS VARCHAR)"  # NULL ("is empty") when missing
         else:
@@ -395,18 +397,19 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
             shown = f"cw_clean({q(c)})"
         # one check for both reasons, so the first bad row is the one the pandas loader names
         outside = f"({expr} < {_FIRST_TIME} OR {expr} > {_LAST_TIME})"
-        checks.append(_Check(c, f"{expr} IS NULL OR {outside}", shown, "time", True, flag=outside))
+        self.checks.append(_Check(c, f"{expr} IS NULL OR {outside}", shown, "time", True, flag=outside))
         return expr
 
-    def number(c: str, allow_missing: bool) -> str:
+    def number(self, c: str, allow_missing: bool) -> str:
         """An amount: finite and below MAX_AMOUNT in magnitude (one check, flagged when out of range, so the
         first bad row is the one the pandas loader names)."""
-        if _is_number(types[c]):
+        q = _quote
+        if _is_number(self.types[c]):
             v = f"CAST({q(c)} AS DOUBLE)"
             big = f"coalesce(isfinite({v}) AND abs({v}) >= {MAX_AMOUNT!r}, false)"
             value = f"CASE WHEN isnan({v}) THEN NULL ELSE CAST({v} AS VARCHAR) END"
             bad = f"isinf({v})" if allow_missing else f"NOT coalesce(isfinite({v}), false)"
-            checks.append(_Check(c, f"{bad} OR {big}", value, "finite", True, flag=big))
+            self.checks.append(_Check(c, f"{bad} OR {big}", value, "finite", True, flag=big))
             return f"CASE WHEN isnan({v}) THEN NULL ELSE {v} END"
         # concat(): DuckDB 2.0 pushes a TRY_CAST of a bare column into the CSV reader as a hard cast (duckdb
         # issue 23818), so one "x" in the column failed the whole read without a line; concat() of one value
@@ -417,90 +420,107 @@ def _plan(src: _Source, keys: list[str], resources: str) -> _Plan:
             bad = f"CASE WHEN coalesce(isfinite({v}), false) THEN false ELSE cw_clean({q(c)}) IS NOT NULL END"
         else:
             bad = f"NOT coalesce(isfinite({v}), false)"
-        checks.append(_Check(c, f"{bad} OR {big}", f"cw_clean({q(c)})", "number", True, flag=big))
+        self.checks.append(_Check(c, f"{bad} OR {big}", f"cw_clean({q(c)})", "number", True, flag=big))
         return f"CASE WHEN isfinite({v}) THEN {v} END" if allow_missing else v
 
-    start, end = time(c_start), time(c_end)
-    checks.append(_Check(c_end, f"{end} <= {start}", _NULL_TEXT, f"after:{c_start}", True))
-    billed = number(c_billed, allow_missing=False)
-    c_eff = col("EffectiveCost")
-    effective = f"coalesce({number(c_eff, allow_missing=True)}, {billed})" if c_eff else billed
+    def required_text(self, c: str) -> str:
+        expr = self.text(c)
+        self.checks.append(_Check(c, f"{expr} IS NULL", _NULL_TEXT, "empty", False))
+        return expr
 
-    provider = text(c_prov)
-    checks.append(_Check(c_prov, f"{provider} IS NULL", _NULL_TEXT, "empty", False))
-    project_id = text(c_acct, "BillingAccountId")
-    checks.append(_Check(c_acct, f"{project_id} IS NULL", _NULL_TEXT, "empty", False))
-    currency = text(c_cur)
-    checks.append(_Check(c_cur, f"{currency} IS NULL", _NULL_TEXT, "empty", False))
-    checks.append(_Check(c_cur, f"NOT regexp_full_match(upper({currency}), '{CURRENCY_SHAPE}')", f"upper({currency})",
-                         "currency", False))
+    def plan(self, keys: list[str], resources: str) -> _Plan:
+        missing = [c for c in REQUIRED_FOCUS if self.col(c) is None]
+        if missing:
+            raise DataError(
+                f"{self.src.path}: missing FOCUS column(s) {', '.join(missing)}. Expected a FOCUS 1.0–1.2 cost "
+                f"export with columns {', '.join(REQUIRED_FOCUS)} (and optionally {', '.join(OPTIONAL_FOCUS)}); "
+                f"found {describe_headers(self.src.headers)}"
+            )
+        c_start, c_end, c_billed, c_cur, c_prov, c_acct = (str(self.col(c)) for c in REQUIRED_FOCUS)
+        start, end = self.time(c_start), self.time(c_end)
+        self.checks.append(_Check(c_end, f"{end} <= {start}", _NULL_TEXT, f"after:{c_start}", True))
+        billed = self.number(c_billed, allow_missing=False)
+        c_eff = self.col("EffectiveCost")
+        effective = f"coalesce({self.number(c_eff, allow_missing=True)}, {billed})" if c_eff else billed
 
-    row = {"cw_day": f"CAST({start} AS DATE)",
-           # detection drops negative usage rows before summing (``baseline.usage_rows``): keep them apart
-           "cw_negative": f"coalesce({effective} < 0, false)"}
-    c_res, c_cat = col("ResourceId"), col("ServiceCategory")
-    if c_res is None or resources == "none" or (resources == "compute" and c_cat is None):
-        row["cw_resource"] = _NULL_TEXT
-    elif resources == "compute":
-        compute = f"regexp_full_match(CAST({q(str(c_cat))} AS VARCHAR), '(?i){_WS_CLASS}*compute{_WS_CLASS}*')"
-        row["cw_resource"] = f"CASE WHEN {compute} THEN {q(c_res)} END"
-    else:
-        row["cw_resource"] = q(c_res)
-    final = {
-        "day": "cw_day",
-        "provider": provider,
-        "project_id": project_id,
-        "project_name": f"coalesce({text('SubAccountName')}, {project_id})",
-        "service": text("ServiceName"),
-        "service_category": text("ServiceCategory"),
-        "region": text("RegionId", "RegionName", "AvailabilityZone"),
-        "charge_category": text("ChargeCategory"),
-        "currency": f"upper({currency})",
-        "resource_id": "cw_clean(cw_resource)",
-        "negative": "cw_negative",
-    }
+        provider = self.required_text(c_prov)
+        project_id = self.text(c_acct, "BillingAccountId")
+        self.checks.append(_Check(c_acct, f"{project_id} IS NULL", _NULL_TEXT, "empty", False))
+        currency = self.required_text(c_cur)
+        self.checks.append(_Check(c_cur, f"NOT regexp_full_match(upper({currency}), '{CURRENCY_SHAPE}')",
+                                  f"upper({currency})", "currency", False))
 
-    row_params: list[Any] = []
-    final_params: list[Any] = []
-    c_tags = col("Tags")
-    tags_map = c_tags is not None and types[c_tags].upper().startswith("MAP")
-    if c_tags is not None and not tags_map and not _is_text(types[c_tags]):
-        raise DataError(f"{where(str(src.path), None, c_tags)}has type {types[c_tags]}; expected JSON text "
-                        "or a MAP of tag keys to values")
-    if c_tags is not None and not tags_map:
-        carry(c_tags)
-        # JSON null is "no tags", as the literal NULL is; text that is not JSON is an error unless missing
-        t = q(c_tags)
-        checks.append(_Check(c_tags, f"CASE WHEN json_valid({t}) THEN json_type({t}) NOT IN ('OBJECT', 'NULL') "
-                                     f"ELSE cw_clean({t}) IS NOT NULL END", f"cw_clean({t})", "tags", False))
-    for i, key in enumerate(keys):
-        if c_tags is None:
-            final[f"owner_{i}"] = _NULL_TEXT
-        elif tags_map:  # a MAP lookup is cheap: done per row, and the value grouped on
-            row[f"cw_owner_{i}"] = f"nullif(trim(CAST(map_extract_value({q(c_tags)}, ?) AS VARCHAR)), '')"
-            row_params.append(key)
-            final[f"owner_{i}"] = f"cw_owner_{i}"
-        else:
-            t = q(c_tags)
-            # nested CASE: DuckDB's AND evaluates both sides, and json_type() fails on text that is not JSON
-            final[f"owner_{i}"] = (f"CASE WHEN json_valid({t}) THEN CASE WHEN json_type({t}) = 'OBJECT' "
-                                   f"THEN nullif(trim(json_extract_string({t}, ?)), '') END END")
-            final_params.append("/" + key.replace("~", "~0").replace("/", "~1"))
+        row = {"cw_day": f"CAST({start} AS DATE)",
+               # detection drops negative usage rows before summing (``baseline.usage_rows``): keep them apart
+               "cw_negative": f"coalesce({effective} < 0, false)",
+               "cw_resource": self.resource(resources)}
+        final = {
+            "day": "cw_day",
+            "provider": provider,
+            "project_id": project_id,
+            "project_name": f"coalesce({self.text('SubAccountName')}, {project_id})",
+            "service": self.text("ServiceName"),
+            "service_category": self.text("ServiceCategory"),
+            "region": self.text("RegionId", "RegionName", "AvailabilityZone"),
+            "charge_category": self.text("ChargeCategory"),
+            "currency": f"upper({currency})",
+            "resource_id": "cw_clean(cw_resource)",
+            "negative": "cw_negative",
+        }
+        self.owners(keys, row, final)
+        return _Plan(row, self.carried, billed, effective, final, self.estimated(), self.checks, self.row_params,
+                     self.final_params)
 
-    c_est = col("x_Estimated", "Estimated")
-    if c_est is None:
-        estimated = "false"
-    elif types[c_est].upper() == "BOOLEAN":
-        carry(c_est)
-        estimated = f"coalesce({q(c_est)}, false)"
-    else:
-        carry(c_est)
-        flag = f"lower(cw_clean({q(c_est)}))"
+    def resource(self, resources: str) -> str:
+        """The resource id per row: all, compute ones only (by ServiceCategory), or none."""
+        c_res, c_cat = self.col("ResourceId"), self.col("ServiceCategory")
+        if c_res is None or resources == "none" or (resources == "compute" and c_cat is None):
+            return _NULL_TEXT
+        if resources == "compute":
+            compute = f"regexp_full_match(CAST({_quote(str(c_cat))} AS VARCHAR), '(?i){_WS_CLASS}*compute{_WS_CLASS}*')"
+            return f"CASE WHEN {compute} THEN {_quote(c_res)} END"
+        return _quote(c_res)
+
+    def owners(self, keys: list[str], row: dict[str, str], final: dict[str, str]) -> None:
+        """``owner_<i>`` per owner tag key, from a MAP column (per row) or JSON text (per group)."""
+        c_tags = self.col("Tags")
+        tags_map = c_tags is not None and self.types[c_tags].upper().startswith("MAP")
+        if c_tags is not None and not tags_map and not _is_text(self.types[c_tags]):
+            raise DataError(f"{where(str(self.src.path), None, c_tags)}has type {self.types[c_tags]}; expected "
+                            "JSON text or a MAP of tag keys to values")
+        t = _quote(c_tags) if c_tags is not None else ""
+        if c_tags is not None and not tags_map:
+            self.carry(c_tags)
+            # JSON null is "no tags", as the literal NULL is; text that is not JSON is an error unless missing
+            self.checks.append(_Check(c_tags, f"CASE WHEN json_valid({t}) THEN json_type({t}) NOT IN "
+                                              f"('OBJECT', 'NULL') ELSE cw_clean({t}) IS NOT NULL END",
+                                      f"cw_clean({t})", "tags", False))
+        for i, key in enumerate(keys):
+            if c_tags is None:
+                final[f"owner_{i}"] = _NULL_TEXT
+            elif tags_map:  # a MAP lookup is cheap: done per row, and the value grouped on
+                row[f"cw_owner_{i}"] = f"nullif(trim(CAST(map_extract_value({t}, ?) AS VARCHAR)), '')"
+                self.row_params.append(key)
+                final[f"owner_{i}"] = f"cw_owner_{i}"
+            else:
+                # nested CASE: DuckDB's AND evaluates both sides, and json_type() fails on text that is not JSON
+                final[f"owner_{i}"] = (f"CASE WHEN json_valid({t}) THEN CASE WHEN json_type({t}) = 'OBJECT' "
+                                       f"THEN nullif(trim(json_extract_string({t}, ?)), '') END END")
+                self.final_params.append("/" + key.replace("~", "~0").replace("/", "~1"))
+
+    def estimated(self) -> str:
+        """Whether a row is an estimate (x_Estimated / Estimated), checked as a boolean word when text."""
+        c_est = self.col("x_Estimated", "Estimated")
+        if c_est is None:
+            return "false"
+        self.carry(c_est)
+        if self.types[c_est].upper() == "BOOLEAN":
+            return f"coalesce({_quote(c_est)}, false)"
+        flag = f"lower(cw_clean({_quote(c_est)}))"
         every = ", ".join(f"'{v}'" for v in sorted(_TRUE | _FALSE))
-        checks.append(_Check(c_est, f"({flag} IS NOT NULL AND NOT list_contains([{every}], {flag}))", flag, "bool",
-                             False))
-        estimated = f"coalesce(list_contains([{', '.join(repr(v) for v in sorted(_TRUE))}], {flag}), false)"
-    return _Plan(row, carried, billed, effective, final, estimated, checks, row_params, final_params)
+        self.checks.append(_Check(c_est, f"({flag} IS NOT NULL AND NOT list_contains([{every}], {flag}))", flag,
+                                  "bool", False))
+        return f"coalesce(list_contains([{', '.join(repr(v) for v in sorted(_TRUE))}], {flag}), false)"
 
 
 # ---------------------------------------------------------------------------------------------------------
