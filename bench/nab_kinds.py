@@ -209,6 +209,8 @@ def _point(x: np.ndarray, anomaly: str, a: int, end: int, sigma: float, rng: np.
     if anomaly in ("spike", "dip"):
         d = int(rng.integers(1, 4))
         size = max(rng.uniform(6, 12) * sigma, rng.uniform(0.3, 0.8) * span)
+        if np.all(x == np.round(x)):  # counts stay whole numbers
+            size = float(np.ceil(size))
         x[a: a + d] = x[a: a + d] + size if anomaly == "spike" else np.maximum(x[a: a + d] - size, 0.0)
     elif anomaly == "flatline":
         x[a:end] = 0.0 if rng.uniform() < 0.3 else x[a]
