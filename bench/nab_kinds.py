@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -182,9 +183,10 @@ def _plan(n: int, rng: np.random.Generator) -> tuple[list[int], int]:
     lo, hi = int(0.2 * n) + half, n - half - 1
     for _ in range(200):
         onsets = sorted(int(v) for v in rng.integers(lo, hi, size=k))
-        if all(b - a > 3 * half + 20 for a, b in zip(onsets, onsets[1:], strict=False)):
+        if all(b - a > 3 * half + 20 for a, b in itertools.pairwise(onsets)):
             return onsets, half
-    return onsets[:1], int(0.1 * n) // 2
+    half = int(0.1 * n) // 2  # no room for k: one anomaly
+    return [int(rng.integers(int(0.2 * n) + half, n - half - 1))], half
 
 
 def _inject(kind: str, anomaly: str, eff: Effects, a: int, end: int, rng: np.random.Generator) -> None:
