@@ -1,18 +1,25 @@
 """Run costwatch's usage-band detector over NAB realAWSCloudwatch and score it with our NAB re-implementation.
 
-    python bench/nab.py --out /tmp/nab-out [--data /work/shared/data/nab] [--per-window]
+    python bench/nab.py --out /tmp/nab-out [--data /work/shared/data/nab] [--labels WINDOWS.json] [--per-window]
 
 Writes ``OUTDIR/<file>.csv`` with ``timestamp,value,anomaly_score`` in the layout NAB's own scorer reads
 (only episode onsets reach >= 0.5), then prints per-file detections and the standard, reward_low_FP and
 reward_low_FN normalized scores, next to the published detectors only when ``--data`` holds exactly the
 realAWSCloudwatch file set they were measured on.  One parameter set and one threshold (0.5) for the whole
 corpus; ``--set method=calibrated ...`` overrides the defaults.
+
+``--labels`` names a windows file in NAB's ``combined_windows.json`` format (default: the one in ``--data``);
+keys may carry NAB's corpus prefix (``realTraffic/speed_6005.csv``), and a file is looked for at ``DATA/<key>``
+then as ``<name>`` anywhere under ``--data``, so NAB's own ``data/`` tree works as well as a flat directory.
+Labelled files that are not under ``--data`` are skipped (and counted).  Cost profiles come from
+``profiles.json`` in ``--data`` or beside the labels, else NAB's published three.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.nab_scoring import (
     PROFILE_NAMES,
     CorpusScore,
+    CostMatrix,
     load_profiles,
     load_windows,
     score_corpus,
@@ -50,6 +58,9 @@ REAL_AWS_CLOUDWATCH = frozenset({
     "elb_request_count_8c0756.csv", "grok_asg_anomaly.csv", "iio_us-east-1_i-a2eb1cd9_NetworkIn.csv",
     "rds_cpu_utilization_cc0c53.csv", "rds_cpu_utilization_e47b3b.csv",
 })
+NAB_PROFILES = {  # NAB's cost matrices, for a corpus that ships without profiles.json
+    "standard": CostMatrix(1.0, 1.0, 0.11), "reward_low_FP_rate": CostMatrix(1.0, 1.0, 0.22),
+    "reward_low_FN_rate": CostMatrix(1.0, 2.0, 0.11)}
 SHORT = {"standard": "standard", "reward_low_FP_rate": "low FP", "reward_low_FN_rate": "low FN"}
 
 
@@ -79,16 +90,44 @@ def detect_file(path: Path, params: UsageScoreParams) -> pd.DataFrame:
     return out
 
 
-def run(data: Path, out_dir: Path, params: UsageScoreParams) -> dict[str, CorpusScore]:
-    windows = load_windows(data)
-    profiles = load_profiles(data)
+def locate(data: Path, labels: Path) -> dict[str, Path]:
+    """Each labelled file's path under ``data``, by bare name (labelled files not there are left out)."""
+    path = labels if labels.is_file() else labels / "combined_windows.json"
+    if not path.is_file():
+        raise SystemExit(f"no labels at {path}: pass --labels FILE (NAB's combined_windows.json format)")
+    keys = json.loads(path.read_text())
+    found: dict[str, Path] = {}
+    for key in keys:
+        name = key.split("/")[-1]
+        hits = [p for p in (data / name, data / key) if p.is_file()] or sorted(data.rglob(name))
+        if len(hits) > 1 and hits[0] != data / name:
+            raise SystemExit(f"{name} is under {data} more than once ({hits[0]}, {hits[1]}): pass its corpus "
+                             f"directory as --data")
+        if hits:
+            found[name] = hits[0]
+    if not found:
+        raise SystemExit(f"none of the {len(keys)} files labelled in {labels} is under {data}: check --data")
+    if len(found) < len(keys):
+        print(f"({len(keys) - len(found)} of {len(keys)} labelled files are not under {data}; scoring the rest)")
+    return found
+
+
+def cost_profiles(data: Path, labels: Path) -> dict[str, CostMatrix]:
+    for where in (data, labels.parent if labels.is_file() else labels):
+        if (where / "profiles.json").is_file():
+            return load_profiles(where)
+    return dict(NAB_PROFILES)
+
+
+def run(data: Path, out_dir: Path, params: UsageScoreParams, labels: Path | None = None) -> dict[str, CorpusScore]:
+    labels = labels or data
+    paths = locate(data, labels)
+    windows = {k: v for k, v in load_windows(labels).items() if k in paths}
+    profiles = cost_profiles(data, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, tuple[pd.Series, np.ndarray]] = {}
     for name in sorted(windows):
-        path = data / name
-        if not path.exists():
-            raise SystemExit(f"missing data file {path}")
-        out = detect_file(path, params)
+        out = detect_file(paths[name], params)
         out.to_csv(out_dir / name, index=False)
         results[name] = (pd.to_datetime(out["timestamp"]), out["anomaly_score"].to_numpy())
     return score_corpus(results, windows, {k: profiles[k] for k in PROFILE_NAMES if k in profiles}, THRESHOLD)
@@ -117,13 +156,15 @@ def print_report(scores: dict[str, CorpusScore], per_window: bool, published: bo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="NAB realAWSCloudwatch directory")
+    ap.add_argument("--labels", type=Path, default=None,
+                    help="windows JSON in NAB's combined_windows.json format (default: the one in --data)")
     ap.add_argument("--out", type=Path, required=True, help="directory for the scored CSV files")
     ap.add_argument("--per-window", action="store_true", help="also print each window's score")
     ap.add_argument("--set", nargs="*", default=[], help="name=value overrides of the default parameters")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     params = dataclasses.replace(UsageScoreParams(), **{k: v[0] for k, v in parse_params(args.set, False).items()})
-    scores = run(args.data, args.out, params)
+    scores = run(args.data, args.out, params, args.labels)
     names = {f.name for f in scores["standard"].files}
     print_report(scores, args.per_window, published=names == REAL_AWS_CLOUDWATCH)
     print(f"\n{len(scores['standard'].files)} files in {time.perf_counter() - t0:.1f}s, threshold {THRESHOLD}")

@@ -63,8 +63,12 @@ def probation_length(n_rows: int, percent: float = 0.15) -> int:
 
 
 def load_windows(data_dir: Path) -> dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]]:
-    """Windows keyed by bare file name, so callers need not know NAB's corpus directory layout."""
-    raw = json.loads((data_dir / "combined_windows.json").read_text())
+    """Windows keyed by bare file name, so callers need not know NAB's corpus directory layout.
+
+    ``data_dir`` is a directory holding ``combined_windows.json`` or such a JSON file itself.
+    """
+    path = data_dir if data_dir.is_file() else data_dir / "combined_windows.json"
+    raw = json.loads(path.read_text())
     out: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
     for key, wins in raw.items():
         name = key.split("/", 1)[1] if "/" in key else key

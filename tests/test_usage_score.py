@@ -208,7 +208,7 @@ def test_score_is_causal(method: str, values: np.ndarray, cut: int, future: np.n
 # ------------------------------------------------------------------ calibrated: per-view tail p-values
 
 CAL = UsageScoreParams(method="calibrated", history=500, min_history=24, level_window=12, spread_window=24,
-                       rough_window=12, still_min=48, refractory=50, quiet=12, alpha=1e-2)
+                       rough_window=12, still_floor=48, refractory=50, quiet=12, alpha=1e-2)
 CAL_WARMUP = 500
 # about one false alarm per thousand rows at most; a longer history, so that the tail shape fit is stable
 DETECT = dataclasses.replace(CAL, alpha=1e-3, history=1000)
@@ -276,7 +276,7 @@ def test_calibrated_detects_injected_anomalies_at_their_onset() -> None:
         x = np.random.default_rng(seed).lognormal(10, 0.5, 2000)
         x[at:] *= 4
         cases[f"lognormal shift {seed}"] = x
-    delay = {"spike": 0, "level shift": CAL.level_window, "noise x4": CAL.spread_window, "stuck": 4 * CAL.still_min,
+    delay = {"spike": 0, "level shift": CAL.level_window, "noise x4": CAL.spread_window, "stuck": 4 * CAL.still_floor,
              "lognormal shift": CAL.level_window}
     early = 0
     for name, x in cases.items():
