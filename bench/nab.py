@@ -6,7 +6,10 @@ Writes ``OUTDIR/<file>.csv`` with ``timestamp,value,anomaly_score`` in the layou
 (only episode onsets reach >= 0.5), then prints per-file detections and the standard, reward_low_FP and
 reward_low_FN normalized scores, next to the published detectors only when ``--data`` holds exactly the
 realAWSCloudwatch file set they were measured on.  One parameter set and one threshold (0.5) for the whole
-corpus; ``--set method=calibrated ...`` overrides the defaults.
+corpus.  Both methods run by default: the ``range`` score that ``detect()`` uses for "nodes off their band",
+and the ``calibrated`` score (per-series tail probabilities, one ``alpha``), which holds up better away from
+the corpus the range score's thresholds were chosen on; ``--method`` picks one.  With both, the scored files
+go to ``OUTDIR/range/`` and ``OUTDIR/calibrated/``.  ``--set name=value ...`` overrides the defaults.
 
 ``--labels`` names a windows file in NAB's ``combined_windows.json`` format (default: the one in ``--data``);
 keys may carry NAB's corpus prefix (``realTraffic/speed_6005.csv``), and a file is looked for at ``DATA/<key>``
@@ -80,6 +83,9 @@ def parse_params(items: Sequence[str], grid: bool) -> dict[str, list[Any]]:
     return out
 
 
+METHODS = ("range", "calibrated")
+
+
 def detect_file(path: Path, params: UsageScoreParams) -> pd.DataFrame:
     df = pd.read_csv(path)
     ts = pd.DatetimeIndex(pd.to_datetime(df["timestamp"]))
@@ -133,7 +139,7 @@ def run(data: Path, out_dir: Path, params: UsageScoreParams, labels: Path | None
     return score_corpus(results, windows, {k: profiles[k] for k in PROFILE_NAMES if k in profiles}, THRESHOLD)
 
 
-def print_report(scores: dict[str, CorpusScore], per_window: bool, published: bool = True) -> None:
+def print_files(scores: dict[str, CorpusScore], per_window: bool) -> None:
     std = scores["standard"]
     by_profile = {p: {f.name: f for f in s.files} for p, s in scores.items()}
     print(f"{'file':42s} {'win':>3s} {'TP':>3s} {'FN':>3s} {'FP':>3s} "
@@ -143,14 +149,17 @@ def print_report(scores: dict[str, CorpusScore], per_window: bool, published: bo
         print(f"{f.name:42s} {f.n_windows:3d} {f.tp:3d} {f.fn:3d} {f.fp:3d} {raws}  {f.detections}")
         if per_window and f.window_scores:
             print(f"{'':42s} window scores (standard): {[round(w, 3) for w in f.window_scores]}")
-    print()
-    print(f"{'detector':16s} {'standard':>9s} {'low FP':>9s} {'low FN':>9s}")
-    print(f"{'costwatch band':16s} " + " ".join(f"{scores[p].normalized:9.2f}" for p in PROFILE_NAMES))
+
+
+def print_summary(by_method: dict[str, dict[str, CorpusScore]], published: bool = True) -> None:
+    print(f"{'detector':22s} {'standard':>9s} {'low FP':>9s} {'low FN':>9s}")
+    for method, scores in by_method.items():
+        print(f"{'costwatch ' + method:22s} " + " ".join(f"{scores[p].normalized:9.2f}" for p in PROFILE_NAMES))
     if not published:
         print("(published detectors' figures are for NAB realAWSCloudwatch only; this corpus is another file set)")
         return
     for name, vals in PUBLISHED.items():
-        print(f"{name:16s} " + " ".join(f"{v:9.2f}" if v is not None else f"{'-':>9s}" for v in vals))
+        print(f"{name:22s} " + " ".join(f"{v:9.2f}" if v is not None else f"{'-':>9s}" for v in vals))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,14 +169,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="windows JSON in NAB's combined_windows.json format (default: the one in --data)")
     ap.add_argument("--out", type=Path, required=True, help="directory for the scored CSV files")
     ap.add_argument("--per-window", action="store_true", help="also print each window's score")
+    ap.add_argument("--method", choices=("both", *METHODS), default="both",
+                    help="usage score method(s) to run (default both: range is the one detect() uses)")
     ap.add_argument("--set", nargs="*", default=[], help="name=value overrides of the default parameters")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    params = dataclasses.replace(UsageScoreParams(), **{k: v[0] for k, v in parse_params(args.set, False).items()})
-    scores = run(args.data, args.out, params, args.labels)
-    names = {f.name for f in scores["standard"].files}
-    print_report(scores, args.per_window, published=names == REAL_AWS_CLOUDWATCH)
-    print(f"\n{len(scores['standard'].files)} files in {time.perf_counter() - t0:.1f}s, threshold {THRESHOLD}")
+    overrides = {k: v[0] for k, v in parse_params(args.set, False).items()}
+    methods = [str(overrides.pop("method"))] if "method" in overrides else (
+        list(METHODS) if args.method == "both" else [args.method])
+    by_method: dict[str, dict[str, CorpusScore]] = {}
+    for method in methods:
+        params = dataclasses.replace(UsageScoreParams(method=method), **overrides)
+        out = args.out / method if len(methods) > 1 else args.out
+        by_method[method] = scores = run(args.data, out, params, args.labels)
+        print(f"== {method} score{' (detect() uses this one)' if method == 'range' else ''}")
+        print_files(scores, args.per_window)
+        print()
+    names = {f.name for f in next(iter(by_method.values()))["standard"].files}
+    print_summary(by_method, published=names == REAL_AWS_CLOUDWATCH)
+    print(f"\n{len(names)} files in {time.perf_counter() - t0:.1f}s, threshold {THRESHOLD}")
     return 0
 
 
