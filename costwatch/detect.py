@@ -157,7 +157,8 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     alerts = [a for a in alerts if a.detected_at <= as_of_ts and (since_ts <= a.detected_at or _ongoing(a, since_ts,
                                                                                                     delay))]
     alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
-    usage_flags = _usage_anomalies(cm, since_ts, as_of_ts) if cm is not None and cm.values.size else {}
+    usage_flags = (_usage_anomalies(cm, since_ts, as_of_ts, cfg.detection.cpu.usage_score)
+                   if cm is not None and cm.values.size else {})
     projects = _project_summaries(costs, totals, cm, feats, alerts, meta, pairs, usage_flags, cfg, since_ts,
                                   as_of_ts, month_forecasts)
     for p in projects:
@@ -966,15 +967,16 @@ HOURLY_USAGE = UsageScoreParams(history=336, min_history=48, level_window=2, spr
                                 still_min=24, refractory=12, quiet=2)
 
 
-def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timestamp,
+def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timestamp, method: str = "range",
                      limit: int = 10) -> dict[str, list[dict[str, Any]]]:
     """Nodes whose CPU left its own band (any direction, any shape) in the window, per project.
 
     Not an alert: a usage departure alone is often a deploy or a batch job.  It is the context an owner
     reads next to the mining and cost alerts, scored by the same code as ``bench/nab.py`` (only the departures:
     the same onsets and scores, computed where a statistic left its range)."""
-    scores = flagged_scores(cm.values, params=HOURLY_USAGE)
-    onsets = episode_onsets(scores, refractory=HOURLY_USAGE.refractory, quiet=HOURLY_USAGE.quiet)
+    params = HOURLY_USAGE if method == HOURLY_USAGE.method else replace(HOURLY_USAGE, method=method)
+    scores = flagged_scores(cm.values, params=params)
+    onsets = episode_onsets(scores, refractory=params.refractory, quiet=params.quiet)
     in_win = np.asarray((cm.hours >= since) & (cm.hours + HOUR <= as_of))
     rows, cols = np.nonzero(onsets & in_win[None, :])
     out: dict[str, list[dict[str, Any]]] = {}

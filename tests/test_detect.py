@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -181,6 +183,36 @@ def test_usage_only_input_is_enough_for_cpu_mining() -> None:
     off = det.projects[0]["usage_anomalies"]
     assert [u["node"] for u in off] == ["n2"]
     assert off[0]["at"] == hours[24 * 8]
+
+
+def test_usage_score_method_is_a_config_choice() -> None:
+    """``detection.cpu.usage_score`` picks the scorer behind "nodes off their band": the reported score is that
+    method's own (the calibrated one is a tail probability, so it does not saturate at 1 as the range one does)."""
+    from costwatch.config import CpuDetectionConfig, parse_config
+    from costwatch.detect import HOURLY_USAGE
+    from costwatch.errors import ConfigError
+    from costwatch.usage_score import score_matrix
+
+    hours = pd.date_range("2026-10-01", periods=24 * 28, freq="h", tz="UTC")
+    rng = np.random.default_rng(0)
+    normal = 20 + 15 * np.sin(hours.hour.to_numpy() / 24 * 2 * np.pi) + rng.normal(0, 3, len(hours))
+    miner = normal.copy()
+    miner[24 * 20:] = 99.0 + rng.normal(0, 0.3, len(hours) - 24 * 20)
+    usage = normalize_usage(pd.DataFrame({"timestamp": hours, "node": "n2", "cpu_utilization": np.clip(miner, 0, 100)})
+                            .assign(provider="gcp", project="proj-a"))
+    no_costs = normalize_costs(pd.DataFrame(columns=["period_start"]))
+    seen = {}
+    for method in ("range", "calibrated"):
+        cfg = Config(detection=DetectionConfig(cpu=CpuDetectionConfig(usage_score=method)))
+        off = detect(no_costs, usage, cfg, since=pd.Timedelta(days=14)).projects[0]["usage_anomalies"]
+        assert [u["at"] for u in off] == [hours[24 * 20]], method
+        want = score_matrix(np.clip(miner, 0, 100)[None, :], params=replace(HOURLY_USAGE, method=method))[0, 24 * 20]
+        assert off[0]["score"] == pytest.approx(want)
+        seen[method] = off[0]["score"]
+    assert seen["range"] != pytest.approx(seen["calibrated"])
+    assert parse_config("detection:\n  cpu:\n    usage_score: calibrated\n").detection.cpu.usage_score == "calibrated"
+    with pytest.raises(ConfigError, match="usage_score"):
+        parse_config("detection:\n  cpu:\n    usage_score: fancy\n")
 
 
 def test_impact_knobs_absolute_and_percent() -> None:
