@@ -194,40 +194,50 @@ class Stages:
 
 
 def long_usage(m: cpu.CpuMatrix, n: int) -> pd.DataFrame:
-    """The first ``n`` nodes of the matrix as the long frame providers return (one row per node-hour)."""
+    """The first ``n`` nodes of the matrix as the long frame providers return (one row per node-hour),
+    built in lean dtypes: the keys and metadata categorical (as strings 67M rows would take ~4 GB of
+    Python object pointers), the CPU float64 as ``normalize_usage`` leaves it."""
     k, t = min(n, len(m.nodes)), len(m.hours)
     meta = m.nodes.iloc[:k]
-    return pd.DataFrame({"timestamp": np.tile(m.hours, k), "cpu_utilization": m.values[:k].ravel(),
-                         **{c: np.repeat(meta[c].to_numpy(), t) for c in ("node", "provider", "project",
-                                                                            "cluster", "region", "instance_type")}})
+    stamps = pd.DatetimeIndex(np.tile(m.hours.asi8, k), dtype=m.hours.dtype, copy=False).array
+    cols = {}
+    for c in ("node", "provider", "project", "cluster", "region", "instance_type"):
+        codes, uniques = pd.factorize(meta[c])
+        small = np.int8 if len(uniques) < 127 else np.int16 if len(uniques) < 32_767 else np.int32
+        cols[c] = pd.Categorical.from_codes(np.repeat(codes.astype(small), t), categories=uniques)
+    return pd.DataFrame({"timestamp": stamps, "cpu_utilization": m.values[:k].reshape(-1), **cols}, copy=False)
 
 
-def bench_cpu(n: int, hours: int, long_nodes: int) -> None:
-    """What detect() runs on the CPU matrix: features, node episodes and the usage score (with its onsets);
-    the matrix itself is pivoted from the long frame for ``long_nodes`` nodes and projected to all."""
+def bench_cpu(n: int, hours: int, long_nodes: int | None) -> None:
+    """What detect() runs on hourly CPU: ``cpu_matrix`` on the long frame (of ``long_nodes`` nodes, all by
+    default; fewer are projected to all), then features, node episodes and the usage score with its
+    onsets on the matrix."""
     t0 = time.perf_counter()
     m, miners = cpu_data(n, hours)
     gen = time.perf_counter() - t0
     t = len(m.hours)
     print(f"cpu  {n:>9,} nodes x {t} h ({t / 24:.1f} days), data generated in {gen:.1f} s:")
     st = Stages()
+    k = n if long_nodes is None else min(long_nodes, n)
+    pivot = 0.0
+    if k:
+        frame = long_usage(m, k)
+        c0 = time.process_time()
+        built = st.run(f"cpu_matrix from {k * t:,} long rows", lambda: cpu.cpu_matrix(frame))
+        pivot = (time.process_time() - c0) * n / k
+        same = np.array_equal(built.values, m.values[:k], equal_nan=True)
+        print(f"     (long frame {frame.memory_usage().sum() / 2**30:.2f} GB in categorical/float64 columns; "
+              f"matrix {'identical to' if same else 'DIFFERENT from'} the generated one)")
+        del frame, built
     settings = cpu.CpuSettings()
     f = st.run("features", lambda: cpu.features(m, settings))
     episodes = st.run("node_episodes", lambda: cpu.node_episodes(m, f, settings))
     as_of = m.hours[-1] + pd.Timedelta(hours=1)
     usage = st.run("usage score (detect's, 28-day window)", lambda: _usage_anomalies(m, m.hours[0], as_of))
     reported = sum(len(v) for v in usage.values())
-    k = min(long_nodes, n)
-    pivot = 0.0
-    if k:
-        frame = long_usage(m, k)
-        c0 = time.process_time()
-        st.run(f"cpu_matrix from {k * t:,} long rows", lambda: cpu.cpu_matrix(frame))
-        pivot = (time.process_time() - c0) * n / k
-        del frame
     flagged = (f.pinned | f.plateau).any(axis=1)
     print(f"     total {st.wall:.1f} s wall, {st.cpu:.1f} s CPU ({n * t / st.cpu / 1e6:,.1f}M node-hours per CPU s)"
-          + (f"; the pivot for all {n:,} nodes would add ~{pivot:.0f} s CPU" if k and k < n else "")
+          + (f"; the pivot for all {n:,} nodes would add ~{pivot * (n - k) / n:.0f} s CPU" if 0 < k < n else "")
           + f"; miners found {int((flagged & miners).sum())}/{int(miners.sum())}, clean nodes flagged "
           f"{int((flagged & ~miners).sum())}, {len(episodes):,} episodes, {reported:,} usage departures reported")
 
@@ -242,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hours", type=int, default=None, help="hours of CPU (overrides --cpu-days)")
     ap.add_argument("--stl-series", type=int, default=300, help="series in the STL comparison loop")
     ap.add_argument("--workers", type=int, default=None, help="threads for the cost bands (default: cores)")
-    ap.add_argument("--long-nodes", type=int, default=5_000,
-                    help="nodes whose long frame is pivoted by cpu_matrix (timed, projected to --nodes)")
+    ap.add_argument("--long-nodes", type=int, default=None,
+                    help="nodes whose long frame cpu_matrix pivots (default all; fewer: projected to --nodes)")
     a = ap.parse_args(argv)
     if a.series:
         bench_cost(a.series, a.days, a.scored, a.stl_series, a.workers)

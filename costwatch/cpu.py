@@ -63,92 +63,132 @@ def cpu_matrix(usage: pd.DataFrame) -> CpuMatrix:
     """Average samples into whole UTC hours and lay them out nodes x hours.
 
     The pandas ``pivot_table`` this replaces cost ~1.7 us of CPU per sample (~111 s for 100k nodes x 28
-    days); here every row becomes an integer cell (node code x hours + hour) and the means are two
-    ``np.bincount`` over the flat cells.  Same output: nodes sorted by (provider, project, node), a node
-    only if it has a sample, NaN where a node-hour has none, metadata the first non-null value in hour order
-    (ties within an hour: the first row), means to float64 rounding (pandas sums with compensation)."""
+    days); here each row becomes an integer cell (node rank x hours + hour) and the means are unbuffered
+    sums (``np.add.at``) and counts (``np.bincount``) over the flat cells.  Same output
+    (tests/test_cpu_matrix.py): nodes sorted by (provider, project, node), a node only if it has a
+    sample, NaN where a node-hour has none, metadata the first non-null value in hour order (ties within
+    an hour: the first row), means to float64 rounding (pandas sums with compensation)."""
     if usage.empty:
         empty = pd.DataFrame(columns=["node", "provider", "project", "cluster", "region", "instance_type",
                                       "first_seen", "new"])
         return CpuMatrix(empty, pd.DatetimeIndex([], tz="UTC"), np.zeros((0, 0)))
-    node, keys = _node_codes(usage)
+    node, keys = _node_ranks(usage)
     hours, hidx = _hour_index(usage["timestamp"])
     n, t = len(keys), len(hours)
     values = _hour_means(node, hidx, usage["cpu_utilization"], n, t)
-    first, first_hour = _first_rows(node, hidx, None, n, t)
     keep = np.flatnonzero(~np.isnan(values).all(axis=1))  # pivot_table drops a node without one sample
-    ids = ["instance_id"] if "instance_id" in usage.columns else []
+    first, first_hour = _first_rows(node, hidx, None, n, t)
     meta = keys.iloc[keep].reset_index(drop=True)
-    for col in META_COLUMNS:
-        meta[col] = _first_value(usage[col], node, hidx, first, n, t).iloc[keep].reset_index(drop=True)
-    meta["first_seen"] = hours[first_hour[keep]].astype(usage["timestamp"].dtype)  # hours may be finer
-    for col in ids:
-        meta[col] = _first_value(usage[col], node, hidx, first, n, t).iloc[keep].reset_index(drop=True)
+    for col in [*META_COLUMNS, "first_seen", *(["instance_id"] if "instance_id" in usage.columns else [])]:
+        if col == "first_seen":  # (hours may be finer than the timestamps)
+            meta[col] = hours[first_hour[keep]].astype(usage["timestamp"].dtype)
+        else:
+            meta[col] = _first_value(usage[col], node, hidx, first, t).iloc[keep].reset_index(drop=True)
     project_start = meta.groupby("project", observed=True)["first_seen"].transform("min")
     meta["new"] = meta["first_seen"] >= project_start + pd.Timedelta(hours=24)
     return CpuMatrix(meta, hours, values if len(keep) == n else values[keep])
 
 
-def _node_codes(usage: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
-    """Per row, the rank of its (provider, project, node) among the sorted distinct keys (-1 where a key
-    is missing, as groupby drops it), and those keys.  Categorical keys sort by category order."""
-    code = np.zeros(len(usage), dtype=np.int64)  # mixed radix of the three codes (providers x projects x
-    uniques, sizes = [], []                          # nodes distinct values: far below 2**63)
+def _node_ranks(usage: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Per row, the rank of its (provider, project, node) among the distinct keys in groupby's
+    order (-1 where a key is missing: groupby drops it), and those keys.  The three codes are combined in
+    mixed radix (their product of distinct counts is far below 2**63), then ranked."""
+    code = np.zeros(len(usage), dtype=np.int64)
+    codes = [_sorted_codes(usage[k]) for k in NODE_KEYS]
     bad = np.zeros(len(usage), dtype=bool)
-    for k in NODE_KEYS:
-        c, u = pd.factorize(usage[k], sort=True)
+    for c, decode in codes:
         bad |= c < 0
-        uniques.append(u)
-        sizes.append(len(u))
-        code = code * len(u) + c
+        code *= len(decode)
+        code += c
     code[bad] = -1
-    rank, distinct = pd.factorize(code, sort=True)
-    distinct = np.asarray(distinct)
-    if bad.any():  # -1 sorts first: drop it
+    rank, distinct = _rank(code)
+    del code
+    if bad.any():  # -1 ranks first: drop it
         rank -= 1
         distinct = distinct[1:]
     parts = {}
-    for k, u, size in zip(NODE_KEYS[::-1], uniques[::-1], sizes[::-1], strict=True):
-        distinct, c = np.divmod(distinct, size)
-        parts[k] = u.take(c)
+    for k, (_, decode) in zip(NODE_KEYS[::-1], codes[::-1], strict=True):
+        distinct, c = np.divmod(distinct, len(decode))
+        parts[k] = decode.take(c)
     return rank, pd.DataFrame({k: parts[k] for k in NODE_KEYS})
 
 
+def _sorted_codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Codes in groupby's sort order (-1 missing) and the index that decodes them: a categorical's own
+    codes (groupby sorts by category order; unseen categories vanish in the ranking), else a sorted
+    ``pd.factorize``."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.cat.codes.to_numpy(), pd.CategoricalIndex(col.cat.categories, dtype=col.dtype)
+    c, u = pd.factorize(col, sort=True)
+    return c, pd.Index(u)
+
+
+def _rank(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense rank (int32 where it fits) of each value among the sorted distinct values.  Providers return
+    a node's samples together, so values come in runs: hashing one value per run is far cheaper."""
+    edge = np.flatnonzero(code[1:] != code[:-1]) + 1
+    runs = len(edge) < len(code) // 8
+    starts = np.concatenate(([0], edge)) if runs else None
+    r, distinct = pd.factorize(code if starts is None else code[starts], sort=True)
+    r = r.astype(np.int32 if len(distinct) < 2**31 else np.int64, copy=False)
+    return (r if starts is None else np.repeat(r, np.diff(np.append(starts, len(code))))), np.asarray(distinct)
+
+
 def _hour_index(ts: pd.Series) -> tuple[pd.DatetimeIndex, np.ndarray]:
-    """The whole hours from the first sample's to the last's, and each row's position among them
-    (``len(hours)`` for a missing timestamp).  UTC (or naive) times are floored as integers; another zone
-    is floored on its wall clock, as ``dt.floor`` does."""
+    """The whole hours from the first sample's to the last's, and each row's position among them (int32,
+    ``len(hours)`` for a missing timestamp).  UTC (or naive) times are floored as integers; another zone
+    on its wall clock, as ``dt.floor`` does."""
     unit = ts.array.unit
     step = int(np.timedelta64(1, "h") // np.timedelta64(1, unit))
+    nat, big = np.iinfo(np.int64).min, np.iinfo(np.int64).max
     tz = ts.dt.tz
     if tz is None or str(tz) == "UTC":
         raw = ts.array.asi8
-        valid = raw != np.iinfo(np.int64).min
-        floor = raw - raw % step
+        valid = exact = raw != nat
+        h = raw // step  # whole hours since the epoch, floored (also before 1970)
+        base = int(h.min(where=valid, initial=big)) * step if valid.any() else 0
+        h -= base // step
     else:
-        hour = ts.dt.floor("h")
-        floor, valid = hour.array.asi8, hour.notna().to_numpy()
+        floor = ts.dt.floor("h").array.asi8
+        valid = floor != nat
+        base = int(floor.min(where=valid, initial=big)) if valid.any() else 0
+        h, rest = np.divmod(floor - base, step)
+        exact = valid & (rest == 0)
     if not valid.any():
-        return pd.DatetimeIndex([], tz=tz), np.zeros(len(ts), dtype=np.int64)
-    lo, hi = (pd.Timestamp(np.datetime64(int(v), unit)).tz_localize("UTC").tz_convert(tz)
-              for v in (floor[valid].min(), floor[valid].max()))
-    hours = pd.date_range(lo, hi, freq="h")
-    off = floor - int(floor[valid].min())
-    return hours, np.where(valid & (off % step == 0), off // step, len(hours))
+        return pd.DatetimeIndex([], tz=tz), np.zeros(len(ts), dtype=np.int32)
+    ends = [pd.Timestamp(np.datetime64(base + k * step, unit)).tz_localize("UTC").tz_convert(tz)
+            for k in (0, int(h.max(where=valid, initial=0)))]
+    hours = pd.date_range(ends[0], ends[1], freq="h")
+    np.putmask(h, ~exact, len(hours))
+    return hours, h.astype(np.int32)
+
+
+ROW_CHUNK = 1 << 22  # rows at once in cpu_matrix: temporaries of 32 MB, not of the whole frame
+
+
+def _cells(node: np.ndarray, hidx: np.ndarray, t: int, width: int, a: int) -> np.ndarray:
+    """Flat cell (node x width + hour, int64) of rows a to a + ROW_CHUNK; -1 for a row without a key."""
+    nd = node[a: a + ROW_CHUNK]
+    c = nd.astype(np.int64)
+    c *= width
+    c += hidx[a: a + ROW_CHUNK]
+    c[nd < 0] = -1
+    return c
 
 
 def _hour_means(node: np.ndarray, hidx: np.ndarray, cpu: pd.Series, n: int, t: int) -> np.ndarray:
     """Mean of the known samples per node-hour (nodes x hours, NaN where none): sums and counts over
-    the flat cells by ``np.bincount``, which is linear and keeps only two cell-sized arrays."""
+    the flat cells by ``np.add.at`` (unbuffered, fast since numpy 1.25), a chunk of rows at a time."""
     x = cpu.to_numpy(dtype=np.float64, na_value=np.nan)
-    ok = (node >= 0) & (hidx < t) & ~np.isnan(x)
-    cell = node * t + hidx
-    if not ok.all():
-        cell, x = cell[ok], x[ok]
-    del ok
-    sums = np.bincount(cell, weights=x, minlength=n * t).astype(np.float64, copy=False)  # (int if empty)
-    counts = np.bincount(cell, minlength=n * t)
-    del cell
+    sums = np.zeros(n * t)
+    counts = np.zeros(n * t, dtype=np.int32)
+    for a in range(0, len(x), ROW_CHUNK):
+        c, v = _cells(node, hidx, t, t, a), x[a: a + ROW_CHUNK]
+        ok = (c >= 0) & (hidx[a: a + ROW_CHUNK] < t) & ~np.isnan(v)
+        if not ok.all():
+            c, v = c[ok], v[ok]
+        np.add.at(sums, c, v)
+        np.add.at(counts, c, np.int32(1))  # (a Python 1 takes the slow path: 20x)
     with np.errstate(invalid="ignore"):  # no sample: 0 / 0 = NaN
         np.divide(sums, counts, out=sums)
     return sums.reshape(n, t)
@@ -156,18 +196,19 @@ def _hour_means(node: np.ndarray, hidx: np.ndarray, cpu: pd.Series, n: int, t: i
 
 def _first_rows(node: np.ndarray, hidx: np.ndarray, rows: np.ndarray | None, n: int, t: int,
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per node, the first of ``rows`` (ascending positions, None: every row with a key) in its earliest
-    hour (-1 for none), and that hour.  A missing timestamp (``hidx == t``) counts as after every hour,
-    where sorting by hour puts it."""
+    """Per node, the first of ``rows`` (ascending positions, None: every row) in its earliest hour (-1 for
+    none), and that hour.  A missing timestamp (``hidx == t``) counts as after every hour, where sorting
+    by hour puts it; a row without a key (node -1) counts for no node."""
     nd, hr = (node, hidx) if rows is None else (node[rows], hidx[rows])
-    keyed = nd >= 0
     seen = np.zeros(n * (t + 1), dtype=bool)
-    cell = nd * (t + 1) + hr
-    seen[cell if keyed.all() else cell[keyed]] = True
-    del cell
-    first_hour = seen.reshape(n, t + 1).argmax(axis=1)
+    for a in range(0, len(nd), ROW_CHUNK):
+        c = _cells(nd, hr, t, t + 1, a)
+        seen[c[c >= 0]] = True
+    first_hour = seen.reshape(n, t + 1).argmax(axis=1).astype(np.int32)
     del seen
-    at = np.flatnonzero(keyed & (hr == first_hour[nd]))
+    at = np.concatenate([a + np.flatnonzero((nd[a: a + ROW_CHUNK] >= 0)
+                                            & (hr[a: a + ROW_CHUNK] == first_hour[nd[a: a + ROW_CHUNK]]))
+                         for a in range(0, len(nd), ROW_CHUNK)])
     cand = at if rows is None else rows[at]
     out = np.full(n, -1, dtype=np.int64)
     which, pos = np.unique(node[cand], return_index=True)
@@ -175,17 +216,15 @@ def _first_rows(node: np.ndarray, hidx: np.ndarray, rows: np.ndarray | None, n: 
     return out, first_hour
 
 
-def _first_value(col: pd.Series, node: np.ndarray, hidx: np.ndarray, first: np.ndarray, n: int,
-                 t: int) -> pd.Series:
+def _first_value(col: pd.Series, node: np.ndarray, hidx: np.ndarray, first: np.ndarray, t: int) -> pd.Series:
     """Per node, the column's first non-null value in hour order (groupby ``first`` after sorting by hour).
     Usually the node's first row has it; only nodes where it is null look further."""
-    at = np.maximum(first, 0)
-    out = col.iloc[at].reset_index(drop=True)
+    out = col.iloc[np.maximum(first, 0)].reset_index(drop=True)
     need = out.isna().to_numpy() & (first >= 0)
     if need.any():
-        rows = np.flatnonzero(col.notna().to_numpy() & need[np.maximum(node, 0)] & (node >= 0))
+        rows = np.flatnonzero(col.notna().to_numpy() & need[node] & (node >= 0))
         if rows.size:
-            later, _ = _first_rows(node, hidx, rows, n, t)
+            later, _ = _first_rows(node, hidx, rows, len(first), t)
             fill = np.flatnonzero(later >= 0)
             out.iloc[fill] = col.iloc[later[fill]].to_numpy()
     return out

@@ -31,7 +31,7 @@ def _pivot_spec(usage: pd.DataFrame) -> cpu.CpuMatrix:
     return cpu.CpuMatrix(meta, hours, wide.to_numpy(dtype="float64"))
 
 
-def _usage(seed: int, per_hour: int, instance_id: bool = True) -> pd.DataFrame:
+def _usage(seed: int, per_hour: int, instance_id: bool = True, shuffle: bool = True) -> pd.DataFrame:
     """Three providers, projects whose node names repeat, nodes that start late, skip hours, report
     several samples an hour (``per_hour`` at most) or NaN, and metadata that shows up or changes later
     (constant within a node-hour, where the old sort by hour was free to pick any row)."""
@@ -57,7 +57,8 @@ def _usage(seed: int, per_hour: int, instance_id: bool = True) -> pd.DataFrame:
             }))
     frames.append(frames[0].assign(node="all-nan", cpu_utilization=np.nan))  # dropped: no sample at all
     df = pd.concat(frames, ignore_index=True)
-    df = df.iloc[rng.permutation(len(df))].reset_index(drop=True)  # providers send rows in any order
+    if shuffle:  # rows in any order (else each node's rows together, as providers usually send them)
+        df = df.iloc[rng.permutation(len(df))].reset_index(drop=True)
     out = normalize_usage(df)
     return out if instance_id else out.drop(columns=["instance_id"])
 
@@ -78,9 +79,13 @@ def test_several_samples_per_hour_match_the_pivot(seed: int) -> None:
     _same(_usage(seed, per_hour=4, instance_id=seed % 2 == 0), exact=False)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(4))
 def test_hourly_samples_match_the_pivot_exactly(seed: int) -> None:
-    _same(_usage(seed, per_hour=1), exact=True)
+    _same(_usage(seed, per_hour=1, shuffle=seed % 2 == 0), exact=True)
+
+
+def test_rows_grouped_by_node_match_the_pivot() -> None:
+    _same(_usage(11, per_hour=3, shuffle=False), exact=False)
 
 
 def test_categorical_keys_sort_by_category_order() -> None:
