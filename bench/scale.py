@@ -9,12 +9,14 @@ then scored with ``baseline.detection_bands``, the call ``detect._series_bands``
 last ``--scored`` days scored (every day's own causal band).  A per-series statsmodels robust STL loop
 runs on a sample of the same series in the same run, and the time it would take on all of them is
 projected from its rate; both are scored on the same injected spikes, so the speed ratio comes with the
-quality it buys.  CPU: what ``detect`` runs on a nodes x hours matrix with pinned miners, stealth miners
-and project-wide surges, stage by stage: ``cpu.features``, ``cpu.node_episodes``, the usage score with its
-onsets (``detect._usage_anomalies`` over the whole 28 days, ``usage_score.flagged_scores``), and
-``cpu.cpu_matrix`` pivoting the long frame of ``--long-nodes`` nodes (projected to all).  Each stage prints
-wall and process CPU seconds (the box is shared: wall moves with the load, CPU much less) and the peak RSS
-so far (``resource.getrusage``, so it includes the generated data).  Nothing is asserted.
+quality it buys.  CPU: what ``detect`` runs on hourly CPU with pinned miners, stealth miners and
+project-wide surges, stage by stage: ``cpu.cpu_matrix`` turning the long frame (one row per node-hour, all
+nodes unless ``--long-nodes`` says fewer, then projected; categorical columns, as 67M rows of Python strings
+would take ~4 GB) into the nodes x hours matrix, checked equal to the generated one, then ``cpu.features``,
+``cpu.node_episodes`` and the usage score with its onsets (``detect._usage_anomalies`` over the whole 28
+days, ``usage_score.flagged_scores``).  Each stage prints wall and process CPU seconds (the box is shared:
+wall moves with the load, CPU much less) and the peak RSS so far (``resource.getrusage``, so it includes
+the generated data).  Nothing is asserted.
 
 Measured on the project's 2-core box while other jobs shared it (load average 0.3-3; figures move ~30%
 run to run with the load):
@@ -25,17 +27,16 @@ run to run with the load):
     STL  ~200 series/s (statsmodels imported before the clock), so 1M series would take ~85 min: ~195x
          slower; on its 300-series sample recall / false positives STL 1.000 / 0.023 vs weekday 0.970 / 0.0005
 
-Issue 16 (default sizes, one ``nice`` run while five other jobs loaded the box to load average 11-15, so
-wall times are ~3x the CPU seconds and the cost stage's wall says little):
+Issue 16, after ``cpu_matrix`` left pandas ``pivot_table`` (default sizes, one ``nice`` run, load average
+5.0 at the start and 3.9 at the end from other jobs on the 2 cores; then ``--series 0`` alone at load ~2):
 
-    cost 1,000,000 series x 120 days: 145.5 s wall (26-40 s when quiet, above), peak RSS 3.42 GB; spike
-         recall 0.982, 0.00053 false positives per series-day
-    cpu  100,000 nodes x 28 days hourly: features 9.6 s CPU (24.8 s wall), node_episodes 0.5 s CPU, usage
-         score 43.8 s CPU (154.8 s wall; it was ~280 s CPU with pandas rolling: 28 s per 10,000 nodes),
-         cpu_matrix on 5,000 nodes' long frame 5.6 s CPU (~111 s CPU for all 100,000: not yet fast), peak
-         RSS 3.42 GB (the cost stage's); all 1,485 miners found, no clean node flagged, 43,979 usage
-         departures reported.  Without the pivot the stage is ~54 s of CPU, which two threads share in the
-         usage score, so ~35-40 s wall on a quiet box; under this load it took 181 s.
+    cost 1,000,000 series x 120 days: 34.6 s CPU, 62.6 s wall (two threads; 26-40 s when quiet), peak RSS
+         3.40 GB; spike recall 0.982, 0.00053 false positives per series-day
+    cpu  100,000 nodes x 28 days hourly: cpu_matrix from all 67.2M long rows 3.0 s CPU (3.3 s wall; 6.9 s
+         in the second run, faulting in fresh memory; pivot_table took ~111 s CPU), features 8.7 s CPU
+         (14.1 s wall), node_episodes 0.6 s, usage score 42.5 s CPU (50.5 s wall): the stage 54.8 s CPU,
+         68.7 s wall (second run: 53.0 s CPU, 39.2 s wall); peak RSS 3.60 GB; all 1,485 miners found, no
+         clean node flagged, 43,979 usage departures reported
 
 The (series x day x lookback) tensor version this replaced ran detection's two passes at ~1,350 series/s
 on this data (100,000 x 120 days: 74 s, 1.8 GB; 1M would be ~12 min and ~13 GB), and CPU features at ~900
