@@ -124,3 +124,12 @@ def test_no_sample_at_all() -> None:
     assert new.values.shape == old.values.shape == (0, len(old.hours))
     pd.testing.assert_index_equal(new.hours, old.hours)
     assert new.nodes.empty and list(new.nodes.columns) == list(old.nodes.columns)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_row_chunks_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch, shuffle: bool) -> None:
+    """Runs of a node's rows and node-hours that straddle chunk boundaries (7 rows a chunk here)."""
+    usage = _usage(12, per_hour=3, shuffle=shuffle)
+    usage.loc[usage.index[3::53], "node"] = pd.NA
+    monkeypatch.setattr(cpu, "ROW_CHUNK", 7)
+    _same(usage, exact=False)
