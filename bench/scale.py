@@ -28,15 +28,15 @@ run to run with the load):
          slower; on its 300-series sample recall / false positives STL 1.000 / 0.023 vs weekday 0.970 / 0.0005
 
 Issue 16, after ``cpu_matrix`` left pandas ``pivot_table`` (default sizes, one ``nice`` run, load average
-5.0 at the start and 3.9 at the end from other jobs on the 2 cores; then ``--series 0`` alone at load ~2):
+0.9 at the start and 2.6 at the end, another job sharing the 2 cores during the CPU stage):
 
-    cost 1,000,000 series x 120 days: 34.6 s CPU, 62.6 s wall (two threads; 26-40 s when quiet), peak RSS
-         3.40 GB; spike recall 0.982, 0.00053 false positives per series-day
-    cpu  100,000 nodes x 28 days hourly: cpu_matrix from all 67.2M long rows 3.0 s CPU (3.3 s wall; 6.9 s
-         in the second run, faulting in fresh memory; pivot_table took ~111 s CPU), features 8.7 s CPU
-         (14.1 s wall), node_episodes 0.6 s, usage score 42.5 s CPU (50.5 s wall): the stage 54.8 s CPU,
-         68.7 s wall (second run: 53.0 s CPU, 39.2 s wall); peak RSS 3.60 GB; all 1,485 miners found, no
-         clean node flagged, 43,979 usage departures reported
+    cost 1,000,000 series x 120 days: 34.4 s wall, 43.8 s CPU (two threads), peak RSS 3.40 GB; spike
+         recall 0.982, 0.00053 false positives per series-day (at load 5: 62.6 s wall, 34.6 s CPU)
+    cpu  100,000 nodes x 28 days hourly: cpu_matrix from all 67.2M long rows 2.8 s CPU, 2.9 s wall
+         (pivot_table took ~111 s CPU; 2.8-7 s depending on faulting in fresh memory), features 8.8 s,
+         node_episodes 0.4 s, usage score 40.3 s CPU (40.8 s wall; 23.4 s wall on two free cores): the
+         stage 52.3 s CPU, 52.9 s wall (at load 5: 54.8 s CPU, 68.7 s wall); peak RSS 3.58 GB; all 1,485
+         miners found, no clean node flagged, 43,979 usage departures reported
 
 The (series x day x lookback) tensor version this replaced ran detection's two passes at ~1,350 series/s
 on this data (100,000 x 120 days: 74 s, 1.8 GB; 1M would be ~12 min and ~13 GB), and CPU features at ~900

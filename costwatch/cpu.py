@@ -57,8 +57,6 @@ class CpuFeatures:
 
 
 ROW_CHUNK = 1 << 16  # rows at once in cpu_matrix: temporaries of 64k rows, not of the whole frame
-
-
 NODE_KEYS = ["provider", "project", "node"]  # node ids are only unique within a project
 META_COLUMNS = ["cluster", "region", "instance_type"]
 
@@ -67,8 +65,9 @@ def cpu_matrix(usage: pd.DataFrame) -> CpuMatrix:
     """Average samples into whole UTC hours and lay them out nodes x hours.
 
     The pandas ``pivot_table`` this replaces cost ~1.7 us of CPU per sample (~111 s for 100k nodes x 28
-    days); here each row becomes an integer cell (node rank x hours + hour) and the means are unbuffered
-    sums (``np.add.at``) and counts (``np.bincount``) over the flat cells.  Same output
+    days); here each row becomes an integer cell (node rank x hours + hour) and the means are sums and
+    counts over the flat cells by ``np.add.at`` (unbuffered, fast since numpy 1.25), a chunk of rows at a
+    time so no whole-frame temporaries are held.  Same output
     (tests/test_cpu_matrix.py): nodes sorted by (provider, project, node), a node only if it has a
     sample, NaN where a node-hour has none, metadata the first non-null value in hour order (ties within
     an hour: the first row), means to float64 rounding (pandas sums with compensation)."""
