@@ -9,12 +9,14 @@ then scored with ``baseline.detection_bands``, the call ``detect._series_bands``
 last ``--scored`` days scored (every day's own causal band).  A per-series statsmodels robust STL loop
 runs on a sample of the same series in the same run, and the time it would take on all of them is
 projected from its rate; both are scored on the same injected spikes, so the speed ratio comes with the
-quality it buys.  CPU: what ``detect`` runs on a nodes x hours matrix with pinned miners, stealth miners
-and project-wide surges, stage by stage: ``cpu.features``, ``cpu.node_episodes``, the usage score with its
-onsets (``detect._usage_anomalies`` over the whole 28 days, ``usage_score.flagged_scores``), and
-``cpu.cpu_matrix`` pivoting the long frame of ``--long-nodes`` nodes (projected to all).  Each stage prints
-wall and process CPU seconds (the box is shared: wall moves with the load, CPU much less) and the peak RSS
-so far (``resource.getrusage``, so it includes the generated data).  Nothing is asserted.
+quality it buys.  CPU: what ``detect`` runs on hourly CPU with pinned miners, stealth miners and
+project-wide surges, stage by stage: ``cpu.cpu_matrix`` turning the long frame (one row per node-hour, all
+nodes unless ``--long-nodes`` says fewer, then projected; categorical columns, as 67M rows of Python strings
+would take ~4 GB) into the nodes x hours matrix, checked equal to the generated one, then ``cpu.features``,
+``cpu.node_episodes`` and the usage score with its onsets (``detect._usage_anomalies`` over the whole 28
+days, ``usage_score.flagged_scores``).  Each stage prints wall and process CPU seconds (the box is shared:
+wall moves with the load, CPU much less) and the peak RSS so far (``resource.getrusage``, so it includes
+the generated data).  Nothing is asserted.
 
 Measured on the project's 2-core box while other jobs shared it (load average 0.3-3; figures move ~30%
 run to run with the load):
@@ -25,17 +27,16 @@ run to run with the load):
     STL  ~200 series/s (statsmodels imported before the clock), so 1M series would take ~85 min: ~195x
          slower; on its 300-series sample recall / false positives STL 1.000 / 0.023 vs weekday 0.970 / 0.0005
 
-Issue 16 (default sizes, one ``nice`` run while five other jobs loaded the box to load average 11-15, so
-wall times are ~3x the CPU seconds and the cost stage's wall says little):
+Issue 16, after ``cpu_matrix`` left pandas ``pivot_table`` (default sizes, one ``nice`` run, load average
+0.9 at the start and 2.6 at the end, another job sharing the 2 cores during the CPU stage):
 
-    cost 1,000,000 series x 120 days: 145.5 s wall (26-40 s when quiet, above), peak RSS 3.42 GB; spike
-         recall 0.982, 0.00053 false positives per series-day
-    cpu  100,000 nodes x 28 days hourly: features 9.6 s CPU (24.8 s wall), node_episodes 0.5 s CPU, usage
-         score 43.8 s CPU (154.8 s wall; it was ~280 s CPU with pandas rolling: 28 s per 10,000 nodes),
-         cpu_matrix on 5,000 nodes' long frame 5.6 s CPU (~111 s CPU for all 100,000: not yet fast), peak
-         RSS 3.42 GB (the cost stage's); all 1,485 miners found, no clean node flagged, 43,979 usage
-         departures reported.  Without the pivot the stage is ~54 s of CPU, which two threads share in the
-         usage score, so ~35-40 s wall on a quiet box; under this load it took 181 s.
+    cost 1,000,000 series x 120 days: 34.4 s wall, 43.8 s CPU (two threads), peak RSS 3.40 GB; spike
+         recall 0.982, 0.00053 false positives per series-day (at load 5: 62.6 s wall, 34.6 s CPU)
+    cpu  100,000 nodes x 28 days hourly: cpu_matrix from all 67.2M long rows 2.8 s CPU, 2.9 s wall
+         (pivot_table took ~111 s CPU; 2.8-7 s depending on faulting in fresh memory), features 8.8 s,
+         node_episodes 0.4 s, usage score 40.3 s CPU (40.8 s wall; 23.4 s wall on two free cores): the
+         stage 52.3 s CPU, 52.9 s wall (at load 5: 54.8 s CPU, 68.7 s wall); peak RSS 3.58 GB; all 1,485
+         miners found, no clean node flagged, 43,979 usage departures reported
 
 The (series x day x lookback) tensor version this replaced ran detection's two passes at ~1,350 series/s
 on this data (100,000 x 120 days: 74 s, 1.8 GB; 1M would be ~12 min and ~13 GB), and CPU features at ~900
@@ -194,40 +195,50 @@ class Stages:
 
 
 def long_usage(m: cpu.CpuMatrix, n: int) -> pd.DataFrame:
-    """The first ``n`` nodes of the matrix as the long frame providers return (one row per node-hour)."""
+    """The first ``n`` nodes of the matrix as the long frame providers return (one row per node-hour),
+    built in lean dtypes: the keys and metadata categorical (as strings 67M rows would take ~4 GB of
+    Python object pointers), the CPU float64 as ``normalize_usage`` leaves it."""
     k, t = min(n, len(m.nodes)), len(m.hours)
     meta = m.nodes.iloc[:k]
-    return pd.DataFrame({"timestamp": np.tile(m.hours, k), "cpu_utilization": m.values[:k].ravel(),
-                         **{c: np.repeat(meta[c].to_numpy(), t) for c in ("node", "provider", "project",
-                                                                            "cluster", "region", "instance_type")}})
+    stamps = pd.DatetimeIndex(np.tile(m.hours.asi8, k), dtype=m.hours.dtype, copy=False).array
+    cols = {}
+    for c in ("node", "provider", "project", "cluster", "region", "instance_type"):
+        codes, uniques = pd.factorize(meta[c])
+        small = np.int8 if len(uniques) < 127 else np.int16 if len(uniques) < 32_767 else np.int32
+        cols[c] = pd.Categorical.from_codes(np.repeat(codes.astype(small), t), categories=uniques)
+    return pd.DataFrame({"timestamp": stamps, "cpu_utilization": m.values[:k].reshape(-1), **cols}, copy=False)
 
 
-def bench_cpu(n: int, hours: int, long_nodes: int) -> None:
-    """What detect() runs on the CPU matrix: features, node episodes and the usage score (with its onsets);
-    the matrix itself is pivoted from the long frame for ``long_nodes`` nodes and projected to all."""
+def bench_cpu(n: int, hours: int, long_nodes: int | None) -> None:
+    """What detect() runs on hourly CPU: ``cpu_matrix`` on the long frame (of ``long_nodes`` nodes, all by
+    default; fewer are projected to all), then features, node episodes and the usage score with its
+    onsets on the matrix."""
     t0 = time.perf_counter()
     m, miners = cpu_data(n, hours)
     gen = time.perf_counter() - t0
     t = len(m.hours)
     print(f"cpu  {n:>9,} nodes x {t} h ({t / 24:.1f} days), data generated in {gen:.1f} s:")
     st = Stages()
+    k = n if long_nodes is None else min(long_nodes, n)
+    pivot = 0.0
+    if k:
+        frame = long_usage(m, k)
+        c0 = time.process_time()
+        built = st.run(f"cpu_matrix from {k * t:,} long rows", lambda: cpu.cpu_matrix(frame))
+        pivot = (time.process_time() - c0) * n / k
+        same = np.array_equal(built.values, m.values[:k], equal_nan=True)
+        print(f"     (long frame {frame.memory_usage().sum() / 2**30:.2f} GB in categorical/float64 columns; "
+              f"matrix {'identical to' if same else 'DIFFERENT from'} the generated one)")
+        del frame, built
     settings = cpu.CpuSettings()
     f = st.run("features", lambda: cpu.features(m, settings))
     episodes = st.run("node_episodes", lambda: cpu.node_episodes(m, f, settings))
     as_of = m.hours[-1] + pd.Timedelta(hours=1)
     usage = st.run("usage score (detect's, 28-day window)", lambda: _usage_anomalies(m, m.hours[0], as_of))
     reported = sum(len(v) for v in usage.values())
-    k = min(long_nodes, n)
-    pivot = 0.0
-    if k:
-        frame = long_usage(m, k)
-        c0 = time.process_time()
-        st.run(f"cpu_matrix from {k * t:,} long rows", lambda: cpu.cpu_matrix(frame))
-        pivot = (time.process_time() - c0) * n / k
-        del frame
     flagged = (f.pinned | f.plateau).any(axis=1)
     print(f"     total {st.wall:.1f} s wall, {st.cpu:.1f} s CPU ({n * t / st.cpu / 1e6:,.1f}M node-hours per CPU s)"
-          + (f"; the pivot for all {n:,} nodes would add ~{pivot:.0f} s CPU" if k and k < n else "")
+          + (f"; the pivot for all {n:,} nodes would add ~{pivot * (n - k) / n:.0f} s CPU" if 0 < k < n else "")
           + f"; miners found {int((flagged & miners).sum())}/{int(miners.sum())}, clean nodes flagged "
           f"{int((flagged & ~miners).sum())}, {len(episodes):,} episodes, {reported:,} usage departures reported")
 
@@ -242,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hours", type=int, default=None, help="hours of CPU (overrides --cpu-days)")
     ap.add_argument("--stl-series", type=int, default=300, help="series in the STL comparison loop")
     ap.add_argument("--workers", type=int, default=None, help="threads for the cost bands (default: cores)")
-    ap.add_argument("--long-nodes", type=int, default=5_000,
-                    help="nodes whose long frame is pivoted by cpu_matrix (timed, projected to --nodes)")
+    ap.add_argument("--long-nodes", type=int, default=None,
+                    help="nodes whose long frame cpu_matrix pivots (default all; fewer: projected to --nodes)")
     a = ap.parse_args(argv)
     if a.series:
         bench_cost(a.series, a.days, a.scored, a.stl_series, a.workers)
