@@ -264,7 +264,10 @@ def _carry(profile: np.ndarray, spread: np.ndarray, pdays: np.ndarray, min_days:
 def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
     """Two passes: the second rebuilds each profile without the hours the first pass flagged, so a miner
     that runs for days is not learned as the node's normal shape.  Both passes are causal: a flag at an
-    hour depends only on that hour and earlier ones, and profiles only use earlier days.
+    hour depends only on that hour and earlier ones, and profiles only use earlier days.  The one exception
+    is a whole episode that has ended: it is read with the day after it that the data has
+    (``_episode_in_surge``), so a later run can clear a cap that a surge explains once the surge shows; an
+    episode still open is read from its own hours and earlier ones only.
 
     Blocks of nodes, hours x nodes float32, medians by min/max networks over shifted views: nothing loops
     over nodes or hours in Python.  Profiles, spreads and window means are float32."""
@@ -336,8 +339,9 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     flagged from the first hour demand no longer explains it.  Demand is read from the project's other
     unflagged nodes that still move like a service (flat ones may be miners not yet flagged) and have a usual
     of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
-    ``DEMAND_HOURS``: their CPU summed over their usual summed (each usual floored at 10% so a quiet night's
-    noise is not a surge), pooled so that a x1.3 surge stands out of per-node noise, or the same over the
+    ``DEMAND_HOURS``: their CPU summed over their usual summed, pooled by load (``_group_demand``: the
+    witnesses that carry load, else all with each usual floored at ``IDLE_FLOOR`` so a quiet night's noise is
+    not a surge) so that a x1.3 surge stands out of per-node noise, or the same over the
     last ``ONSET_HOURS`` (a surge that began an hour or two ago) or ``DAY_HOURS`` when that is higher
     (a node busy day and night saturates at night too, when a surge
     barely lifts the idle nodes); one such node is
