@@ -481,3 +481,20 @@ def test_nodes_added_for_the_surge_do_not_hide_it() -> None:
                                        for n, v in traces.items()], ignore_index=True).assign(provider="aws",
                                                                                                project="p"))
     assert _by_node(cpu.cpu_matrix(usage)) == {}
+
+
+@pytest.mark.parametrize("start_hour", [2, 14])
+def test_a_miner_on_the_busy_node_among_noisy_idle_nodes_is_flagged_at_once(start_hour: int) -> None:
+    """Read by load, demand leans on the busy nodes; forty quiet nodes (~1%, their noise clipped at 0, so
+    their mean runs well above their usual, a median) must not read as a surge, by night or by day, and a
+    miner on the one busy node is flagged within two hours."""
+    rng = np.random.default_rng(51)
+    traces = {f"idle{k:02d}": np.clip(1.0 + rng.normal(0, 3.0, len(LONG)), 0, 100) for k in range(40)}
+    traces["web"] = _daily(rng, LONG, 40, 22)
+    traces["busy"] = _daily(rng, LONG, 72, 50)
+    start = 24 * 20 + start_hour
+    traces["busy"][start:] = 99 + rng.normal(0, 0.3, len(LONG) - start)
+    eps = _by_node(_matrix(traces, LONG))
+    assert set(eps) == {"busy"}
+    assert eps["busy"][0].detected_at - LONG[start] <= pd.Timedelta(hours=2)
+    assert eps["busy"][0].last == LONG[-1] + pd.Timedelta(hours=1)
