@@ -412,9 +412,9 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
 
 
 def _group_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray) -> np.ndarray:
-    """Each row's project demand per column (rows x cols, NaN without witnesses): the pooled CPU over the
-    pooled usual of the witnesses that carry load (usual >= ``LOAD_FLOOR``), or where none does, of all
-    of them with each usual floored at ``IDLE_FLOOR``."""
+    """Each row's project demand per column (rows x cols, NaN without witnesses), read as ``_read`` reads
+    it: the higher of the loaded witnesses' pooled ratio (usual >= ``LOAD_FLOOR``) and all witnesses' with
+    each usual floored at ``IDLE_FLOOR``."""
     def total(v: np.ndarray, on: np.ndarray) -> np.ndarray:
         return pd.DataFrame(np.where(on, v, 0.0)).groupby(key).sum().reindex(key).to_numpy()
 
@@ -422,8 +422,8 @@ def _group_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: 
         busy = witness & (usual >= LOAD_FLOOR)
     busy_u, idle_u = total(usual, busy), total(np.maximum(usual, IDLE_FLOOR), witness)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(busy_u > 0, total(obs, busy) / busy_u,
-                        np.where(idle_u > 0, total(obs, witness) / idle_u, np.nan))
+        floored = np.where(idle_u > 0, total(obs, witness) / idle_u, np.nan)
+        return np.where(busy_u > 0, np.fmax(total(obs, busy) / busy_u, floored), floored)
 
 
 def _known(x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, min_days: int) -> np.ndarray:
@@ -445,27 +445,27 @@ def _cum_pool(x: np.ndarray, profile: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 
 def _read(cum: np.ndarray, a: int, b: int) -> float:
-    """Pooled demand over hours [a, b) (0 without witnesses): the loaded node-hours' CPU over their usual
-    where they carry ``LOAD_FLOOR`` per hour or more between them, else every witness with its usual floored.
-    Load-weighted, a project of many idle nodes and a few busy ones reads what the busy ones carry; idle
-    nodes alone read near 1 at night whatever their noise."""
+    """Pooled demand over hours [a, b) (0 without witnesses): the higher of two readings.  Every witness
+    with its usual floored at ``IDLE_FLOOR`` (idle nodes read near 1 at night whatever their noise), and,
+    where the node-hours that carry load (usual >= ``LOAD_FLOOR``) carry that much per hour between them,
+    theirs alone: floored, a project of many idle nodes drowns the surge that its few busy nodes carry; the
+    loaded ones alone miss it where the busy node is a batch job and the idle ones all follow the traffic."""
     if b <= a:
         return 0.0
     ob, ub, oa, ua = (cum[:, b] - cum[:, a]).tolist()
-    if ub >= LOAD_FLOOR * (b - a):
-        return float(ob / ub)
-    return float(oa / ua) if ua > 0 else 0.0
+    floored = float(oa / ua) if ua > 0 else 0.0
+    return max(float(ob / ub), floored) if ub >= LOAD_FLOOR * (b - a) else floored
 
 
 def _around(cum: np.ndarray, a: int, b: int, t: int) -> float:
     """The project's demand around an episode of hours [a, b) in data of ``t`` hours.  One that has ended
-    (``ONSET_HOURS`` of data after it) sat inside a surge when demand was up over it and the day after it:
-    a cap that falls in a surge's first, ramping hours is read with the surge that follows.  One still open
-    must be inside a surge still going: demand up over it and over its last ``DAY_HOURS``, so a plateau that
-    outlives the surge is flagged from the day the project is back to its usual."""
-    if b + ONSET_HOURS <= t:
-        return _read(cum, a, min(b + DAY_HOURS, t))
-    return min(_read(cum, a, b), _read(cum, max(b - DAY_HOURS, 0), b))
+    (``ONSET_HOURS`` of data after it) sat inside a surge when demand was up over it and the day after it
+    (a cap that falls in a surge's first, ramping hours is read with the surge that follows) or over it and
+    its last ``DAY_HOURS`` (one that ends with the surge).  One still open must be inside a surge still going:
+    demand up over it and over its last day, so a plateau that outlives the surge is flagged from the day
+    the project is back to its usual."""
+    still = min(_read(cum, a, b), _read(cum, max(b - DAY_HOURS, 0), b))
+    return max(still, _read(cum, a, min(b + DAY_HOURS, t))) if b + ONSET_HOURS <= t else still
 
 
 def _stretch_start(x: np.ndarray, a: int, level: float, tol: float) -> int:

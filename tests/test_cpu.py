@@ -229,26 +229,26 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
 
 
 def _ref_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray) -> np.ndarray:
-    """Per node and hour, its project's witnesses that carry load (usual >= LOAD_FLOOR) pooled, or where
-    none does all of them with the usual floored at IDLE_FLOOR; NaN without witnesses."""
+    """Per node and hour, the higher of its project's witnesses pooled with the usual floored at IDLE_FLOOR
+    and those that carry load (usual >= LOAD_FLOOR) pooled; NaN without witnesses."""
     out = np.full(obs.shape, np.nan)
     for i in range(obs.shape[0]):
         same = key == key[i]
         for t in range(obs.shape[1]):
             w = witness[same, t]
             o, u = obs[same, t][w], usual[same, t][w]
-            if (u >= cpu.LOAD_FLOOR).any():
-                out[i, t] = o[u >= cpu.LOAD_FLOOR].sum() / u[u >= cpu.LOAD_FLOOR].sum()
-            elif w.any():
+            if w.any():
                 out[i, t] = o.sum() / np.maximum(u, cpu.IDLE_FLOOR).sum()
+            if (u >= cpu.LOAD_FLOOR).any():
+                out[i, t] = max(out[i, t], o[u >= cpu.LOAD_FLOOR].sum() / u[u >= cpu.LOAD_FLOOR].sum())
     return out
 
 
 def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray,
                           flag: np.ndarray, episode: np.ndarray, new: np.ndarray, s: cpu.CpuSettings) -> np.ndarray:
     """Episode by episode, hour by hour: the project's unflagged nodes and the node itself outside its flat
-    stretch, pooled by load, over the episode and the day after it (ended) or over the episode and its last
-    day (open), against the node's usual peak."""
+    stretch, pooled by load, over the episode and its last day, or (ended) over it and the day after it
+    where that is higher, against the node's usual peak."""
     out = np.zeros(flag.shape, dtype=bool)
     t_all = x.shape[1]
     project = m.nodes["project"].astype(str).to_numpy()
@@ -276,10 +276,9 @@ def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, 
             def read(u: int, v: int, rows: np.ndarray = rows, ok: np.ndarray = ok) -> float:
                 return _ref_read(x[rows, u:v], profile[rows, u:v], ok[rows, u:v])
 
+            d = min(read(lo, b), read(max(b - cpu.DAY_HOURS, 0), b))
             if b + cpu.ONSET_HOURS <= t_all:
-                d = read(lo, min(b + cpu.DAY_HOURS, t_all))
-            else:
-                d = min(read(lo, b), read(max(b - cpu.DAY_HOURS, 0), b))
+                d = max(d, read(lo, min(b + cpu.DAY_HOURS, t_all)))
             day_peak = np.nanmax(profile[i, max(lo - cpu.DAY_HOURS, 0): b])
             at_peak = np.nanmax(profile[i, lo:b])
             short = b - lo <= cpu.CAP_HOURS and b + cpu.ONSET_HOURS <= t_all
@@ -291,10 +290,11 @@ def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, 
 
 def _ref_read(x: np.ndarray, profile: np.ndarray, ok: np.ndarray) -> float:
     busy = ok & (profile >= cpu.LOAD_FLOOR)
-    if busy.any() and profile[busy].sum() >= cpu.LOAD_FLOOR * x.shape[1]:
-        return float(x[busy].sum() / profile[busy].sum())
     u = np.maximum(profile[ok], cpu.IDLE_FLOOR).sum()
-    return float(x[ok].sum() / u) if u > 0 else 0.0
+    floored = float(x[ok].sum() / u) if u > 0 else 0.0
+    if busy.any() and profile[busy].sum() >= cpu.LOAD_FLOOR * x.shape[1]:
+        return max(floored, float(x[busy].sum() / profile[busy].sum()))
+    return floored
 
 
 def _fleet(n: int = 300, days: int = 14, seed: int = 4) -> cpu.CpuMatrix:
