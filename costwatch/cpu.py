@@ -340,8 +340,9 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     unflagged nodes that still move like a service (flat ones may be miners not yet flagged) and have a usual
     of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
     ``DEMAND_HOURS``: their CPU summed over their usual summed, pooled by load (``_group_demand``: the
-    witnesses that carry load, else all with each usual floored at ``IDLE_FLOOR`` so a quiet night's noise is
-    not a surge) so that a x1.3 surge stands out of per-node noise, or the same over the
+    higher of the witnesses that carry load alone and all of them with each usual floored at ``IDLE_FLOOR``,
+    so many idle nodes do not drown a surge and a quiet night's noise is not one) so that a x1.3 surge
+    stands out of per-node noise, or the same over the
     last ``ONSET_HOURS`` (a surge that began an hour or two ago) or ``DAY_HOURS`` when that is higher
     (a node busy day and night saturates at night too, when a surge
     barely lifts the idle nodes); one such node is
