@@ -439,7 +439,10 @@ def _carry(profile: np.ndarray, spread: np.ndarray, pdays: np.ndarray, min_days:
 def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
     """Two passes: the second rebuilds each profile without the hours the first pass flagged, so a miner
     that runs for days is not learned as the node's normal shape.  Both passes are causal: a flag at an
-    hour depends only on that hour and earlier ones, and profiles only use earlier days.
+    hour depends only on that hour and earlier ones, and profiles only use earlier days.  The one exception
+    is a whole episode that has ended: it is read with the day after it that the data has
+    (``_episode_in_surge``), so a later run can clear a cap that a surge explains once the surge shows; an
+    episode still open is read from its own hours and earlier ones only.
 
     Blocks of nodes, hours x nodes float32, medians by min/max networks over shifted views: nothing loops
     over nodes or hours in Python.  Profiles, spreads and window means are float32."""
@@ -464,7 +467,7 @@ def features(m: CpuMatrix, s: CpuSettings) -> CpuFeatures:
         plateau &= ~explained
         pinned &= ~(explained & ~new[:, None])
     episode = _episodes_open(x, pinned | plateau, level, profile, s)
-    inside = _episode_in_surge(m, x, profile, pdays, pinned | plateau, episode, new, s.min_profile_days)
+    inside = _episode_in_surge(m, x, profile, pdays, pinned | plateau, episode, new, s)
     if inside is not None:
         plateau &= ~inside
         pinned &= ~inside
@@ -495,6 +498,9 @@ LONE_DEMAND = 1.6
 DEMAND_HOURS = 6
 DAY_HOURS = 24
 ONSET_HOURS = 3
+LOAD_FLOOR = 20.0  # a witness carries load: its usual CPU is this or more
+IDLE_FLOOR = 10.0  # an idle witness's usual is floored here, so a quiet night's noise is no surge
+CAP_HOURS = 6  # a cap no longer than a daily peak
 EPISODE_GAP_HOURS = 3  # node_episodes' gap_hours
 
 
@@ -508,8 +514,10 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     flagged from the first hour demand no longer explains it.  Demand is read from the project's other
     unflagged nodes that still move like a service (flat ones may be miners not yet flagged) and have a usual
     of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
-    ``DEMAND_HOURS``: their CPU summed over their usual summed (each usual floored at 10% so a quiet night's
-    noise is not a surge), pooled so that a x1.3 surge stands out of per-node noise, or the same over the
+    ``DEMAND_HOURS``: their CPU summed over their usual summed, pooled by load (``_group_demand``: the
+    higher of the witnesses that carry load alone and all of them with each usual floored at ``IDLE_FLOOR``,
+    so many idle nodes do not drown a surge and a quiet night's noise is not one) so that a x1.3 surge
+    stands out of per-node noise, or the same over the
     last ``ONSET_HOURS`` (a surge that began an hour or two ago) or ``DAY_HOURS`` when that is higher
     (a node busy day and night saturates at night too, when a surge
     barely lifts the idle nodes); one such node is
@@ -556,17 +564,13 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
             # a node with too few days of its own (one the autoscaler added for the surge) has no usual to compare
             known = pdays[rows][:, cols] >= s.min_profile_days
             witness = ~flagged[rows][:, cols] & moving & known & ~np.isnan(usual) & ~np.isnan(obs)
-        pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
-        base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
-        demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()  # rows x cols, NaN without witnesses
+        demand = _group_demand(key, witness, obs, usual)  # rows x cols, NaN without witnesses
         for span_h in (ONSET_HOURS, DAY_HOURS):
             lo = np.maximum(cols + 1 - span_h, 0)
             cnt = np.maximum(cum_n[:, cols + 1] - cum_n[:, lo], 1.0)
             obs_d = (cum_x[:, cols + 1] - cum_x[:, lo]) / cnt
-            usual_d = np.maximum((cum_p[:, cols + 1] - cum_p[:, lo]) / cnt, 10.0)
-            other = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
-                     / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
-            demand = np.fmax(demand, other.reindex(key).to_numpy())
+            usual_d = (cum_p[:, cols + 1] - cum_p[:, lo]) / cnt
+            demand = np.fmax(demand, _group_demand(key, witness, obs_d, usual_d))
         demand = np.where(np.isnan(demand), LONE_DEMAND, demand)
         fr, fc = np.nonzero(flagged[rows][:, cols])
         if not fr.size:
@@ -583,43 +587,107 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     return out
 
 
+def _group_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray) -> np.ndarray:
+    """Each row's project demand per column (rows x cols, NaN without witnesses), read as ``_read`` reads
+    it: the higher of the loaded witnesses' pooled ratio (usual >= ``LOAD_FLOOR``) and all witnesses' with
+    each usual floored at ``IDLE_FLOOR``."""
+    def total(v: np.ndarray, on: np.ndarray) -> np.ndarray:
+        return pd.DataFrame(np.where(on, v, 0.0)).groupby(key).sum().reindex(key).to_numpy()
+
+    with np.errstate(invalid="ignore"):
+        busy = witness & (usual >= LOAD_FLOOR)
+    busy_u, idle_u = total(usual, busy), total(np.maximum(usual, IDLE_FLOOR), witness)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        floored = np.where(idle_u > 0, total(obs, witness) / idle_u, np.nan)
+        return np.where(busy_u > 0, np.fmax(total(obs, busy) / busy_u, floored), floored)
+
+
+def _known(x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, min_days: int) -> np.ndarray:
+    """Node-hours that can witness demand: a sample and a usual learned from ``min_days`` days or more."""
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(x) & ~np.isnan(profile) & (pdays >= min_days)
+
+
+def _cum_pool(x: np.ndarray, profile: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Cumulative sums over the hours (4 x hours+1) of the rows' CPU and usual, pooled as ``_read`` reads
+    them: over the node-hours that carry load (usual >= ``LOAD_FLOOR``), and over all of them with the usual
+    floored at ``IDLE_FLOOR``."""
+    u = np.nan_to_num(profile.astype(np.float64))
+    busy = ok & (u >= LOAD_FLOOR)
+    parts = (np.where(busy, x, 0.0), np.where(busy, u, 0.0), np.where(ok, x, 0.0),
+             np.where(ok, np.maximum(u, IDLE_FLOOR), 0.0))
+    sums = np.stack([p.sum(axis=0) for p in parts])
+    return np.concatenate([np.zeros((4, 1)), np.cumsum(sums, axis=1)], axis=1)
+
+
+def _read(cum: np.ndarray, a: int, b: int) -> float:
+    """Pooled demand over hours [a, b) (0 without witnesses): the higher of two readings.  Every witness
+    with its usual floored at ``IDLE_FLOOR`` (idle nodes read near 1 at night whatever their noise), and,
+    where the node-hours that carry load (usual >= ``LOAD_FLOOR``) carry that much per hour between them,
+    theirs alone: floored, a project of many idle nodes drowns the surge that its few busy nodes carry; the
+    loaded ones alone miss it where the busy node is a batch job and the idle ones all follow the traffic."""
+    if b <= a:
+        return 0.0
+    ob, ub, oa, ua = (cum[:, b] - cum[:, a]).tolist()
+    floored = float(oa / ua) if ua > 0 else 0.0
+    return max(float(ob / ub), floored) if ub >= LOAD_FLOOR * (b - a) else floored
+
+
+def _around(cum: np.ndarray, a: int, b: int, t: int) -> float:
+    """The project's demand around an episode of hours [a, b) in data of ``t`` hours.  One that has ended
+    (``ONSET_HOURS`` of data after it) sat inside a surge when demand was up over it and the day after it
+    (a cap that falls in a surge's first, ramping hours is read with the surge that follows) or over it and
+    its last ``DAY_HOURS`` (one that ends with the surge).  One still open must be inside a surge still going:
+    demand up over it and over its last day, so a plateau that outlives the surge is flagged from the day
+    the project is back to its usual."""
+    still = min(_read(cum, a, b), _read(cum, max(b - DAY_HOURS, 0), b))
+    return max(still, _read(cum, a, min(b + DAY_HOURS, t))) if b + ONSET_HOURS <= t else still
+
+
+def _stretch_start(x: np.ndarray, a: int, level: float, tol: float) -> int:
+    """First hour of the flat stretch that an episode flagged at hour ``a`` belongs to (as ``node_episodes``
+    walks back): the node's own hours before it can witness its demand, the stretch's cannot."""
+    lo = a
+    while lo - 1 >= 0 and not np.isnan(x[lo - 1]) and abs(x[lo - 1] - level) <= tol:
+        lo -= 1
+    return lo
+
+
 def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, flag: np.ndarray,
-                      episode: np.ndarray, new: np.ndarray, min_days: int) -> np.ndarray | None:
+                      episode: np.ndarray, new: np.ndarray, s: CpuSettings) -> np.ndarray | None:
     """Whole episodes of existing nodes that sit inside a project-wide surge (nodes x hours; None when none).
 
     The hourly check (``_surge_explained``) reads demand from the hours up to each flag; a surge that begins
-    at night barely lifts the idle nodes then, so a busy node that the surge pushes near its ceiling can be
-    flagged in the surge's first hours, and its episode then stays open for as long as the surge lasts.  Read
-    over the episode as a whole, the two tell apart: demand (the project's other unflagged nodes with a usual
-    of their own, pooled as in ``_surge_explained``) is up over the episode and still up over the last
-    ``DAY_HOURS`` of it, and the node's usual peak scaled by that demand reaches its level.  A miner's plateau
-    outlives the surge: once the project's last day is back to its usual, the episode is no longer explained,
-    and it is flagged (with every hour it has lasted) from then on.  Causal: an episode's reading uses only
-    the hours up to its last one.  Loops over episodes, which exist only on flagged nodes."""
+    at night barely lifts the idle nodes then, and a cap in a surge's first hours comes before the surge
+    shows, so a busy node that the surge pushes to its ceiling can be flagged.  Read over the episode as a
+    whole (``_around``), the two tell apart: the witnesses are the project's other unflagged nodes with a
+    usual of their own and the node itself outside its flat stretch (in a project of idle nodes the busy
+    node is the one that carries the surge), pooled by load (``_read``); where demand is up and the node's
+    usual peak scaled by it reaches its level, the episode is the surge.  A miner's plateau outlives the
+    surge: once the project's last day is back to its usual, the episode is no longer explained, and it is
+    flagged (with every hour it has lasted) from then on.  Loops over episodes, which exist only on flagged
+    nodes; a project's witnesses are summed once."""
     flagged = flag.any(axis=1)
     hot = np.flatnonzero(flagged & ~new)
     if not hot.size:
         return None
     codes, _ = pd.factorize(m.nodes["project"].astype(str).to_numpy())
+    t = x.shape[1]
     out = np.zeros(flag.shape, dtype=bool)
-    for code in np.unique(codes[hot]):  # the project's witnesses summed once, in float64 over its peers only
+    for code in np.unique(codes[hot]):
         peers = np.flatnonzero((codes == code) & ~flagged)
-        if not peers.size:
-            continue
-        x_p, prof_p = x[peers], profile[peers]
-        with np.errstate(invalid="ignore"):
-            have = ~np.isnan(x_p) & ~np.isnan(prof_p) & (pdays[peers] >= min_days)
-        cum_o = np.concatenate([[0.0], np.cumsum(np.where(have, x_p, 0.0).sum(axis=0))])
-        cum_u = np.concatenate([[0.0], np.cumsum(np.where(have, np.maximum(np.nan_to_num(prof_p), 10.0),
-                                                          0.0).sum(axis=0))])
+        pool = _cum_pool(x[peers], profile[peers], _known(x[peers], profile[peers], pdays[peers], s.min_profile_days))
         for i in hot[codes[hot] == code]:
+            xi, pi = x[i: i + 1], profile[i: i + 1]
+            mine = _known(xi, pi, pdays[i: i + 1], s.min_profile_days)
             for a, b in _runs(episode[i], EPISODE_GAP_HOURS):
-                d = min(_ratio(cum_o, cum_u, a, b), _ratio(cum_o, cum_u, max(b - DAY_HOURS, 0), b))
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    usual_peak = float(np.nanmax(profile[i, max(a - DAY_HOURS, 0): b]))
                     lvl = float(np.nanmedian(x[i, a:b]))
-                if d >= SURGE_RATIO and usual_peak * d >= SATURATION_SHARE * lvl:
+                lo = _stretch_start(x[i], a, lvl, 2.0 * s.flat_tolerance)
+                own = mine.copy()
+                own[:, lo:b] = False
+                if _saturates(profile[i], lo, b, _around(pool + _cum_pool(xi, pi, own), lo, b, t), lvl, t):
                     out[i, a:b] = True
     return out if out.any() else None
 
@@ -631,46 +699,51 @@ def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: 
     A cost rise on the days of a project-wide surge is the surge's own bill: it is evidence of mining only
     where the CPU signature is not itself the surge.  It is, when every flagged node is an existing one that
     runs hot every day (its usual peak scaled by the demand reaches its level, as in ``_surge_explained``)
-    and the project's other nodes (unflagged, with a usual of their own) ran ``SURGE_RATIO`` x their usual
-    or more, pooled, over those hours and over the day either side of each plateau's end (as far as the data
-    goes): a plateau that ends inside the surge is the surge, one that outlives it by a day is not.  A miner
-    on a quiet node, or on nodes of its own, never is.  Unlike the flags this reads the hours after a
-    plateau's end that the data has: a later run re-scores the alert with them."""
+    and the project ran ``SURGE_RATIO`` x its usual or more over those hours and around each plateau
+    (``_around``: over it and the day after it, or for one still open over its last day).  The witnesses
+    are those of ``_episode_in_surge``: the project's unflagged nodes and the flagged ones outside their
+    plateaus, pooled by load.  A miner on a quiet node, or on nodes of its own, never is.  Unlike the flags
+    this reads the hours after a plateau's end that the data has: a later run re-scores the alert with them."""
     if not episodes or any(e.new_node for e in episodes):
         return None
     names = m.nodes["node"].astype(str).to_numpy()
     mine = m.nodes["project"].astype(str).to_numpy() == episodes[0].project
     hot = mine & np.isin(names, [e.node for e in episodes])
-    peers = mine & ~hot & ~(f.pinned | f.plateau | f.episode).any(axis=1)
-    d = _pooled(m, f, peers, t0, t1, min_days)
-    for e in episodes:
-        day = pd.Timedelta(hours=DAY_HOURS)
-        d = min(d, _pooled(m, f, peers, e.last - day, e.last + day, min_days))
-        i = int(np.flatnonzero(mine & (names == e.node))[0])
-        lo, hi = (int(v) for v in m.hours.searchsorted([e.start - pd.Timedelta(hours=DAY_HOURS), e.last]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            peak = float(np.nanmax(f.profile[i, lo: max(hi, lo + 1)]))
-        if d < SURGE_RATIO or not peak * d >= SATURATION_SHARE * e.level:
+    rows = np.flatnonzero(hot | (mine & ~(f.pinned | f.plateau | f.episode).any(axis=1)))
+    ok = _known(m.values[rows], f.profile[rows], f.profile_days[rows], min_days)
+    spans = [(int(np.flatnonzero(names[rows] == e.node)[0]), *(int(v) for v in m.hours.searchsorted([e.start, e.last])))
+             for e in episodes]
+    for r, a, b in spans:
+        ok[r, a:b] = False
+    cum = _cum_pool(m.values[rows], f.profile[rows], ok)
+    t = m.values.shape[1]
+    a0, b0 = (int(v) for v in m.hours.searchsorted([t0, t1]))
+    d = _read(cum, a0, b0)
+    for e, (r, a, b) in zip(episodes, spans, strict=True):
+        d = min(d, _around(cum, a, b, t))
+        if not _saturates(f.profile[rows[r]], a, max(b, a + 1), d, e.level, t):
             return None
     return d
 
 
-def _pooled(m: CpuMatrix, f: CpuFeatures, rows: np.ndarray, t0: pd.Timestamp, t1: pd.Timestamp,
-            min_days: int) -> float:
-    """The rows' CPU over their usual (floored at 10, known hours only), pooled over hours [t0, t1)."""
-    a, b = (int(v) for v in m.hours.searchsorted([t0, t1]))
-    x, prof = m.values[rows, a:b], f.profile[rows, a:b]
-    with np.errstate(invalid="ignore"):
-        ok = ~np.isnan(x) & ~np.isnan(prof) & (f.profile_days[rows, a:b] >= min_days)
-    usual = float(np.where(ok, np.maximum(np.nan_to_num(prof), 10.0), 0.0).sum())
-    return float(np.where(ok, x, 0.0).sum()) / usual if usual > 0 else 0.0
-
-
-def _ratio(cum_o: np.ndarray, cum_u: np.ndarray, a: int, b: int) -> float:
-    """Pooled demand over hours [a, b) from cumulative sums of observed and usual CPU (0 without any usual)."""
-    u = cum_u[b] - cum_u[a]
-    return float((cum_o[b] - cum_o[a]) / u) if u > 0 else 0.0
+def _saturates(usual: np.ndarray, a: int, b: int, d: float, level: float, t: int) -> bool:
+    """Whether project demand ``d`` explains a node's flat stretch of hours [a, b) at ``level`` (``usual``:
+    the node's profile, over ``t`` hours of data).  The project must be up (``SURGE_RATIO``) and the node
+    one that runs hot every day: its usual peak over the last day, scaled by the demand, reaches
+    ``SATURATION_SHARE`` of the level.  A cap that has ended and lasted no longer than a daily peak
+    (``CAP_HOURS``) needs less: that its own usual at those hours, scaled as a lone node's (``LONE_DEMAND``),
+    does -- saturation is not proportional to load (a busy node at 60% under a x1.3 surge can cap at 100%),
+    but a miner's plateau neither sits only at a busy node's daily peak nor ends while the project is up."""
+    if not d >= SURGE_RATIO:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        day_peak = float(np.nanmax(usual[max(a - DAY_HOURS, 0): b]))
+        at_peak = float(np.nanmax(usual[a:b]))
+    if day_peak * d >= SATURATION_SHARE * level:
+        return True
+    short = b - a <= CAP_HOURS and b + ONSET_HOURS <= t
+    return short and at_peak * LONE_DEMAND >= SATURATION_SHARE * level
 
 
 def _runs(on: np.ndarray, gap: int) -> list[tuple[int, int]]:

@@ -208,19 +208,15 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
         peak = np.where(pinned, np.nanmax(_trailing(profile, s.pinned_hours), axis=2),
                         np.nanmax(_trailing(profile, s.plateau_hours), axis=2))
     key = m.nodes["project"].astype(str).to_numpy()
-    pooled = pd.DataFrame(np.where(witness, obs, 0.0)).groupby(key).sum()
-    base = pd.DataFrame(np.where(witness, np.maximum(usual, 10.0), 0.0)).groupby(key).sum()
-    demand = (pooled / base.where(base > 0)).reindex(key).to_numpy()
+    demand = _ref_demand(key, witness, obs, usual)
     for span_h in (cpu.ONSET_HOURS, cpu.DAY_HOURS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             have = ~np.isnan(x) & ~np.isnan(profile)
             n_d = np.maximum(np.nansum(_trailing(have.astype(float), span_h), axis=2), 1.0)
             obs_d = np.nansum(_trailing(np.where(have, x, 0.0), span_h), axis=2) / n_d
-            usual_d = np.maximum(np.nansum(_trailing(np.where(have, profile, 0.0), span_h), axis=2) / n_d, 10.0)
-        other = (pd.DataFrame(np.where(witness, obs_d, 0.0)).groupby(key).sum()
-                 / pd.DataFrame(np.where(witness, usual_d, 0.0)).groupby(key).sum().replace(0.0, np.nan))
-        demand = np.fmax(demand, other.reindex(key).to_numpy())
+            usual_d = np.nansum(_trailing(np.where(have, profile, 0.0), span_h), axis=2) / n_d
+        demand = np.fmax(demand, _ref_demand(key, witness, obs_d, usual_d))
     demand = np.where(np.isnan(demand), cpu.LONE_DEMAND, demand)
     explained = flag & (demand >= cpu.SURGE_RATIO) & (np.nan_to_num(peak) * demand >= cpu.SATURATION_SHARE * level)
     pinned &= ~(explained & ~new[:, None])
@@ -232,11 +228,29 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
                            episode & ~inside)
 
 
+def _ref_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray) -> np.ndarray:
+    """Per node and hour, the higher of its project's witnesses pooled with the usual floored at IDLE_FLOOR
+    and those that carry load (usual >= LOAD_FLOOR) pooled; NaN without witnesses."""
+    out = np.full(obs.shape, np.nan)
+    for i in range(obs.shape[0]):
+        same = key == key[i]
+        for t in range(obs.shape[1]):
+            w = witness[same, t]
+            o, u = obs[same, t][w], usual[same, t][w]
+            if w.any():
+                out[i, t] = o.sum() / np.maximum(u, cpu.IDLE_FLOOR).sum()
+            if (u >= cpu.LOAD_FLOOR).any():
+                out[i, t] = max(out[i, t], o[u >= cpu.LOAD_FLOOR].sum() / u[u >= cpu.LOAD_FLOOR].sum())
+    return out
+
+
 def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np.ndarray,
                           flag: np.ndarray, episode: np.ndarray, new: np.ndarray, s: cpu.CpuSettings) -> np.ndarray:
-    """Episode by episode, hour by hour: the project's unflagged nodes' CPU over their usual (floored at 10)
-    over the episode and over its last day, against the node's usual peak."""
+    """Episode by episode, hour by hour: the project's unflagged nodes and the node itself outside its flat
+    stretch, pooled by load, over the episode and its last day, or (ended) over it and the day after it
+    where that is higher, against the node's usual peak."""
     out = np.zeros(flag.shape, dtype=bool)
+    t_all = x.shape[1]
     project = m.nodes["project"].astype(str).to_numpy()
     have = ~np.isnan(x) & ~np.isnan(profile) & (pdays >= s.min_profile_days)
     for i in np.flatnonzero(flag.any(axis=1) & ~new):
@@ -250,17 +264,37 @@ def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, 
                 runs.append([int(h), int(h)])
         for a, last in runs:
             b = last + 1
-            d = min(_ref_ratio(x[peers], profile[peers], have[peers], a, b),
-                    _ref_ratio(x[peers], profile[peers], have[peers], max(b - cpu.DAY_HOURS, 0), b))
-            peak = np.nanmax(profile[i, max(a - cpu.DAY_HOURS, 0): b])
-            if d >= cpu.SURGE_RATIO and peak * d >= cpu.SATURATION_SHARE * np.nanmedian(x[i, a:b]):
+            lvl = float(np.nanmedian(x[i, a:b]))
+            lo = a
+            while lo > 0 and abs(x[i, lo - 1] - lvl) <= 2 * s.flat_tolerance:
+                lo -= 1
+            ok = have.copy()
+            ok[i, lo:b] = False
+            rows = peers.copy()
+            rows[i] = True
+
+            def read(u: int, v: int, rows: np.ndarray = rows, ok: np.ndarray = ok) -> float:
+                return _ref_read(x[rows, u:v], profile[rows, u:v], ok[rows, u:v])
+
+            d = min(read(lo, b), read(max(b - cpu.DAY_HOURS, 0), b))
+            if b + cpu.ONSET_HOURS <= t_all:
+                d = max(d, read(lo, min(b + cpu.DAY_HOURS, t_all)))
+            day_peak = np.nanmax(profile[i, max(lo - cpu.DAY_HOURS, 0): b])
+            at_peak = np.nanmax(profile[i, lo:b])
+            short = b - lo <= cpu.CAP_HOURS and b + cpu.ONSET_HOURS <= t_all
+            if d >= cpu.SURGE_RATIO and (day_peak * d >= cpu.SATURATION_SHARE * lvl
+                                         or (short and at_peak * cpu.LONE_DEMAND >= cpu.SATURATION_SHARE * lvl)):
                 out[i, a:b] = True
     return out
 
 
-def _ref_ratio(x: np.ndarray, profile: np.ndarray, ok: np.ndarray, lo: int, hi: int) -> float:
-    u = np.where(ok[:, lo:hi], np.maximum(profile[:, lo:hi], 10.0), 0.0).sum()
-    return float(np.where(ok[:, lo:hi], x[:, lo:hi], 0.0).sum() / u) if u > 0 else 0.0
+def _ref_read(x: np.ndarray, profile: np.ndarray, ok: np.ndarray) -> float:
+    busy = ok & (profile >= cpu.LOAD_FLOOR)
+    u = np.maximum(profile[ok], cpu.IDLE_FLOOR).sum()
+    floored = float(x[ok].sum() / u) if u > 0 else 0.0
+    if busy.any() and profile[busy].sum() >= cpu.LOAD_FLOOR * x.shape[1]:
+        return max(floored, float(x[busy].sum() / profile[busy].sum()))
+    return floored
 
 
 def _fleet(n: int = 300, days: int = 14, seed: int = 4) -> cpu.CpuMatrix:
@@ -447,3 +481,20 @@ def test_nodes_added_for_the_surge_do_not_hide_it() -> None:
                                        for n, v in traces.items()], ignore_index=True).assign(provider="aws",
                                                                                                project="p"))
     assert _by_node(cpu.cpu_matrix(usage)) == {}
+
+
+@pytest.mark.parametrize("start_hour", [2, 14])
+def test_a_miner_on_the_busy_node_among_noisy_idle_nodes_is_flagged_at_once(start_hour: int) -> None:
+    """Read by load, demand leans on the busy nodes; forty quiet nodes (~1%, their noise clipped at 0, so
+    their mean runs well above their usual, a median) must not read as a surge, by night or by day, and a
+    miner on the one busy node is flagged within two hours."""
+    rng = np.random.default_rng(51)
+    traces = {f"idle{k:02d}": np.clip(1.0 + rng.normal(0, 3.0, len(LONG)), 0, 100) for k in range(40)}
+    traces["web"] = _daily(rng, LONG, 40, 22)
+    traces["busy"] = _daily(rng, LONG, 72, 50)
+    start = 24 * 20 + start_hour
+    traces["busy"][start:] = 99 + rng.normal(0, 0.3, len(LONG) - start)
+    eps = _by_node(_matrix(traces, LONG))
+    assert set(eps) == {"busy"}
+    assert eps["busy"][0].detected_at - LONG[start] <= pd.Timedelta(hours=2)
+    assert eps["busy"][0].last == LONG[-1] + pd.Timedelta(hours=1)

@@ -367,3 +367,61 @@ def test_the_same_plateau_outliving_the_surge_is_critical_mining() -> None:
     assert len(mining) == 1 and mining[0].evidence["nodes"][0]["node"] == "busy"
     surge_end = DAYS[0] + pd.Timedelta(hours=SURGE_AT + SURGE_HOURS)
     assert pd.Timestamp(mining[0].evidence["ongoing_until"]) >= surge_end + pd.Timedelta(hours=24)
+
+
+# Issue 16 section 2 on fresh seeds: a project of many idle nodes and a few busy ones.  Idle nodes run their
+# daemons whatever the traffic, so pooled with their usual floored they read a x1.35 surge as ~1.05; read by
+# load, the busy nodes carry it.  The busy node caps at its daily peak, in the surge's middle or its ramp.
+IDLE_SURGE_AT = 24 * 60 + 6  # day 60, 06:00 UTC
+IDLE_SURGE_HOURS = 48
+PEAK_CAP = (IDLE_SURGE_AT, IDLE_SURGE_AT + 31)  # capped 13:00-16:00 on the surge's second day
+RAMP_CAP = (IDLE_SURGE_AT + 7, IDLE_SURGE_AT + 7)  # a surge from 13:00, capped in its first, ramping hours
+
+
+def _idle_surge(surge_at: int, cap_at: int, outlive_hours: int = -1, seed: int = 11,
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """24 idle nodes (~8%), two web nodes and a busy node (45-66%, peak at 14:00) under a x1.35 surge of
+    48 h from ``surge_at`` with a 3 h ramp; the busy node sits at 99.7% for 3 h from ``cap_at``, or with
+    ``outlive_hours`` >= 0 from ``cap_at`` day and night until that long after the surge has ended: a miner."""
+    rng = np.random.default_rng(seed)
+    hours = pd.date_range(DAYS[0], periods=24 * len(DAYS), freq="h", tz="UTC")
+    t = np.arange(len(hours))
+    end = surge_at + IDLE_SURGE_HOURS
+    ramp = np.clip(np.minimum(t - surge_at + 1, end - t) / 3.0, 0, 1)
+    mult = 1 + 0.35 * ramp
+    bump = np.exp(-0.5 * ((hours.hour.to_numpy() - 14) / 3.5) ** 2)
+
+    def load(peak: float, trough: float, sigma: float) -> np.ndarray:
+        x = (trough + (peak - trough) * bump) * mult
+        x = np.where(x <= 70.0, x, 70.0 + 20.0 * np.tanh((x - 70.0) / 20.0))
+        return np.clip(x + rng.normal(0, sigma, len(t)) * np.sqrt(mult), 0, 100)
+
+    traces = {f"idle-{k:02d}": np.clip(8.0 + rng.normal(0, 2.5, len(t)), 0, 100) for k in range(24)}
+    traces |= {f"web-{k}": load(40 + 10 * k, 15, 3.0) for k in range(2)}
+    busy = load(66, 45, 3.0)
+    stop = cap_at + 3 if outlive_hours < 0 else end + outlive_hours
+    busy[cap_at: stop] = 99.7 + rng.normal(0, 0.2, stop - cap_at).clip(-0.7, 0.3)
+    traces["busy"] = busy
+    usage = normalize_usage(pd.concat([pd.DataFrame({"timestamp": hours, "node": n, "cpu_utilization": v})
+                                       for n, v in traces.items()]).assign(provider="aws", project="889"))
+    daily = mult.reshape(len(DAYS), 24).mean(axis=1)
+    costs = _costs({("889", "Compute", "us-east-1"): _steady(300.0, seed=5) * daily})
+    return costs, usage
+
+
+@pytest.mark.parametrize("when", [PEAK_CAP, RAMP_CAP], ids=["peak", "ramp"])
+def test_a_busy_node_capped_at_its_peak_among_idle_nodes_in_a_surge_is_not_critical_mining(
+        when: tuple[int, int]) -> None:
+    costs, usage = _idle_surge(*when)
+    det = detect(costs, usage, Config(), as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[50])
+    assert [a.kind for a in det.alerts if a.kind == "cost_spike"]  # the surge shows in the bill
+    assert not [a for a in det.alerts if a.kind == "mining_suspected" and a.severity == "critical"]
+
+
+def test_the_same_node_flat_day_and_night_past_the_surge_among_idle_nodes_is_critical_mining() -> None:
+    costs, usage = _idle_surge(*PEAK_CAP, outlive_hours=30)
+    det = detect(costs, usage, Config(), as_of=DAYS[-1] + pd.Timedelta(days=1), since=DAYS[50])
+    mining = [a for a in det.alerts if a.kind == "mining_suspected" and a.severity == "critical"]
+    assert len(mining) == 1 and mining[0].evidence["nodes"][0]["node"] == "busy"
+    surge_end = DAYS[0] + pd.Timedelta(hours=IDLE_SURGE_AT + IDLE_SURGE_HOURS)
+    assert pd.Timestamp(mining[0].evidence["ongoing_until"]) >= surge_end + pd.Timedelta(hours=24)
