@@ -528,9 +528,10 @@ def _month_pattern(errp: np.ndarray, pad: int, prev: np.ndarray, t0: int, t1: in
 # after about a week a new level is the first pass's normal, and a persistent spike (or a miner's compute)
 # is absorbed.  So a run of out-of-band days opens an *episode*, judged from then on against the band
 # frozen at its start (its weekday shape repeated, plus learned monthly offsets); its days never enter a
-# later band, and it ends only when the cost is back in that band two days running (three once it has lasted
-# a week: a level that a long weekend or a holiday dips back in band for two days is still there).  An episode that
-# touches a day accepted as planned is the new baseline instead: its days stay in the history, as before.
+# later band, and it ends only when the cost is back in that band two days running (three once it has
+# lasted a week: a level that a long weekend or a holiday dips back in band for two days is still there).
+# An episode that touches a day accepted as planned is the new baseline instead: its days stay in the
+# history, as before.
 
 MAX_EPISODES = 6  # per series and call: later ones are just dropped days, as in the two passes
 LEVEL_DAYS = 7  # an episode out of band this long is a new level, not a spike ...

@@ -43,6 +43,7 @@ HOUR = pd.Timedelta(hours=1)
 FUTURE_SKEW = pd.Timedelta(hours=2)
 TIME_FLOOR = pd.Timestamp("2000-01-01", tz="UTC")
 NEW_REGION_GRACE_DAYS = 3
+MAX_GAP_DAYS = 3  # days without data inside (or at the end of) a cost episode that do not end it
 DEFAULT_CURRENCY = "USD"  # of rows without one (frames built by hand) and of projects seen only in CPU data
 SERIES = ["provider", "project_id", "currency"]  # a cost series: never sums two currencies
 
@@ -497,15 +498,18 @@ def _bridge_open_episodes(anomalous: np.ndarray, episode: np.ndarray) -> np.ndar
 
 def _bridge_gaps(anomalous: np.ndarray, missing: np.ndarray) -> np.ndarray:
     """Days without data (an export that skipped a day, a day not yet published for this project) after an
-    alerting day are not a recovery: they belong to its episode when the next known day alerts again or
-    no day is known after them, so a gap neither splits an ongoing incident nor ends it."""
+    alerting day are not a recovery: up to MAX_GAP_DAYS of them belong to its episode when the next known
+    day alerts again or no day is known after them, so a gap neither splits an ongoing incident nor ends it.
+    (A project whose data stopped for longer is not held open here for ever; ``incidents.plan`` judges it
+    at the end of its data.)"""
     rows = np.flatnonzero(anomalous.any(axis=1) & missing[:, 1:].any(axis=1))
     if not rows.size:
         return anomalous
     out = anomalous.copy()
     for i in rows:
         for a, b in _episodes(missing[i]):
-            if a > 0 and anomalous[i, a - 1] and (b + 1 == missing.shape[1] or anomalous[i, b + 1]):
+            if a > 0 and b - a < MAX_GAP_DAYS and anomalous[i, a - 1] and \
+                    (b + 1 == missing.shape[1] or anomalous[i, b + 1]):
                 out[i, a: b + 1] = True
     return out
 

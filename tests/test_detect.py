@@ -345,6 +345,13 @@ def test_a_missing_day_neither_splits_nor_ends_an_open_cost_episode() -> None:
     spikes = [a for a in det.alerts if a.kind == "cost_spike"]
     assert len(spikes) == 1 and spikes[0].start == days[60] and spikes[0].evidence["days"] == 21
     assert spikes[0].evidence["ongoing"]
+    # a project whose data stopped after a bad day is not held open for ever: the window passes it by
+    gone = db.copy()
+    gone[62:] = np.nan
+    costs = _costs({("p1", "Databases", "us-east-1"): gone, ("p2", "Storage", "us-east-1"): _steady(20.0, 4, days)},
+                   days=days)
+    det = detect(costs, None, Config(), as_of=days[80] + pd.Timedelta(days=1), since=pd.Timedelta(days=14))
+    assert not [a for a in det.alerts if a.kind == "cost_spike" and a.project == "p1"]
 
 
 # Issue 16 section 2: a busy node pushed near its ceiling by a project-wide surge that begins at night.
