@@ -33,7 +33,7 @@ from costwatch.alerts import Alert
 from costwatch.config import Config
 from costwatch.demo import demo_config
 from costwatch.detect import detect
-from costwatch.incidents import is_active
+from costwatch.incidents import data_ends, is_active
 from costwatch.scenarios import COST_CHANGE_KINDS, MINING_KINDS, Scenario, generate
 from costwatch.silences import Silence
 
@@ -109,6 +109,7 @@ def replay(sc: Scenario, cfg: Config, every_h: int) -> list[dict[str, Any]]:
     marks = planned_marks(sc)
     grace = pd.Timedelta(days=1) + pd.Timedelta(hours=cfg.detection.cost_delay_hours) + 2 * pd.Timedelta(hours=1)
     step = pd.Timedelta(hours=every_h)
+    delay = pd.Timedelta(hours=cfg.detection.cost_delay_hours)
     first_at = inc["start"].min().ceil("D") + pd.Timedelta(hours=12)
     points = pd.date_range(first_at, sc.end - pd.Timedelta(hours=1), freq=step)
     state = {r.id: {"kind": r.kind, "project": str(r.project_id), "seen": False, "dropped": []}
@@ -118,16 +119,25 @@ def replay(sc: Scenario, cfg: Config, every_h: int) -> list[dict[str, Any]]:
         if running.empty:
             continue
         det = detect(costs, usage, cfg, as_of=t, since=t - ALERT_WINDOW, planned=marks)
+        # judged like incidents.plan: at the end of the project's published data when that is earlier
+        ends = data_ends(costs[costs["period_start"].dt.floor("D") + delay <= t - pd.Timedelta(days=1)],
+                         usage[usage["timestamp"].dt.floor("h") + pd.Timedelta(hours=1) <= t])
         for _, i in running.iterrows():
             want = ("mining_suspected",) if i["is_mining"] else ("cost_spike",)
             alive = [a for a in det.alerts if a.project == str(i["project_id"]) and a.kind in want
-                     and a.detected_at >= i["start"] - pd.Timedelta(hours=1) and is_active(a, t, grace)]
+                     and a.detected_at >= i["start"] - pd.Timedelta(hours=1)
+                     and is_active(a, min(t, ends.get((a.project, _source(a)), t)), grace)]
             s = state[i["id"]]
             if alive:
                 s["seen"] = True
             elif s["seen"]:
                 s["dropped"].append(t)
     return [{"id": k, **v} for k, v in state.items()]
+
+
+def _source(a: Alert) -> str:
+    """The data an alert is judged on in ``incidents.plan``: hourly CPU for a CPU mining alert, else cost."""
+    return "usage" if a.kind == "mining_suspected" and a.evidence.get("ongoing_until") else "cost"
 
 
 def _ratio(num: float, den: float) -> str:

@@ -528,15 +528,34 @@ def _month_pattern(errp: np.ndarray, pad: int, prev: np.ndarray, t0: int, t1: in
 # after about a week a new level is the first pass's normal, and a persistent spike (or a miner's compute)
 # is absorbed.  So a run of out-of-band days opens an *episode*, judged from then on against the band
 # frozen at its start (its weekday shape repeated, plus learned monthly offsets); its days never enter a
-# later band, and it ends only when the cost is back in that band two days running.  An episode that
-# touches a day accepted as planned is the new baseline instead: its days stay in the history, as before.
+# later band, and it ends only when the cost is back in that band two days running (three once it has
+# lasted a week: a level that a long weekend or a holiday dips back in band for two days is still there).
+# An episode that touches a day accepted as planned is the new baseline instead: its days stay in the
+# history, as before.
 
 MAX_EPISODES = 6  # per series and call: later ones are just dropped days, as in the two passes
+LEVEL_DAYS = 7  # an episode out of band this long is a new level, not a spike ...
+LEVEL_BACK = 3  # ... and is over only after this many days back in band (a spike: two)
 
 
 def _first_true(mask: np.ndarray, default: int) -> np.ndarray:
     """Per column, the first row where ``mask`` is true, else ``default``."""
     return np.where(mask.any(axis=0), np.argmax(mask, axis=0), default)
+
+
+def _back_in_band(inband: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """Days that end an episode (``rel``: days since its start): the first of two days back in the frozen band,
+    or of LEVEL_BACK days once it has lasted LEVEL_DAYS, so a new level is not over because a long weekend or
+    a holiday dipped it back in band.  The days at the end of the data that could still be followed by a day
+    out of band end nothing: an episode whose newest days are in band is still open."""
+    two = inband.copy()
+    two[:-1] &= inband[1:]
+    two[-1:] = False
+    run = two.copy()
+    for k in range(2, LEVEL_BACK):
+        run[:-k] &= inband[k:]
+        run[-k:] = False
+    return (rel > 0) & np.where(rel < LEVEL_DAYS, two, run)
 
 
 def _episodes(ys: np.ndarray, xs: np.ndarray, drops: np.ndarray, accepted: np.ndarray | None, pad: int,
@@ -579,10 +598,7 @@ def _episodes(ys: np.ndarray, xs: np.ndarray, drops: np.ndarray, accepted: np.nd
         fh = np.maximum(np.nan_to_num(fs, nan=0.0) * p.zk, p.floor) + extra[:, cols]
         with np.errstate(invalid="ignore"):
             inband = xs[:, cols] <= np.expm1(fe + fh)
-        back = inband.copy()
-        back[:-1] &= inband[1:]
-        back[-1] = False  # one good last day does not end an episode: the next may be out again
-        end = _first_true(back & (rel > 0), d)
+        end = _first_true(_back_in_band(inband, rel), d)
         inside = (rel >= 0) & (days < end[None, :])
         ok = np.zeros(cols.size, dtype=bool)
         if accepted is not None:
@@ -763,10 +779,12 @@ def _run_blocks(values: np.ndarray, s0: int, p: _Params, history_days: int | Non
         history[rows] = hist
         mark(rows, second, marks)
         if full_rows and s0 > 0:
-            # a series out of band on the first scored day may be in an episode that began before it, and a
-            # series whose data ended before the window is summarized at its last day: both get every day
+            # a series out of band on the first scored day may be in an episode that began before it (so may
+            # one with a gap on that day: a missing day is not a recovery), and a series whose data ended
+            # before the window is summarized at its last day: all get every day
             with np.errstate(invalid="ignore"):
-                redo = (x[:, s0] > bands[2][0]) | ~(~np.isnan(x[:, s0:])).any(axis=1)
+                gap = np.isnan(x[:, s0]) & ~np.isnan(x[:, max(s0 - 3, 0): s0]).all(axis=1)
+                redo = (x[:, s0] > bands[2][0]) | gap | ~(~np.isnan(x[:, s0:])).any(axis=1)
             again = np.flatnonzero(redo)
             if again.size:
                 target = np.arange(r0, r1)[again] if order is None else order[r0:r1][again]
@@ -824,8 +842,9 @@ def detection_bands(values: np.ndarray, *, scored_from: int = 0, history_days: i
     does not become its own baseline.  ``history`` is the first pass's (the days of data before each day).
 
     With ``hold_episodes`` (the default) a run of days out of band is an episode judged against the band
-    frozen at its start until the cost is back in it two days running, so a level that persists stays out
-    of band instead of being learned after a week; ``episode`` marks its days.  An episode that touches a
+    frozen at its start until the cost is back in it two days running (three once the episode has lasted a
+    week), so a level that persists stays out of band instead of being learned after a week, and a long
+    weekend that dips it back in band does not end it; ``episode`` marks its days.  An episode that touches a
     day of ``accepted`` (bool, series x days: planned activity) is the new baseline instead, learned as the
     two passes always did, and ``accepted`` marks its days.  With ``days`` (the matrix's UTC days) the band
     also learns month-end / month-start patterns seen in each of the previous months (at least two).  The

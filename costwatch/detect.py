@@ -43,6 +43,7 @@ HOUR = pd.Timedelta(hours=1)
 FUTURE_SKEW = pd.Timedelta(hours=2)
 TIME_FLOOR = pd.Timestamp("2000-01-01", tz="UTC")
 NEW_REGION_GRACE_DAYS = 3
+MAX_GAP_DAYS = 3  # days without data inside (or at the end of) a cost episode that do not end it
 DEFAULT_CURRENCY = "USD"  # of rows without one (frames built by hand) and of projects seen only in CPU data
 SERIES = ["provider", "project_id", "currency"]  # a cost series: never sums two currencies
 
@@ -417,6 +418,7 @@ def _series_bands(frame: pd.DataFrame, keys: list[str], cfg: Config, since: pd.T
         factor = 3.0 / np.maximum(knobs["sensitivity"].to_numpy(dtype=float), 1e-6)[:, None]
         plain = short & (x >= floor) & (x > factor * prior_med)
     anomalous = np.nan_to_num(banded | plain).astype(bool)
+    anomalous = _bridge_gaps(anomalous, np.isnan(x))
     if bands.episode is not None:
         anomalous = _bridge_open_episodes(anomalous, bands.episode & enough & (np.nan_to_num(x) >= floor))
     if bands.accepted is not None:
@@ -495,6 +497,24 @@ def _bridge_open_episodes(anomalous: np.ndarray, episode: np.ndarray) -> np.ndar
     return out
 
 
+def _bridge_gaps(anomalous: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Days without data (an export that skipped a day, a day not yet published for this project) after an
+    alerting day are not a recovery: up to MAX_GAP_DAYS of them belong to its episode when the next known
+    day alerts again or no day is known after them, so a gap neither splits an ongoing incident nor ends it.
+    (A project whose data stopped for longer is not held open here for ever; ``incidents.plan`` judges it
+    at the end of its data.)"""
+    rows = np.flatnonzero(anomalous.any(axis=1) & missing[:, 1:].any(axis=1))
+    if not rows.size:
+        return anomalous
+    out = anomalous.copy()
+    for i in rows:
+        for a, b in _episodes(missing[i]):
+            if a > 0 and b - a < MAX_GAP_DAYS and anomalous[i, a - 1] and \
+                    (b + 1 == missing.shape[1] or anomalous[i, b + 1]):
+                out[i, a: b + 1] = True
+    return out
+
+
 def _expanding_median(x: np.ndarray) -> np.ndarray:
     """Median of all earlier days per series (causal); only used for short histories, so a loop over
     at most ``history_days`` columns is enough."""
@@ -546,12 +566,22 @@ def _cost_alerts(gross: pd.DataFrame, totals: SeriesBands, cats: SeriesBands, me
                 detected = days[a] + DAY + delay
                 if detected < since and not _still_open(sb, int(i), b):
                     continue  # over before the window; an episode still going on is reported wherever it began
-                if scope == "total" and any(not (b < c0 or a > c1) for c0, c1 in spans.get((pid, cur), [])):
+                if scope == "total" and _explained(a, b, spans.get((pid, cur), [])):
                     continue  # already explained by a category alert
                 if scope != "total":
                     spans.setdefault((pid, cur), []).append((a, b))
                 out.append(_cost_alert(rows_of(pid), sb, int(i), a, b, pid, cur, scope, meta, detected))
     return out
+
+
+def _explained(a: int, b: int, spans: list[tuple[int, int]]) -> bool:
+    """Is a total episode (days a..b) the category alerts' own: do they cover at least half its days?  A
+    one-day category spike inside a long total episode (a step on a new service, which no category band
+    knows yet) does not explain it, and hiding the total would leave the step without an alert."""
+    covered = np.zeros(b - a + 1, dtype=bool)
+    for c0, c1 in spans:
+        covered[max(c0, a) - a: max(min(c1, b) - a + 1, 0)] = True
+    return 2 * int(covered.sum()) >= covered.size
 
 
 def _still_open(sb: SeriesBands, i: int, b: int) -> bool:

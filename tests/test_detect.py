@@ -314,6 +314,78 @@ def test_one_quiet_day_does_not_split_an_open_cost_episode() -> None:
     assert len(spikes) == 1 and spikes[0].start == days[60] and spikes[0].evidence["days"] == 21
 
 
+def _active_by_day(costs: pd.DataFrame, days: pd.DatetimeIndex, first: int, last: int, start: int,
+                   ) -> dict[int, bool]:
+    """As-of replays like run.py's (14-day window, one per published day): day k -> whether a cost alert of
+    the incident starting on day ``start`` is still active once day k is published."""
+    from costwatch.incidents import is_active
+
+    grace = pd.Timedelta(days=1, hours=2)
+    out = {}
+    for k in range(first, last + 1):
+        at = days[k] + pd.Timedelta(days=1, hours=12)
+        det = detect(costs, None, Config(), as_of=at, since=at - pd.Timedelta(days=14))
+        out[k] = any(a.kind == "cost_spike" and a.start >= days[start] and is_active(a, at, grace)
+                     for a in det.alerts)
+    return out
+
+
+def test_a_persistent_step_stays_active_through_a_long_weekend_dip() -> None:
+    """Issue 16: a new level that a long weekend (two days) brings back inside the frozen band is still an
+    incident on every day of the replay, dip included; it is never resolved while the level persists."""
+    days = pd.date_range("2026-08-01", periods=90, freq="D", tz="UTC")
+    db = _steady(40.0, seed=3, days=days)
+    db[60:] *= 1.8  # an always-on replica nobody planned, from day 60 on
+    db[70:72] /= 1.8  # two days at the old level, then the new level again
+    costs = _costs({("p1", "Databases", "us-east-1"): db}, days=days)
+    active = _active_by_day(costs, days, 61, 80, 60)
+    assert all(active.values()), [k for k, v in active.items() if not v]
+
+
+def test_a_one_day_spike_and_a_reverted_step_still_resolve() -> None:
+    days = pd.date_range("2026-08-01", periods=90, freq="D", tz="UTC")
+    spike = _steady(40.0, seed=3, days=days)
+    spike[70] *= 3.0
+    active = _active_by_day(_costs({("p1", "Databases", "us-east-1"): spike}, days=days), days, 70, 76, 70)
+    assert active[70] and not any(active[k] for k in range(72, 77)), active
+    step = _steady(40.0, seed=3, days=days)
+    step[60:75] *= 1.8  # the replica is deleted after 15 days: back at the old level from day 75
+    active = _active_by_day(_costs({("p1", "Databases", "us-east-1"): step}, days=days), days, 61, 82, 60)
+    assert all(active[k] for k in range(61, 75)) and not any(active[k] for k in range(78, 83)), active
+
+
+def test_a_step_on_a_new_service_is_not_hidden_by_a_one_day_category_spike() -> None:
+    """The project total is the only series that sees a step on a service the project never used (its
+    category has no band yet); a one-day spike of another category inside the step does not explain it."""
+    days = pd.date_range("2026-08-01", periods=90, freq="D", tz="UTC")
+    compute = _steady(60.0, seed=3, days=days)
+    compute[68] *= 2.5
+    new = np.where(np.arange(90) >= 60, 45.0, np.nan)
+    costs = _costs({("p1", "Compute", "us-east-1"): compute, ("p1", "Databases", "us-east-1"): new}, days=days)
+    active = _active_by_day(costs, days, 61, 75, 60)
+    assert all(active.values()), [k for k, v in active.items() if not v]
+
+
+def test_a_missing_day_neither_splits_nor_ends_an_open_cost_episode() -> None:
+    """An export that skipped a day inside a step is a gap, not a recovery: one alert spans it."""
+    days = pd.date_range("2026-08-01", periods=90, freq="D", tz="UTC")
+    db = _steady(40.0, seed=3, days=days)
+    db[60:] *= 1.8
+    db[66] = np.nan  # no row at all that day
+    costs = _costs({("p1", "Databases", "us-east-1"): db}, days=days)
+    det = detect(costs, None, Config(), as_of=days[80] + pd.Timedelta(days=1), since=pd.Timedelta(days=14))
+    spikes = [a for a in det.alerts if a.kind == "cost_spike"]
+    assert len(spikes) == 1 and spikes[0].start == days[60] and spikes[0].evidence["days"] == 21
+    assert spikes[0].evidence["ongoing"]
+    # a project whose data stopped after a bad day is not held open for ever: the window passes it by
+    gone = db.copy()
+    gone[62:] = np.nan
+    costs = _costs({("p1", "Databases", "us-east-1"): gone, ("p2", "Storage", "us-east-1"): _steady(20.0, 4, days)},
+                   days=days)
+    det = detect(costs, None, Config(), as_of=days[80] + pd.Timedelta(days=1), since=pd.Timedelta(days=14))
+    assert not [a for a in det.alerts if a.kind == "cost_spike" and a.project == "p1"]
+
+
 # Issue 16 section 2: a busy node pushed near its ceiling by a project-wide surge that begins at night.
 SURGE_AT = 24 * 60 + 22  # day 60, 22:00 UTC: the idle night barely shows the surge on the other nodes
 SURGE_HOURS = 36
