@@ -513,11 +513,12 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     stays flat when the other nodes follow their daily shape down, and it outlives the surge, so it is
     flagged from the first hour demand no longer explains it.  Demand is read from the project's other
     unflagged nodes that still move like a service (flat ones may be miners not yet flagged) and have a usual
-    of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
-    ``DEMAND_HOURS``: their CPU summed over their usual summed, pooled by load (``_group_demand``: the
-    higher of the witnesses that carry load alone and all of them with each usual floored at ``IDLE_FLOOR``,
-    so many idle nodes do not drown a surge and a quiet night's noise is not one) so that a x1.3 surge
-    stands out of per-node noise, or the same over the
+    of their own (``min_profile_days``) over the last ``DEMAND_HOURS``: their CPU summed over their usual
+    summed, pooled by load (``_group_demand``: the higher of the witnesses that carry load alone and all of
+    them with each usual floored at ``IDLE_FLOOR``, so many idle nodes do not drown a surge and a quiet
+    night's noise is not one) so that a x1.3 surge stands out of per-node noise.  The nodes the autoscaler
+    added for the surge have no usual, but where they move like a service their CPU joins the observed side
+    of the floored reading (usual 0): they carry load the known nodes would have.  Or the same over the
     last ``ONSET_HOURS`` (a surge that began an hour or two ago) or ``DAY_HOURS`` when that is higher
     (a node busy day and night saturates at night too, when a surge
     barely lifts the idle nodes); one such node is
@@ -681,7 +682,8 @@ def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: n
     shows, so a busy node that the surge pushes to its ceiling can be flagged.  Read over the episode as a
     whole (``_around``), the two tell apart: the witnesses are the project's other unflagged nodes with a
     usual of their own and the node itself outside its flat stretch (in a project of idle nodes the busy
-    node is the one that carries the surge), pooled by load (``_read``); where demand is up and the node's
+    node is the one that carries the surge), pooled by load (``_read``), with the CPU of the nodes the
+    autoscaler added (``_fresh``) on the observed side; where demand is up and the node's
     usual peak scaled by it reaches its level, the episode is the surge.  A miner's plateau outlives the
     surge: once the project's last day is back to its usual, the episode is no longer explained, and it is
     flagged (with every hour it has lasted) from then on.  Loops over episodes, which exist only on flagged
@@ -721,7 +723,8 @@ def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: 
     runs hot every day (its usual peak scaled by the demand reaches its level, as in ``_surge_explained``)
     and the project ran ``SURGE_RATIO`` x its usual or more over those hours and around each plateau
     (``_around``: over it and the day after it, or for one still open over its last day).  The witnesses
-    are those of ``_episode_in_surge``: the project's unflagged nodes and the flagged ones outside their
+    are those of ``_episode_in_surge`` (nodes added for the surge count, see ``_fresh``; ``tol`` is half
+    the flat tolerance): the project's unflagged nodes and the flagged ones outside their
     plateaus, pooled by load.  A miner on a quiet node, or on nodes of its own, never is.  Unlike the flags
     this reads the hours after a plateau's end that the data has: a later run re-scores the alert with them."""
     if not episodes or any(e.new_node for e in episodes):
