@@ -513,11 +513,12 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     stays flat when the other nodes follow their daily shape down, and it outlives the surge, so it is
     flagged from the first hour demand no longer explains it.  Demand is read from the project's other
     unflagged nodes that still move like a service (flat ones may be miners not yet flagged) and have a usual
-    of their own (``min_profile_days``: not the nodes the autoscaler added for the surge) over the last
-    ``DEMAND_HOURS``: their CPU summed over their usual summed, pooled by load (``_group_demand``: the
-    higher of the witnesses that carry load alone and all of them with each usual floored at ``IDLE_FLOOR``,
-    so many idle nodes do not drown a surge and a quiet night's noise is not one) so that a x1.3 surge
-    stands out of per-node noise, or the same over the
+    of their own (``min_profile_days``) over the last ``DEMAND_HOURS``: their CPU summed over their usual
+    summed, pooled by load (``_group_demand``: the higher of the witnesses that carry load alone and all of
+    them with each usual floored at ``IDLE_FLOOR``, so many idle nodes do not drown a surge and a quiet
+    night's noise is not one) so that a x1.3 surge stands out of per-node noise.  The nodes the autoscaler
+    added for the surge have no usual, but where they move like a service their CPU joins the observed side
+    of the floored reading (usual 0): they carry load the known nodes would have.  Or the same over the
     last ``ONSET_HOURS`` (a surge that began an hour or two ago) or ``DAY_HOURS`` when that is higher
     (a node busy day and night saturates at night too, when a surge
     barely lifts the idle nodes); one such node is
@@ -541,7 +542,7 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     lag = np.arange(w)[None, :]
     # the day's demand too: at night a surge barely lifts idle nodes, but a node busy day and night saturates
     # then as well, inside a surge that its project's last 24 hours show
-    cum_x, cum_p, cum_n = (np.zeros((rows.size, t + 1), dtype=np.float32) for _ in range(3))
+    cum_x, cum_p, cum_n, cum_xa, cum_na = (np.zeros((rows.size, t + 1), dtype=np.float32) for _ in range(5))
     for b0 in range(0, rows.size, 4 * CHUNK_NODES):  # float32 blocks: a few hundred MB at 100k nodes
         rb = rows[b0: b0 + 4 * CHUNK_NODES]
         xr, pr = x[rb].astype(np.float32), profile[rb]
@@ -549,6 +550,8 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
         np.cumsum(np.where(have, xr, np.float32(0.0)), axis=1, out=cum_x[b0: b0 + rb.size, 1:])
         np.cumsum(np.where(have, pr, np.float32(0.0)), axis=1, out=cum_p[b0: b0 + rb.size, 1:])
         np.cumsum(have, axis=1, out=cum_n[b0: b0 + rb.size, 1:])
+        np.cumsum(np.nan_to_num(xr), axis=1, out=cum_xa[b0: b0 + rb.size, 1:])
+        np.cumsum(~np.isnan(xr), axis=1, out=cum_na[b0: b0 + rb.size, 1:])
     step = max(1, SURGE_CELLS // max(rows.size, 1))
     for c0 in range(0, hot_cols.size, step):
         cols = hot_cols[c0: c0 + step]
@@ -564,13 +567,16 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
             # a node with too few days of its own (one the autoscaler added for the surge) has no usual to compare
             known = pdays[rows][:, cols] >= s.min_profile_days
             witness = ~flagged[rows][:, cols] & moving & known & ~np.isnan(usual) & ~np.isnan(obs)
-        demand = _group_demand(key, witness, obs, usual)  # rows x cols, NaN without witnesses
+            # ... but its CPU is demand all the same: the load it took off the known nodes (usual 0)
+            fresh = ~flagged[rows][:, cols] & moving & ~known & ~np.isnan(obs)
+        demand = _group_demand(key, witness, obs, usual, fresh, obs)  # rows x cols, NaN without witnesses
         for span_h in (ONSET_HOURS, DAY_HOURS):
             lo = np.maximum(cols + 1 - span_h, 0)
             cnt = np.maximum(cum_n[:, cols + 1] - cum_n[:, lo], 1.0)
             obs_d = (cum_x[:, cols + 1] - cum_x[:, lo]) / cnt
             usual_d = (cum_p[:, cols + 1] - cum_p[:, lo]) / cnt
-            demand = np.fmax(demand, _group_demand(key, witness, obs_d, usual_d))
+            obs_a = (cum_xa[:, cols + 1] - cum_xa[:, lo]) / np.maximum(cum_na[:, cols + 1] - cum_na[:, lo], 1.0)
+            demand = np.fmax(demand, _group_demand(key, witness, obs_d, usual_d, fresh, obs_a))
         demand = np.where(np.isnan(demand), LONE_DEMAND, demand)
         fr, fc = np.nonzero(flagged[rows][:, cols])
         if not fr.size:
@@ -587,10 +593,12 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     return out
 
 
-def _group_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray) -> np.ndarray:
+def _group_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray,
+                  fresh: np.ndarray, obs_fresh: np.ndarray) -> np.ndarray:
     """Each row's project demand per column (rows x cols, NaN without witnesses), read as ``_read`` reads
     it: the higher of the loaded witnesses' pooled ratio (usual >= ``LOAD_FLOOR``) and all witnesses' with
-    each usual floored at ``IDLE_FLOOR``."""
+    each usual floored at ``IDLE_FLOOR``, where the CPU of the ``fresh`` rows (nodes added for the surge,
+    moving like a service, no usual of their own) counts on the observed side of the latter."""
     def total(v: np.ndarray, on: np.ndarray) -> np.ndarray:
         return pd.DataFrame(np.where(on, v, 0.0)).groupby(key).sum().reindex(key).to_numpy()
 
@@ -598,7 +606,7 @@ def _group_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: 
         busy = witness & (usual >= LOAD_FLOOR)
     busy_u, idle_u = total(usual, busy), total(np.maximum(usual, IDLE_FLOOR), witness)
     with np.errstate(invalid="ignore", divide="ignore"):
-        floored = np.where(idle_u > 0, total(obs, witness) / idle_u, np.nan)
+        floored = np.where(idle_u > 0, (total(obs, witness) + total(obs_fresh, fresh)) / idle_u, np.nan)
         return np.where(busy_u > 0, np.fmax(total(obs, busy) / busy_u, floored), floored)
 
 
@@ -608,13 +616,25 @@ def _known(x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, min_days: int)
         return ~np.isnan(x) & ~np.isnan(profile) & (pdays >= min_days)
 
 
-def _cum_pool(x: np.ndarray, profile: np.ndarray, ok: np.ndarray) -> np.ndarray:
+def _fresh(x: np.ndarray, pdays: np.ndarray, min_days: int, tol: float) -> np.ndarray:
+    """Node-hours of nodes with no usual of their own yet (the autoscaler added them for a surge) that move
+    like a service over the last ``DEMAND_HOURS`` (causal): their CPU is demand the known nodes no longer
+    carry.  A miner's new node is flat, so it never is, flagged yet or not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = np.nanstd(np.stack(_lagged(x.T.astype(np.float32), DEMAND_HOURS)), axis=0).T
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(x) & (pdays < min_days) & (sd > tol)
+
+
+def _cum_pool(x: np.ndarray, profile: np.ndarray, ok: np.ndarray, fresh: np.ndarray | None = None) -> np.ndarray:
     """Cumulative sums over the hours (4 x hours+1) of the rows' CPU and usual, pooled as ``_read`` reads
     them: over the node-hours that carry load (usual >= ``LOAD_FLOOR``), and over all of them with the usual
-    floored at ``IDLE_FLOOR``."""
+    floored at ``IDLE_FLOOR``, where the ``fresh`` node-hours' CPU (``_fresh``) counts as observed load."""
     u = np.nan_to_num(profile.astype(np.float64))
     busy = ok & (u >= LOAD_FLOOR)
-    parts = (np.where(busy, x, 0.0), np.where(busy, u, 0.0), np.where(ok, x, 0.0),
+    seen = ok if fresh is None else ok | fresh
+    parts = (np.where(busy, x, 0.0), np.where(busy, u, 0.0), np.where(seen, x, 0.0),
              np.where(ok, np.maximum(u, IDLE_FLOOR), 0.0))
     sums = np.stack([p.sum(axis=0) for p in parts])
     return np.concatenate([np.zeros((4, 1)), np.cumsum(sums, axis=1)], axis=1)
@@ -662,7 +682,8 @@ def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: n
     shows, so a busy node that the surge pushes to its ceiling can be flagged.  Read over the episode as a
     whole (``_around``), the two tell apart: the witnesses are the project's other unflagged nodes with a
     usual of their own and the node itself outside its flat stretch (in a project of idle nodes the busy
-    node is the one that carries the surge), pooled by load (``_read``); where demand is up and the node's
+    node is the one that carries the surge), pooled by load (``_read``), with the CPU of the nodes the
+    autoscaler added (``_fresh``) on the observed side; where demand is up and the node's
     usual peak scaled by it reaches its level, the episode is the surge.  A miner's plateau outlives the
     surge: once the project's last day is back to its usual, the episode is no longer explained, and it is
     flagged (with every hour it has lasted) from then on.  Loops over episodes, which exist only on flagged
@@ -676,7 +697,8 @@ def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: n
     out = np.zeros(flag.shape, dtype=bool)
     for code in np.unique(codes[hot]):
         peers = np.flatnonzero((codes == code) & ~flagged)
-        pool = _cum_pool(x[peers], profile[peers], _known(x[peers], profile[peers], pdays[peers], s.min_profile_days))
+        pool = _cum_pool(x[peers], profile[peers], _known(x[peers], profile[peers], pdays[peers], s.min_profile_days),
+                         _fresh(x[peers], pdays[peers], s.min_profile_days, s.flat_tolerance / 2))
         for i in hot[codes[hot] == code]:
             xi, pi = x[i: i + 1], profile[i: i + 1]
             mine = _known(xi, pi, pdays[i: i + 1], s.min_profile_days)
@@ -693,7 +715,7 @@ def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: n
 
 
 def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: pd.Timestamp,
-                 t1: pd.Timestamp, min_days: int) -> float | None:
+                 t1: pd.Timestamp, min_days: int, tol: float = CpuSettings.flat_tolerance / 2) -> float | None:
     """The project's demand over [t0, t1) where it explains the flagged nodes' plateaus, else None.
 
     A cost rise on the days of a project-wide surge is the surge's own bill: it is evidence of mining only
@@ -701,7 +723,8 @@ def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: 
     runs hot every day (its usual peak scaled by the demand reaches its level, as in ``_surge_explained``)
     and the project ran ``SURGE_RATIO`` x its usual or more over those hours and around each plateau
     (``_around``: over it and the day after it, or for one still open over its last day).  The witnesses
-    are those of ``_episode_in_surge``: the project's unflagged nodes and the flagged ones outside their
+    are those of ``_episode_in_surge`` (nodes added for the surge count, see ``_fresh``; ``tol`` is half
+    the flat tolerance): the project's unflagged nodes and the flagged ones outside their
     plateaus, pooled by load.  A miner on a quiet node, or on nodes of its own, never is.  Unlike the flags
     this reads the hours after a plateau's end that the data has: a later run re-scores the alert with them."""
     if not episodes or any(e.new_node for e in episodes):
@@ -715,7 +738,9 @@ def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: 
              for e in episodes]
     for r, a, b in spans:
         ok[r, a:b] = False
-    cum = _cum_pool(m.values[rows], f.profile[rows], ok)
+    fresh = _fresh(m.values[rows], f.profile_days[rows], min_days, tol)  # nodes added for the surge
+    fresh[hot[rows]] = False
+    cum = _cum_pool(m.values[rows], f.profile[rows], ok, fresh)
     t = m.values.shape[1]
     a0, b0 = (int(v) for v in m.hours.searchsorted([t0, t1]))
     d = _read(cum, a0, b0)

@@ -203,12 +203,13 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
         win = _trailing(x, cpu.DEMAND_HOURS)
         obs = np.nanmean(win, axis=2)
         usual = np.nanmean(_trailing(profile, cpu.DEMAND_HOURS), axis=2)
-        witness = (~flag & (np.nanstd(win, axis=2) > s.flat_tolerance / 2) & (pdays >= s.min_profile_days)
-                   & ~np.isnan(usual) & ~np.isnan(obs))
+        moving = ~flag & (np.nanstd(win, axis=2) > s.flat_tolerance / 2) & ~np.isnan(obs)
+        witness = moving & (pdays >= s.min_profile_days) & ~np.isnan(usual)
+        fresh = moving & (pdays < s.min_profile_days)
         peak = np.where(pinned, np.nanmax(_trailing(profile, s.pinned_hours), axis=2),
                         np.nanmax(_trailing(profile, s.plateau_hours), axis=2))
     key = m.nodes["project"].astype(str).to_numpy()
-    demand = _ref_demand(key, witness, obs, usual)
+    demand = _ref_demand(key, witness, obs, usual, fresh, obs)
     for span_h in (cpu.ONSET_HOURS, cpu.DAY_HOURS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -216,7 +217,9 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
             n_d = np.maximum(np.nansum(_trailing(have.astype(float), span_h), axis=2), 1.0)
             obs_d = np.nansum(_trailing(np.where(have, x, 0.0), span_h), axis=2) / n_d
             usual_d = np.nansum(_trailing(np.where(have, profile, 0.0), span_h), axis=2) / n_d
-        demand = np.fmax(demand, _ref_demand(key, witness, obs_d, usual_d))
+            obs_a = np.nansum(_trailing(x, span_h), axis=2) / np.maximum(
+                np.sum(~np.isnan(_trailing(x, span_h)), axis=2), 1.0)
+        demand = np.fmax(demand, _ref_demand(key, witness, obs_d, usual_d, fresh, obs_a))
     demand = np.where(np.isnan(demand), cpu.LONE_DEMAND, demand)
     explained = flag & (demand >= cpu.SURGE_RATIO) & (np.nan_to_num(peak) * demand >= cpu.SATURATION_SHARE * level)
     pinned &= ~(explained & ~new[:, None])
@@ -228,9 +231,11 @@ def _ref_features(m: cpu.CpuMatrix, s: cpu.CpuSettings) -> cpu.CpuFeatures:
                            episode & ~inside)
 
 
-def _ref_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray) -> np.ndarray:
+def _ref_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray, fresh: np.ndarray,
+                obs_fresh: np.ndarray) -> np.ndarray:
     """Per node and hour, the higher of its project's witnesses pooled with the usual floored at IDLE_FLOOR
-    and those that carry load (usual >= LOAD_FLOOR) pooled; NaN without witnesses."""
+    (with the fresh nodes' CPU on the observed side) and those that carry load (usual >= LOAD_FLOOR) pooled;
+    NaN without witnesses."""
     out = np.full(obs.shape, np.nan)
     for i in range(obs.shape[0]):
         same = key == key[i]
@@ -238,7 +243,8 @@ def _ref_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np
             w = witness[same, t]
             o, u = obs[same, t][w], usual[same, t][w]
             if w.any():
-                out[i, t] = o.sum() / np.maximum(u, cpu.IDLE_FLOOR).sum()
+                extra = obs_fresh[same, t][fresh[same, t]].sum()
+                out[i, t] = (o.sum() + extra) / np.maximum(u, cpu.IDLE_FLOOR).sum()
             if (u >= cpu.LOAD_FLOOR).any():
                 out[i, t] = max(out[i, t], o[u >= cpu.LOAD_FLOOR].sum() / u[u >= cpu.LOAD_FLOOR].sum())
     return out
@@ -253,6 +259,10 @@ def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, 
     t_all = x.shape[1]
     project = m.nodes["project"].astype(str).to_numpy()
     have = ~np.isnan(x) & ~np.isnan(profile) & (pdays >= s.min_profile_days)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fresh = (~np.isnan(x) & (pdays < s.min_profile_days)
+                 & (np.nanstd(_trailing(x, cpu.DEMAND_HOURS), axis=2) > s.flat_tolerance / 2))
     for i in np.flatnonzero(flag.any(axis=1) & ~new):
         peers = (project == project[i]) & ~flag.any(axis=1)
         hours = np.flatnonzero(episode[i])
@@ -270,11 +280,12 @@ def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, 
                 lo -= 1
             ok = have.copy()
             ok[i, lo:b] = False
+            seen = ok | (fresh & peers[:, None])
             rows = peers.copy()
             rows[i] = True
 
-            def read(u: int, v: int, rows: np.ndarray = rows, ok: np.ndarray = ok) -> float:
-                return _ref_read(x[rows, u:v], profile[rows, u:v], ok[rows, u:v])
+            def read(u: int, v: int, rows: np.ndarray = rows, ok: np.ndarray = ok, seen: np.ndarray = seen) -> float:
+                return _ref_read(x[rows, u:v], profile[rows, u:v], ok[rows, u:v], seen[rows, u:v])
 
             d = min(read(lo, b), read(max(b - cpu.DAY_HOURS, 0), b))
             if b + cpu.ONSET_HOURS <= t_all:
@@ -288,10 +299,10 @@ def _ref_episode_in_surge(m: cpu.CpuMatrix, x: np.ndarray, profile: np.ndarray, 
     return out
 
 
-def _ref_read(x: np.ndarray, profile: np.ndarray, ok: np.ndarray) -> float:
+def _ref_read(x: np.ndarray, profile: np.ndarray, ok: np.ndarray, seen: np.ndarray) -> float:
     busy = ok & (profile >= cpu.LOAD_FLOOR)
     u = np.maximum(profile[ok], cpu.IDLE_FLOOR).sum()
-    floored = float(x[ok].sum() / u) if u > 0 else 0.0
+    floored = float(x[seen].sum() / u) if u > 0 else 0.0
     if busy.any() and profile[busy].sum() >= cpu.LOAD_FLOOR * x.shape[1]:
         return max(floored, float(x[busy].sum() / profile[busy].sum()))
     return floored

@@ -497,3 +497,50 @@ def test_the_same_node_flat_day_and_night_past_the_surge_among_idle_nodes_is_cri
     assert len(mining) == 1 and mining[0].evidence["nodes"][0]["node"] == "busy"
     surge_end = DAYS[0] + pd.Timedelta(hours=IDLE_SURGE_AT + IDLE_SURGE_HOURS)
     assert pd.Timestamp(mining[0].evidence["ongoing_until"]) >= surge_end + pd.Timedelta(hours=24)
+
+
+# Issue 16 section 2, seed 170: the autoscaler adds nodes for the surge and they take the extra load, so the
+# existing nodes each run about their usual; only the new nodes (no usual of their own) show the surge.
+SCALE_AT = 24 * 60 + 6  # day 60, 06:00 UTC: the added nodes carry the surge from then on
+SCALE_CAP = SCALE_AT + 31  # 13:00 the next day, the busy node's daily peak
+
+
+def _autoscaled(added: int, seed: int = 13) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Four idle nodes (~10%) and a busy node (45-60%, peak at 14:00) that each run their usual throughout;
+    ``added`` nodes join at ``SCALE_AT`` and carry a x1.4 surge for 48 h with the daily shape.  The busy
+    node sits at 99.7% for 3 h from ``SCALE_CAP``.  The compute bill rises x1.4 those days either way, so
+    without added nodes the same cap is a miner on the busy node whose bill happens to rise."""
+    rng = np.random.default_rng(seed)
+    hours = pd.date_range(DAYS[0], periods=24 * len(DAYS), freq="h", tz="UTC")
+    t = np.arange(len(hours))
+    end = SCALE_AT + 48
+    bump = np.exp(-0.5 * ((hours.hour.to_numpy() - 14) / 3.5) ** 2)
+
+    def load(peak: float, trough: float) -> np.ndarray:
+        return np.clip(trough + (peak - trough) * bump + rng.normal(0, 3.0, len(t)), 0, 100)
+
+    traces = {f"idle-{k}": load(12, 8) for k in range(4)}
+    busy = load(60, 45)
+    busy[SCALE_CAP: SCALE_CAP + 3] = 99.7 + rng.normal(0, 0.2, 3).clip(-0.7, 0.3)
+    traces["busy"] = busy
+    for k in range(added):
+        x = load(40, 15)
+        x[(t < SCALE_AT) | (t >= end)] = np.nan  # scaled out again after the surge
+        traces[f"added-{k}"] = x
+    frames = [pd.DataFrame({"timestamp": hours, "node": n, "cpu_utilization": v}).dropna() for n, v in traces.items()]
+    usage = normalize_usage(pd.concat(frames).assign(provider="aws", project="890"))
+    mult = 1 + 0.4 * ((t >= SCALE_AT) & (t < end))
+    costs = _costs({("890", "Compute", "us-east-1"): _steady(300.0, seed=5) * mult.reshape(len(DAYS), 24).mean(axis=1)})
+    return costs, usage
+
+
+@pytest.mark.parametrize("added", [3, 0], ids=["autoscaled-surge", "miner"])
+def test_a_busy_node_capped_while_added_nodes_carry_the_surge_is_not_critical_mining(added: int) -> None:
+    costs, usage = _autoscaled(added)
+    as_of = DAYS[0] + pd.Timedelta(hours=SCALE_CAP + 2)  # the cap's second hour, live
+    det = detect(costs, usage, Config(), as_of=as_of, since=as_of - pd.Timedelta(days=14))
+    critical = [a for a in det.alerts if a.kind == "mining_suspected" and a.severity == "critical"]
+    if added:
+        assert not critical
+    else:
+        assert len(critical) == 1 and critical[0].evidence["nodes"][0]["node"] == "busy"
