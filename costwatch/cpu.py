@@ -552,6 +552,11 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
         np.cumsum(have, axis=1, out=cum_n[b0: b0 + rb.size, 1:])
         np.cumsum(np.nan_to_num(xr), axis=1, out=cum_xa[b0: b0 + rb.size, 1:])
         np.cumsum(~np.isnan(xr), axis=1, out=cum_na[b0: b0 + rb.size, 1:])
+    ukey, kpos = np.unique(key, return_inverse=True)
+    counts = np.zeros((ukey.size, t))
+    for b0 in range(0, rows.size, 4 * CHUNK_NODES):  # nodes reporting, per project and hour
+        np.add.at(counts, kpos[b0: b0 + 4 * CHUNK_NODES], ~np.isnan(x[rows[b0: b0 + 4 * CHUNK_NODES]]))
+    added = _added(counts)  # projects x hours: nodes beyond the usual count
     step = max(1, SURGE_CELLS // max(rows.size, 1))
     for c0 in range(0, hot_cols.size, step):
         cols = hot_cols[c0: c0 + step]
@@ -569,14 +574,19 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
             witness = ~flagged[rows][:, cols] & moving & known & ~np.isnan(usual) & ~np.isnan(obs)
             # ... but its CPU is demand all the same: the load it took off the known nodes (usual 0)
             fresh = ~flagged[rows][:, cols] & moving & ~known & ~np.isnan(obs)
-        demand = _group_demand(key, witness, obs, usual, fresh, obs)  # rows x cols, NaN without witnesses
+        # only a net addition is demand (``_fresh_weight``): the share of the fresh nodes' CPU it accounts for
+        nf = _group_rows(kpos, ukey.size, fresh)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(nf > 0, np.minimum(added[:, cols] / nf, 1.0), 0.0)[kpos]
+        fresh_w = np.where(fresh, share, 0.0)
+        demand = _group_demand(key, witness, obs, usual, fresh_w, obs)  # rows x cols, NaN without witnesses
         for span_h in (ONSET_HOURS, DAY_HOURS):
             lo = np.maximum(cols + 1 - span_h, 0)
             cnt = np.maximum(cum_n[:, cols + 1] - cum_n[:, lo], 1.0)
             obs_d = (cum_x[:, cols + 1] - cum_x[:, lo]) / cnt
             usual_d = (cum_p[:, cols + 1] - cum_p[:, lo]) / cnt
             obs_a = (cum_xa[:, cols + 1] - cum_xa[:, lo]) / np.maximum(cum_na[:, cols + 1] - cum_na[:, lo], 1.0)
-            demand = np.fmax(demand, _group_demand(key, witness, obs_d, usual_d, fresh, obs_a))
+            demand = np.fmax(demand, _group_demand(key, witness, obs_d, usual_d, fresh_w, obs_a))
         demand = np.where(np.isnan(demand), LONE_DEMAND, demand)
         fr, fc = np.nonzero(flagged[rows][:, cols])
         if not fr.size:
@@ -593,12 +603,20 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     return out
 
 
+def _group_rows(kpos: np.ndarray, groups: int, v: np.ndarray) -> np.ndarray:
+    """Sums of the rows of ``v`` per group (``kpos``: each row's group) -> groups x columns."""
+    out = np.zeros((groups, v.shape[1]))
+    np.add.at(out, kpos, v.astype(float))
+    return out
+
+
 def _group_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: np.ndarray,
                   fresh: np.ndarray, obs_fresh: np.ndarray) -> np.ndarray:
     """Each row's project demand per column (rows x cols, NaN without witnesses), read as ``_read`` reads
     it: the higher of the loaded witnesses' pooled ratio (usual >= ``LOAD_FLOOR``) and all witnesses' with
     each usual floored at ``IDLE_FLOOR``, where the CPU of the ``fresh`` rows (nodes added for the surge,
-    moving like a service, no usual of their own) counts on the observed side of the latter."""
+    moving like a service, no usual of their own), times their weight (the net addition's share), counts on
+    the observed side of the latter."""
     def total(v: np.ndarray, on: np.ndarray) -> np.ndarray:
         return pd.DataFrame(np.where(on, v, 0.0)).groupby(key).sum().reindex(key).to_numpy()
 
@@ -606,7 +624,8 @@ def _group_demand(key: np.ndarray, witness: np.ndarray, obs: np.ndarray, usual: 
         busy = witness & (usual >= LOAD_FLOOR)
     busy_u, idle_u = total(usual, busy), total(np.maximum(usual, IDLE_FLOOR), witness)
     with np.errstate(invalid="ignore", divide="ignore"):
-        floored = np.where(idle_u > 0, (total(obs, witness) + total(obs_fresh, fresh)) / idle_u, np.nan)
+        floored = np.where(idle_u > 0, (total(obs, witness) + total(np.nan_to_num(obs_fresh) * fresh, fresh > 0))
+                           / idle_u, np.nan)
         return np.where(busy_u > 0, np.fmax(total(obs, busy) / busy_u, floored), floored)
 
 
@@ -627,15 +646,47 @@ def _fresh(x: np.ndarray, pdays: np.ndarray, min_days: int, tol: float) -> np.nd
         return ~np.isnan(x) & (pdays < min_days) & (sd > tol)
 
 
+ADDED_DAYS = 7  # days of node counts at the same hour that say how many nodes a project usually runs then
+
+
+def _added(counts: np.ndarray) -> np.ndarray:
+    """Nodes reporting beyond the usual count (groups x hours of node counts -> same shape, >= 0): the median
+    count at the same hour over the previous ``ADDED_DAYS`` days.  Causal; 0 without such history."""
+    t = counts.shape[1]
+    lags = np.full((ADDED_DAYS, *counts.shape), np.nan)
+    for k in range(1, ADDED_DAYS + 1):
+        if DAY_HOURS * k < t:
+            lags[k - 1][:, DAY_HOURS * k:] = counts[:, : t - DAY_HOURS * k]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        usual = np.nanmedian(lags, axis=0)
+    return np.clip(np.nan_to_num(counts - usual, nan=0.0), 0.0, None)
+
+
+def _fresh_weight(present: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """How much of each fresh node-hour's CPU is demand (one project's rows x hours -> weights in [0, 1]).
+
+    Only a net addition is: where the project runs more nodes than it usually does at that hour, the added
+    ones carry load its known nodes would have carried.  A replacement (churn) or the autoscaler's everyday
+    scale-out, already inside the known nodes' usual, adds none, so a miner on a busy node is not explained
+    away by them."""
+    nf = fresh.sum(axis=0).astype(float)
+    added = _added(present.sum(axis=0, dtype=float)[None, :])[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(nf > 0, np.minimum(added / nf, 1.0), 0.0)
+    return np.where(fresh, w[None, :], 0.0)
+
+
 def _cum_pool(x: np.ndarray, profile: np.ndarray, ok: np.ndarray, fresh: np.ndarray | None = None) -> np.ndarray:
     """Cumulative sums over the hours (4 x hours+1) of the rows' CPU and usual, pooled as ``_read`` reads
     them: over the node-hours that carry load (usual >= ``LOAD_FLOOR``), and over all of them with the usual
     floored at ``IDLE_FLOOR``, where the ``fresh`` node-hours' CPU (``_fresh``) counts as observed load."""
     u = np.nan_to_num(profile.astype(np.float64))
     busy = ok & (u >= LOAD_FLOOR)
-    seen = ok if fresh is None else ok | fresh
-    parts = (np.where(busy, x, 0.0), np.where(busy, u, 0.0), np.where(seen, x, 0.0),
-             np.where(ok, np.maximum(u, IDLE_FLOOR), 0.0))
+    observed = np.where(ok, x, 0.0)
+    if fresh is not None:  # weights (``_fresh_weight``): the share of a fresh node-hour's CPU that is demand
+        observed = observed + np.where(fresh > 0, np.nan_to_num(x) * fresh, 0.0)
+    parts = (np.where(busy, x, 0.0), np.where(busy, u, 0.0), observed, np.where(ok, np.maximum(u, IDLE_FLOOR), 0.0))
     sums = np.stack([p.sum(axis=0) for p in parts])
     return np.concatenate([np.zeros((4, 1)), np.cumsum(sums, axis=1)], axis=1)
 
@@ -697,8 +748,10 @@ def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: n
     out = np.zeros(flag.shape, dtype=bool)
     for code in np.unique(codes[hot]):
         peers = np.flatnonzero((codes == code) & ~flagged)
+        fresh = _fresh(x[peers], pdays[peers], s.min_profile_days, s.flat_tolerance / 2)
+        present = ~np.isnan(x[codes == code])
         pool = _cum_pool(x[peers], profile[peers], _known(x[peers], profile[peers], pdays[peers], s.min_profile_days),
-                         _fresh(x[peers], pdays[peers], s.min_profile_days, s.flat_tolerance / 2))
+                         _fresh_weight(present, fresh))
         for i in hot[codes[hot] == code]:
             xi, pi = x[i: i + 1], profile[i: i + 1]
             mine = _known(xi, pi, pdays[i: i + 1], s.min_profile_days)
@@ -740,7 +793,8 @@ def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: 
         ok[r, a:b] = False
     fresh = _fresh(m.values[rows], f.profile_days[rows], min_days, tol)  # nodes added for the surge
     fresh[hot[rows]] = False
-    cum = _cum_pool(m.values[rows], f.profile[rows], ok, fresh)
+    weight = _fresh_weight(~np.isnan(m.values[mine]), fresh)
+    cum = _cum_pool(m.values[rows], f.profile[rows], ok, weight)
     t = m.values.shape[1]
     a0, b0 = (int(v) for v in m.hours.searchsorted([t0, t1]))
     d = _read(cum, a0, b0)

@@ -544,3 +544,35 @@ def test_a_busy_node_capped_while_added_nodes_carry_the_surge_is_not_critical_mi
         assert not critical
     else:
         assert len(critical) == 1 and critical[0].evidence["nodes"][0]["node"] == "busy"
+
+
+def test_everyday_scale_out_is_no_demand_for_a_miner_on_a_busy_node() -> None:
+    """Nodes the autoscaler adds every day at the peak (new names each day, so none has a usual of its own)
+    are inside the project's usual node count: they are not a surge, and a miner that pins the busy node at
+    its peak is flagged within hours, not left until night when the scale-out nodes are gone."""
+    rng = np.random.default_rng(21)
+    hours = pd.date_range(DAYS[0], periods=24 * len(DAYS), freq="h", tz="UTC")
+    t, hod = np.arange(len(hours)), hours.hour.to_numpy()
+    bump = np.exp(-0.5 * ((hod - 14) / 3.5) ** 2)
+
+    def load(peak: float, trough: float) -> np.ndarray:
+        return np.clip(trough + (peak - trough) * bump + rng.normal(0, 3.0, len(t)), 0, 100)
+
+    start = 24 * 60 + 11  # day 60, 11:00: the miner starts in the scale-out hours
+    busy = load(60, 45)
+    busy[start:] = 95.0 + rng.normal(0, 0.3, len(t) - start)
+    frames = [pd.DataFrame({"timestamp": hours, "node": "busy", "cpu_utilization": busy})]
+    frames += [pd.DataFrame({"timestamp": hours, "node": f"idle-{k}", "cpu_utilization": load(12, 8)}) for k in range(4)]
+    day = t // 24
+    for k in range(2):  # two scale-out nodes 09:00-20:00 every day, new ones each day
+        x = load(45, 20)
+        on = (hod >= 9) & (hod < 20)
+        frames.append(pd.DataFrame({"timestamp": hours[on], "node": [f"scale-{k}-{d}" for d in day[on]],
+                                    "cpu_utilization": x[on]}))
+    usage = normalize_usage(pd.concat(frames).assign(provider="aws", project="890"))
+    as_of = DAYS[0] + pd.Timedelta(hours=start + 4)  # 15:00, scale-out nodes still up
+    det = detect(normalize_costs(pd.DataFrame(columns=["period_start"])), usage, Config(), as_of=as_of,
+                 since=as_of - pd.Timedelta(days=14))
+    mining = [a for a in det.alerts if a.kind == "mining_suspected"]
+    assert len(mining) == 1 and mining[0].evidence["nodes"][0]["node"] == "busy"
+    assert mining[0].detected_at <= hours[start] + pd.Timedelta(hours=4)
