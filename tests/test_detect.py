@@ -562,7 +562,8 @@ def test_everyday_scale_out_is_no_demand_for_a_miner_on_a_busy_node() -> None:
     busy = load(60, 45)
     busy[start:] = 95.0 + rng.normal(0, 0.3, len(t) - start)
     frames = [pd.DataFrame({"timestamp": hours, "node": "busy", "cpu_utilization": busy})]
-    frames += [pd.DataFrame({"timestamp": hours, "node": f"idle-{k}", "cpu_utilization": load(12, 8)}) for k in range(4)]
+    frames += [pd.DataFrame({"timestamp": hours, "node": f"idle-{k}", "cpu_utilization": load(12, 8)})
+               for k in range(4)]
     day = t // 24
     for k in range(2):  # two scale-out nodes 09:00-20:00 every day, new ones each day
         x = load(45, 20)
