@@ -554,8 +554,10 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
         np.cumsum(~np.isnan(xr), axis=1, out=cum_na[b0: b0 + rb.size, 1:])
     ukey, kpos = np.unique(key, return_inverse=True)
     counts = np.zeros((ukey.size, t))
-    for b0 in range(0, rows.size, 4 * CHUNK_NODES):  # nodes reporting, per project and hour
-        np.add.at(counts, kpos[b0: b0 + 4 * CHUNK_NODES], ~np.isnan(x[rows[b0: b0 + 4 * CHUNK_NODES]]))
+    calm = ~np.asarray(hot_nodes)[rows]  # a miner's own new nodes are no addition that lets fresh nodes count
+    for b0 in range(0, rows.size, 4 * CHUNK_NODES):  # unflagged nodes reporting, per project and hour
+        rb = rows[b0: b0 + 4 * CHUNK_NODES]
+        np.add.at(counts, kpos[b0: b0 + rb.size], ~np.isnan(x[rb]) & calm[b0: b0 + rb.size, None])
     added = _added(counts)  # projects x hours: nodes beyond the usual count
     step = max(1, SURGE_CELLS // max(rows.size, 1))
     for c0 in range(0, hot_cols.size, step):
@@ -749,7 +751,7 @@ def _episode_in_surge(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: n
     for code in np.unique(codes[hot]):
         peers = np.flatnonzero((codes == code) & ~flagged)
         fresh = _fresh(x[peers], pdays[peers], s.min_profile_days, s.flat_tolerance / 2)
-        present = ~np.isnan(x[codes == code])
+        present = ~np.isnan(x[peers])  # unflagged nodes only, as in _surge_explained
         pool = _cum_pool(x[peers], profile[peers], _known(x[peers], profile[peers], pdays[peers], s.min_profile_days),
                          _fresh_weight(present, fresh))
         for i in hot[codes[hot] == code]:
@@ -793,7 +795,7 @@ def surge_demand(m: CpuMatrix, f: CpuFeatures, episodes: list[NodeEpisode], t0: 
         ok[r, a:b] = False
     fresh = _fresh(m.values[rows], f.profile_days[rows], min_days, tol)  # nodes added for the surge
     fresh[hot[rows]] = False
-    weight = _fresh_weight(~np.isnan(m.values[mine]), fresh)
+    weight = _fresh_weight(~np.isnan(m.values[rows]), fresh)  # the hot nodes are existing ones, in every count
     cum = _cum_pool(m.values[rows], f.profile[rows], ok, weight)
     t = m.values.shape[1]
     a0, b0 = (int(v) for v in m.hours.searchsorted([t0, t1]))

@@ -391,6 +391,16 @@ SURGE_AT = 24 * 60 + 22  # day 60, 22:00 UTC: the idle night barely shows the su
 SURGE_HOURS = 36
 
 
+def _surge_project(traces: dict[str, np.ndarray], hours: pd.DatetimeIndex, mult: np.ndarray, project: str,
+                   cost_seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One AWS project's costs and usage: hourly CPU per node (NaN where a node does not exist) and a compute
+    bill that follows the hourly demand multiplier ``mult`` day by day."""
+    frames = [pd.DataFrame({"timestamp": hours, "node": n, "cpu_utilization": v}).dropna() for n, v in traces.items()]
+    usage = normalize_usage(pd.concat(frames).assign(provider="aws", project=project))
+    daily = mult.reshape(len(DAYS), 24).mean(axis=1)
+    return _costs({(project, "Compute", "us-east-1"): _steady(300.0, seed=cost_seed) * daily}), usage
+
+
 def _night_surge(outlive_hours: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A project whose compute cost and every node's load rise x1.5 for 36 h with their daily shape; its busy
     node (usually 60-72%) saturates near 90% day and night, and at 100% for 2 h at the peak.  With
@@ -418,11 +428,7 @@ def _night_surge(outlive_hours: int, seed: int = 7) -> tuple[pd.DataFrame, pd.Da
     end = SURGE_AT + SURGE_HOURS
     busy[end: end + outlive_hours] = 91.0 + rng.normal(0, 0.4, outlive_hours)
     traces["busy"] = busy
-    usage = normalize_usage(pd.concat([pd.DataFrame({"timestamp": hours, "node": n, "cpu_utilization": v})
-                                       for n, v in traces.items()]).assign(provider="aws", project="888"))
-    daily = mult.reshape(len(DAYS), 24).mean(axis=1)
-    costs = _costs({("888", "Compute", "us-east-1"): _steady(300.0, seed=3) * daily})
-    return costs, usage
+    return _surge_project(traces, hours, mult, "888", cost_seed=3)
 
 
 def test_a_busy_node_saturating_in_a_night_surge_is_not_critical_mining() -> None:
@@ -474,11 +480,7 @@ def _idle_surge(surge_at: int, cap_at: int, outlive_hours: int = -1, seed: int =
     stop = cap_at + 3 if outlive_hours < 0 else end + outlive_hours
     busy[cap_at: stop] = 99.7 + rng.normal(0, 0.2, stop - cap_at).clip(-0.7, 0.3)
     traces["busy"] = busy
-    usage = normalize_usage(pd.concat([pd.DataFrame({"timestamp": hours, "node": n, "cpu_utilization": v})
-                                       for n, v in traces.items()]).assign(provider="aws", project="889"))
-    daily = mult.reshape(len(DAYS), 24).mean(axis=1)
-    costs = _costs({("889", "Compute", "us-east-1"): _steady(300.0, seed=5) * daily})
-    return costs, usage
+    return _surge_project(traces, hours, mult, "889", cost_seed=5)
 
 
 @pytest.mark.parametrize("when", [PEAK_CAP, RAMP_CAP], ids=["peak", "ramp"])
@@ -527,11 +529,7 @@ def _autoscaled(added: int, seed: int = 13) -> tuple[pd.DataFrame, pd.DataFrame]
         x = load(40, 15)
         x[(t < SCALE_AT) | (t >= end)] = np.nan  # scaled out again after the surge
         traces[f"added-{k}"] = x
-    frames = [pd.DataFrame({"timestamp": hours, "node": n, "cpu_utilization": v}).dropna() for n, v in traces.items()]
-    usage = normalize_usage(pd.concat(frames).assign(provider="aws", project="890"))
-    mult = 1 + 0.4 * ((t >= SCALE_AT) & (t < end))
-    costs = _costs({("890", "Compute", "us-east-1"): _steady(300.0, seed=5) * mult.reshape(len(DAYS), 24).mean(axis=1)})
-    return costs, usage
+    return _surge_project(traces, hours, 1 + 0.4 * ((t >= SCALE_AT) & (t < end)), "890", cost_seed=5)
 
 
 @pytest.mark.parametrize("added", [3, 0], ids=["autoscaled-surge", "miner"])
