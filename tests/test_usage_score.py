@@ -240,6 +240,9 @@ def test_calibrated_false_alarm_rate_follows_alpha_whatever_the_scale_and_distri
     for name, x in noises.items():
         s = score_matrix(x, params=CAL)
         rates[name] = float((s[:, CAL_WARMUP:] >= 0.5).mean())
+        # the time-of-day view (a "day" of 50 rows here) is one more calibrated view, not more alarms
+        seasonal = score_matrix(x, params=dataclasses.replace(CAL, season=50, season_days=3))
+        rates[f"{name}, time of day"] = float((seasonal[:, CAL_WARMUP:] >= 0.5).mean())
         # the same noise in other units scores the same: the calibration is the series' own
         assert np.allclose(score_matrix(x[:2] * 1000.0, params=CAL), s[:2], atol=1e-6), name
     assert all(r <= 1.5 * CAL.alpha for r in rates.values()), rates
@@ -297,6 +300,44 @@ def test_calibrated_recurring_bursts_and_daily_shape_are_part_of_the_band() -> N
         x[start:start + 30] = 95.0
     assert _cal_onsets(x) == []
     assert all(not _cal_onsets(_cpu(40 + seed, 2000)) for seed in range(3))
+
+
+def _daily_spikes(seed: int, days: int = 20, per_day: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """A quiet metric (0.13 +- 0.02) with one 1.5 spike a day within a row of the same time; and the spike rows."""
+    rng = np.random.default_rng(seed)
+    x = 0.13 + rng.normal(0, 0.02, days * per_day)
+    spikes = np.arange(days) * per_day + 20 + rng.integers(-1, 2, days)
+    x[spikes] = rng.uniform(1.4, 1.6, days)
+    return x, spikes
+
+
+def test_calibrated_time_of_day_view_finds_a_reading_off_its_usual_hour() -> None:
+    """NAB's 24ae8d in small: 0.8 at an hour that never sees more than 0.2 is news, although the series
+    reaches 1.5 every day; a view of the value alone cannot see it, the envelope of earlier days can."""
+    per_day, at = 48, 18 * 48 + 35
+    with_season = dataclasses.replace(DETECT, alpha=UsageScoreParams().alpha, season=per_day)
+    without = dataclasses.replace(with_season, season=0)
+    for seed in range(3):
+        x, spikes = _daily_spikes(seed, per_day=per_day)
+        s = score_series(x, params=with_season)
+        assert not np.any(s[spikes[spikes > 8 * per_day]] >= 0.5), seed  # the daily spike is usual
+        x[at] = 0.8
+        assert score_series(x, params=with_season)[at] >= 0.5, seed
+        assert score_series(x, params=without)[at] < 0.5, seed
+
+
+def test_calibrated_time_of_day_follows_the_timestamps() -> None:
+    """season=-1 reads rows per day from the timestamps: hourly rows get a 24-row day; a step that does not
+    divide a day gets no time-of-day view."""
+    x, _ = _daily_spikes(4, per_day=24)
+    x[18 * 24 + 9] = 0.6
+    hourly = pd.date_range("2026-01-01", periods=x.size, freq="h")
+    auto = dataclasses.replace(DETECT, history=400)
+    assert np.array_equal(score_series(x, hourly, params=auto),
+                          score_matrix(x[None, :], params=dataclasses.replace(auto, season=24))[0])
+    odd_step = pd.date_range("2026-01-01", periods=x.size, freq="7min")
+    assert np.array_equal(score_series(x, odd_step, params=auto),
+                          score_matrix(x[None, :], params=dataclasses.replace(auto, season=0))[0])
 
 
 def test_unknown_method_is_refused() -> None:
