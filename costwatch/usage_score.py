@@ -398,25 +398,17 @@ def _season_views(frame: pd.DataFrame, p: UsageScoreParams, floor: np.ndarray) -
     data, so a young series is not judged on one day's envelope."""
     j = p.season_jitter
     near = frame.rolling(2 * j + 1, center=True, min_periods=1)
-    near_hi, near_lo = near.max().to_numpy(), near.min().to_numpy()
+    near_hi, near_lo = near.max(), near.min()
     shifts = [d * p.season for d in range(1, p.season_days + 1)]
-    hi = np.fmax.reduce([_shifted(near_hi, k) for k in shifts])
-    lo = np.fmin.reduce([_shifted(near_lo, k) for k in shifts])
-    young = ~(_shifted(np.cumsum(frame.notna().to_numpy(), axis=0).astype(float), shifts[-1] - j) >= 1)
+    hi = np.fmax.reduce([near_hi.shift(k).to_numpy() for k in shifts])
+    lo = np.fmin.reduce([near_lo.shift(k).to_numpy() for k in shifts])
+    young = ~(frame.notna().cumsum().shift(shifts[-1] - j).to_numpy() >= 1)
     x = frame.to_numpy()
     out = {}
     for name, stat, upper in (("season_up", x - hi, True), ("season_down", x - lo, False)):
         stat[young] = np.nan
         (out[name],) = _two_sided(stat, _reference(pd.DataFrame(stat), 1, p), p.tail, floor,
                                   upper=upper, lower=not upper)
-    return out
-
-
-def _shifted(a: np.ndarray, k: int) -> np.ndarray:
-    """Rows moved ``k`` later (row i holds row i - k), NaN before."""
-    out = np.full(a.shape, np.nan)
-    if 0 <= k < a.shape[0]:
-        out[k:] = a[: a.shape[0] - k]
     return out
 
 
