@@ -711,9 +711,10 @@ def _around(cum: np.ndarray, a: int, b: int, t: int) -> float:
     (``ONSET_HOURS`` of data after it) sat inside a surge when demand was up over it and the day after it
     (a cap that falls in a surge's first, ramping hours is read with the surge that follows) or over it and
     its last ``DAY_HOURS`` (one that ends with the surge).  One still open must be inside a surge still going:
-    demand up over it and over its last day, so a plateau that outlives the surge is flagged from the day
-    the project is back to its usual."""
-    still = min(_read(cum, a, b), _read(cum, max(b - DAY_HOURS, 0), b))
+    demand up over it, over its last day and over its first day, so a plateau that outlives the surge is
+    flagged from the day the project is back to its usual, and one that began before the project was up (a
+    miner that a later scale-out or surge joins) is never explained by what came after it."""
+    still = min(_read(cum, a, b), _read(cum, max(b - DAY_HOURS, 0), b), _read(cum, a, min(a + DAY_HOURS, b)))
     return max(still, _read(cum, a, min(b + DAY_HOURS, t))) if b + ONSET_HOURS <= t else still
 
 

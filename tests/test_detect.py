@@ -575,3 +575,35 @@ def test_everyday_scale_out_is_no_demand_for_a_miner_on_a_busy_node() -> None:
     mining = [a for a in det.alerts if a.kind == "mining_suspected"]
     assert len(mining) == 1 and mining[0].evidence["nodes"][0]["node"] == "busy"
     assert mining[0].detected_at <= hours[start] + pd.Timedelta(hours=4)
+
+
+def test_a_miner_that_a_later_scale_out_joins_stays_an_incident() -> None:
+    """Issue 16 section 3, fresh seed 175: a miner pins the busy node at ~70% three days before the
+    autoscaler adds nodes for a surge.  Read over the whole open episode, the added nodes' load lifted the
+    project's demand enough to "explain" the plateau, and the alert vanished for a day while the miner ran.
+    A plateau that began before the project was up is not inside the surge."""
+    rng = np.random.default_rng(17)
+    hours = pd.date_range(DAYS[0], periods=24 * len(DAYS), freq="h", tz="UTC")
+    t = np.arange(len(hours))
+    end = SCALE_AT + 48
+    bump = np.exp(-0.5 * ((hours.hour.to_numpy() - 14) / 3.5) ** 2)
+
+    def load(peak: float, trough: float) -> np.ndarray:
+        return np.clip(trough + (peak - trough) * bump + rng.normal(0, 3.0, len(t)), 0, 100)
+
+    miner_at = SCALE_AT - 72
+    traces = {f"idle-{k}": load(12, 8) for k in range(4)}
+    busy = load(60, 45)
+    busy[miner_at:] = 70.0 + rng.normal(0, 0.4, len(t) - miner_at)
+    traces["busy"] = busy
+    for k in range(3):
+        x = load(60, 30)
+        x[(t < SCALE_AT) | (t >= end)] = np.nan
+        traces[f"added-{k}"] = x
+    costs, usage = _surge_project(traces, hours, 1 + 0.4 * ((t >= SCALE_AT) & (t < end)), "891", cost_seed=5)
+    for after in (6, 24, 40):  # hourly runs inside the surge
+        as_of = DAYS[0] + pd.Timedelta(hours=SCALE_AT + after)
+        det = detect(costs, usage, Config(), as_of=as_of, since=as_of - pd.Timedelta(days=14))
+        mining = [a for a in det.alerts if a.kind == "mining_suspected"]
+        assert len(mining) == 1 and mining[0].evidence["nodes"][0]["node"] == "busy", after
+        assert pd.Timestamp(mining[0].evidence["ongoing_until"]) >= as_of - pd.Timedelta(hours=2), after
