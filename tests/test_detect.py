@@ -507,11 +507,12 @@ SCALE_AT = 24 * 60 + 6  # day 60, 06:00 UTC: the added nodes carry the surge fro
 SCALE_CAP = SCALE_AT + 31  # 13:00 the next day, the busy node's daily peak
 
 
-def _autoscaled(added: int, seed: int = 13) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _autoscaled(added: int, seed: int = 13, miner_at: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Four idle nodes (~10%) and a busy node (45-60%, peak at 14:00) that each run their usual throughout;
     ``added`` nodes join at ``SCALE_AT`` and carry a x1.4 surge for 48 h with the daily shape.  The busy
     node sits at 99.7% for 3 h from ``SCALE_CAP``.  The compute bill rises x1.4 those days either way, so
-    without added nodes the same cap is a miner on the busy node whose bill happens to rise."""
+    without added nodes the same cap is a miner on the busy node whose bill happens to rise.  With
+    ``miner_at`` the busy node instead runs flat at ~70% from that hour to the end: a stealthy miner."""
     rng = np.random.default_rng(seed)
     hours = pd.date_range(DAYS[0], periods=24 * len(DAYS), freq="h", tz="UTC")
     t = np.arange(len(hours))
@@ -523,7 +524,10 @@ def _autoscaled(added: int, seed: int = 13) -> tuple[pd.DataFrame, pd.DataFrame]
 
     traces = {f"idle-{k}": load(12, 8) for k in range(4)}
     busy = load(60, 45)
-    busy[SCALE_CAP: SCALE_CAP + 3] = 99.7 + rng.normal(0, 0.2, 3).clip(-0.7, 0.3)
+    if miner_at is None:
+        busy[SCALE_CAP: SCALE_CAP + 3] = 99.7 + rng.normal(0, 0.2, 3).clip(-0.7, 0.3)
+    else:
+        busy[miner_at:] = 70.0 + rng.normal(0, 0.4, len(t) - miner_at)
     traces["busy"] = busy
     for k in range(added):
         x = load(40, 15)
@@ -582,25 +586,7 @@ def test_a_miner_that_a_later_scale_out_joins_stays_an_incident() -> None:
     autoscaler adds nodes for a surge.  Read over the whole open episode, the added nodes' load lifted the
     project's demand enough to "explain" the plateau, and the alert vanished for a day while the miner ran.
     A plateau that began before the project was up is not inside the surge."""
-    rng = np.random.default_rng(17)
-    hours = pd.date_range(DAYS[0], periods=24 * len(DAYS), freq="h", tz="UTC")
-    t = np.arange(len(hours))
-    end = SCALE_AT + 48
-    bump = np.exp(-0.5 * ((hours.hour.to_numpy() - 14) / 3.5) ** 2)
-
-    def load(peak: float, trough: float) -> np.ndarray:
-        return np.clip(trough + (peak - trough) * bump + rng.normal(0, 3.0, len(t)), 0, 100)
-
-    miner_at = SCALE_AT - 72
-    traces = {f"idle-{k}": load(12, 8) for k in range(4)}
-    busy = load(60, 45)
-    busy[miner_at:] = 70.0 + rng.normal(0, 0.4, len(t) - miner_at)
-    traces["busy"] = busy
-    for k in range(3):
-        x = load(60, 30)
-        x[(t < SCALE_AT) | (t >= end)] = np.nan
-        traces[f"added-{k}"] = x
-    costs, usage = _surge_project(traces, hours, 1 + 0.4 * ((t >= SCALE_AT) & (t < end)), "891", cost_seed=5)
+    costs, usage = _autoscaled(3, seed=17, miner_at=SCALE_AT - 72)
     for after in (6, 24, 40):  # hourly runs inside the surge
         as_of = DAYS[0] + pd.Timedelta(hours=SCALE_AT + after)
         det = detect(costs, usage, Config(), as_of=as_of, since=as_of - pd.Timedelta(days=14))
