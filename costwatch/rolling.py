@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["MEDIAN", "SortedRanks", "rolling_count", "rolling_extremes", "short_median", "short_std"]
+__all__ = ["MEDIAN", "SortedRanks", "rolling_count", "rolling_extremes", "short_median", "short_quantiles",
+           "short_std"]
 
 MEDIAN = "median"  # order-statistic spec: pandas' ``.median()`` ((a + b) / 2), not ``.quantile(0.5)``
 NETWORK_MAX = 8  # windows up to this long are sorted by a min/max network, longer ones by np.sort
@@ -109,13 +110,36 @@ def _sorted_short(a: np.ndarray, k: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 def short_median(a: np.ndarray, k: int, min_periods: int) -> np.ndarray:
     """``rolling(k, min_periods).median()`` for a short window."""
+    return short_quantiles(a, k, min_periods, [MEDIAN])[0]
+
+
+def short_quantiles(a: np.ndarray, k: int, min_periods: int, specs: Sequence[float | str]) -> list[np.ndarray]:
+    """``rolling(k, min_periods).quantile(q)`` (linear) or ``.median()`` for each spec, for a short window.
+
+    The windows are sorted once for all specs (an inter-quartile range needs two)."""
     s, n = _sorted_short(a, k)
-    med = np.full(a.shape, np.nan)
+    out = [np.full(a.shape, np.nan) for _ in specs]
+    for m in range(max(min_periods, 1), k + 1):  # the order statistics of the m known values, where m are known
+        here = n == m
+        for o, spec in zip(out, specs, strict=True):
+            pos = _quantile_of(spec) * (m - 1.0)
+            idx = int(pos)
+            whole = pos == idx
+            val = s[idx] if whole else _interpolate(s[idx], s[idx + 1], pos - idx, spec)
+            np.copyto(o, val, where=here)
+    return out
+
+
+def _quantile_of(spec: float | str) -> float:
+    return 0.5 if spec == MEDIAN else float(spec)
+
+
+def _interpolate(lo: np.ndarray, hi: np.ndarray, frac: np.ndarray | float, spec: float | str) -> np.ndarray:
+    """pandas' value between the order statistics ``lo`` and the next one ``hi``: ``(lo + hi) / 2`` for an even
+    median, ``lo + (hi - lo) * frac`` for a linear quantile, ``lo`` itself where the position is whole."""
     with np.errstate(invalid="ignore"):
-        for m in range(max(min_periods, 1), k + 1):  # the median of the m known values, where m are known
-            val = s[m // 2] if m % 2 else (s[m // 2] + s[m // 2 - 1]) / 2.0
-            np.copyto(med, val, where=n == m)
-    return med
+        both = (lo + hi) / 2.0 if spec == MEDIAN else lo + (hi - lo) * frac
+    return np.where(frac != 0.0, both, lo)
 
 
 def short_std(a: np.ndarray, k: int, min_periods: int) -> np.ndarray:
@@ -164,15 +188,11 @@ class SortedRanks:
             n = np.where(ok, self.count[r, c], 0)
             ranks = np.sort(win[r, np.maximum(start, 0)], axis=-1)
             for k, spec in enumerate(specs):
-                q = 0.5 if spec == MEDIAN else float(spec)
-                pos = q * (n - 1.0)
+                pos = _quantile_of(spec) * (n - 1.0)
                 idx = np.maximum(pos.astype(np.int64), 0)
-                frac = pos - idx
                 lo = self._value(r, ranks, idx)
                 hi = self._value(r, ranks, np.minimum(idx + 1, self.window - 1))
-                with np.errstate(invalid="ignore"):
-                    both = (lo + hi) / 2.0 if spec == MEDIAN else lo + (hi - lo) * frac
-                val = np.where(frac != 0.0, both, lo)
+                val = _interpolate(lo, hi, pos - idx, spec)
                 out[k][c0: c0 + step] = np.where(ok & (n >= self.minp), val, np.nan)
         return out
 

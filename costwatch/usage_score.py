@@ -103,13 +103,22 @@ against output written by the pandas implementation.  100,000 nodes x 28 days: ~
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .rolling import MEDIAN, SortedRanks, rolling_count, rolling_extremes, short_median, short_std
+from .rolling import (
+    MEDIAN,
+    SortedRanks,
+    rolling_count,
+    rolling_extremes,
+    short_median,
+    short_quantiles,
+    short_std,
+)
 
 __all__ = [
     "UsageScoreParams",
@@ -167,9 +176,13 @@ def _past_range(stat: pd.DataFrame, lag: int, p: UsageScoreParams,
     A statistic over ``lag``-row windows has few independent values in a short history, so it also needs
     ``min_windows`` windows' worth of them before its range means anything.
     """
-    need = min(p.history, max(p.min_history, min_windows * lag))
-    past = stat.shift(lag).rolling(p.history, min_periods=need)
+    past = stat.shift(lag).rolling(p.history, min_periods=_need(p, lag, min_windows))
     return past.min().to_numpy(), past.max().to_numpy()
+
+
+def _need(p: UsageScoreParams, lag: int, min_windows: int = 1) -> int:
+    """Values a statistic over ``lag``-row windows needs in its history (``min_periods`` of its reference)."""
+    return min(p.history, max(p.min_history, min_windows * lag))
 
 
 def _components(x: np.ndarray, p: UsageScoreParams) -> dict[str, np.ndarray]:
@@ -232,15 +245,19 @@ def _still_excess(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
 
 def _reference(stat: pd.DataFrame, lag: int, p: UsageScoreParams, min_windows: int = 1) -> dict[str, np.ndarray]:
     """Quantiles, extremes and count of a statistic over the history ending ``lag`` rows back (no overlap)."""
-    need = min(p.history, max(p.min_history, min_windows * lag))
-    past = stat.shift(lag).rolling(p.history, min_periods=need)
-    ref = {"med": past.median().to_numpy(), "hi": past.quantile(1.0 - p.tail).to_numpy(),
-           "lo": past.quantile(p.tail).to_numpy(), "max": past.max().to_numpy(), "min": past.min().to_numpy(),
-           "n": past.count().to_numpy()}
-    if lag == 1 and p.gpd:
-        ref["hi2"] = past.quantile(1.0 - p.tail / TAIL_STEP).to_numpy()
-        ref["lo2"] = past.quantile(p.tail / TAIL_STEP).to_numpy()
+    past = stat.shift(lag).rolling(p.history, min_periods=_need(p, lag, min_windows))
+    ref = {name: (past.median() if q == MEDIAN else past.quantile(q)).to_numpy()
+           for name, q in _reference_quantiles(lag, p).items()}
+    ref |= {"max": past.max().to_numpy(), "min": past.min().to_numpy(), "n": past.count().to_numpy()}
     return ref
+
+
+def _reference_quantiles(lag: int, p: UsageScoreParams) -> dict[str, float | str]:
+    """The quantiles a reference holds (``MEDIAN``: pandas' median), for :func:`_reference` and the fast path."""
+    specs: dict[str, float | str] = {"med": MEDIAN, "hi": 1.0 - p.tail, "lo": p.tail}
+    if lag == 1 and p.gpd:
+        specs |= {"hi2": 1.0 - p.tail / TAIL_STEP, "lo2": p.tail / TAIL_STEP}
+    return specs
 
 
 def _tail_logp(s: np.ndarray, med: np.ndarray, q: np.ndarray, ext: np.ndarray, n: np.ndarray, tail: float,
@@ -331,43 +348,108 @@ def _calibrated_components(x: np.ndarray, p: UsageScoreParams) -> dict[str, np.n
     out: dict[str, np.ndarray] = {}
     hist = frame.shift(1).rolling(p.history, min_periods=p.min_history)
     level = np.abs(hist.median().to_numpy())
-    floor = 1e-3 * level + 1e-9  # resolution: a thousandth of the level is never a surprise by itself
-    # value: a single row (a spike), against the values before it
-    ref = _reference(frame, 1, p)
-    out["spike_up"], out["spike_down"] = _two_sided(x, ref, p.tail, floor)
-    # level: a short median, which turns a level shift into one step
-    k = p.level_window
-    if k > 1:
-        med = frame.rolling(k, min_periods=1).median()
-        ref = _reference(med, k, p)
-        out["level_up"], out["level_down"] = _two_sided(med.to_numpy(), ref, p.tail, floor)
-    if p.jump and k > 1:
-        resid = frame - frame.shift(1).rolling(k, min_periods=1).median()
-        ref = _reference(resid, 1, p)
-        out["jump_up"], out["jump_down"] = _two_sided(resid.to_numpy(), ref, p.tail, floor)
-    # shape: spread (oscillation, or a flat line) and typical step size (a new rhythm)
-    w = p.spread_window
-    if w > 1:
-        win = frame.rolling(w, min_periods=min(w, max(3, w // 2)))
-        spread = win.quantile(0.75) - win.quantile(0.25) if p.robust_spread else win.std()
-        ref = _reference(spread, w, p, SHAPE_WINDOWS)
-        for name, lp in zip(("spread_up", "spread_down"),
-                            _two_sided(spread.to_numpy(), ref, p.tail, floor, lower=p.flatline), strict=False):
-            out[name] = lp
-    if p.rough_window > 0:
-        w = p.rough_window
-        rough = frame.diff().abs().rolling(w, min_periods=min(w, max(3, w // 2))).median()
-        ref = _reference(rough, w, p, SHAPE_WINDOWS)
-        (out["rough"],) = _two_sided(rough.to_numpy(), ref, p.tail, floor, lower=False)
+    floor = _resolution(level)
+    for view in _calibrated_views(p):
+        stat = view.frame(frame)
+        ref = _reference(stat, view.lag, p, view.min_windows)
+        lps = _two_sided(stat.to_numpy(), ref, p.tail, floor, upper=view.up is not None, lower=view.down is not None)
+        out.update(zip(view.names, lps, strict=True))
     if p.still_floor > 0:
-        run, longest, seen_before = (a.T for a in _still_runs(x.T, p))
-        n = hist.count().to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # the longest still run of the history sits at probability 1/n; each further such length
-            # multiplies by 1/n again
-            lp = -np.log(np.maximum(n, 2.0)) * run / np.maximum(longest, p.still_floor)
-        out["still"] = np.where(np.isfinite(level) & (seen_before > p.min_history), lp, np.nan)
+        out["still"] = _still_logp(x.T, hist.count().to_numpy().T, np.isfinite(level).T, p).T
     return out
+
+
+def _resolution(level: np.ndarray) -> np.ndarray:
+    """Resolution of a view: a thousandth of the history's median level is never a surprise by itself."""
+    return 1e-3 * level + 1e-9
+
+
+@dataclass(frozen=True)
+class _View:
+    """One calibrated view: a statistic compared with the distribution it took over its own history.
+
+    The statistic is written twice, side by side: over a pandas frame (samples x series, for
+    :func:`score_matrix`) and with :mod:`costwatch.rolling` over a block (series x samples, for
+    :func:`flagged_scores`), so a view added here reaches both paths; tests/test_usage_score.py checks that the
+    two agree for every view.
+    """
+
+    up: str | None  # component name of the upper tail (None: not tested)
+    down: str | None  # ... of the lower tail
+    lag: int  # the statistic's own window: its reference ends this many rows back, so the two never overlap
+    min_windows: int  # windows of history its reference needs
+    frame: Callable[[pd.DataFrame], pd.DataFrame]
+    block: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in (self.up, self.down) if n is not None]
+
+
+def _calibrated_views(p: UsageScoreParams) -> list[_View]:
+    """The calibrated views these parameters switch on (stillness apart: it has no reference distribution)."""
+    # value: a single row (a spike), against the values before it
+    views = [_View("spike_up", "spike_down", 1, 1, lambda f: f, lambda a: a)]
+    k = p.level_window
+    if k > 1:  # level: a short median, which turns a level shift into one step
+        views.append(_View("level_up", "level_down", k, 1, lambda f: f.rolling(k, min_periods=1).median(),
+                           lambda a: short_median(a, k, 1)))
+    if p.jump and k > 1:  # jump: the value minus the median of the rows before it
+        views.append(_View("jump_up", "jump_down", 1, 1, lambda f: f - f.shift(1).rolling(k, min_periods=1).median(),
+                           lambda a: a - _previous(short_median(a, k, 1))))
+    # shape: spread (oscillation, or a flat line) and typical step size (a new rhythm)
+    if p.spread_window > 1:
+        views.append(_spread_view(p))
+    if p.rough_window > 0:
+        views.append(_rough_view(p))
+    return views
+
+
+def _spread_view(p: UsageScoreParams) -> _View:
+    w = p.spread_window
+    mp = min(w, max(3, w // 2))
+
+    def frame(f: pd.DataFrame) -> pd.DataFrame:
+        win = f.rolling(w, min_periods=mp)
+        return win.quantile(0.75) - win.quantile(0.25) if p.robust_spread else win.std()
+
+    def block(a: np.ndarray) -> np.ndarray:
+        if not p.robust_spread:
+            return short_std(a, w, mp)
+        q25, q75 = short_quantiles(a, w, mp, [0.25, 0.75])
+        return q75 - q25
+
+    return _View("spread_up", "spread_down" if p.flatline else None, w, SHAPE_WINDOWS, frame, block)
+
+
+def _rough_view(p: UsageScoreParams) -> _View:
+    w = p.rough_window
+    mp = min(w, max(3, w // 2))
+    return _View("rough", None, w, SHAPE_WINDOWS, lambda f: f.diff().abs().rolling(w, min_periods=mp).median(),
+                 lambda a: short_median(np.abs(np.diff(a, axis=-1, prepend=np.nan)), w, mp))
+
+
+def _previous(a: np.ndarray) -> np.ndarray:
+    """``a`` one sample later along the last axis (NaN first): pandas' ``shift(1)``."""
+    out = np.full(a.shape, np.nan)
+    out[..., 1:] = a[..., :-1]
+    return out
+
+
+def _n_views(p: UsageScoreParams) -> int:
+    """Components the Bonferroni combination counts: each tested tail of each view, and stillness."""
+    return sum(len(v.names) for v in _calibrated_views(p)) + (p.still_floor > 0)
+
+
+def _still_logp(x: np.ndarray, n: np.ndarray, known: np.ndarray, p: UsageScoreParams) -> np.ndarray:
+    """Log probability of the current still run (series x samples), given the values ``n`` in the history and
+    where its median level is ``known``; NaN for a series that has never moved."""
+    run, longest, seen_before = _still_runs(x, p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # the longest still run of the history sits at probability 1/n; each further such length
+        # multiplies by 1/n again
+        lp = -np.log(np.maximum(n, 2.0)) * run / np.maximum(longest, p.still_floor)
+    return np.where(known & (seen_before > p.min_history), lp, np.nan)
 
 
 def _still_runs(x: np.ndarray, p: UsageScoreParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -404,11 +486,21 @@ def _surprise(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
     lp = np.full(x.shape, np.inf)
     for c in comps.values():
         lp = np.fmin(lp, c)
+    return _bonferroni(lp, x, len(comps))
+
+
+def _bonferroni(lp: np.ndarray, x: np.ndarray, n_views: int) -> np.ndarray:
+    """-ln of the combined p-value from the smallest log p-value ``lp`` of ``n_views`` components (NaN: none)."""
     s = -lp
     s[~np.isfinite(s) | np.isnan(x)] = np.nan  # no reference yet, or a gap: never a detection
-    out = s - np.log(len(comps))
+    out = s - np.log(n_views)
     out[~np.isfinite(out)] = 0.0
     return np.maximum(out, 0.0)
+
+
+def _calibrated_score(surprise: np.ndarray, p: UsageScoreParams) -> np.ndarray:
+    """``S / (S + S_alpha)``: 0.5 exactly where the combined p-value is ``alpha``."""
+    return surprise / (surprise - np.log(p.alpha))
 
 
 def score_matrix(x: np.ndarray, *, params: UsageScoreParams | None = None) -> np.ndarray:
@@ -424,8 +516,7 @@ def score_matrix(x: np.ndarray, *, params: UsageScoreParams | None = None) -> np
     if arr.size == 0:
         return np.zeros_like(arr)
     if p.method == "calibrated":
-        surprise = _surprise(arr.T, p).T
-        return surprise / (surprise - np.log(p.alpha))
+        return _calibrated_score(_surprise(arr.T, p).T, p)
     return _squash(_excess_matrix(arr.T, p).T, p)
 
 
@@ -449,20 +540,22 @@ def flagged_scores(x: np.ndarray, *, params: UsageScoreParams | None = None, wor
     only reach 0.5 where its statistic lies outside its historical range, which needs the range (window
     extremes) but not the width.  So the statistics and ranges are computed for every sample, the band only
     where some statistic left its range (~3% of node-hours on hourly CPU), and elsewhere only the stillness
-    test, which needs no band, can reach 0.5.  ``method="calibrated"`` (or a threshold at or below zero) goes
-    through :func:`score_matrix` whole.  ``workers`` threads share the blocks of series (default: one per
-    core; numpy releases the GIL in their loops).
+    test, which needs no band, can reach 0.5.  ``method="calibrated"`` works the same way (see
+    :func:`_calibrated_block`).  Parameters for which a statistic inside its range could reach 0.5 (a
+    threshold at or below zero; for the calibrated score an ``alpha`` too large for its history) go through
+    :func:`score_matrix` whole.  ``workers`` threads share the blocks of series (default: one per core; numpy
+    releases the GIL in their loops).
     """
     p = params or UsageScoreParams()
     arr = np.asarray(x, dtype=float)
-    thresholds = (p.spike_threshold, p.level_threshold, p.spread_threshold, p.rough_threshold)
-    if arr.ndim != 2 or arr.size == 0 or p.method != "range" or min(thresholds) < MIN_THRESHOLD:
+    if arr.ndim != 2 or arr.size == 0 or not _range_bounds_score(p):
         s = score_matrix(arr, params=p)
         return np.where(s >= 0.5, s, 0.0)
     out = np.zeros(arr.shape)
+    block = _calibrated_block if p.method == "calibrated" else _flagged_block
 
     def run(r0: int) -> None:
-        out[r0: r0 + FLAG_BLOCK] = _flagged_block(arr[r0: r0 + FLAG_BLOCK], p)
+        out[r0: r0 + FLAG_BLOCK] = block(arr[r0: r0 + FLAG_BLOCK], p)
 
     starts = range(0, arr.shape[0], FLAG_BLOCK)
     n_workers = min(workers if workers is not None else (os.cpu_count() or 1), len(starts))
@@ -475,12 +568,96 @@ def flagged_scores(x: np.ndarray, *, params: UsageScoreParams | None = None, wor
     return out
 
 
+def _range_bounds_score(p: UsageScoreParams) -> bool:
+    """Whether a sample can reach 0.5 only where some statistic lies outside its historical [min, max] (or
+    by stillness), so that :func:`flagged_scores` may skip every other sample.
+
+    Range method: a test's excess inside its range is at most 0, so a threshold above 0 bounds it.
+
+    Calibrated method: a sample scores >= 0.5 only if some view's p-value is at most ``alpha / n_views``.
+    For a statistic ``s`` within [min, max] of its reference (``n`` values, ``n <= history``) every tail
+    function gives at least (upper tail; the lower one is the same on negated values):
+
+    * between the median and the ``1 - tail`` quantile ``q``: the log-linear body gives ``>= tail`` (its
+      width is at least ``q - med``), for ``tail < 1/2``;
+    * :func:`_gpd_tail_logp` beyond ``q``: ``s - q <= max - q <= d3`` and the scale is the ``fmax`` of two,
+      one of which is the scale ``sigma3`` that puts ``q + d3`` at ``tail / r3``; a GPD tail falls
+      monotonically, so ``p(s) >= p(q + d3 | sigma3) = tail / r3``, with ``r3 = max((n+1) tail, 1.5
+      TAIL_STEP)``: ``p >= min(1/(n+1), tail / (1.5 TAIL_STEP))``;
+    * :func:`_tail_logp` beyond ``q``: the scale is at least ``(max - q) / max(ln(n tail), 1)``, so ``ln p >=
+      ln tail - max(ln(n tail), 1)``: ``p >= min(1/n, tail / e)``;
+    * too short a history (``n < TAIL_STEP / tail``) or no reference: NaN, never a detection.
+
+    So with ``alpha / n_views`` below ``min(1/(history+1), tail / (1.5 TAIL_STEP), tail / e)`` (with a margin
+    for rounding) no view inside its range reaches 0.5, and at a sample where some views are outside, the
+    smallest p-value is one of theirs (or stillness's, computed everywhere) whenever the score reaches 0.5.
+    The defaults: ``alpha / 10 = 2e-4`` against ``1/4033`` (5-minute) or ``1/337`` (hourly).
+    """
+    if p.method == "range":
+        return min(p.spike_threshold, p.level_threshold, p.spread_threshold, p.rough_threshold) >= MIN_THRESHOLD
+    if not (0.0 < p.tail < 0.5 and p.alpha > 0.0):
+        return False
+    least = min(1.0 / (p.history + 1.0), p.tail / (1.5 * TAIL_STEP), p.tail / np.e)
+    return p.alpha / _n_views(p) < least * (1.0 - 1e-6)
+
+
+def _calibrated_block(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
+    """:func:`flagged_scores` for ``method="calibrated"``, a block of series (series x samples).
+
+    Every view's statistic and its reference [min, max] for every sample (:mod:`costwatch.rolling`), stillness
+    everywhere (it needs no quantiles), and a view's reference quantiles (the costly part) only at the samples
+    where its statistic lies outside [min, max]: inside, it cannot reach its share of ``alpha``
+    (:func:`_range_bounds_score`).  The tail probabilities there come from the same functions as
+    :func:`score_matrix`, on the same reference values, so the scores are the same.
+    """
+    h = p.history
+    known = rolling_count(x, h, 1) >= max(p.min_history, 1)  # where the history's median level exists
+    lp = (_still_logp(x, _count_with_inf(x, h, 1), known, p) if p.still_floor > 0
+          else np.full(x.shape, np.nan))  # smallest log p-value of the views computed so far
+    x_ranks: list[SortedRanks] = []
+
+    def ranks(stat: np.ndarray, lag: int, need: int) -> SortedRanks:
+        """Sorted windows of a statistic; the value view's are also the floor's (the history of x)."""
+        if not (stat is x and lag == 1 and need == max(p.min_history, 1)):
+            return SortedRanks(stat, h, lag, need)
+        if not x_ranks:
+            x_ranks.append(SortedRanks(x, h, 1, p.min_history))
+        return x_ranks[0]
+
+    for view in _calibrated_views(p):
+        stat = view.block(x)
+        need = _need(p, view.lag, view.min_windows)
+        lo, hi = rolling_extremes(stat, h, view.lag, need)
+        with np.errstate(invalid="ignore"):
+            beyond = (stat > hi) if view.up is not None else np.zeros(x.shape, dtype=bool)
+            if view.down is not None:
+                beyond |= stat < lo
+        rows, cols = np.nonzero(beyond & ~np.isnan(x))
+        if not rows.size:
+            continue
+        specs = _reference_quantiles(view.lag, p)
+        ref = dict(zip(specs, ranks(stat, view.lag, need).at(rows, cols, list(specs.values())), strict=True))
+        ref |= {"max": hi[rows, cols], "min": lo[rows, cols],
+                "n": _count_with_inf(stat, h, view.lag)[rows, cols].astype(float)}
+        floor = _resolution(np.abs(ranks(x, 1, max(p.min_history, 1)).at(rows, cols, [MEDIAN])[0]))
+        for c in _two_sided(stat[rows, cols], ref, p.tail, floor, upper=view.up is not None,
+                            lower=view.down is not None):
+            lp[rows, cols] = np.fmin(lp[rows, cols], c)
+    score = _calibrated_score(_bonferroni(lp, x, _n_views(p)), p)
+    return np.where(score >= 0.5, score, 0.0)
+
+
+def _count_with_inf(a: np.ndarray, window: int, lag: int) -> np.ndarray:
+    """pandas' rolling ``count()``: it counts the infinities its other statistics skip."""
+    return rolling_count(np.where(np.isinf(a), 0.0, a), window, lag)
+
+
 def _flagged_block(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
     """:func:`flagged_scores` for a block of series (series x samples)."""
     h = p.history
 
     def ranged(stat: np.ndarray, lag: int, min_windows: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (stat, *rolling_extremes(stat, h, lag, min(h, max(p.min_history, min_windows * lag))))
+        return (stat, *rolling_extremes(stat, h, lag, _need(p, lag, min_windows)))
 
     tests = {"spike": ranged(x, 1)}
     k = p.level_window

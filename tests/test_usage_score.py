@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from costwatch.usage_score import (
+    TAIL_STEP,
     UsageScoreParams,
+    _calibrated_block,
+    _calibrated_views,
+    _gpd_tail_logp,
+    _tail_logp,
     episode_onsets,
     flagged_scores,
     onset_scores,
@@ -381,11 +386,23 @@ def test_scores_match_the_output_pinned_before_the_speed_work(name: str) -> None
     assert np.allclose(s.sum(axis=1), pinned[f"{name}_rowsum"], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(PINNED_PARAMS))
+# the fast path's parameter sets: the pinned ones (range), the same windows calibrated, and 5-minute-like windows
+FAST_PARAMS = {
+    **PINNED_PARAMS,
+    "hourly calibrated": dataclasses.replace(PINNED_PARAMS["hourly"], method="calibrated"),
+    "small calibrated": dataclasses.replace(PINNED_PARAMS["small"], method="calibrated"),
+    "5-minute calibrated": dataclasses.replace(CAL, history=300, min_history=12, alpha=2e-3),
+    "5-minute calibrated, std spread, exponential tails": dataclasses.replace(
+        CAL, history=300, min_history=12, alpha=2e-3, robust_spread=False, gpd=False),
+}
+CALIBRATED_FAST = sorted(name for name, p in FAST_PARAMS.items() if p.method == "calibrated")
+
+
+@pytest.mark.parametrize("name", sorted(FAST_PARAMS))
 def test_flagged_scores_are_the_departures_of_score_matrix(name: str) -> None:
     """The fast path detect uses: every sample score_matrix puts at or above 0.5, with its score; 0 elsewhere."""
     x = pinned_input()
-    p = PINNED_PARAMS[name]
+    p = FAST_PARAMS[name]
     s = score_matrix(x, params=p)
     f = flagged_scores(x, params=p, workers=2)
     assert np.array_equal(f >= 0.5, s >= 0.5)
@@ -400,6 +417,80 @@ def test_flagged_scores_are_the_departures_of_score_matrix(name: str) -> None:
 
 def test_flagged_scores_falls_back_where_a_threshold_does_not_bound_it() -> None:
     x = pinned_input(n=40, t=300)
-    for p in (dataclasses.replace(SMALL, spike_threshold=0.0), dataclasses.replace(CAL, history=100)):
+    for p in (dataclasses.replace(SMALL, spike_threshold=0.0), dataclasses.replace(CAL, history=100),
+              dataclasses.replace(CAL, history=250, alpha=0.05), dataclasses.replace(CAL, tail=0.5)):
         s = score_matrix(x, params=p)
         assert np.array_equal(flagged_scores(x, params=p), np.where(s >= 0.5, s, 0.0))
+    # why: with alpha / n_views above 1/(history+1) a value inside its range can score, and the calibrated
+    # fast path alone (statistics outside their range only) would miss it
+    p = dataclasses.replace(CAL, history=250, alpha=0.3)
+    s = score_matrix(x, params=p)
+    assert ((s >= 0.5) & (_calibrated_block(x, p) == 0)).any()
+
+
+def _heavy_gappy_input(t: int, seed: int = 5) -> np.ndarray:
+    """Heavy-tailed and count series with NaN gaps, stuck stretches, a late start, infinities and repeats."""
+    rng = np.random.default_rng(seed)
+    m = 12
+    kinds = [rng.pareto(1.5, (m, t)), rng.lognormal(3, 1.0, (m, t)), 100 + rng.standard_t(3, (m, t)),
+             rng.poisson(3, (m, t)).astype(float), rng.laplace(1e6, 3e4, (m, t)), 1e-3 * rng.uniform(size=(m, t))]
+    x = np.vstack(kinds)
+    x[rng.uniform(size=x.shape) < 0.05] = np.nan  # scattered gaps
+    for i in range(0, x.shape[0], 3):
+        a = int(rng.integers(0, t - 20))
+        x[i, a: a + int(rng.integers(5, 120))] = np.nan if i % 2 else x[i, a]  # an outage, or a stuck value
+    x[1, : t // 2] = np.nan  # a late start
+    x[2, t // 3] = np.inf
+    x[4, t // 2:] += 5 * np.nanstd(x[4])  # a level shift on a heavy tail
+    return x
+
+
+@pytest.mark.parametrize("name", CALIBRATED_FAST)
+@pytest.mark.parametrize("t", [150, 260, 700])
+def test_calibrated_flagged_scores_on_heavy_tails_gaps_and_short_series(name: str, t: int) -> None:
+    """Short series (no tail yet at 150 rows), NaN gaps, stuck values and heavy tails: the same departures."""
+    p = FAST_PARAMS[name]
+    x = _heavy_gappy_input(t)
+    s = score_matrix(x, params=p)
+    f = flagged_scores(x, params=p, workers=2)
+    assert np.array_equal(f >= 0.5, s >= 0.5)
+    assert np.allclose(f, np.where(s >= 0.5, s, 0.0), rtol=1e-9, atol=0)
+    if t > 200:  # before 200 rows of history only stillness can score
+        assert (f >= 0.5).sum() > 10
+
+
+@pytest.mark.parametrize("robust_spread", [True, False])
+def test_every_calibrated_view_computes_the_same_statistic_on_both_paths(robust_spread: bool) -> None:
+    """A view's pandas statistic (score_matrix) and its block statistic (flagged_scores) agree."""
+    x = _heavy_gappy_input(300)
+    for params in (FAST_PARAMS["hourly calibrated"], CAL):
+        p = dataclasses.replace(params, robust_spread=robust_spread)
+        views = _calibrated_views(p)
+        assert len(views) == 5
+        for v in views:
+            expect = v.frame(pd.DataFrame(x.T)).to_numpy().T
+            if robust_spread or v.up != "spread_up":
+                assert np.array_equal(v.block(x), expect, equal_nan=True), v.names
+            else:  # two-pass here, Welford in pandas (which drifts by ~1e-10 after a heavy tail's outliers)
+                assert np.allclose(v.block(x), expect, rtol=1e-9, atol=1e-12, equal_nan=True), v.names
+
+
+def test_a_statistic_inside_its_historical_range_has_a_bounded_tail_probability() -> None:
+    """The bound flagged_scores rests on: at most at the historical max, the tail p-value is at least
+    min(1/(n+1), tail / (1.5 TAIL_STEP)) (generalized Pareto) or min(1/n, tail / e) (exponential)."""
+    rng = np.random.default_rng(1)
+    k, tail = 20000, 0.05
+    med = rng.normal(0, 1, k)
+    q = med + rng.exponential(1, k) * (rng.uniform(size=k) < 0.9)
+    q2 = q + rng.exponential(1, k) * (rng.uniform(size=k) < 0.9)
+    ext = q2 + rng.exponential(5, k) * (rng.uniform(size=k) < 0.9)
+    n = rng.integers(int(TAIL_STEP / tail), 5000, k).astype(float)
+    floor = rng.exponential(0.01, k)
+    for s in (ext, q + (ext - q) * rng.uniform(size=k), med + (q - med) * rng.uniform(size=k)):
+        gpd = _gpd_tail_logp(s, med, q, q2, ext, n, tail, floor)
+        assert np.all(gpd >= np.log(np.minimum(1 / (n + 1), tail / (1.5 * TAIL_STEP))) - 1e-12)
+        expo = _tail_logp(s, med, q, ext, n, tail, floor)
+        assert np.all(expo >= np.log(np.minimum(1 / n, tail / np.e)) - 1e-12)
+    # and the bound is tight: a heavy history puts its max right at it
+    gpd = _gpd_tail_logp(ext, med, q, q2, ext, n, tail, floor)
+    assert np.min(gpd - np.log(np.minimum(1 / (n + 1), tail / (1.5 * TAIL_STEP)))) < 1e-6
