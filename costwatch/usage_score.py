@@ -112,12 +112,14 @@ import pandas as pd
 
 from .rolling import (
     MEDIAN,
-    SortedRanks,
+    GatheredWindows,
     rolling_count,
     rolling_extremes,
+    rolling_max,
     short_median,
     short_quantiles,
     short_std,
+    window_quantiles,
 )
 
 __all__ = [
@@ -336,10 +338,14 @@ def _two_sided(s: np.ndarray, ref: dict[str, np.ndarray], tail: float, floor: np
     if lower:
         out.append(_gpd_tail_logp(-s, -ref["med"], -ref["lo"], -ref["lo2"], -ref["min"], ref["n"], tail, floor)
                    if gpd else _tail_logp(-s, -ref["med"], -ref["lo"], -ref["min"], ref["n"], tail, floor))
-    # a tail needs the history to reach beyond its reference quantile: n * tail / TAIL_STEP >= 1
-    short = ref["n"] < TAIL_STEP / tail
+    short = _too_short(ref["n"], tail)
     out = [np.where(short, np.nan, lp) for lp in out]
     return out
+
+
+def _too_short(n: np.ndarray, tail: float) -> np.ndarray:
+    """Where a reference of ``n`` values has no tail: it must reach beyond its quantile, n * tail / TAIL_STEP >= 1."""
+    return n < TAIL_STEP / tail
 
 
 def _calibrated_components(x: np.ndarray, p: UsageScoreParams) -> dict[str, np.ndarray]:
@@ -460,7 +466,7 @@ def _still_runs(x: np.ndarray, p: UsageScoreParams) -> tuple[np.ndarray, np.ndar
     run = _run_length(still)
     ended = np.zeros(x.shape)  # length of a still run, on the sample that ends it
     ended[..., 1:] = np.where(still[..., 1:], 0, run[..., :-1])
-    _, longest = rolling_extremes(ended, p.history, 0, 1)
+    longest = rolling_max(ended, p.history, 0, 1)
     seen_before = np.cumsum(~np.isnan(x), axis=-1) - run  # observations before the run began
     return run, longest, seen_before
 
@@ -612,39 +618,42 @@ def _calibrated_block(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
     """
     h = p.history
     known = rolling_count(x, h, 1) >= max(p.min_history, 1)  # where the history's median level exists
+    level = GatheredWindows(x, h, 1, p.min_history)  # its median at the cells a view asks for
     lp = (_still_logp(x, _count_with_inf(x, h, 1), known, p) if p.still_floor > 0
           else np.full(x.shape, np.nan))  # smallest log p-value of the views computed so far
-    x_ranks: list[SortedRanks] = []
-
-    def ranks(stat: np.ndarray, lag: int, need: int) -> SortedRanks:
-        """Sorted windows of a statistic; the value view's are also the floor's (the history of x)."""
-        if not (stat is x and lag == 1 and need == max(p.min_history, 1)):
-            return SortedRanks(stat, h, lag, need)
-        if not x_ranks:
-            x_ranks.append(SortedRanks(x, h, 1, p.min_history))
-        return x_ranks[0]
-
     for view in _calibrated_views(p):
-        stat = view.block(x)
-        need = _need(p, view.lag, view.min_windows)
-        lo, hi = rolling_extremes(stat, h, view.lag, need)
-        with np.errstate(invalid="ignore"):
-            beyond = (stat > hi) if view.up is not None else np.zeros(x.shape, dtype=bool)
-            if view.down is not None:
-                beyond |= stat < lo
-        rows, cols = np.nonzero(beyond & ~np.isnan(x))
-        if not rows.size:
-            continue
-        specs = _reference_quantiles(view.lag, p)
-        ref = dict(zip(specs, ranks(stat, view.lag, need).at(rows, cols, list(specs.values())), strict=True))
-        ref |= {"max": hi[rows, cols], "min": lo[rows, cols],
-                "n": _count_with_inf(stat, h, view.lag)[rows, cols].astype(float)}
-        floor = _resolution(np.abs(ranks(x, 1, max(p.min_history, 1)).at(rows, cols, [MEDIAN])[0]))
-        for c in _two_sided(stat[rows, cols], ref, p.tail, floor, upper=view.up is not None,
-                            lower=view.down is not None):
+        rows, cols, lps = _departures(view, x, level, p)
+        for c in lps:
             lp[rows, cols] = np.fmin(lp[rows, cols], c)
     score = _calibrated_score(_bonferroni(lp, x, _n_views(p)), p)
     return np.where(score >= 0.5, score, 0.0)
+
+
+def _departures(view: _View, x: np.ndarray, level: GatheredWindows, p: UsageScoreParams,
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """A view's log p-values (each tested tail) at the samples (rows, cols) of the block ``x`` where its
+    statistic lies outside its reference [min, max] and the reference is long enough to have a tail."""
+    h = p.history
+    stat = view.block(x)
+    need = _need(p, view.lag, view.min_windows)
+    lo, hi = (rolling_extremes(stat, h, view.lag, need) if view.down is not None
+              else (None, rolling_max(stat, h, view.lag, need)))
+    with np.errstate(invalid="ignore"):
+        beyond = (stat > hi) if view.up is not None else np.zeros(x.shape, dtype=bool)
+        if lo is not None:
+            beyond |= stat < lo
+    n = _count_with_inf(stat, h, view.lag)
+    rows, cols = np.nonzero(beyond & ~np.isnan(x) & ~_too_short(n, p.tail))  # a short one's p-value: NaN
+    if not rows.size:
+        return rows, cols, []
+    specs = _reference_quantiles(view.lag, p)
+    ref = dict(zip(specs, window_quantiles(stat, h, view.lag, need, rows, cols, list(specs.values())), strict=True))
+    ref |= {"max": hi[rows, cols], "n": n[rows, cols].astype(float)}
+    if lo is not None:
+        ref["min"] = lo[rows, cols]
+    floor = _resolution(np.abs(level.at(rows, cols, [MEDIAN])[0]))
+    return rows, cols, _two_sided(stat[rows, cols], ref, p.tail, floor, upper=view.up is not None,
+                                  lower=view.down is not None)
 
 
 def _count_with_inf(a: np.ndarray, window: int, lag: int) -> np.ndarray:
@@ -684,8 +693,8 @@ def _flagged_block(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
         out[near] = np.where(score >= 0.5, score, 0.0)
     rows, cols = np.nonzero(outside)
     if rows.size:
-        lo_q, med, hi_q = SortedRanks(x, h, 1, p.min_history).at(
-            rows, cols, [p.band_quantile, MEDIAN, 1.0 - p.band_quantile])
+        lo_q, med, hi_q = window_quantiles(x, h, 1, p.min_history, rows, cols,
+                                           [p.band_quantile, MEDIAN, 1.0 - p.band_quantile])
         floor = p.level_floor * np.abs(med) + 1e-9
         band = np.maximum(hi_q - lo_q, floor)
         at = {name: (v[rows, cols], lo[rows, cols], hi[rows, cols]) for name, (v, lo, hi) in tests.items()}
