@@ -16,7 +16,10 @@ would take ~4 GB) into the nodes x hours matrix, checked equal to the generated 
 ``cpu.node_episodes`` and the usage score with its onsets (``detect._usage_anomalies`` over the whole 28
 days, ``usage_score.flagged_scores``).  Each stage prints wall and process CPU seconds (the box is shared:
 wall moves with the load, CPU much less) and the peak RSS so far (``resource.getrusage``, so it includes
-the generated data).  Nothing is asserted.
+the generated data).  Nothing is asserted.  ``--usage-method range --usage-method calibrated`` times the usage
+score once per method given (the first counts in the total; default: detect's), ``--slow-nodes N`` also times
+``score_matrix`` (no shortcut) against ``flagged_scores`` on N nodes per method (README: the calibrated
+score's fast path).
 
 Measured on the project's 2-core box while other jobs shared it (load average 0.3-3; figures move ~30%
 run to run with the load):

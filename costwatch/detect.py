@@ -997,7 +997,7 @@ HOURLY_USAGE = UsageScoreParams(history=336, min_history=48, level_window=2, spr
                                 still_min=24, refractory=12, quiet=2)
 
 
-def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timestamp, method: str = "range",
+def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timestamp, method: str = "calibrated",
                      limit: int = 10) -> dict[str, list[dict[str, Any]]]:
     """Nodes whose CPU left its own band (any direction, any shape) in the window, per project.
 

@@ -28,8 +28,9 @@ from costwatch.usage_score import (
 
 N = 3000
 WARMUP = 450  # like NAB's probation: the band needs some history before it means anything
+RANGE = UsageScoreParams(method="range")  # the NAB-tuned range score (the calibrated one is the default)
 SMALL = UsageScoreParams(history=60, min_history=6, level_window=6, spread_window=8, rough_window=3, still_min=6,
-                         refractory=20, quiet=2)
+                         refractory=20, quiet=2, method="range")
 
 
 def _cpu(seed: int, n: int = N) -> np.ndarray:
@@ -43,7 +44,7 @@ def _cpu(seed: int, n: int = N) -> np.ndarray:
 def test_scores_are_in_unit_interval_and_finite() -> None:
     x = _cpu(1)
     x[1500] = 100.0
-    s = score_series(x)
+    s = score_series(x, params=RANGE)
     assert s.shape == x.shape
     assert np.all(np.isfinite(s))
     assert s.min() >= 0.0
@@ -53,7 +54,7 @@ def test_scores_are_in_unit_interval_and_finite() -> None:
 def test_spike_is_detected_at_its_onset() -> None:
     x = _cpu(2)
     x[2000] = 95.0
-    onsets = np.flatnonzero(episode_onsets(score_series(x)))
+    onsets = np.flatnonzero(episode_onsets(score_series(x, params=RANGE)))
     assert 2000 in onsets
     assert [i for i in onsets if i >= WARMUP] == [2000]
 
@@ -62,7 +63,7 @@ def test_level_shift_is_detected_once_at_its_onset() -> None:
     x = _cpu(3)
     x[2000:] += 45.0  # a miner pinning the node
     x = np.clip(x, 0, 100)
-    scores = score_series(x)
+    scores = score_series(x, params=RANGE)
     onsets = [i for i in np.flatnonzero(episode_onsets(scores)) if i >= WARMUP]
     assert onsets and 2000 <= onsets[0] <= 2003
     assert len(onsets) == 1
@@ -72,27 +73,27 @@ def test_level_shift_is_detected_once_at_its_onset() -> None:
 def test_downward_level_shift_is_detected() -> None:
     x = _cpu(4)
     x[2000:] = 2.0 + np.random.default_rng(0).normal(0, 0.3, N - 2000)
-    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
+    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x, params=RANGE))) if i >= WARMUP]
     # a drop of ~0.6 band widths is not a spike; the short median carries it once half its window is down
-    level_window = UsageScoreParams().level_window
+    level_window = RANGE.level_window
     assert onsets == [i for i in onsets if 2000 <= i <= 2000 + level_window // 2]
     assert len(onsets) == 1
 
 
 def test_stationary_noisy_series_gives_no_detection() -> None:
     for seed in range(5):
-        s = score_series(_cpu(10 + seed))
+        s = score_series(_cpu(10 + seed), params=RANGE)
         assert not np.any(s[WARMUP:] >= 0.5), seed
     rng = np.random.default_rng(7)
     gaussian = 50 + rng.normal(0, 5, N)
-    assert not np.any(score_series(gaussian)[WARMUP:] >= 0.5)
+    assert not np.any(score_series(gaussian, params=RANGE)[WARMUP:] >= 0.5)
 
 
 def test_recurring_bursts_are_part_of_the_band() -> None:
     x = _cpu(5)
     for start in range(100, N, 400):  # a nightly batch job
         x[start:start + 30] = 95.0
-    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
+    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x, params=RANGE))) if i >= WARMUP]
     assert onsets == []
 
 
@@ -124,9 +125,9 @@ def test_new_step_rhythm_is_detected() -> None:
             x[i] += 6.0 if i % 2 else -6.0
         x[2000::6] += 2.5  # from 2000 on, a small regular pulse every 30 minutes
         x[2003::6] += 2.5
-        onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
-        assert len(onsets) == 1 and 2000 <= onsets[0] <= 2000 + UsageScoreParams().rough_window, seed
-        no_shape = UsageScoreParams(rough_window=0)
+        onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x, params=RANGE))) if i >= WARMUP]
+        assert len(onsets) == 1 and 2000 <= onsets[0] <= 2000 + RANGE.rough_window, seed
+        no_shape = dataclasses.replace(RANGE, rough_window=0)
         assert not [i for i in np.flatnonzero(episode_onsets(score_series(x, params=no_shape))) if i >= WARMUP]
 
 
@@ -140,11 +141,11 @@ def test_stuck_value_is_detected_once_it_outlasts_every_still_run() -> None:
         x[t:t + burst] = rng.uniform(1e6, 5e8, burst)
         t += burst + int(rng.integers(20, 150))
     last = int(np.flatnonzero(x[:2000])[-1])
-    scores = score_series(x)
+    scores = score_series(x, params=RANGE)
     onsets = [i for i in np.flatnonzero(episode_onsets(scores)) if i >= WARMUP]
-    assert onsets == [last + UsageScoreParams().still_min + 1]  # a day without a write, once
+    assert onsets == [last + RANGE.still_min + 1]  # a day without a write, once
     # a series that never moved is not stuck, and its score stays low however long it lasts
-    assert np.all(score_series(np.full(N, 7.0)) < 0.5)
+    assert np.all(score_series(np.full(N, 7.0), params=RANGE) < 0.5)
 
 
 def test_nan_gaps_are_tolerated() -> None:
@@ -152,7 +153,7 @@ def test_nan_gaps_are_tolerated() -> None:
     x[1000:1012] = np.nan
     x[1500] = np.nan
     x[2000] = 95.0
-    s = score_series(x)
+    s = score_series(x, params=RANGE)
     assert np.all(np.isfinite(s))
     assert np.all(s[1000:1012] == s[1000:1012].clip(0, 0.5 - 1e-9))
     assert s[2000] >= 0.5
@@ -326,12 +327,12 @@ def test_calibrated_needs_enough_history_for_its_tail_fit() -> None:
 
 # ------------------------------------------------------------------ pinned output (issue 16 speed work)
 
-# the hourly CPU parameters detect uses, and short windows that reach every test within a few hundred rows
+# the hourly CPU windows detect uses, and short windows that reach every test within a few hundred rows (range)
 PINNED_PARAMS = {
     "hourly": UsageScoreParams(history=336, min_history=48, level_window=2, spread_window=4, rough_window=4,
-                               still_min=24, refractory=12, quiet=2),
+                               still_min=24, refractory=12, quiet=2, method="range"),
     "small": UsageScoreParams(history=120, min_history=12, level_window=6, spread_window=8, rough_window=5,
-                              still_min=10, refractory=20, quiet=2),
+                              still_min=10, refractory=20, quiet=2, method="range"),
 }
 
 
