@@ -6,9 +6,9 @@ Writes ``OUTDIR/<file>.csv`` with ``timestamp,value,anomaly_score`` in the layou
 (only episode onsets reach >= 0.5), then prints per-file detections and the standard, reward_low_FP and
 reward_low_FN normalized scores, next to the published detectors only when ``--data`` holds exactly the
 realAWSCloudwatch file set they were measured on.  One parameter set and one threshold (0.5) for the whole
-corpus.  Both methods run by default: the ``range`` score that ``detect()`` uses for "nodes off their band",
-and the ``calibrated`` score (per-series tail probabilities, one ``alpha``), which holds up better away from
-the corpus the range score's thresholds were chosen on; ``--method`` picks one.  With both, the scored files
+corpus.  Both methods run by default: the ``range`` score, and the ``calibrated`` score (per-series tail
+probabilities, one ``alpha``) that ``detect()`` uses for "nodes off their band", which holds up better away
+from the corpus the range score's thresholds were chosen on; ``--method`` picks one.  With both, the scored files
 go to ``OUTDIR/range/`` and ``OUTDIR/calibrated/``.  ``--set name=value ...`` overrides the defaults.
 
 ``--labels`` names a windows file in NAB's ``combined_windows.json`` format (default: the one in ``--data``);
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="directory for the scored CSV files")
     ap.add_argument("--per-window", action="store_true", help="also print each window's score")
     ap.add_argument("--method", choices=("both", *METHODS), default="both",
-                    help="usage score method(s) to run (default both: range is the one detect() uses)")
+                    help="usage score method(s) to run (default both: calibrated is the one detect() uses)")
     ap.add_argument("--set", nargs="*", default=[], help="name=value overrides of the default parameters")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         params = dataclasses.replace(UsageScoreParams(method=method), **overrides)
         out = args.out / method if len(methods) > 1 else args.out
         by_method[method] = scores = run(args.data, out, params, args.labels)
-        print(f"== {method} score{' (detect() uses this one)' if method == 'range' else ''}")
+        print(f"== {method} score{' (detect() uses this one)' if method == 'calibrated' else ''}")
         print_files(scores, args.per_window)
         print()
     names = {f.name for f in next(iter(by_method.values()))["standard"].files}

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     files = load(args.data)
     costs = _profiles(args.data)
-    base = dataclasses.replace(UsageScoreParams(), **{k: v[0] for k, v in parse_params(args.set, False).items()})
+    base = dataclasses.replace(UsageScoreParams(method="range"),  # the range score unless --set method=...
+                               **{k: v[0] for k, v in parse_params(args.set, False).items()})
     grid = parse_params(args.grid, True) or {"refractory": [base.refractory]}
     keys = list(grid)
     ranked = search(files, base, grid, costs)

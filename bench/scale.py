@@ -16,7 +16,10 @@ would take ~4 GB) into the nodes x hours matrix, checked equal to the generated 
 ``cpu.node_episodes`` and the usage score with its onsets (``detect._usage_anomalies`` over the whole 28
 days, ``usage_score.flagged_scores``).  Each stage prints wall and process CPU seconds (the box is shared:
 wall moves with the load, CPU much less) and the peak RSS so far (``resource.getrusage``, so it includes
-the generated data).  Nothing is asserted.
+the generated data).  Nothing is asserted.  ``--usage-method range --usage-method calibrated`` times the usage
+score once per method given (the first counts in the total; default: detect's), ``--slow-nodes N`` also times
+``score_matrix`` (no shortcut) against ``flagged_scores`` on N nodes per method (README: the calibrated
+score's fast path).
 
 Measured on the project's 2-core box while other jobs shared it (load average 0.3-3; figures move ~30%
 run to run with the load):
@@ -50,6 +53,8 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,7 +65,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from costwatch import baseline as bl
 from costwatch import cpu
-from costwatch.detect import _usage_anomalies
+from costwatch.config import CpuDetectionConfig
+from costwatch.detect import HOURLY_USAGE, _usage_anomalies
+from costwatch.usage_score import flagged_scores, score_matrix
 
 T = TypeVar("T")
 
@@ -209,10 +216,11 @@ def long_usage(m: cpu.CpuMatrix, n: int) -> pd.DataFrame:
     return pd.DataFrame({"timestamp": stamps, "cpu_utilization": m.values[:k].reshape(-1), **cols}, copy=False)
 
 
-def bench_cpu(n: int, hours: int, long_nodes: int | None) -> None:
+def bench_cpu(n: int, hours: int, long_nodes: int | None, usage_methods: list[str], slow_nodes: int) -> None:
     """What detect() runs on hourly CPU: ``cpu_matrix`` on the long frame (of ``long_nodes`` nodes, all by
     default; fewer are projected to all), then features, node episodes and the usage score with its
-    onsets on the matrix."""
+    onsets on the matrix (once per method in ``usage_methods``; the first one counts in the total), and
+    ``score_matrix`` (the path without the shortcut) on the first ``slow_nodes`` nodes for comparison."""
     t0 = time.perf_counter()
     m, miners = cpu_data(n, hours)
     gen = time.perf_counter() - t0
@@ -234,8 +242,19 @@ def bench_cpu(n: int, hours: int, long_nodes: int | None) -> None:
     f = st.run("features", lambda: cpu.features(m, settings))
     episodes = st.run("node_episodes", lambda: cpu.node_episodes(m, f, settings))
     as_of = m.hours[-1] + pd.Timedelta(hours=1)
-    usage = st.run("usage score (detect's, 28-day window)", lambda: _usage_anomalies(m, m.hours[0], as_of))
+    usage = st.run(f"usage score ({usage_methods[0]}, 28-day window)",
+                   lambda: _usage_anomalies(m, m.hours[0], as_of, usage_methods[0]))
     reported = sum(len(v) for v in usage.values())
+    total_wall, total_cpu = st.wall, st.cpu
+    for method in usage_methods[1:]:
+        more = st.run(f"usage score ({method}, 28-day window)", partial(_usage_anomalies, m, m.hours[0], as_of, method))
+        print(f"     ({sum(len(v) for v in more.values()):,} usage departures reported)")
+    few = m.values[:slow_nodes]
+    for method in usage_methods if slow_nodes else []:
+        params = replace(HOURLY_USAGE, method=method)
+        st.run(f"score_matrix ({method}), {slow_nodes:,} nodes", partial(score_matrix, few, params=params))
+        st.run(f"flagged_scores ({method}), {slow_nodes:,} nodes", partial(flagged_scores, few, params=params))
+    st.wall, st.cpu = total_wall, total_cpu
     flagged = (f.pinned | f.plateau).any(axis=1)
     print(f"     total {st.wall:.1f} s wall, {st.cpu:.1f} s CPU ({n * t / st.cpu / 1e6:,.1f}M node-hours per CPU s)"
           + (f"; the pivot for all {n:,} nodes would add ~{pivot * (n - k) / n:.0f} s CPU" if 0 < k < n else "")
@@ -255,11 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="threads for the cost bands (default: cores)")
     ap.add_argument("--long-nodes", type=int, default=None,
                     help="nodes whose long frame cpu_matrix pivots (default all; fewer: projected to --nodes)")
+    ap.add_argument("--usage-method", action="append", choices=["range", "calibrated"], default=None,
+                    help="usage score method(s) timed, the first one in the total (default: detect's)")
+    ap.add_argument("--slow-nodes", type=int, default=0,
+                    help="also time score_matrix against flagged_scores on this many nodes, per usage method")
     a = ap.parse_args(argv)
     if a.series:
         bench_cost(a.series, a.days, a.scored, a.stl_series, a.workers)
     if a.nodes:
-        bench_cpu(a.nodes, a.hours or 24 * a.cpu_days, a.long_nodes)
+        methods = a.usage_method or [CpuDetectionConfig().usage_score]
+        bench_cpu(a.nodes, a.hours or 24 * a.cpu_days, a.long_nodes, methods, a.slow_nodes)
     return 0
 
 

@@ -990,14 +990,14 @@ def _threshold_alerts(totals: SeriesBands, cfg: Config, meta: pd.DataFrame, sinc
 
 # ------------------------------------------------------------------------------------- usage bands
 
-# The NAB-tuned usage scorer (5-minute rows) translated to hourly CPU: two weeks of history, 2 h level
-# window, 4 h spread window and step-size window, a day of stillness, ~12 h between onsets after 2 quiet hours,
-# two days of history before a node is scored.
+# The usage scorer's windows (chosen on 5-minute rows) translated to hourly CPU: two weeks of history, 2 h level
+# window, 4 h spread window and step-size window, a day of stillness (range), 24-row days for the time-of-day
+# view (calibrated), ~12 h between onsets after 2 quiet hours, two days of history before a node is scored.
 HOURLY_USAGE = UsageScoreParams(history=336, min_history=48, level_window=2, spread_window=4, rough_window=4,
-                                still_min=24, refractory=12, quiet=2)
+                                still_min=24, refractory=12, quiet=2, season=24)
 
 
-def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timestamp, method: str = "range",
+def _usage_anomalies(cm: cpumod.CpuMatrix, since: pd.Timestamp, as_of: pd.Timestamp, method: str = "calibrated",
                      limit: int = 10) -> dict[str, list[dict[str, Any]]]:
     """Nodes whose CPU left its own band (any direction, any shape) in the window, per project.
 

@@ -75,9 +75,9 @@ labels).  Tried and dropped (each measured over both halves): explaining values 
 calibration of the combined surprise against its own history, an in-range density view (it finds the 0.6
 reading only at 117 false positives), empirical p-values for values inside the historical range, re-basing
 the reference after a lasting level shift (a young reference is too short for a tail), other refractory and
-quiet periods.  ``alpha`` sits on a ridge: 0.0015 gives 71.74 and 0.003 gives 71.13.  It costs 4-8x the
-range method on hourly CPU (more rolling quantiles), so the report path (``detect``) still uses
-``method="range"``.
+quiet periods.  ``alpha`` sits on a ridge: 0.0015 gives 71.74 and 0.003 gives 71.13.  It is the default
+(``UsageScoreParams.method``, and ``detect``'s ``detection.cpu.usage_score``) since it got the same fast path as
+the range method (below); ``method="range"`` stays selectable.
 
 Time of day (``season``, issue 16): one more pair of calibrated views, the excess of the value over the envelope
 (max and min) that the ``season_days = 7`` earlier days drew within ``season_jitter = 1`` row of the same time
@@ -110,19 +110,40 @@ days, so ~280 s for 100,000 nodes).  ``detect`` reads only the departures, so it
 node-hours on hourly CPU), the only places a range test can reach 0.5.  Same samples at or above 0.5, same
 scores (to ~1e-12: the rolling standard deviation is two-pass there, Welford in pandas); the tests pin both
 against output written by the pandas implementation.  100,000 nodes x 28 days: ~44 s of CPU on a box loaded
-11-15 (two threads share it), against ~280 s.  The calibrated method has no such shortcut yet.
+11-15 (two threads share it), against ~280 s.  The calibrated method has the same shortcut: a view can reach
+its share of ``alpha`` only where its statistic lies outside the [min, max] of its reference (the tail fits give
+the historical max ``p >= min(1/(n+1), tail/15)``; the argument and the parameters it needs are in
+:func:`_range_bounds_score`), so the views' reference quantiles are computed only there (~0.4% of node-hours per
+view on hourly CPU once the reference holds 200 values), each cell's window gathered and sorted
+(:func:`costwatch.rolling.window_quantiles`).  The views sit in one registry (:func:`_calibrated_views`), each
+with its pandas statistic and its block statistic side by side, so both paths score the same views.  Same
+scores as :func:`score_matrix` (tests/test_usage_score.py; exactly so on its inputs).  ``bench/scale.py
+--series 0 --nodes 100000 --long-nodes 0 --usage-method range --usage-method calibrated`` (twice each, one
+process, load 1.5-5): range 29.3 / 28.9 s of CPU, calibrated 32.6 / 34.1 s (~1.15x); on 2,000 of those
+nodes ``score_matrix`` took 15.1-15.7 s of CPU and ``flagged_scores`` 0.9 s.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from .rolling import MEDIAN, SortedRanks, rolling_count, rolling_extremes, short_median, short_std
+from .rolling import (
+    MEDIAN,
+    GatheredWindows,
+    rolling_count,
+    rolling_extremes,
+    rolling_max,
+    short_median,
+    short_quantiles,
+    short_std,
+    window_quantiles,
+)
 
 __all__ = [
     "UsageScoreParams",
@@ -160,7 +181,7 @@ class UsageScoreParams:
     quiet: int = 24  # ... and rows the score must have stayed below the threshold before a new onset
     # method="calibrated": per-view tail p-values against the series' own history (see module doc);
     # it reads history, min_history, the windows, refractory and quiet, and these
-    method: str = "range"  # "range" (the NAB-tuned novelty score above) or "calibrated"
+    method: str = "calibrated"  # "calibrated" or "range" (the NAB-tuned novelty score above)
     alpha: float = 2e-3  # calibrated: combined p-value that scores 0.5 (false-alarm rate per row and series)
     tail: float = 0.05  # calibrated: reference quantile (1 - tail) where the exponential tail starts
     robust_spread: bool = True  # calibrated: spread view = rolling inter-quartile range (one spike is not a spread)
@@ -183,9 +204,13 @@ def _past_range(stat: pd.DataFrame, lag: int, p: UsageScoreParams,
     A statistic over ``lag``-row windows has few independent values in a short history, so it also needs
     ``min_windows`` windows' worth of them before its range means anything.
     """
-    need = min(p.history, max(p.min_history, min_windows * lag))
-    past = stat.shift(lag).rolling(p.history, min_periods=need)
+    past = stat.shift(lag).rolling(p.history, min_periods=_need(p, lag, min_windows))
     return past.min().to_numpy(), past.max().to_numpy()
+
+
+def _need(p: UsageScoreParams, lag: int, min_windows: int = 1) -> int:
+    """Values a statistic over ``lag``-row windows needs in its history (``min_periods`` of its reference)."""
+    return min(p.history, max(p.min_history, min_windows * lag))
 
 
 def _components(x: np.ndarray, p: UsageScoreParams) -> dict[str, np.ndarray]:
@@ -248,15 +273,19 @@ def _still_excess(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
 
 def _reference(stat: pd.DataFrame, lag: int, p: UsageScoreParams, min_windows: int = 1) -> dict[str, np.ndarray]:
     """Quantiles, extremes and count of a statistic over the history ending ``lag`` rows back (no overlap)."""
-    need = min(p.history, max(p.min_history, min_windows * lag))
-    past = stat.shift(lag).rolling(p.history, min_periods=need)
-    ref = {"med": past.median().to_numpy(), "hi": past.quantile(1.0 - p.tail).to_numpy(),
-           "lo": past.quantile(p.tail).to_numpy(), "max": past.max().to_numpy(), "min": past.min().to_numpy(),
-           "n": past.count().to_numpy()}
-    if lag == 1 and p.gpd:
-        ref["hi2"] = past.quantile(1.0 - p.tail / TAIL_STEP).to_numpy()
-        ref["lo2"] = past.quantile(p.tail / TAIL_STEP).to_numpy()
+    past = stat.shift(lag).rolling(p.history, min_periods=_need(p, lag, min_windows))
+    ref = {name: (past.median() if q == MEDIAN else past.quantile(q)).to_numpy()
+           for name, q in _reference_quantiles(lag, p).items()}
+    ref |= {"max": past.max().to_numpy(), "min": past.min().to_numpy(), "n": past.count().to_numpy()}
     return ref
+
+
+def _reference_quantiles(lag: int, p: UsageScoreParams) -> dict[str, float | str]:
+    """The quantiles a reference holds (``MEDIAN``: pandas' median), for :func:`_reference` and the fast path."""
+    specs: dict[str, float | str] = {"med": MEDIAN, "hi": 1.0 - p.tail, "lo": p.tail}
+    if lag == 1 and p.gpd:
+        specs |= {"hi2": 1.0 - p.tail / TAIL_STEP, "lo2": p.tail / TAIL_STEP}
+    return specs
 
 
 def _tail_logp(s: np.ndarray, med: np.ndarray, q: np.ndarray, ext: np.ndarray, n: np.ndarray, tail: float,
@@ -335,10 +364,14 @@ def _two_sided(s: np.ndarray, ref: dict[str, np.ndarray], tail: float, floor: np
     if lower:
         out.append(_gpd_tail_logp(-s, -ref["med"], -ref["lo"], -ref["lo2"], -ref["min"], ref["n"], tail, floor)
                    if gpd else _tail_logp(-s, -ref["med"], -ref["lo"], -ref["min"], ref["n"], tail, floor))
-    # a tail needs the history to reach beyond its reference quantile: n * tail / TAIL_STEP >= 1
-    short = ref["n"] < TAIL_STEP / tail
+    short = _too_short(ref["n"], tail)
     out = [np.where(short, np.nan, lp) for lp in out]
     return out
+
+
+def _too_short(n: np.ndarray, tail: float) -> np.ndarray:
+    """Where a reference of ``n`` values has no tail: it must reach beyond its quantile, n * tail / TAIL_STEP >= 1."""
+    return n < TAIL_STEP / tail
 
 
 def _calibrated_components(x: np.ndarray, p: UsageScoreParams) -> dict[str, np.ndarray]:
@@ -347,49 +380,91 @@ def _calibrated_components(x: np.ndarray, p: UsageScoreParams) -> dict[str, np.n
     out: dict[str, np.ndarray] = {}
     hist = frame.shift(1).rolling(p.history, min_periods=p.min_history)
     level = np.abs(hist.median().to_numpy())
-    floor = 1e-3 * level + 1e-9  # resolution: a thousandth of the level is never a surprise by itself
-    # value: a single row (a spike), against the values before it
-    ref = _reference(frame, 1, p)
-    out["spike_up"], out["spike_down"] = _two_sided(x, ref, p.tail, floor)
-    # level: a short median, which turns a level shift into one step
-    k = p.level_window
-    if k > 1:
-        med = frame.rolling(k, min_periods=1).median()
-        ref = _reference(med, k, p)
-        out["level_up"], out["level_down"] = _two_sided(med.to_numpy(), ref, p.tail, floor)
-    if p.jump and k > 1:
-        resid = frame - frame.shift(1).rolling(k, min_periods=1).median()
-        ref = _reference(resid, 1, p)
-        out["jump_up"], out["jump_down"] = _two_sided(resid.to_numpy(), ref, p.tail, floor)
-    # shape: spread (oscillation, or a flat line) and typical step size (a new rhythm)
-    w = p.spread_window
-    if w > 1:
-        win = frame.rolling(w, min_periods=min(w, max(3, w // 2)))
-        spread = win.quantile(0.75) - win.quantile(0.25) if p.robust_spread else win.std()
-        ref = _reference(spread, w, p, SHAPE_WINDOWS)
-        for name, lp in zip(("spread_up", "spread_down"),
-                            _two_sided(spread.to_numpy(), ref, p.tail, floor, lower=p.flatline), strict=False):
-            out[name] = lp
-    if p.rough_window > 0:
-        w = p.rough_window
-        rough = frame.diff().abs().rolling(w, min_periods=min(w, max(3, w // 2))).median()
-        ref = _reference(rough, w, p, SHAPE_WINDOWS)
-        (out["rough"],) = _two_sided(rough.to_numpy(), ref, p.tail, floor, lower=False)
-    if p.season > 0:
-        out.update(_season_views(frame, p, floor))
+    floor = _resolution(level)
+    for view in _calibrated_views(p):
+        stat = view.frame(frame)
+        ref = _reference(stat, view.lag, p, view.min_windows)
+        lps = _two_sided(stat.to_numpy(), ref, p.tail, floor, upper=view.up is not None, lower=view.down is not None)
+        out.update(zip(view.names, lps, strict=True))
     if p.still_floor > 0:
-        run, longest, seen_before = (a.T for a in _still_runs(x.T, p))
-        n = hist.count().to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # the longest still run of the history sits at probability 1/n; each further such length
-            # multiplies by 1/n again
-            lp = -np.log(np.maximum(n, 2.0)) * run / np.maximum(longest, p.still_floor)
-        out["still"] = np.where(np.isfinite(level) & (seen_before > p.min_history), lp, np.nan)
+        out["still"] = _still_logp(x.T, hist.count().to_numpy().T, np.isfinite(level).T, p).T
     return out
 
 
-def _season_views(frame: pd.DataFrame, p: UsageScoreParams, floor: np.ndarray) -> dict[str, np.ndarray]:
-    """A value outside the envelope that the earlier days drew near the same time of day.
+def _resolution(level: np.ndarray) -> np.ndarray:
+    """Resolution of a view: a thousandth of the history's median level is never a surprise by itself."""
+    return 1e-3 * level + 1e-9
+
+
+@dataclass(frozen=True)
+class _View:
+    """One calibrated view: a statistic compared with the distribution it took over its own history.
+
+    The statistic is written twice, side by side: over a pandas frame (samples x series, for
+    :func:`score_matrix`) and with :mod:`costwatch.rolling` over a block (series x samples, for
+    :func:`flagged_scores`), so a view added here reaches both paths; tests/test_usage_score.py checks that the
+    two agree for every view.
+    """
+
+    up: str | None  # component name of the upper tail (None: not tested)
+    down: str | None  # ... of the lower tail
+    lag: int  # the statistic's own window: its reference ends this many rows back, so the two never overlap
+    min_windows: int  # windows of history its reference needs
+    frame: Callable[[pd.DataFrame], pd.DataFrame]
+    block: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in (self.up, self.down) if n is not None]
+
+
+def _calibrated_views(p: UsageScoreParams) -> list[_View]:
+    """The calibrated views these parameters switch on (stillness apart: it has no reference distribution)."""
+    # value: a single row (a spike), against the values before it
+    views = [_View("spike_up", "spike_down", 1, 1, lambda f: f, lambda a: a)]
+    k = p.level_window
+    if k > 1:  # level: a short median, which turns a level shift into one step
+        views.append(_View("level_up", "level_down", k, 1, lambda f: f.rolling(k, min_periods=1).median(),
+                           lambda a: short_median(a, k, 1)))
+    if p.jump and k > 1:  # jump: the value minus the median of the rows before it
+        views.append(_View("jump_up", "jump_down", 1, 1, lambda f: f - f.shift(1).rolling(k, min_periods=1).median(),
+                           lambda a: a - _later(short_median(a, k, 1), 1)))
+    # shape: spread (oscillation, or a flat line) and typical step size (a new rhythm)
+    if p.spread_window > 1:
+        views.append(_spread_view(p))
+    if p.rough_window > 0:
+        views.append(_rough_view(p))
+    if p.season > 0:
+        views += _season_views(p)
+    return views
+
+
+def _spread_view(p: UsageScoreParams) -> _View:
+    w = p.spread_window
+    mp = min(w, max(3, w // 2))
+
+    def frame(f: pd.DataFrame) -> pd.DataFrame:
+        win = f.rolling(w, min_periods=mp)
+        return win.quantile(0.75) - win.quantile(0.25) if p.robust_spread else win.std()
+
+    def block(a: np.ndarray) -> np.ndarray:
+        if not p.robust_spread:
+            return short_std(a, w, mp)
+        q25, q75 = short_quantiles(a, w, mp, [0.25, 0.75])
+        return q75 - q25
+
+    return _View("spread_up", "spread_down" if p.flatline else None, w, SHAPE_WINDOWS, frame, block)
+
+
+def _rough_view(p: UsageScoreParams) -> _View:
+    w = p.rough_window
+    mp = min(w, max(3, w // 2))
+    return _View("rough", None, w, SHAPE_WINDOWS, lambda f: f.diff().abs().rolling(w, min_periods=mp).median(),
+                 lambda a: short_median(np.abs(np.diff(a, axis=-1, prepend=np.nan)), w, mp))
+
+
+def _season_views(p: UsageScoreParams) -> list[_View]:
+    """A value outside the envelope that the earlier days drew near the same time of day (upper and lower).
 
     Why: a reading that the series reaches every day at 10:00 is no news at 10:00 but is at 03:00 (NAB's
     24ae8d: a 0.6 among daily 1.5 spikes).  The envelope is the max (min) over the ``season_days`` earlier
@@ -397,19 +472,49 @@ def _season_views(frame: pd.DataFrame, p: UsageScoreParams, floor: np.ndarray) -
     view is the excess over it, against that excess's own history.  Nothing before ``season_days`` days of
     data, so a young series is not judged on one day's envelope."""
     j = p.season_jitter
-    near = frame.rolling(2 * j + 1, center=True, min_periods=1)
-    near_hi, near_lo = near.max(), near.min()
     shifts = [d * p.season for d in range(1, p.season_days + 1)]
-    hi = np.fmax.reduce([near_hi.shift(k).to_numpy() for k in shifts])
-    lo = np.fmin.reduce([near_lo.shift(k).to_numpy() for k in shifts])
-    young = ~(frame.notna().cumsum().shift(shifts[-1] - j).to_numpy() >= 1)
-    x = frame.to_numpy()
-    out = {}
-    for name, stat, upper in (("season_up", x - hi, True), ("season_down", x - lo, False)):
-        stat[young] = np.nan
-        (out[name],) = _two_sided(stat, _reference(pd.DataFrame(stat), 1, p), p.tail, floor,
-                                  upper=upper, lower=not upper)
+
+    def frame(f: pd.DataFrame, upper: bool) -> pd.DataFrame:
+        near = f.rolling(2 * j + 1, center=True, min_periods=1)
+        env = near.max() if upper else near.min()
+        combine = np.fmax if upper else np.fmin
+        stat = f.to_numpy() - combine.reduce([env.shift(k).to_numpy() for k in shifts])
+        stat[~(f.notna().cumsum().shift(shifts[-1]).to_numpy() >= 1)] = np.nan
+        return pd.DataFrame(stat, index=f.index, columns=f.columns)
+
+    def block(a: np.ndarray, upper: bool) -> np.ndarray:
+        lo, hi = rolling_extremes(a, 2 * j + 1, 0, 1)  # the window ending j rows after the centre
+        env, combine = (hi, np.fmax) if upper else (lo, np.fmin)
+        stat = a - combine.reduce([_later(env, k - j) for k in shifts])
+        stat[~(_later(np.cumsum(~np.isnan(a), axis=-1).astype(float), shifts[-1]) >= 1)] = np.nan
+        return stat
+
+    return [_View("season_up", None, 1, 1, lambda f: frame(f, True), lambda a: block(a, True)),
+            _View(None, "season_down", 1, 1, lambda f: frame(f, False), lambda a: block(a, False))]
+
+
+def _later(a: np.ndarray, k: int) -> np.ndarray:
+    """``a`` moved ``k`` samples later along the last axis (NaN before): pandas' ``shift(k)``."""
+    out = np.full(a.shape, np.nan)
+    if k < a.shape[-1]:
+        out[..., k:] = a[..., : a.shape[-1] - k]
     return out
+
+
+def _n_views(p: UsageScoreParams) -> int:
+    """Components the Bonferroni combination counts: each tested tail of each view, and stillness."""
+    return sum(len(v.names) for v in _calibrated_views(p)) + (p.still_floor > 0)
+
+
+def _still_logp(x: np.ndarray, n: np.ndarray, known: np.ndarray, p: UsageScoreParams) -> np.ndarray:
+    """Log probability of the current still run (series x samples), given the values ``n`` in the history and
+    where its median level is ``known``; NaN for a series that has never moved."""
+    run, longest, seen_before = _still_runs(x, p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # the longest still run of the history sits at probability 1/n; each further such length
+        # multiplies by 1/n again
+        lp = -np.log(np.maximum(n, 2.0)) * run / np.maximum(longest, p.still_floor)
+    return np.where(known & (seen_before > p.min_history), lp, np.nan)
 
 
 def _still_runs(x: np.ndarray, p: UsageScoreParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -420,7 +525,7 @@ def _still_runs(x: np.ndarray, p: UsageScoreParams) -> tuple[np.ndarray, np.ndar
     run = _run_length(still)
     ended = np.zeros(x.shape)  # length of a still run, on the sample that ends it
     ended[..., 1:] = np.where(still[..., 1:], 0, run[..., :-1])
-    _, longest = rolling_extremes(ended, p.history, 0, 1)
+    longest = rolling_max(ended, p.history, 0, 1)
     seen_before = np.cumsum(~np.isnan(x), axis=-1) - run  # observations before the run began
     return run, longest, seen_before
 
@@ -446,11 +551,21 @@ def _surprise(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
     lp = np.full(x.shape, np.inf)
     for c in comps.values():
         lp = np.fmin(lp, c)
+    return _bonferroni(lp, x, len(comps))
+
+
+def _bonferroni(lp: np.ndarray, x: np.ndarray, n_views: int) -> np.ndarray:
+    """-ln of the combined p-value from the smallest log p-value ``lp`` of ``n_views`` components (NaN: none)."""
     s = -lp
     s[~np.isfinite(s) | np.isnan(x)] = np.nan  # no reference yet, or a gap: never a detection
-    out = s - np.log(len(comps))
+    out = s - np.log(n_views)
     out[~np.isfinite(out)] = 0.0
     return np.maximum(out, 0.0)
+
+
+def _calibrated_score(surprise: np.ndarray, p: UsageScoreParams) -> np.ndarray:
+    """``S / (S + S_alpha)``: 0.5 exactly where the combined p-value is ``alpha``."""
+    return surprise / (surprise - np.log(p.alpha))
 
 
 def score_matrix(x: np.ndarray, *, params: UsageScoreParams | None = None) -> np.ndarray:
@@ -466,8 +581,7 @@ def score_matrix(x: np.ndarray, *, params: UsageScoreParams | None = None) -> np
     if arr.size == 0:
         return np.zeros_like(arr)
     if p.method == "calibrated":
-        surprise = _surprise(arr.T, p).T
-        return surprise / (surprise - np.log(p.alpha))
+        return _calibrated_score(_surprise(arr.T, p).T, p)
     return _squash(_excess_matrix(arr.T, p).T, p)
 
 
@@ -491,20 +605,22 @@ def flagged_scores(x: np.ndarray, *, params: UsageScoreParams | None = None, wor
     only reach 0.5 where its statistic lies outside its historical range, which needs the range (window
     extremes) but not the width.  So the statistics and ranges are computed for every sample, the band only
     where some statistic left its range (~3% of node-hours on hourly CPU), and elsewhere only the stillness
-    test, which needs no band, can reach 0.5.  ``method="calibrated"`` (or a threshold at or below zero) goes
-    through :func:`score_matrix` whole.  ``workers`` threads share the blocks of series (default: one per
-    core; numpy releases the GIL in their loops).
+    test, which needs no band, can reach 0.5.  ``method="calibrated"`` works the same way (see
+    :func:`_calibrated_block`).  Parameters for which a statistic inside its range could reach 0.5 (a
+    threshold at or below zero; for the calibrated score an ``alpha`` too large for its history) go through
+    :func:`score_matrix` whole.  ``workers`` threads share the blocks of series (default: one per core; numpy
+    releases the GIL in their loops).
     """
     p = params or UsageScoreParams()
     arr = np.asarray(x, dtype=float)
-    thresholds = (p.spike_threshold, p.level_threshold, p.spread_threshold, p.rough_threshold)
-    if arr.ndim != 2 or arr.size == 0 or p.method != "range" or min(thresholds) < MIN_THRESHOLD:
+    if arr.ndim != 2 or arr.size == 0 or not _range_bounds_score(p):
         s = score_matrix(arr, params=p)
         return np.where(s >= 0.5, s, 0.0)
     out = np.zeros(arr.shape)
+    block = _calibrated_block if p.method == "calibrated" else _flagged_block
 
     def run(r0: int) -> None:
-        out[r0: r0 + FLAG_BLOCK] = _flagged_block(arr[r0: r0 + FLAG_BLOCK], p)
+        out[r0: r0 + FLAG_BLOCK] = block(arr[r0: r0 + FLAG_BLOCK], p)
 
     starts = range(0, arr.shape[0], FLAG_BLOCK)
     n_workers = min(workers if workers is not None else (os.cpu_count() or 1), len(starts))
@@ -517,12 +633,99 @@ def flagged_scores(x: np.ndarray, *, params: UsageScoreParams | None = None, wor
     return out
 
 
+def _range_bounds_score(p: UsageScoreParams) -> bool:
+    """Whether a sample can reach 0.5 only where some statistic lies outside its historical [min, max] (or
+    by stillness), so that :func:`flagged_scores` may skip every other sample.
+
+    Range method: a test's excess inside its range is at most 0, so a threshold above 0 bounds it.
+
+    Calibrated method: a sample scores >= 0.5 only if some view's p-value is at most ``alpha / n_views``.
+    For a statistic ``s`` within [min, max] of its reference (``n`` values, ``n <= history``) every tail
+    function gives at least (upper tail; the lower one is the same on negated values):
+
+    * between the median and the ``1 - tail`` quantile ``q``: the log-linear body gives ``>= tail`` (its
+      width is at least ``q - med``), for ``tail < 1/2``;
+    * :func:`_gpd_tail_logp` beyond ``q``: ``s - q <= max - q <= d3`` and the scale is the ``fmax`` of two,
+      one of which is the scale ``sigma3`` that puts ``q + d3`` at ``tail / r3``; a GPD tail falls
+      monotonically, so ``p(s) >= p(q + d3 | sigma3) = tail / r3``, with ``r3 = max((n+1) tail, 1.5
+      TAIL_STEP)``: ``p >= min(1/(n+1), tail / (1.5 TAIL_STEP))``;
+    * :func:`_tail_logp` beyond ``q``: the scale is at least ``(max - q) / max(ln(n tail), 1)``, so ``ln p >=
+      ln tail - max(ln(n tail), 1)``: ``p >= min(1/n, tail / e)``;
+    * too short a history (``n < TAIL_STEP / tail``) or no reference: NaN, never a detection.
+
+    So with ``alpha / n_views`` below ``min(1/(history+1), tail / (1.5 TAIL_STEP), tail / e)`` (with a margin
+    for rounding) no view inside its range reaches 0.5, and at a sample where some views are outside, the
+    smallest p-value is one of theirs (or stillness's, computed everywhere) whenever the score reaches 0.5.
+    The defaults: ``alpha / 10 = 2e-4`` against ``1/4033`` (5-minute) or ``1/337`` (hourly).
+    """
+    if p.method == "range":
+        return min(p.spike_threshold, p.level_threshold, p.spread_threshold, p.rough_threshold) >= MIN_THRESHOLD
+    if not (0.0 < p.tail < 0.5 and p.alpha > 0.0):
+        return False
+    least = min(1.0 / (p.history + 1.0), p.tail / (1.5 * TAIL_STEP), p.tail / np.e)
+    return p.alpha / _n_views(p) < least * (1.0 - 1e-6)
+
+
+def _calibrated_block(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
+    """:func:`flagged_scores` for ``method="calibrated"``, a block of series (series x samples).
+
+    Every view's statistic and its reference [min, max] for every sample (:mod:`costwatch.rolling`), stillness
+    everywhere (it needs no quantiles), and a view's reference quantiles (the costly part) only at the samples
+    where its statistic lies outside [min, max]: inside, it cannot reach its share of ``alpha``
+    (:func:`_range_bounds_score`).  The tail probabilities there come from the same functions as
+    :func:`score_matrix`, on the same reference values, so the scores are the same.
+    """
+    h = p.history
+    known = rolling_count(x, h, 1) >= max(p.min_history, 1)  # where the history's median level exists
+    level = GatheredWindows(x, h, 1, p.min_history)  # its median at the cells a view asks for
+    lp = (_still_logp(x, _count_with_inf(x, h, 1), known, p) if p.still_floor > 0
+          else np.full(x.shape, np.nan))  # smallest log p-value of the views computed so far
+    for view in _calibrated_views(p):
+        rows, cols, lps = _departures(view, x, level, p)
+        for c in lps:
+            lp[rows, cols] = np.fmin(lp[rows, cols], c)
+    score = _calibrated_score(_bonferroni(lp, x, _n_views(p)), p)
+    return np.where(score >= 0.5, score, 0.0)
+
+
+def _departures(view: _View, x: np.ndarray, level: GatheredWindows, p: UsageScoreParams,
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """A view's log p-values (each tested tail) at the samples (rows, cols) of the block ``x`` where its
+    statistic lies outside its reference [min, max] and the reference is long enough to have a tail."""
+    h = p.history
+    stat = view.block(x)
+    need = _need(p, view.lag, view.min_windows)
+    lo, hi = (rolling_extremes(stat, h, view.lag, need) if view.down is not None
+              else (None, rolling_max(stat, h, view.lag, need)))
+    with np.errstate(invalid="ignore"):
+        beyond = (stat > hi) if view.up is not None else np.zeros(x.shape, dtype=bool)
+        if lo is not None:
+            beyond |= stat < lo
+    n = _count_with_inf(stat, h, view.lag)
+    rows, cols = np.nonzero(beyond & ~np.isnan(x) & ~_too_short(n, p.tail))  # a short one's p-value: NaN
+    if not rows.size:
+        return rows, cols, []
+    specs = _reference_quantiles(view.lag, p)
+    ref = dict(zip(specs, window_quantiles(stat, h, view.lag, need, rows, cols, list(specs.values())), strict=True))
+    ref |= {"max": hi[rows, cols], "n": n[rows, cols].astype(float)}
+    if lo is not None:
+        ref["min"] = lo[rows, cols]
+    floor = _resolution(np.abs(level.at(rows, cols, [MEDIAN])[0]))
+    return rows, cols, _two_sided(stat[rows, cols], ref, p.tail, floor, upper=view.up is not None,
+                                  lower=view.down is not None)
+
+
+def _count_with_inf(a: np.ndarray, window: int, lag: int) -> np.ndarray:
+    """pandas' rolling ``count()``: it counts the infinities its other statistics skip."""
+    return rolling_count(np.where(np.isinf(a), 0.0, a), window, lag)
+
+
 def _flagged_block(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
     """:func:`flagged_scores` for a block of series (series x samples)."""
     h = p.history
 
     def ranged(stat: np.ndarray, lag: int, min_windows: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (stat, *rolling_extremes(stat, h, lag, min(h, max(p.min_history, min_windows * lag))))
+        return (stat, *rolling_extremes(stat, h, lag, _need(p, lag, min_windows)))
 
     tests = {"spike": ranged(x, 1)}
     k = p.level_window
@@ -549,8 +752,8 @@ def _flagged_block(x: np.ndarray, p: UsageScoreParams) -> np.ndarray:
         out[near] = np.where(score >= 0.5, score, 0.0)
     rows, cols = np.nonzero(outside)
     if rows.size:
-        lo_q, med, hi_q = SortedRanks(x, h, 1, p.min_history).at(
-            rows, cols, [p.band_quantile, MEDIAN, 1.0 - p.band_quantile])
+        lo_q, med, hi_q = window_quantiles(x, h, 1, p.min_history, rows, cols,
+                                           [p.band_quantile, MEDIAN, 1.0 - p.band_quantile])
         floor = p.level_floor * np.abs(med) + 1e-9
         band = np.maximum(hi_q - lo_q, floor)
         at = {name: (v[rows, cols], lo[rows, cols], hi[rows, cols]) for name, (v, lo, hi) in tests.items()}

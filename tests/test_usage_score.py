@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from costwatch.usage_score import (
+    TAIL_STEP,
     UsageScoreParams,
+    _calibrated_block,
+    _calibrated_views,
+    _gpd_tail_logp,
+    _tail_logp,
     episode_onsets,
     flagged_scores,
     onset_scores,
@@ -23,8 +28,9 @@ from costwatch.usage_score import (
 
 N = 3000
 WARMUP = 450  # like NAB's probation: the band needs some history before it means anything
+RANGE = UsageScoreParams(method="range")  # the NAB-tuned range score (the calibrated one is the default)
 SMALL = UsageScoreParams(history=60, min_history=6, level_window=6, spread_window=8, rough_window=3, still_min=6,
-                         refractory=20, quiet=2)
+                         refractory=20, quiet=2, method="range")
 
 
 def _cpu(seed: int, n: int = N) -> np.ndarray:
@@ -38,7 +44,7 @@ def _cpu(seed: int, n: int = N) -> np.ndarray:
 def test_scores_are_in_unit_interval_and_finite() -> None:
     x = _cpu(1)
     x[1500] = 100.0
-    s = score_series(x)
+    s = score_series(x, params=RANGE)
     assert s.shape == x.shape
     assert np.all(np.isfinite(s))
     assert s.min() >= 0.0
@@ -48,7 +54,7 @@ def test_scores_are_in_unit_interval_and_finite() -> None:
 def test_spike_is_detected_at_its_onset() -> None:
     x = _cpu(2)
     x[2000] = 95.0
-    onsets = np.flatnonzero(episode_onsets(score_series(x)))
+    onsets = np.flatnonzero(episode_onsets(score_series(x, params=RANGE)))
     assert 2000 in onsets
     assert [i for i in onsets if i >= WARMUP] == [2000]
 
@@ -57,7 +63,7 @@ def test_level_shift_is_detected_once_at_its_onset() -> None:
     x = _cpu(3)
     x[2000:] += 45.0  # a miner pinning the node
     x = np.clip(x, 0, 100)
-    scores = score_series(x)
+    scores = score_series(x, params=RANGE)
     onsets = [i for i in np.flatnonzero(episode_onsets(scores)) if i >= WARMUP]
     assert onsets and 2000 <= onsets[0] <= 2003
     assert len(onsets) == 1
@@ -67,27 +73,27 @@ def test_level_shift_is_detected_once_at_its_onset() -> None:
 def test_downward_level_shift_is_detected() -> None:
     x = _cpu(4)
     x[2000:] = 2.0 + np.random.default_rng(0).normal(0, 0.3, N - 2000)
-    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
+    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x, params=RANGE))) if i >= WARMUP]
     # a drop of ~0.6 band widths is not a spike; the short median carries it once half its window is down
-    level_window = UsageScoreParams().level_window
+    level_window = RANGE.level_window
     assert onsets == [i for i in onsets if 2000 <= i <= 2000 + level_window // 2]
     assert len(onsets) == 1
 
 
 def test_stationary_noisy_series_gives_no_detection() -> None:
     for seed in range(5):
-        s = score_series(_cpu(10 + seed))
+        s = score_series(_cpu(10 + seed), params=RANGE)
         assert not np.any(s[WARMUP:] >= 0.5), seed
     rng = np.random.default_rng(7)
     gaussian = 50 + rng.normal(0, 5, N)
-    assert not np.any(score_series(gaussian)[WARMUP:] >= 0.5)
+    assert not np.any(score_series(gaussian, params=RANGE)[WARMUP:] >= 0.5)
 
 
 def test_recurring_bursts_are_part_of_the_band() -> None:
     x = _cpu(5)
     for start in range(100, N, 400):  # a nightly batch job
         x[start:start + 30] = 95.0
-    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
+    onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x, params=RANGE))) if i >= WARMUP]
     assert onsets == []
 
 
@@ -119,9 +125,9 @@ def test_new_step_rhythm_is_detected() -> None:
             x[i] += 6.0 if i % 2 else -6.0
         x[2000::6] += 2.5  # from 2000 on, a small regular pulse every 30 minutes
         x[2003::6] += 2.5
-        onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x))) if i >= WARMUP]
-        assert len(onsets) == 1 and 2000 <= onsets[0] <= 2000 + UsageScoreParams().rough_window, seed
-        no_shape = UsageScoreParams(rough_window=0)
+        onsets = [i for i in np.flatnonzero(episode_onsets(score_series(x, params=RANGE))) if i >= WARMUP]
+        assert len(onsets) == 1 and 2000 <= onsets[0] <= 2000 + RANGE.rough_window, seed
+        no_shape = dataclasses.replace(RANGE, rough_window=0)
         assert not [i for i in np.flatnonzero(episode_onsets(score_series(x, params=no_shape))) if i >= WARMUP]
 
 
@@ -135,11 +141,11 @@ def test_stuck_value_is_detected_once_it_outlasts_every_still_run() -> None:
         x[t:t + burst] = rng.uniform(1e6, 5e8, burst)
         t += burst + int(rng.integers(20, 150))
     last = int(np.flatnonzero(x[:2000])[-1])
-    scores = score_series(x)
+    scores = score_series(x, params=RANGE)
     onsets = [i for i in np.flatnonzero(episode_onsets(scores)) if i >= WARMUP]
-    assert onsets == [last + UsageScoreParams().still_min + 1]  # a day without a write, once
+    assert onsets == [last + RANGE.still_min + 1]  # a day without a write, once
     # a series that never moved is not stuck, and its score stays low however long it lasts
-    assert np.all(score_series(np.full(N, 7.0)) < 0.5)
+    assert np.all(score_series(np.full(N, 7.0), params=RANGE) < 0.5)
 
 
 def test_nan_gaps_are_tolerated() -> None:
@@ -147,7 +153,7 @@ def test_nan_gaps_are_tolerated() -> None:
     x[1000:1012] = np.nan
     x[1500] = np.nan
     x[2000] = 95.0
-    s = score_series(x)
+    s = score_series(x, params=RANGE)
     assert np.all(np.isfinite(s))
     assert np.all(s[1000:1012] == s[1000:1012].clip(0, 0.5 - 1e-9))
     assert s[2000] >= 0.5
@@ -362,12 +368,12 @@ def test_calibrated_needs_enough_history_for_its_tail_fit() -> None:
 
 # ------------------------------------------------------------------ pinned output (issue 16 speed work)
 
-# the hourly CPU parameters detect uses, and short windows that reach every test within a few hundred rows
+# the hourly CPU windows detect uses, and short windows that reach every test within a few hundred rows (range)
 PINNED_PARAMS = {
     "hourly": UsageScoreParams(history=336, min_history=48, level_window=2, spread_window=4, rough_window=4,
-                               still_min=24, refractory=12, quiet=2),
+                               still_min=24, refractory=12, quiet=2, method="range"),
     "small": UsageScoreParams(history=120, min_history=12, level_window=6, spread_window=8, rough_window=5,
-                              still_min=10, refractory=20, quiet=2),
+                              still_min=10, refractory=20, quiet=2, method="range"),
 }
 
 
@@ -422,11 +428,25 @@ def test_scores_match_the_output_pinned_before_the_speed_work(name: str) -> None
     assert np.allclose(s.sum(axis=1), pinned[f"{name}_rowsum"], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(PINNED_PARAMS))
+# the fast path's parameter sets: the pinned ones (range), the same windows calibrated, and 5-minute-like windows
+FAST_PARAMS = {
+    **PINNED_PARAMS,
+    "hourly calibrated": dataclasses.replace(PINNED_PARAMS["hourly"], method="calibrated", season=24),
+    "small calibrated": dataclasses.replace(PINNED_PARAMS["small"], method="calibrated"),
+    "5-minute calibrated": dataclasses.replace(CAL, history=300, min_history=12, alpha=2e-3),
+    "5-minute calibrated, time of day": dataclasses.replace(CAL, history=300, min_history=12, alpha=2e-3, season=30,
+                                                            season_days=3, season_jitter=2),
+    "5-minute calibrated, std spread, exponential tails": dataclasses.replace(
+        CAL, history=300, min_history=12, alpha=2e-3, robust_spread=False, gpd=False),
+}
+CALIBRATED_FAST = sorted(name for name, p in FAST_PARAMS.items() if p.method == "calibrated")
+
+
+@pytest.mark.parametrize("name", sorted(FAST_PARAMS))
 def test_flagged_scores_are_the_departures_of_score_matrix(name: str) -> None:
     """The fast path detect uses: every sample score_matrix puts at or above 0.5, with its score; 0 elsewhere."""
     x = pinned_input()
-    p = PINNED_PARAMS[name]
+    p = FAST_PARAMS[name]
     s = score_matrix(x, params=p)
     f = flagged_scores(x, params=p, workers=2)
     assert np.array_equal(f >= 0.5, s >= 0.5)
@@ -441,6 +461,80 @@ def test_flagged_scores_are_the_departures_of_score_matrix(name: str) -> None:
 
 def test_flagged_scores_falls_back_where_a_threshold_does_not_bound_it() -> None:
     x = pinned_input(n=40, t=300)
-    for p in (dataclasses.replace(SMALL, spike_threshold=0.0), dataclasses.replace(CAL, history=100)):
+    for p in (dataclasses.replace(SMALL, spike_threshold=0.0), dataclasses.replace(CAL, history=100),
+              dataclasses.replace(CAL, history=250, alpha=0.05), dataclasses.replace(CAL, tail=0.5)):
         s = score_matrix(x, params=p)
         assert np.array_equal(flagged_scores(x, params=p), np.where(s >= 0.5, s, 0.0))
+    # why: with alpha / n_views above 1/(history+1) a value inside its range can score, and the calibrated
+    # fast path alone (statistics outside their range only) would miss it
+    p = dataclasses.replace(CAL, history=250, alpha=0.3)
+    s = score_matrix(x, params=p)
+    assert ((s >= 0.5) & (_calibrated_block(x, p) == 0)).any()
+
+
+def _heavy_gappy_input(t: int, seed: int = 5) -> np.ndarray:
+    """Heavy-tailed and count series with NaN gaps, stuck stretches, a late start, infinities and repeats."""
+    rng = np.random.default_rng(seed)
+    m = 12
+    kinds = [rng.pareto(1.5, (m, t)), rng.lognormal(3, 1.0, (m, t)), 100 + rng.standard_t(3, (m, t)),
+             rng.poisson(3, (m, t)).astype(float), rng.laplace(1e6, 3e4, (m, t)), 1e-3 * rng.uniform(size=(m, t))]
+    x = np.vstack(kinds)
+    x[rng.uniform(size=x.shape) < 0.05] = np.nan  # scattered gaps
+    for i in range(0, x.shape[0], 3):
+        a = int(rng.integers(0, t - 20))
+        x[i, a: a + int(rng.integers(5, 120))] = np.nan if i % 2 else x[i, a]  # an outage, or a stuck value
+    x[1, : t // 2] = np.nan  # a late start
+    x[2, t // 3] = np.inf
+    x[4, t // 2:] += 5 * np.nanstd(x[4])  # a level shift on a heavy tail
+    return x
+
+
+@pytest.mark.parametrize("name", CALIBRATED_FAST)
+@pytest.mark.parametrize("t", [150, 260, 700])
+def test_calibrated_flagged_scores_on_heavy_tails_gaps_and_short_series(name: str, t: int) -> None:
+    """Short series (no tail yet at 150 rows), NaN gaps, stuck values and heavy tails: the same departures."""
+    p = FAST_PARAMS[name]
+    x = _heavy_gappy_input(t)
+    s = score_matrix(x, params=p)
+    f = flagged_scores(x, params=p, workers=2)
+    assert np.array_equal(f >= 0.5, s >= 0.5)
+    assert np.allclose(f, np.where(s >= 0.5, s, 0.0), rtol=1e-9, atol=0)
+    if t > 200:  # before 200 rows of history only stillness can score
+        assert (f >= 0.5).sum() > 10
+
+
+@pytest.mark.parametrize("robust_spread", [True, False])
+def test_every_calibrated_view_computes_the_same_statistic_on_both_paths(robust_spread: bool) -> None:
+    """A view's pandas statistic (score_matrix) and its block statistic (flagged_scores) agree."""
+    x = _heavy_gappy_input(300)
+    for params in (FAST_PARAMS["hourly calibrated"], CAL):
+        p = dataclasses.replace(params, robust_spread=robust_spread)
+        views = _calibrated_views(p)
+        assert len(views) == (7 if p.season > 0 else 5)  # the time of day is two views (its own statistics)
+        for v in views:
+            expect = v.frame(pd.DataFrame(x.T)).to_numpy().T
+            if robust_spread or v.up != "spread_up":
+                assert np.array_equal(v.block(x), expect, equal_nan=True), v.names
+            else:  # two-pass here, Welford in pandas (which drifts by ~1e-10 after a heavy tail's outliers)
+                assert np.allclose(v.block(x), expect, rtol=1e-9, atol=1e-12, equal_nan=True), v.names
+
+
+def test_a_statistic_inside_its_historical_range_has_a_bounded_tail_probability() -> None:
+    """The bound flagged_scores rests on: at most at the historical max, the tail p-value is at least
+    min(1/(n+1), tail / (1.5 TAIL_STEP)) (generalized Pareto) or min(1/n, tail / e) (exponential)."""
+    rng = np.random.default_rng(1)
+    k, tail = 20000, 0.05
+    med = rng.normal(0, 1, k)
+    q = med + rng.exponential(1, k) * (rng.uniform(size=k) < 0.9)
+    q2 = q + rng.exponential(1, k) * (rng.uniform(size=k) < 0.9)
+    ext = q2 + rng.exponential(5, k) * (rng.uniform(size=k) < 0.9)
+    n = rng.integers(int(TAIL_STEP / tail), 5000, k).astype(float)
+    floor = rng.exponential(0.01, k)
+    for s in (ext, q + (ext - q) * rng.uniform(size=k), med + (q - med) * rng.uniform(size=k)):
+        gpd = _gpd_tail_logp(s, med, q, q2, ext, n, tail, floor)
+        assert np.all(gpd >= np.log(np.minimum(1 / (n + 1), tail / (1.5 * TAIL_STEP))) - 1e-12)
+        expo = _tail_logp(s, med, q, ext, n, tail, floor)
+        assert np.all(expo >= np.log(np.minimum(1 / n, tail / np.e)) - 1e-12)
+    # and the bound is tight: a heavy history puts its max right at it
+    gpd = _gpd_tail_logp(ext, med, q, q2, ext, n, tail, floor)
+    assert np.min(gpd - np.log(np.minimum(1 / (n + 1), tail / (1.5 * TAIL_STEP)))) < 1e-6
