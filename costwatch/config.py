@@ -14,6 +14,10 @@ Why this is more than ``yaml.safe_load`` plus ``Config.model_validate``:
 * The config holds Slack tokens and SMTP passwords.  Error messages never echo an input value that came
   from the environment or sits in a secret-looking field, and exceptions are raised ``from None`` so a
   ``--debug`` traceback does not carry pydantic's ``input_value=...`` either.
+
+This module holds the models and the two entry points (``load_config``, ``parse_config``); reading the
+YAML, expanding ``${...}`` and writing the error messages live in ``costwatch.config_source``, which states
+those invariants and does not import this module.
 """
 
 from __future__ import annotations
@@ -22,14 +26,12 @@ import difflib
 import itertools
 import os
 import re
-import types
 from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -40,10 +42,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from .config_source import MAX_CONFIG_BYTES, Explainer, Interpolator, Locator, YamlLoader, allows_none
 from .errors import ConfigError, where
-from .secrets import SecretError, SecretResolver
+from .secrets import SecretResolver
 
 __all__ = [
     "GROUP_BY_LABELS",
@@ -143,7 +145,7 @@ class _Model(BaseModel):
             fields = cls.model_fields
             return {k: v for k, v in data.items()
                     if not (v is None and k in fields and not fields[k].is_required()
-                            and not _allows_none(fields[k].annotation))}
+                            and not allows_none(fields[k].annotation))}
         return data
 
 
@@ -961,9 +963,10 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{where(source)}config is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
                           "is this really the YAML config?")
-    builder = _Builder(source, os.environ if env is None else env,
-                       secrets if secrets is not None else SecretResolver(base_dir))
-    data = builder.load(text)
+    locator = Locator(source)
+    provenance = Interpolator(locator, os.environ if env is None else env,
+                              secrets if secrets is not None else SecretResolver(base_dir))
+    data = YamlLoader(locator, provenance).load(text)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -973,409 +976,4 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
         return Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         # ``from None``: the chained ValidationError's text includes input values, i.e. secrets.
-        raise ConfigError(builder.explain(e, data)) from None
-
-
-_Path = tuple[str | int, ...]
-# ``$$``; a secret reference ``${file:…}``/``${ssm:…}``/``${secretsmanager:…}`` (``${ssm:-x}`` stays an env
-# variable named ssm with a default); ``${VAR}``/``${VAR:-default}``; and a stray ``${`` (malformed)
-_ENV_REF = re.compile(r"\$\$|\$\{(file|ssm|secretsmanager):(?!-)([^}]*)\}"
-                      r"|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
-_SECRETISH = re.compile(r"token|passw|secret|key|webhook|credential", re.IGNORECASE)
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
-_NULL_TAG = "tag:yaml.org,2002:null"
-_MAX_NODES = 200_000  # alias bombs ("billion laughs") stop here instead of eating memory
-# ... and so does their text: 10,000 aliases of a 1 MB string are 10 GB once validators copy or scan them
-_MAX_TEXT = 4_000_000
-_MAX_DEPTH = 64  # YAML nesting; PyYAML's composer recurses, so thousands of "[" would be a RecursionError
-MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config is a few KB; larger input is refused before parsing
-# pydantic error types whose message may quote the input; replaced for secret or env-derived values
-_MAY_ECHO = {"value_error", "assertion_error", "union_tag_invalid"}
-
-
-class _Builder:
-    """Turns YAML text into plain data while remembering where each key was and which values came from
-    which environment variable; both are needed later to write a safe, located error message."""
-
-    def __init__(self, source: str, env: Mapping[str, str], secrets: SecretResolver | None = None) -> None:
-        self.source = source
-        self.env = env
-        self.secrets = secrets if secrets is not None else SecretResolver()
-        self.lines: dict[_Path, int] = {}
-        # path -> names of what filled it: env variables ("SLACK_TOKEN") and secret references ("ssm:/x")
-        self.from_env: dict[_Path, list[str]] = {}
-        # name -> value, only to check that no error message quotes it
-        self.values: dict[str, str] = {}
-        self.missing: list[tuple[str, _Path]] = []
-        self._count = 0
-        self._text = 0
-        # one expansion per scalar node, however many aliases point at it: (result, names used, missing)
-        self._expanded: dict[int, tuple[str, list[str], list[str]]] = {}
-
-    # -- YAML -> data
-
-    def load(self, text: str) -> Any:
-        try:
-            # the reader rejects control characters (NUL, ESC, lone surrogates) already in the constructor
-            loader = yaml.SafeLoader(text)
-        except yaml.reader.ReaderError as e:
-            at = text.count("\n", 0, max(e.position, 0)) + 1
-            raise ConfigError(f"{where(self.source, at)}invalid YAML: control character "
-                              f"#x{int(e.character):04x} is not allowed (is this a text file?)") from None
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return None
-            data = self._build(loader, node, (), set())
-        except RecursionError:
-            raise ConfigError(f"{where(self.source)}config is nested too deeply (more than {_MAX_DEPTH} levels)"
-                              ) from None
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            line = mark.line + 1 if mark is not None else None
-            col = str(mark.column + 1) if mark is not None else None
-            what = "; ".join(s for s in (e.context, e.problem) if s) or "syntax error"
-            raise ConfigError(f"{where(self.source, line, col)}invalid YAML: {what}") from None
-        except yaml.YAMLError as e:
-            # ReaderError and friends: no mark, and str(e) may quote file content
-            raise ConfigError(f"{where(self.source)}invalid YAML ({type(e).__name__})") from None
-        finally:
-            loader.dispose()
-        if self.missing:
-            raise ConfigError("\n".join(
-                f"{where(self.source, self.line_for(path))}{_dotted(path)}: environment variable {var} "
-                f"is not set (export it, or write ${{{var}:-default}})" for var, path in self.missing))
-        return data
-
-    def _build(self, loader: yaml.SafeLoader, node: Node, path: _Path, stack: set[int]) -> Any:
-        self._count += 1
-        if self._count > _MAX_NODES:
-            raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is too large "
-                              "(too many nodes after expanding aliases)")
-        if len(path) > _MAX_DEPTH:
-            raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is nested too deeply "
-                              f"(more than {_MAX_DEPTH} levels)")
-        if id(node) in stack:
-            raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}{_dotted(path)}: "
-                              "an alias refers to itself")
-        if isinstance(node, MappingNode) and node.tag == _MAP_TAG:
-            return self._build_mapping(loader, node, path, stack | {id(node)})
-        if isinstance(node, SequenceNode) and node.tag == _SEQ_TAG:
-            out_list = []
-            for i, item in enumerate(node.value):
-                self.lines[(*path, i)] = item.start_mark.line + 1
-                out_list.append(self._build(loader, item, (*path, i), stack | {id(node)}))
-            return out_list
-        if isinstance(node, ScalarNode):
-            value = self._construct(loader, node, path)
-            if isinstance(value, str):
-                value = self._interpolate(value, path, id(node))
-            self._charge(len(value) if isinstance(value, str) else len(node.value), node)
-            return value
-        # !!set, !!omap and other standard tags: let PyYAML build them (within the same bounds); pydantic
-        # will reject the type where it does not fit
-        self._charge_tree(node, len(path))
-        return self._construct(loader, node, path, deep=True)
-
-    def _construct(self, loader: yaml.SafeLoader, node: Node, path: _Path, deep: bool = False) -> Any:
-        """PyYAML's constructors raise ValueError/KeyError for scalars that match a type's pattern but not
-        its range (``2026-13-45``, ``!!int abc``, ``!!bool maybe``, a 5000-digit int): report it here."""
-        try:
-            return loader.construct_object(node, deep=deep)
-        except (ValueError, KeyError, TypeError, OverflowError):
-            tag = str(node.tag).rsplit(":", 1)[-1]
-            mark = node.start_mark
-            raise ConfigError(f"{where(self.source, mark.line + 1, str(mark.column + 1))}{_dotted(path)}: "
-                              f"cannot be read as a YAML {tag} (malformed or out of range); quote it if it is "
-                              "meant as text") from None
-
-    def _charge(self, chars: int, node: Node) -> None:
-        self._text += chars
-        if self._text > _MAX_TEXT:
-            raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is too large "
-                              f"(more than {_MAX_TEXT:,} characters of text after expanding aliases)")
-
-    def _charge_tree(self, root: Node, depth: int) -> None:
-        """Count a subtree PyYAML builds itself against the same node, text and depth limits."""
-        todo: list[tuple[Node, int]] = [(root, depth)]
-        while todo:
-            node, d = todo.pop()
-            self._count += 1
-            if self._count > _MAX_NODES:
-                raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is too large "
-                                  "(too many nodes after expanding aliases)")
-            if d > _MAX_DEPTH:
-                raise ConfigError(f"{where(self.source, node.start_mark.line + 1)}config is nested too deeply "
-                                  f"(more than {_MAX_DEPTH} levels)")
-            if isinstance(node, ScalarNode):
-                self._charge(len(node.value), node)
-            elif isinstance(node, SequenceNode):
-                todo.extend((n, d + 1) for n in node.value)
-            elif isinstance(node, MappingNode):
-                todo.extend((n, d + 1) for kv in node.value for n in kv)
-
-    def _build_mapping(self, loader: yaml.SafeLoader, node: MappingNode, path: _Path,
-                       stack: set[int]) -> dict[str, Any]:
-        seen: dict[str, int] = {}
-        for knode, _ in node.value:
-            line = knode.start_mark.line + 1
-            if knode.tag == _MERGE_TAG:
-                continue
-            if not isinstance(knode, ScalarNode):
-                raise ConfigError(f"{where(self.source, line)}{_dotted(path)}: keys must be plain names, "
-                                  "not lists or mappings")
-            if knode.tag == _NULL_TAG or not str(knode.value).strip():
-                raise ConfigError(f"{where(self.source, line)}{_dotted(path)}: a key is empty or null (~); keys "
-                                  "must be non-empty names (quote it if it really is the text)")
-            if knode.value in seen:
-                raise ConfigError(f"{where(self.source, line)}{_dotted((*path, knode.value))}: duplicate key "
-                                  f"(first defined on line {seen[knode.value]})")
-            seen[knode.value] = line
-        loader.flatten_mapping(node)  # applies ``<<: *anchor``; explicit keys come last and win
-        out: dict[str, Any] = {}
-        for knode, vnode in node.value:
-            # The raw text, not the constructed scalar: project ids like 012345678901 must stay strings.
-            key = str(knode.value)
-            self._charge(len(key), knode)
-            child = (*path, key)
-            self.lines[child] = knode.start_mark.line + 1
-            out[key] = self._build(loader, vnode, child, stack)
-        return out
-
-    def _interpolate(self, value: str, path: _Path, node_id: int) -> str:
-        if "$" not in value:
-            return value
-        cached = self._expanded.get(node_id)
-        if cached is None:
-            cached = self._expanded[node_id] = self._expand(value, path)
-        out, used, missing = cached
-        if used:
-            self.from_env[path] = used
-        self.missing += [(var, path) for var in missing]
-        return out
-
-    def _expand(self, value: str, path: _Path) -> tuple[str, list[str], list[str]]:
-        """One pass over the scalar: substituted values are never expanded again."""
-        used: list[str] = []
-        missing: list[str] = []
-
-        def sub(m: re.Match[str]) -> str:
-            whole = m.group(0)
-            if whole == "$$":
-                return "$"
-            scheme, ref, var, default = m.group(1), m.group(2), m.group(3), m.group(4)
-            if scheme is not None:
-                name = f"{scheme}:{ref}"
-                try:
-                    secret = self.secrets.resolve(scheme, ref).get_secret_value()
-                except SecretError as e:
-                    raise ConfigError(f"{where(self.source, self.line_for(path))}{_dotted(path)}: "
-                                      f"${{{name}}}: {e}") from None
-                used.append(name)
-                self.values[name] = secret
-                return secret
-            if var is None:
-                raise ConfigError(f"{where(self.source, self.line_for(path))}{_dotted(path)}: malformed "
-                                  "${...} reference; use ${NAME} or ${NAME:-default}, ${file:PATH}, ${ssm:NAME} "
-                                  "or ${secretsmanager:NAME#key}, and $$ for a literal $")
-            used.append(var)
-            got = self.env.get(var)
-            if got is not None:
-                self.values[var] = got
-            if got is not None and (got != "" or default is None):
-                return got
-            if default is not None:
-                return default
-            missing.append(var)
-            return ""
-
-        return _ENV_REF.sub(sub, value), used, missing
-
-    # -- pydantic errors -> one readable message
-
-    def line_for(self, path: _Path) -> int | None:
-        for n in range(len(path), 0, -1):
-            if path[:n] in self.lines:
-                return self.lines[path[:n]]
-        return None
-
-    def explain(self, exc: ValidationError, data: dict[str, Any]) -> str:
-        grouped: dict[_Path, list[str]] = {}
-        for err in exc.errors(include_url=False, include_input=False):
-            path = _data_path(err["loc"], data, err["type"])
-            msg = self._message(err, path, data)
-            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-                path = (*path, "type")
-            msgs = grouped.setdefault(path, [])
-            if msg not in msgs:
-                msgs.append(msg)
-        rows = sorted(grouped.items(), key=lambda kv: (self.line_for(kv[0]) or 0, _dotted(kv[0])))
-        return "\n".join(f"{where(self.source, self.line_for(path))}{_dotted(path)}: {'; or '.join(msgs)}"
-                         for path, msgs in rows)
-
-    def _message(self, err: Any, path: _Path, data: dict[str, Any]) -> str:
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            return _unknown_key_message(path, data)
-        if kind == "missing":
-            return "required key is missing"
-        if kind == "union_tag_not_found":
-            return "missing 'type'; expected one of: " + ", ".join(repr(t) for t in PROVIDER_TYPES)
-        if kind == "union_tag_invalid":
-            if (*path, "type") in self.from_env:
-                return "unknown provider type (value from the environment, not shown); expected one of: " \
-                    + ", ".join(repr(t) for t in PROVIDER_TYPES)
-            return (f"unknown provider type {err.get('ctx', {}).get('tag')!r}; expected one of: "
-                    + ", ".join(repr(t) for t in PROVIDER_TYPES))
-        msg = str(err["msg"])
-        if msg.startswith(("Value error, ", "Assertion failed, ")):
-            msg = msg.split(", ", 1)[1]
-        declared = _type_at(path, data)
-        if isinstance(declared, type) and issubclass(declared, BaseModel):
-            # a cross-field check from one of our validators; those never quote values
-            return msg
-        env_vars = list(dict.fromkeys(v for p, vs in self.from_env.items() if p[:len(path)] == path for v in vs))
-        field = next((e for e in reversed(path) if isinstance(e, str)), "")
-        # Belt and braces: any message that quotes the value (or any env value used here) is replaced.
-        secretish = bool(_SECRETISH.search(field))
-        values = [self.values.get(v) or "" for v in env_vars]
-        here = _node_at(path, data)
-        if secretish and isinstance(here, str | int | float):
-            values.append(str(here))
-        quoted = any(v and v in msg for v in values)
-        if quoted or (secretish and kind in _MAY_ECHO):
-            msg = f"invalid value; expected {_describe(declared)}"
-        if env_vars:
-            msg += " (value from ${" + "}, ${".join(env_vars) + "}, not shown)"
-        return msg
-
-
-def _dotted(path: _Path) -> str:
-    out = ""
-    for e in path:
-        out += f"[{e}]" if isinstance(e, int) else (f".{e}" if out else e)
-    return out or "(top level)"
-
-
-def _data_path(loc: tuple[Any, ...], data: Any, kind: str) -> _Path:
-    """Map pydantic's ``loc`` onto keys that exist in the file; it also contains discriminator tags
-    (``files``) and union branch names (``list[str]``) that the user never wrote."""
-    path: list[str | int] = []
-    node = data
-    for i, elem in enumerate(loc):
-        found, child = _child(node, elem)
-        if found:
-            path.append(elem)
-            node = child
-        elif i == len(loc) - 1 and kind == "missing" and isinstance(elem, str | int):
-            path.append(elem)
-    return tuple(path)
-
-
-def _unknown_key_message(path: _Path, data: dict[str, Any]) -> str:
-    model = _unwrap(_type_at(path[:-1], data), _node_at(path[:-1], data))
-    if not (isinstance(model, type) and issubclass(model, BaseModel)) or not path:
-        return "unknown key"
-    allowed = list(model.model_fields)
-    close = difflib.get_close_matches(str(path[-1]), allowed, n=3, cutoff=0.6)
-    if close:
-        # ``budget: 10`` means monthly_budget, not budget_alerts: prefer a key whose type takes the value's shape
-        is_list = isinstance(_node_at(path, data), list)
-        fits = [k for k in close if _takes_list(model.model_fields[k].annotation) == is_list]
-        return f"unknown key (did you mean {(fits or close)[0]!r}?)"
-    return "unknown key; expected one of: " + ", ".join(allowed)
-
-
-def _takes_list(tp: Any) -> bool:
-    return get_origin(tp) is list or any(get_origin(a) is list for a in get_args(tp))
-
-
-def _node_at(path: _Path, data: Any) -> Any:
-    node = data
-    for e in path:
-        node = _child(node, e)[1]
-    return node
-
-
-def _allows_none(tp: Any) -> bool:
-    return tp is None or tp is type(None) or (_is_union(tp) and type(None) in get_args(tp))
-
-
-def _is_union(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType)
-
-
-def _unwrap(tp: Any, node: Any) -> Any:
-    """Strip ``Annotated`` and ``| None``, and pick a discriminated-union member using the data's ``type``."""
-    while True:
-        if get_origin(tp) is Annotated:
-            tp = get_args(tp)[0]
-            continue
-        if _is_union(tp):
-            members = [a for a in get_args(tp) if a is not type(None)]
-            if len(members) == 1:
-                tp = members[0]
-                continue
-            tag = node.get("type") if isinstance(node, dict) else None
-            for m in members:
-                if (isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields
-                        and tag in get_args(m.model_fields["type"].annotation)):
-                    return m
-        return tp
-
-
-def _type_at(path: _Path, data: Any) -> Any:
-    """The declared type at a data path, used for suggestions and for "expected a string" messages."""
-    tp: Any = Config
-    node = data
-    for elem in path:
-        tp = _unwrap(tp, node)
-        origin = get_origin(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            if not isinstance(elem, str) or elem not in tp.model_fields:
-                return None
-            tp = tp.model_fields[elem].annotation
-        elif origin is list:
-            tp = get_args(tp)[0]
-        elif origin is dict:
-            tp = get_args(tp)[1]
-        else:
-            return None
-        node = _child(node, elem)[1]
-    return _unwrap(tp, node)
-
-
-def _child(node: Any, elem: Any) -> tuple[bool, Any]:
-    """``node[elem]`` if the file really has it; bool keys and out-of-range indexes do not count."""
-    if isinstance(node, dict) and isinstance(elem, str) and elem in node:
-        return True, node[elem]
-    if isinstance(node, list) and type(elem) is int and 0 <= elem < len(node):
-        return True, node[elem]
-    return False, None
-
-
-def _describe(tp: Any) -> str:
-    tp = _unwrap(tp, None)
-    if _is_union(tp):
-        return " or ".join(dict.fromkeys(_describe(a) for a in get_args(tp)))
-    if tp is None:
-        return "a valid value"
-    if tp is type(None):
-        return "null"
-    if tp in (str, SecretStr):
-        return "a string"
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a number"
-    if get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if get_origin(tp) is list:
-        return "a list"
-    if get_origin(tp) is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
-        return "a mapping"
-    return "a valid value"
+        raise ConfigError(Explainer(locator, provenance, Config, PROVIDER_TYPES).explain(e, data)) from None
