@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = ["MEDIAN", "GatheredWindows", "SortedRanks", "rolling_count", "rolling_extremes", "rolling_max",
+           "rolling_min",
            "short_median", "short_quantiles", "short_std", "window_quantiles"]
 
 MEDIAN = "median"  # order-statistic spec: pandas' ``.median()`` ((a + b) / 2), not ``.quantile(0.5)``
@@ -68,6 +69,11 @@ def rolling_extremes(a: np.ndarray, window: int, lag: int, min_periods: int,
 def rolling_max(a: np.ndarray, window: int, lag: int, min_periods: int) -> np.ndarray:
     """Window max alone (half the work of :func:`rolling_extremes`)."""
     return _extremes(a, window, lag, min_periods, None, ((np.maximum, -np.inf),))[0]
+
+
+def rolling_min(a: np.ndarray, window: int, lag: int, min_periods: int) -> np.ndarray:
+    """Window min alone (half the work of :func:`rolling_extremes`)."""
+    return _extremes(a, window, lag, min_periods, None, ((np.minimum, np.inf),))[0]
 
 
 def _extremes(a: np.ndarray, window: int, lag: int, min_periods: int, count: np.ndarray | None,

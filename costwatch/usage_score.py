@@ -139,6 +139,7 @@ from .rolling import (
     rolling_count,
     rolling_extremes,
     rolling_max,
+    rolling_min,
     short_median,
     short_quantiles,
     short_std,
@@ -483,10 +484,18 @@ def _season_views(p: UsageScoreParams) -> list[_View]:
         return pd.DataFrame(stat, index=f.index, columns=f.columns)
 
     def block(a: np.ndarray, upper: bool) -> np.ndarray:
-        lo, hi = rolling_extremes(a, 2 * j + 1, 0, 1)  # the window ending j rows after the centre
-        env, combine = (hi, np.fmax) if upper else (lo, np.fmin)
-        stat = a - combine.reduce([_later(env, k - j) for k in shifts])
-        stat[~(_later(np.cumsum(~np.isnan(a), axis=-1).astype(float), shifts[-1]) >= 1)] = np.nan
+        # the window ending j rows after each centre, moved k - j rows later: the centre k rows back
+        env = (rolling_max if upper else rolling_min)(a, 2 * j + 1, 0, 1)
+        combine = np.fmax if upper else np.fmin
+        acc = np.full(a.shape, np.nan)
+        t = a.shape[-1]
+        for k in shifts:
+            if k - j < t:
+                combine(acc[..., k - j:], env[..., : t - (k - j)], out=acc[..., k - j:])
+        stat = a - acc
+        known = ~np.isnan(a)
+        first = np.where(known.any(axis=-1), known.argmax(axis=-1), t)  # each series' first observation
+        stat[np.arange(t)[None, :] < first[:, None] + shifts[-1]] = np.nan
         return stat
 
     return [_View("season_up", None, 1, 1, lambda f: frame(f, True), lambda a: block(a, True)),
@@ -695,10 +704,13 @@ def _departures(view: _View, x: np.ndarray, level: GatheredWindows, p: UsageScor
     h = p.history
     stat = view.block(x)
     need = _need(p, view.lag, view.min_windows)
-    lo, hi = (rolling_extremes(stat, h, view.lag, need) if view.down is not None
-              else (None, rolling_max(stat, h, view.lag, need)))
+    if view.up is not None and view.down is not None:
+        lo, hi = rolling_extremes(stat, h, view.lag, need)
+    else:
+        lo = None if view.down is None else rolling_min(stat, h, view.lag, need)
+        hi = None if view.up is None else rolling_max(stat, h, view.lag, need)
     with np.errstate(invalid="ignore"):
-        beyond = (stat > hi) if view.up is not None else np.zeros(x.shape, dtype=bool)
+        beyond = (stat > hi) if hi is not None else np.zeros(x.shape, dtype=bool)
         if lo is not None:
             beyond |= stat < lo
     n = _count_with_inf(stat, h, view.lag)
@@ -707,7 +719,9 @@ def _departures(view: _View, x: np.ndarray, level: GatheredWindows, p: UsageScor
         return rows, cols, []
     specs = _reference_quantiles(view.lag, p)
     ref = dict(zip(specs, window_quantiles(stat, h, view.lag, need, rows, cols, list(specs.values())), strict=True))
-    ref |= {"max": hi[rows, cols], "n": n[rows, cols].astype(float)}
+    ref["n"] = n[rows, cols].astype(float)
+    if hi is not None:
+        ref["max"] = hi[rows, cols]
     if lo is not None:
         ref["min"] = lo[rows, cols]
     floor = _resolution(np.abs(level.at(rows, cols, [MEDIAN])[0]))
