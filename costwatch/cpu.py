@@ -562,15 +562,12 @@ def _surge_explained(m: CpuMatrix, x: np.ndarray, profile: np.ndarray, pdays: np
     step = max(1, SURGE_CELLS // max(rows.size, 1))
     for c0 in range(0, hot_cols.size, step):
         cols = hot_cols[c0: c0 + step]
-        idx = cols[:, None] + np.arange(1 - DEMAND_HOURS, 1)[None, :]  # the hours up to each column
-        ok = idx >= 0
-        idx = np.clip(idx, 0, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            win = np.where(ok, x[rows][:, idx], np.nan)  # rows x cols x DEMAND_HOURS
+            win = _trailing(x, rows, cols)
             obs = np.nanmean(win, axis=2)
-            usual = np.nanmean(np.where(ok, profile[rows][:, idx], np.nan), axis=2)
-            moving = np.nanstd(win, axis=2) > s.flat_tolerance / 2
+            usual = np.nanmean(_trailing(profile, rows, cols), axis=2)
+            moving = _moving(win, s.flat_tolerance / 2)
             # a node with too few days of its own (one the autoscaler added for the surge) has no usual to compare
             known = pdays[rows][:, cols] >= s.min_profile_days
             witness = ~flagged[rows][:, cols] & moving & known & ~np.isnan(usual) & ~np.isnan(obs)
@@ -641,12 +638,34 @@ def _known(x: np.ndarray, profile: np.ndarray, pdays: np.ndarray, min_days: int)
 def _fresh(x: np.ndarray, pdays: np.ndarray, min_days: int, tol: float) -> np.ndarray:
     """Node-hours of nodes with no usual of their own yet (the autoscaler added them for a surge) that move
     like a service over the last ``DEMAND_HOURS`` (causal): their CPU is demand the known nodes no longer
-    carry.  A miner's new node is flat, so it never is, flagged yet or not."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sd = np.nanstd(np.stack(_lagged(x.T.astype(np.float32), DEMAND_HOURS)), axis=0).T
+    carry.  A miner's new node is flat, so it never is, flagged yet or not.
+
+    The windows are float32 (as they have always been read here; the hourly check reads float64): the two
+    differ only where a window's spread is exactly ``tol``, as two samples 3.00 apart are (2 of 77M
+    node-hours of scenario seeds 1-8 and 100k scale nodes), and this keeps the flags as they were."""
+    moving = np.zeros(x.shape, dtype=bool)
+    hours = np.arange(x.shape[1])
+    for r0 in range(0, len(x), CHUNK_NODES):  # a block's windows at a time: DEMAND_HOURS values per node-hour
+        block = x[r0: r0 + CHUNK_NODES].astype(np.float32)
+        moving[r0: r0 + len(block)] = _moving(_trailing(block, np.arange(len(block)), hours), tol)
     with np.errstate(invalid="ignore"):
-        return ~np.isnan(x) & (pdays < min_days) & (sd > tol)
+        return ~np.isnan(x) & (pdays < min_days) & moving
+
+
+def _trailing(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The ``DEMAND_HOURS`` hours up to and including each of ``cols`` (causal: demand at an hour is read from
+    it and the hours before), rows x cols x DEMAND_HOURS oldest first, NaN before the first hour."""
+    idx = cols[:, None] + np.arange(1 - DEMAND_HOURS, 1)[None, :]
+    return np.where(idx >= 0, a[rows[:, None, None], np.maximum(idx, 0)[None]], np.nan)
+
+
+def _moving(win: np.ndarray, tol: float) -> np.ndarray:
+    """Whether the CPU over each trailing window (``_trailing``) spreads more than ``tol``: a service keeps its
+    daily shape and its noise, a miner's line does not (and may be one not yet flagged).  One test for the
+    hourly check's witnesses and ``_fresh``'s added nodes, so both read the same node-hours as moving."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (a window without a sample: NaN, not moving)
+        return np.nanstd(win, axis=-1) > tol
 
 
 ADDED_DAYS = 7  # days of node counts at the same hour that say how many nodes a project usually runs then
