@@ -797,45 +797,77 @@ def _surge_costs(related: list[Alert], g: list[cpumod.NodeEpisode], cm: cpumod.C
 def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, gross: pd.DataFrame,
                   cost_alerts: list[Alert], meta: pd.DataFrame, s: cpumod.CpuSettings,
                   owner_tags: list[str] | None = None, feats: cpumod.CpuFeatures | None = None) -> Alert:
-    # one entry per node: its first episode, stretched to the last flagged hour of any later one
-    per_node: dict[str, cpumod.NodeEpisode] = {}
-    for e in sorted(g, key=lambda e: e.detected_at):
-        if e.node in per_node:
-            per_node[e.node] = replace(per_node[e.node], last=max(per_node[e.node].last, e.last))
-        else:
-            per_node[e.node] = e
-    g = list(per_node.values())
-    start = min(e.start for e in g)
-    detected = min(e.detected_at for e in g)
-    last = max(e.last for e in g)
-    nodes_meta = cm.nodes[cm.nodes["project"].astype(str) == pid]
-    old_nodes = nodes_meta[nodes_meta["first_seen"] < start]
-    known_regions = set(old_nodes["region"].dropna().astype(str))
-    if not gross.empty:
-        hist = gross[(gross["project_id"].astype(str) == pid) & (gross["period_start"] < start.floor("D"))]
-        known_regions |= set(hist["region"].dropna().astype(str))
-    owners = _node_owners(gross, pid, {e.node for e in g}, owner_tags or [])
-    nodes = []
-    for e in sorted(g, key=lambda e: -e.level):
-        nodes.append({
-            "node": e.node, "cpu": round(e.level, 1), "baseline_cpu": round(e.baseline, 1),
-            "flatness_std": round(e.flatness, 2), "signal": e.signal, "new": e.new_node, "region": e.region,
-            "new_region": bool(e.region and known_regions and e.region not in known_regions),
-            "instance_type": e.instance_type,
-            "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
-            "start": e.start, "detected_at": e.detected_at, "owner": owners.get(e.node) or None,
-            "billed": e.node in owners,
-            "flat_hours": round((e.last - e.start) / HOUR, 1),
-            **({"instance_id": e.instance_id} if e.instance_id else {}),
-        })
+    """One incident's mining alert: its nodes, the regions new to the project, the compute cost alerts of
+    the same days (joined as evidence unless the project's surge explains them) and a summary; severity and
+    score follow the evidence (``costwatch.mining_score``), recomputed when more joins it."""
+    g = _one_per_node(g)
+    start, last = min(e.start for e in g), max(e.last for e in g)
+    known_regions = _known_regions(pid, start, cm, gross)
+    nodes = _node_entries(g, known_regions, _node_owners(gross, pid, {e.node for e in g}, owner_tags or []), s)
     new_regions = sorted({e.region for e in g if e.region and known_regions and e.region not in known_regions})
     related = [a for a in cost_alerts if a.project == pid and a.service in (COMPUTE_CATEGORY, None)
                and a.start <= last and a.start + pd.Timedelta(days=a.evidence.get("days", 1)) >= start.floor("D")]
     surge = _surge_costs(related, g, cm, feats, s.min_profile_days)
     related = [a for a in related if all(a is not b for b, _ in surge)]
     row = meta.loc[pid]
+    evidence = _mining_evidence(g, nodes, new_regions, start, last)
+    if surge:
+        evidence["surge"] = [{"day": a.start, "demand": round(d, 2)} for a, d in surge]
+    observed, expected, lower, upper, currency = _mining_figures(g, related, evidence, s, str(row["currency"]))
+    return rescore(Alert(
+        kind="mining_suspected", project=pid, project_name=str(row["project_name"]),
+        provider=str(row["provider"]), service=COMPUTE_CATEGORY, region=new_regions[0] if new_regions else
+        (g[0].region), start=start, detected_at=min(e.detected_at for e in g), severity="warning",
+        observed=observed, expected=expected, lower=lower, upper=upper, currency=currency, score=0.0,
+        scope="mining", evidence=evidence, summary=_mining_summary(g, nodes, evidence, new_regions, bool(related)),
+    ))
+
+
+def _one_per_node(g: list[cpumod.NodeEpisode]) -> list[cpumod.NodeEpisode]:
+    """One entry per node: its first episode, stretched to the last flagged hour of any later one (a node
+    that dips and resumes inside an incident is one flagged node, not two)."""
+    per_node: dict[str, cpumod.NodeEpisode] = {}
+    for e in sorted(g, key=lambda e: e.detected_at):
+        if e.node in per_node:
+            per_node[e.node] = replace(per_node[e.node], last=max(per_node[e.node].last, e.last))
+        else:
+            per_node[e.node] = e
+    return list(per_node.values())
+
+
+def _known_regions(pid: str, start: pd.Timestamp, cm: cpumod.CpuMatrix, gross: pd.DataFrame) -> set[str]:
+    """The regions the project ran in before the incident (its nodes first seen before it, its billing before
+    that day): a miner's nodes in a region new to the project are evidence of their own."""
+    nodes_meta = cm.nodes[cm.nodes["project"].astype(str) == pid]
+    old_nodes = nodes_meta[nodes_meta["first_seen"] < start]
+    known = set(old_nodes["region"].dropna().astype(str))
+    if not gross.empty:
+        hist = gross[(gross["project_id"].astype(str) == pid) & (gross["period_start"] < start.floor("D"))]
+        known |= set(hist["region"].dropna().astype(str))
+    return known
+
+
+def _node_entries(g: list[cpumod.NodeEpisode], known_regions: set[str], owners: dict[str, str],
+                  s: cpumod.CpuSettings) -> list[dict[str, Any]]:
+    """The alert's per-node evidence, highest CPU first: what the owner needs to find and judge each node."""
+    return [{
+        "node": e.node, "cpu": round(e.level, 1), "baseline_cpu": round(e.baseline, 1),
+        "flatness_std": round(e.flatness, 2), "signal": e.signal, "new": e.new_node, "region": e.region,
+        "new_region": bool(e.region and known_regions and e.region not in known_regions),
+        "instance_type": e.instance_type,
+        "gpu": cpumod.is_gpu(e.instance_type, s.gpu_instance_prefixes), "cluster": e.cluster,
+        "start": e.start, "detected_at": e.detected_at, "owner": owners.get(e.node) or None,
+        "billed": e.node in owners,
+        "flat_hours": round((e.last - e.start) / HOUR, 1),
+        **({"instance_id": e.instance_id} if e.instance_id else {}),
+    } for e in sorted(g, key=lambda e: -e.level)]
+
+
+def _mining_evidence(g: list[cpumod.NodeEpisode], nodes: list[dict[str, Any]], new_regions: list[str],
+                     start: pd.Timestamp, last: pd.Timestamp) -> dict[str, Any]:
+    """The incident's evidence from its nodes alone: what ``mining_score`` scores it on."""
     pinned = [e for e in g if e.signal == "pinned"]
-    evidence: dict[str, Any] = {
+    return {
         "nodes": nodes, "node_count": len(g), "new_nodes": sum(e.new_node for e in g),
         "pinned_nodes": len(pinned), "plateau_nodes": len(g) - len(pinned),
         "new_regions": new_regions, "gpu_nodes": sum(n["gpu"] for n in nodes),
@@ -844,23 +876,30 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         "signals": "CPU flat at " + ", ".join(sorted({f"{round(e.level)}%" for e in g})[:5]),
         "flat_hours": round(max((e.last - e.start) / HOUR for e in g), 1),
     }
-    if surge:
-        evidence["surge"] = [{"day": a.start, "demand": round(d, 2)} for a, d in surge]
+
+
+def _mining_figures(g: list[cpumod.NodeEpisode], related: list[Alert], evidence: dict[str, Any],
+                    s: cpumod.CpuSettings, project_currency: str) -> tuple[float, float, float, float, str]:
+    """The alert's observed, expected, lower, upper and currency (``evidence["metric"]`` says which): the
+    earliest related cost alert's daily cost where the spend is out of band too (that alert joins the
+    evidence as ``cost`` and is marked as explained by mining), else the nodes' CPU against their usual."""
     if related:
         c = min(related, key=lambda a: a.start)
         evidence["cost"] = {"service": c.service or "total", "day": c.start, "observed": c.observed,
                             "expected": c.expected, "upper": c.upper, "fingerprint": c.fingerprint,
                             "new_regions": c.evidence.get("new_regions", [])}
         c.evidence["explained_by"] = "mining_suspected"
-        observed, expected, lower, upper, unit = c.observed, c.expected, c.lower, c.upper, "daily_cost"
-        currency = c.currency  # the figures are that cost series', in its currency
-    else:
-        observed = float(np.mean([e.level for e in g]))
-        expected = float(np.mean([e.baseline for e in g]))
-        lower, upper = 0.0, float(min(100.0, expected + s.min_excess))
-        unit = "cpu_percent"
-        currency = str(row["currency"])
-    evidence["metric"] = unit
+        evidence["metric"] = "daily_cost"
+        return c.observed, c.expected, c.lower, c.upper, c.currency  # that cost series' figures, in its currency
+    expected = float(np.mean([e.baseline for e in g]))
+    evidence["metric"] = "cpu_percent"
+    return (float(np.mean([e.level for e in g])), expected, 0.0, float(min(100.0, expected + s.min_excess)),
+            project_currency)
+
+
+def _mining_summary(g: list[cpumod.NodeEpisode], nodes: list[dict[str, Any]], evidence: dict[str, Any],
+                    new_regions: list[str], cost_out_of_band: bool) -> str:
+    """One line an owner reads first: how many nodes, and each aggravating fact the evidence holds."""
     parts = [f"{len(g)} node(s) flat at high CPU"]
     if evidence["new_nodes"]:
         parts.append(f"{evidence['new_nodes']} new")
@@ -868,19 +907,12 @@ def _mining_alert(pid: str, g: list[cpumod.NodeEpisode], cm: cpumod.CpuMatrix, g
         parts.append("new region " + ", ".join(new_regions))
     if evidence["gpu_nodes"]:
         parts.append(f"{evidence['gpu_nodes']} GPU")
-    if related:
+    if cost_out_of_band:
         parts.append("compute spend out of band")
     owned = sorted({n["owner"] for n in nodes if n["new"] and n["owner"]})
     if owned:
         parts.append("new node(s) labelled owner " + ", ".join(owned)[:80])
-    # severity and score follow the evidence (costwatch.mining_score), recomputed when more joins it
-    return rescore(Alert(
-        kind="mining_suspected", project=pid, project_name=str(row["project_name"]),
-        provider=str(row["provider"]), service=COMPUTE_CATEGORY, region=new_regions[0] if new_regions else
-        (g[0].region), start=start, detected_at=detected, severity="warning", observed=observed,
-        expected=expected, lower=lower, upper=upper, currency=currency, score=0.0,
-        scope="mining", evidence=evidence, summary="; ".join(parts),
-    ))
+    return "; ".join(parts)
 
 
 def _join_findings(findings: pd.DataFrame, mining: list[Alert], meta: pd.DataFrame, since: pd.Timestamp,
