@@ -704,11 +704,14 @@ def _departures(view: _View, x: np.ndarray, level: GatheredWindows, p: UsageScor
     h = p.history
     stat = view.block(x)
     need = _need(p, view.lag, view.min_windows)
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
     if view.up is not None and view.down is not None:
         lo, hi = rolling_extremes(stat, h, view.lag, need)
+    elif view.down is not None:
+        lo = rolling_min(stat, h, view.lag, need)
     else:
-        lo = None if view.down is None else rolling_min(stat, h, view.lag, need)
-        hi = None if view.up is None else rolling_max(stat, h, view.lag, need)
+        hi = rolling_max(stat, h, view.lag, need)
     with np.errstate(invalid="ignore"):
         beyond = (stat > hi) if hi is not None else np.zeros(x.shape, dtype=bool)
         if lo is not None:
