@@ -791,16 +791,19 @@ def _grid_positions(timestamps: pd.DatetimeIndex) -> np.ndarray:
 
     Repeated timestamps (zero-second steps in CloudWatch exports) take the next slot instead of colliding.
     """
-    t = timestamps.asi8.astype(np.int64)
-    if len(t) < 2:
-        return np.arange(len(t))
-    d = np.diff(t)
-    positive = d[d > 0]
-    if positive.size == 0:
-        return np.arange(len(t))
-    step = float(np.median(positive))
+    step = _median_step(timestamps)
+    if step is None:
+        return np.arange(len(timestamps))
+    d = np.diff(timestamps.asi8.astype(np.int64))
     inc = np.maximum(1, np.rint(np.maximum(d, 0) / step).astype(np.int64))
     return np.concatenate([[0], np.cumsum(inc)])
+
+
+def _median_step(timestamps: pd.DatetimeIndex) -> float | None:
+    """The median of the positive steps between rows, in nanoseconds (None without any)."""
+    d = np.diff(timestamps.asi8.astype(np.int64))
+    positive = d[d > 0]
+    return float(np.median(positive)) if positive.size else None
 
 
 def score_series(values: np.ndarray, timestamps: pd.DatetimeIndex | None = None, *,
@@ -826,11 +829,10 @@ def score_series(values: np.ndarray, timestamps: pd.DatetimeIndex | None = None,
 
 def _rows_per_day(idx: pd.DatetimeIndex) -> int:
     """Rows per day at the median step, or 0 (no time-of-day view) when a day is not a whole number of steps."""
-    d = np.diff(idx.asi8)
-    d = d[d > 0]
-    if d.size == 0:
+    step = _median_step(idx)
+    if step is None:
         return 0
-    per_day = 86_400e9 / float(np.median(d))
+    per_day = 86_400e9 / step
     return round(per_day) if per_day >= 2 and abs(per_day - round(per_day)) < 1e-6 else 0
 
 
