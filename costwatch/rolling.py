@@ -23,8 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = ["MEDIAN", "GatheredWindows", "SortedRanks", "rolling_count", "rolling_extremes", "rolling_max",
-           "rolling_min",
-           "short_median", "short_quantiles", "short_std", "window_quantiles"]
+           "rolling_min", "short_median", "short_quantiles", "short_std", "window_quantiles"]
 
 MEDIAN = "median"  # order-statistic spec: pandas' ``.median()`` ((a + b) / 2), not ``.quantile(0.5)``
 NETWORK_MAX = 8  # windows up to this long are sorted by a min/max network, longer ones by np.sort
