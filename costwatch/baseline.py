@@ -558,44 +558,106 @@ def _back_in_band(inband: np.ndarray, rel: np.ndarray) -> np.ndarray:
     return (rel > 0) & np.where(rel < LEVEL_DAYS, two, run)
 
 
+def _origins(drops: np.ndarray) -> np.ndarray:
+    """Days that can open an episode: a drop followed by another within two days (a lone day out of band is
+    over by itself).  A new array: ``_episodes`` clears the origins each episode consumes."""
+    soon = np.zeros_like(drops)
+    soon[:-1] |= drops[1:]
+    soon[:-2] |= drops[2:]
+    return drops & soon
+
+
+def _frozen_band(base: np.ndarray, cols: np.ndarray, a: np.ndarray, rel: np.ndarray, pad: int, p: _Params,
+                 add: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expected (log), half-width (log) and spread on every day of the band frozen at each episode's start
+    ``a`` (series ``cols``): computed without any day from the start on, so the episode cannot move it, and
+    its first week repeated, so it keeps the weekday shape; the monthly offsets are added per day."""
+    d = base.shape[0] - pad
+    days = np.arange(d)[:, None]
+    yy = base[:, cols].copy()
+    yy[pad:][days >= a[None, :]] = np.nan  # the band frozen at the start sees nothing from it on
+    lo = int(a.min())
+    ey_f, sig_f = _one_pass(yy, pad, lo, p, True)
+    src = np.clip(a[None, :] + np.mod(rel, 7), 0, d - 1) - lo  # the first week's band, repeated
+    c = np.arange(cols.size)[None, :]
+    fe = ey_f[src, c] + add[:, cols]
+    fs = sig_f[src, c]
+    fh = np.maximum(np.nan_to_num(fs, nan=0.0) * p.zk, p.floor) + extra[:, cols]
+    return fe, fh, fs
+
+
+@dataclass
+class _Held:
+    """What :func:`_episodes` builds for one block (days x series): episode and accepted days, the frozen
+    band on episode days, the history with episode days dropped (``base``, padded) and, per series, the
+    first day a next episode may start (``cur``)."""
+
+    episode: np.ndarray
+    acc_days: np.ndarray
+    f_ey: np.ndarray
+    f_half: np.ndarray
+    f_sig: np.ndarray
+    base: np.ndarray
+    cur: np.ndarray
+
+    @classmethod
+    def start(cls, ys: np.ndarray, d: int, k: int) -> _Held:
+        """Nothing held yet: the frozen figures are NaN off episode days."""
+        return cls(np.zeros((d, k), dtype=bool), np.zeros((d, k), dtype=bool),
+                   np.full((d, k), np.nan, dtype=np.float32), np.full((d, k), np.nan, dtype=np.float32),
+                   np.full((d, k), np.nan, dtype=np.float32), ys.copy(), np.zeros(k, dtype=np.int64))
+
+    def accept(self, drops: np.ndarray, oc: np.ndarray, rel: np.ndarray) -> None:
+        """Episodes of series ``oc`` that touch a planned day: the first pass's run of drops (gaps up to two
+        days) stays in the history, and the band learns the new level as it always did."""
+        d = drops.shape[0]
+        days = np.arange(d)[:, None]
+        quiet = ~drops[:, oc]
+        three = quiet.copy()
+        three[:-1] &= quiet[1:]
+        three[:-2] &= quiet[2:]
+        stop = _first_true(three & (rel > 0), d)
+        run = (rel >= 0) & (days < stop[None, :])
+        self.acc_days[:, oc] |= run
+        self.cur[oc] = stop
+
+    def hold(self, nc: np.ndarray, sel: np.ndarray, frozen: tuple[np.ndarray, ...], end: np.ndarray,
+             pad: int) -> None:
+        """Episodes of series ``nc`` on days ``sel``: their days leave the history of later episodes' bands,
+        and keep the frozen band (``frozen``: expected, half-width, spread) they are judged against."""
+        self.episode[:, nc] |= sel
+        sub = self.base[pad:, nc]
+        sub[sel] = np.nan
+        self.base[pad:, nc] = sub
+        for dst, src_arr in zip((self.f_ey, self.f_half, self.f_sig), frozen, strict=True):
+            blk = dst[:, nc]
+            blk[sel] = src_arr[sel]
+            dst[:, nc] = blk
+        self.cur[nc] = end
+
+
 def _episodes(ys: np.ndarray, xs: np.ndarray, drops: np.ndarray, accepted: np.ndarray | None, pad: int,
               p: _Params, add: np.ndarray, extra: np.ndarray,
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Episodes of the series in ``ys`` (log cost, padded, day-major) from their first-pass drops.
 
     Returns the episode days, the accepted days, and the frozen expected (log), half-width (log) and spread
-    on episode days (days x series).  ``add``/``extra`` are the monthly offsets for every day."""
+    on episode days (days x series).  ``add``/``extra`` are the monthly offsets for every day.  Each round
+    opens the next episode of every series that has one (all series at once), so it loops MAX_EPISODES
+    times at most, never per series."""
     d, k = xs.shape
     days = np.arange(d)[:, None]
-    episode = np.zeros((d, k), dtype=bool)
-    acc_days = np.zeros((d, k), dtype=bool)
-    f_ey = np.full((d, k), np.nan, dtype=np.float32)
-    f_half = np.full((d, k), np.nan, dtype=np.float32)
-    f_sig = np.full((d, k), np.nan, dtype=np.float32)
-    # an origin is a drop followed by another within two days: a lone day out of band is over by itself
-    soon = np.zeros_like(drops)
-    soon[:-1] |= drops[1:]
-    soon[:-2] |= drops[2:]
-    origins = drops & soon
-    base = ys.copy()
-    cur = np.zeros(k, dtype=np.int64)
+    held = _Held.start(ys, d, k)
+    origins = _origins(drops)
     for _ in range(MAX_EPISODES):
-        cand = origins & (days >= cur[None, :])
+        cand = origins & (days >= held.cur[None, :])
         has = cand.any(axis=0)
         if not has.any():
             break
         cols = np.flatnonzero(has)
         a = np.argmax(cand[:, cols], axis=0)
-        yy = base[:, cols].copy()
-        yy[pad:][days >= a[None, :]] = np.nan  # the band frozen at the start sees nothing from it on
-        lo = int(a.min())
-        ey_f, sig_f = _one_pass(yy, pad, lo, p, True)
         rel = days - a[None, :]
-        src = np.clip(a[None, :] + np.mod(rel, 7), 0, d - 1) - lo  # the first week's band, repeated
-        c = np.arange(cols.size)[None, :]
-        fe = ey_f[src, c] + add[:, cols]
-        fs = sig_f[src, c]
-        fh = np.maximum(np.nan_to_num(fs, nan=0.0) * p.zk, p.floor) + extra[:, cols]
+        fe, fh, fs = _frozen_band(held.base, cols, a, rel, pad, p, add, extra)
         with np.errstate(invalid="ignore"):
             inband = xs[:, cols] <= np.expm1(fe + fh)
         end = _first_true(_back_in_band(inband, rel), d)
@@ -604,31 +666,11 @@ def _episodes(ys: np.ndarray, xs: np.ndarray, drops: np.ndarray, accepted: np.nd
         if accepted is not None:
             ok = (inside & accepted[:, cols]).any(axis=0)
         if ok.any():
-            # accepted: the first pass's run of drops (gaps up to two days) stays in the history, and the
-            # band learns the new level as it always did
-            oc = cols[ok]
-            quiet = ~drops[:, oc]
-            three = quiet.copy()
-            three[:-1] &= quiet[1:]
-            three[:-2] &= quiet[2:]
-            stop = _first_true(three & (rel[:, ok] > 0), d)
-            run = (rel[:, ok] >= 0) & (days < stop[None, :])
-            acc_days[:, oc] |= run
-            cur[oc] = stop
-        nc = cols[~ok]
-        if nc.size:
-            sel = inside[:, ~ok]
-            episode[:, nc] |= sel
-            sub = base[pad:, nc]
-            sub[sel] = np.nan
-            base[pad:, nc] = sub
-            for dst, src_arr in ((f_ey, fe), (f_half, fh), (f_sig, fs)):
-                blk = dst[:, nc]
-                blk[sel] = src_arr[:, ~ok][sel]
-                dst[:, nc] = blk
-            cur[nc] = end[~ok]
-        origins[:, cols] &= days >= cur[None, cols]
-    return episode, acc_days, f_ey, f_half, f_sig
+            held.accept(drops, cols[ok], rel[:, ok])
+        if (~ok).any():
+            held.hold(cols[~ok], inside[:, ~ok], (fe[:, ~ok], fh[:, ~ok], fs[:, ~ok]), end[~ok], pad)
+        origins[:, cols] &= days >= held.cur[None, cols]
+    return held.episode, held.acc_days, held.f_ey, held.f_half, held.f_sig
 
 
 @dataclass
@@ -639,6 +681,138 @@ class _Extras:
     prev: np.ndarray | None = None
     accepted: np.ndarray | None = None
     hold: bool = True
+
+
+@dataclass
+class _FirstPass:
+    """Detection's first pass over one block, as the dropped days and the second pass read it: the band on
+    days [m0, days) (day-major), the one-day-ahead errors from e0 on (padded), the monthly offsets, and the
+    days the candidates' spreads read errors from (a1: earlier than e0 when no monthly patterns are learned)."""
+
+    m0: int  # a day dropped before m0 cannot reach a scored band
+    a1: int  # the spread of a day from m0 on reads errors from a1 on
+    e0: int  # errors are computed from e0 on (monthly patterns read them from there)
+    gappy: bool
+    ey: np.ndarray
+    season: list[np.ndarray]
+    errp: np.ndarray
+    add: np.ndarray
+    extra: np.ndarray
+
+
+def _log_block(x: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The block day-major (a view), its history (days of data before each day, series x days, like the
+    output) and its padded log cost in float32 (see the band section above)."""
+    xt = x.T
+    d = xt.shape[0]
+    valid = ~np.isnan(x)
+    hist = np.cumsum(valid, axis=1, dtype=np.int32)
+    hist -= valid  # series x days, like the output
+    yp = np.full((pad + d, xt.shape[1]), np.nan, dtype=np.float32)
+    np.log1p(np.clip(xt, 0.0, None), out=yp[pad:])
+    return xt, hist, yp
+
+
+def _first_pass(yp: np.ndarray, pad: int, s0: int, p: _Params, prev: np.ndarray | None) -> _FirstPass:
+    """The first pass's band on only the 2 x lookback days before the scored ones (where dropping a day can
+    change a scored band), with its errors from as far back as the monthly patterns and spreads read them."""
+    L = p.lookback
+    d = yp.shape[0] - pad
+    m0 = max(0, s0 - 2 * L)
+    a1 = max(0, s0 - 3 * L)
+    e0 = max(0, m0 - MONTH_LOOKBACK_DAYS) if prev is not None else m0
+    gappy = bool(np.isnan(yp[pad + max(0, min(a1, e0) - L):]).any())
+    ey_all, season_all = _expected(yp, pad, e0, d, L, gappy)
+    errp = _errors(yp, ey_all, pad, e0)
+    ey, season = ey_all[m0 - e0:], [w[m0 - e0:] for w in season_all]
+    if prev is not None:
+        add, extra = _month_pattern(errp, pad, prev, m0, d, p)
+    else:
+        add = extra = np.zeros(ey.shape, dtype=np.float32)
+    return _FirstPass(m0, a1, e0, gappy, ey, season, errp, add, extra)
+
+
+def _candidate_sigma(fp: _FirstPass, yp: np.ndarray, pad: int, tt: np.ndarray, ss: np.ndarray, L: int,
+                     ) -> np.ndarray:
+    """The first pass's spread at the candidate cells only: computing it densely is most of a pass.  The
+    candidates' series also need the errors of the lookback before m0 (from a1)."""
+    cols, col = np.unique(ss, return_inverse=True)
+    yc = np.ascontiguousarray(yp[:, cols])
+    errc = np.ascontiguousarray(fp.errp[:, cols])
+    if fp.a1 < fp.e0:
+        early, _ = _expected(yc, pad, fp.a1, fp.e0, L, fp.gappy)
+        np.subtract(yc[pad + fp.a1: pad + fp.e0], early, out=errc[pad + fp.a1: pad + fp.e0])
+    return _sigma_cells(errc, yc, [w[:, cols] for w in fp.season], pad, fp.m0, _error_counts(errc, pad, L), tt, col,
+                        L)
+
+
+def _dropped_days(fp: _FirstPass, xt: np.ndarray, yp: np.ndarray, hist: np.ndarray, pad: int, p: _Params,
+                  history_days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Days (tt, ss: day, series) the first pass found above its band with enough history, which the second
+    pass drops, and which of them are also above the band with the learned monthly pattern (only those can
+    open an episode).  A day out of the plain band leaves the history even where a pattern explains it, so
+    normal days are banded as without patterns.  Out of band needs cost above expected by at least the
+    band's floor: only there is the spread needed."""
+    d, m0 = xt.shape[0], fp.m0
+    enough = np.greater_equal(hist[:, m0: d - 1], history_days).T
+    with np.errstate(invalid="ignore"):
+        cand = enough & (yp[pad + m0: pad + d - 1] > fp.ey[: d - 1 - m0] + (p.floor - 1e-3))
+    tt, ss = np.nonzero(cand)
+    tt += m0
+    beyond = np.zeros(tt.shape, dtype=bool)
+    if not tt.size:
+        return tt, ss, beyond
+    sig = _candidate_sigma(fp, yp, pad, tt, ss, p.lookback)
+    half = np.maximum(np.nan_to_num(sig, nan=0.0) * p.zk, p.floor)
+    ey, add, extra = fp.ey[tt - m0, ss], fp.add[tt - m0, ss], fp.extra[tt - m0, ss]
+    with np.errstate(invalid="ignore"):
+        out = xt[tt, ss] > np.expm1(ey + half)
+        beyond = xt[tt, ss] > np.expm1(ey + add + half + extra)
+    return tt[out], ss[out], beyond[out]
+
+
+def _freeze(new: tuple[np.ndarray, ...], ep: np.ndarray, fe: np.ndarray, fh: np.ndarray, fs: np.ndarray,
+            p: _Params) -> None:
+    """Episode days ``ep`` of the second pass's bands ``new`` get the band frozen at the episode's start
+    (log expected ``fe``, half-width ``fh``, spread ``fs`` on those days), which they are judged against."""
+    new[0][ep] = np.expm1(fe)
+    new[1][ep] = np.expm1(np.maximum(fe - fh, 0.0))
+    new[2][ep] = np.expm1(fe + fh)
+    new[3][ep] = np.maximum(np.nan_to_num(fs, nan=0.0), p.floor / p.z)
+
+
+def _second_pass(bands: tuple[np.ndarray, ...], fp: _FirstPass, xt: np.ndarray, yp: np.ndarray, pad: int,
+                 s0: int, p: _Params, ex: _Extras, dropped: tuple[np.ndarray, np.ndarray, np.ndarray],
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """Redo the band of the series that had a dropped day without those days (and, with ``ex.hold``, without
+    their episodes, judged against the frozen band instead), written into ``bands`` in place.  Returns those
+    series and their episode and accepted days (days x series), which the caller marks on the block's rows."""
+    tt, ss, beyond = dropped
+    d = xt.shape[0]
+    second, col = np.unique(ss, return_inverse=True)
+    ys = np.ascontiguousarray(yp[:, second])
+    y2 = ys.copy()
+    y2[pad + tt, col] = np.nan
+    add_s = np.zeros((d, second.size), dtype=np.float32)
+    extra_s = np.zeros_like(add_s)
+    add_s[fp.m0:], extra_s[fp.m0:] = fp.add[:, second], fp.extra[:, second]
+    marks = None
+    if ex.hold:
+        drops = np.zeros((d, second.size), dtype=bool)
+        drops[tt[beyond], col[beyond]] = True
+        acc = ex.accepted[second].T if ex.accepted is not None else None
+        episode, acc_days, f_ey, f_half, f_sig = _episodes(y2, xt[:, second], drops, acc, pad, p, add_s, extra_s)
+        y2[pad:][episode] = np.nan
+        y2[pad:][acc_days] = ys[pad:][acc_days]
+        marks = (episode, acc_days)
+    ey2, sigma2 = _one_pass(y2, pad, s0, p, True)  # every one of these series has a dropped day
+    new = _assemble(ey2, sigma2, p, add_s[s0:], extra_s[s0:])
+    if marks is not None and marks[0][s0:].any():
+        ep = marks[0][s0:]
+        _freeze(new, ep, f_ey[s0:][ep], f_half[s0:][ep], f_sig[s0:][ep], p)
+    for arr, b in zip(bands, new, strict=True):
+        arr[:, second] = b
+    return second, marks
 
 
 def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None, ex: _Extras | None = None,
@@ -654,85 +828,21 @@ def _block(x: np.ndarray, s0: int, p: _Params, history_days: int | None, ex: _Ex
     episode and accepted days of the ``second`` series (days x series)."""
     L = p.lookback
     pad = max(L, 14)
-    xt = x.T
-    d = xt.shape[0]
-    valid = ~np.isnan(x)
-    hist = np.cumsum(valid, axis=1, dtype=np.int32)
-    hist -= valid  # series x days, like the output
-    yp = np.full((pad + d, xt.shape[1]), np.nan, dtype=np.float32)
-    np.log1p(np.clip(xt, 0.0, None), out=yp[pad:])
-    second: np.ndarray | None = None
+    xt, hist, yp = _log_block(x, pad)
     if history_days is None:
         ey, sigma = _one_pass(yp, pad, s0, p, bool(np.isnan(yp[pad + max(0, s0 - 2 * L):]).any()))
-        return _assemble(ey, sigma, p), hist, second, None
+        return _assemble(ey, sigma, p), hist, None, None
     ex = ex or _Extras(hold=False)
-    m0 = max(0, s0 - 2 * L)  # a day dropped before m0 cannot reach a scored band
-    a1 = max(0, s0 - 3 * L)  # the spread of a day from m0 on reads errors from a1 on
-    e0 = max(0, m0 - MONTH_LOOKBACK_DAYS) if ex.prev is not None else m0  # monthly patterns read errors from e0
-    gappy = bool(np.isnan(yp[pad + max(0, min(a1, e0) - L):]).any())
-    ey_all, season_all = _expected(yp, pad, e0, d, L, gappy)
-    errp1 = _errors(yp, ey_all, pad, e0)
-    ey1, season1 = ey_all[m0 - e0:], [w[m0 - e0:] for w in season_all]
-    if ex.prev is not None:
-        add, extra = _month_pattern(errp1, pad, ex.prev, m0, d, p)
-    else:
-        add = extra = np.zeros(ey1.shape, dtype=np.float32)
-    # out of band needs cost above expected by at least the band's floor: only there is the spread needed.
-    # A day out of the plain band leaves the second pass's history even where a learned monthly pattern
-    # explains it (so normal days are banded as without patterns); only days out of the band with the
-    # pattern can open an episode.
-    enough = np.greater_equal(hist[:, m0: d - 1], history_days).T
-    with np.errstate(invalid="ignore"):
-        cand = enough & (yp[pad + m0: pad + d - 1] > ey1[: d - 1 - m0] + (p.floor - 1e-3))
-    tt, ss = np.nonzero(cand)
-    tt += m0
-    beyond = np.zeros(tt.shape, dtype=bool)
-    if tt.size:
-        # the candidates' series also need the errors of the lookback before m0
-        cols, col = np.unique(ss, return_inverse=True)
-        yc = np.ascontiguousarray(yp[:, cols])
-        errc = np.ascontiguousarray(errp1[:, cols])
-        if a1 < e0:
-            early, _ = _expected(yc, pad, a1, e0, L, gappy)
-            np.subtract(yc[pad + a1: pad + e0], early, out=errc[pad + a1: pad + e0])
-        sig = _sigma_cells(errc, yc, [w[:, cols] for w in season1], pad, m0, _error_counts(errc, pad, L), tt, col,
-                           L)
-        half = np.maximum(np.nan_to_num(sig, nan=0.0) * p.zk, p.floor)
-        with np.errstate(invalid="ignore"):
-            out = xt[tt, ss] > np.expm1(ey1[tt - m0, ss] + half)
-            beyond = xt[tt, ss] > np.expm1(ey1[tt - m0, ss] + add[tt - m0, ss] + half + extra[tt - m0, ss])
-        tt, ss, beyond = tt[out], ss[out], beyond[out]
-    sigma1 = _sigma_dense(errp1, yp, season1, pad, m0, _error_counts(errp1, pad, L), s0, d, L)
-    sigma1 = _with_tail(sigma1, errp1, pad, s0, d, p)
-    bands = _assemble(ey1[s0 - m0:], sigma1, p, add[s0 - m0:], extra[s0 - m0:])
-    marks = None
-    if tt.size:
-        second, col = np.unique(ss, return_inverse=True)
-        ys = np.ascontiguousarray(yp[:, second])
-        y2 = ys.copy()
-        y2[pad + tt, col] = np.nan
-        add_s = np.zeros((d, second.size), dtype=np.float32)
-        extra_s = np.zeros_like(add_s)
-        add_s[m0:], extra_s[m0:] = add[:, second], extra[:, second]
-        if ex.hold:
-            drops = np.zeros((d, second.size), dtype=bool)
-            drops[tt[beyond], col[beyond]] = True
-            acc = ex.accepted[second].T if ex.accepted is not None else None
-            episode, acc_days, f_ey, f_half, f_sig = _episodes(y2, xt[:, second], drops, acc, pad, p, add_s, extra_s)
-            y2[pad:][episode] = np.nan
-            y2[pad:][acc_days] = ys[pad:][acc_days]
-            marks = (episode, acc_days)
-        ey2, sigma2 = _one_pass(y2, pad, s0, p, True)  # every one of these series has a dropped day
-        new = _assemble(ey2, sigma2, p, add_s[s0:], extra_s[s0:])
-        if marks is not None and marks[0][s0:].any():
-            ep = marks[0][s0:]
-            fe, fh = f_ey[s0:][ep], f_half[s0:][ep]
-            new[0][ep] = np.expm1(fe)
-            new[1][ep] = np.expm1(np.maximum(fe - fh, 0.0))
-            new[2][ep] = np.expm1(fe + fh)
-            new[3][ep] = np.maximum(np.nan_to_num(f_sig[s0:][ep], nan=0.0), p.floor / p.z)
-        for arr, b in zip(bands, new, strict=True):
-            arr[:, second] = b
+    fp = _first_pass(yp, pad, s0, p, ex.prev)
+    dropped = _dropped_days(fp, xt, yp, hist, pad, p, history_days)
+    d = xt.shape[0]
+    sigma1 = _sigma_dense(fp.errp, yp, fp.season, pad, fp.m0, _error_counts(fp.errp, pad, L), s0, d, L)
+    sigma1 = _with_tail(sigma1, fp.errp, pad, s0, d, p)
+    k = s0 - fp.m0
+    bands = _assemble(fp.ey[k:], sigma1, p, fp.add[k:], fp.extra[k:])
+    if not dropped[0].size:
+        return bands, hist, None, None
+    second, marks = _second_pass(bands, fp, xt, yp, pad, s0, p, ex, dropped)
     return bands, hist, second, marks
 
 
