@@ -103,23 +103,8 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     expired ones included): a cost episode that touches a marked day is accepted, its new level becomes the
     baseline and it raises no cost alert."""
     cfg = cfg or Config()
-    det = cfg.detection
-    usage = usage if usage is not None else pd.DataFrame(columns=["timestamp"])
-    clock = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
-    clock = clock.tz_localize("UTC") if clock.tzinfo is None else clock.tz_convert("UTC")
-    costs, usage, time_notes = _outside_the_clock(costs, usage, clock, future=as_of is None or now is not None)
-    as_of_ts = _resolve_as_of(costs, usage, as_of)
-    since_ts = _resolve_since(as_of_ts, since)
-    delay = pd.Timedelta(hours=det.cost_delay_hours)
-    # cost rows count once their day is complete and published
-    if not costs.empty:
-        day_end = costs["period_start"].dt.floor("D") + DAY
-        costs = costs[day_end + delay <= as_of_ts]
-    if not usage.empty:
-        usage = usage[usage["timestamp"].dt.floor("h") + HOUR <= as_of_ts]
-    if not costs.empty and costs["currency"].isna().any():
-        costs = costs.assign(currency=costs["currency"].fillna(DEFAULT_CURRENCY))
-    notes: list[str] = list(time_notes)
+    delay = pd.Timedelta(hours=cfg.detection.cost_delay_hours)
+    costs, usage, as_of_ts, since_ts, notes = _inputs_as_of(costs, usage, as_of, since, now, delay)
     sel = monmod.select(costs, cfg)  # monitors become virtual projects, with their rows appended
     cfg, costs = sel.config, sel.costs
     notes += sel.notes
@@ -127,15 +112,77 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
     meta = _project_meta(costs, usage, cfg, pairs)
 
     gross = costs[bl.usage_rows(costs)] if not costs.empty else costs
+    totals, cats = _cost_bands(gross, sel, cfg, since_ts, meta, planned)
+    cost_alerts = _cost_alerts(gross, totals, cats, meta, since_ts, delay, _rows_of(gross, sel))
+    cm, feats, mining = _cpu_mining(usage, cfg, meta, gross, cost_alerts, since_ts, as_of_ts)
+    mining = _all_mining(mining, findings, cost_alerts, cm, meta, sel, since_ts, as_of_ts)
+    alerts = mining + cost_alerts
+    alerts += _threshold_alerts(totals, cfg, meta, since_ts, delay)
+    budget_alerts, month_forecasts = budgets.budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
+    alerts = _in_window(alerts + budget_alerts, since_ts, as_of_ts, delay)
+    usage_flags = (_usage_anomalies(cm, since_ts, as_of_ts, cfg.detection.cpu.usage_score)
+                   if cm is not None and cm.values.size else {})
+    projects = _project_summaries(costs, totals, cm, feats, alerts, meta, pairs, usage_flags, cfg, since_ts,
+                                  as_of_ts, month_forecasts)
+    notes += _summary_notes(projects, meta, pairs, cfg, usage)
+    sel.annotate(alerts, projects)
+    return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats, config=cfg,
+                     monitors=sel.projects)
+
+
+def _inputs_as_of(costs: pd.DataFrame, usage: pd.DataFrame | None, as_of: pd.Timestamp | str | None,
+                  since: pd.Timestamp | str | pd.Timedelta | None, now: pd.Timestamp | None, delay: pd.Timedelta,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp, pd.Timestamp, list[str]]:
+    """The frames as a run at ``as_of`` would have had them, the window, and the notes on ignored rows:
+    every detector then sees the same cut, so a replay can never look into its own future."""
+    usage = usage if usage is not None else pd.DataFrame(columns=["timestamp"])
+    costs, usage, time_notes = _outside_the_clock(costs, usage, _utc_clock(now),
+                                                  future=as_of is None or now is not None)
+    as_of_ts = _resolve_as_of(costs, usage, as_of)
+    since_ts = _resolve_since(as_of_ts, since)
+    costs, usage = _published_by(costs, usage, as_of_ts, delay)
+    return costs, usage, as_of_ts, since_ts, list(time_notes)
+
+
+def _utc_clock(now: pd.Timestamp | None) -> pd.Timestamp:
+    """The run's clock in UTC: a naive ``now`` is taken as UTC, so tests and replays need not spell the zone."""
+    clock = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    return clock.tz_localize("UTC") if clock.tzinfo is None else clock.tz_convert("UTC")
+
+
+def _published_by(costs: pd.DataFrame, usage: pd.DataFrame, as_of: pd.Timestamp, delay: pd.Timedelta,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Only what a run at ``as_of`` could have read: a cost row counts once its day is complete and published
+    (``delay`` later), a CPU sample once its hour is over.  Rows without a currency get DEFAULT_CURRENCY here,
+    once, so no series key is ever missing."""
+    if not costs.empty:
+        day_end = costs["period_start"].dt.floor("D") + DAY
+        costs = costs[day_end + delay <= as_of]
+    if not usage.empty:
+        usage = usage[usage["timestamp"].dt.floor("h") + HOUR <= as_of]
+    if not costs.empty and costs["currency"].isna().any():
+        costs = costs.assign(currency=costs["currency"].fillna(DEFAULT_CURRENCY))
+    return costs, usage
+
+
+def _cost_bands(gross: pd.DataFrame, sel: monmod.Selection, cfg: Config, since: pd.Timestamp, meta: pd.DataFrame,
+                planned: Sequence[Silence] | None) -> tuple[SeriesBands, SeriesBands]:
+    """Bands per cost series and per (series, category).  Only planned marks for cost (not other kinds'
+    silences) move a baseline; monitors get no category bands, as they have one series each."""
     marks = [s for s in (planned or []) if s.planned and s.kind in (None, "cost_spike")]
-    totals = _series_bands(gross, SERIES, cfg, since_ts, meta, marks)
+    totals = _series_bands(gross, SERIES, cfg, since, meta, marks)
     own = sel.projects_only(gross)  # monitors have one series each, no categories
     cats = _series_bands(own.assign(service_category=own["service_category"].fillna("Other"))
                          if not own.empty else own,
-                         [*SERIES, "service_category"], cfg, since_ts, meta, marks)
-    alerts: list[Alert] = []
-    cost_alerts = _cost_alerts(gross, totals, cats, meta, since_ts, delay, _rows_of(gross, sel))
+                         [*SERIES, "service_category"], cfg, since, meta, marks)
+    return totals, cats
 
+
+def _cpu_mining(usage: pd.DataFrame, cfg: Config, meta: pd.DataFrame, gross: pd.DataFrame, cost_alerts: list[Alert],
+                since: pd.Timestamp, as_of: pd.Timestamp,
+                ) -> tuple[cpumod.CpuMatrix | None, cpumod.CpuFeatures | None, list[Alert]]:
+    """The CPU matrix, its features and the mining alerts from CPU plateaus (joined with the cost alerts).
+    The matrix is returned even when it is empty, as reports tell "no nodes" from "no CPU data"."""
     cm = cpumod.cpu_matrix(usage) if not usage.empty else None
     feats = None
     mining: list[Alert] = []
@@ -143,34 +190,43 @@ def detect(costs: pd.DataFrame, usage: pd.DataFrame | None, cfg: Config | None =
         settings = cpu_settings(cfg)
         feats = cpumod.features(cm, settings)
         episodes = [e for e in cpumod.node_episodes(cm, feats, settings) if e.project in meta.index]
-        mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since_ts, as_of_ts,
+        mining = _mining_alerts(episodes, cm, gross, cost_alerts, meta, settings, since, as_of,
                                 cfg.alerting.owner_tags, feats)
         _add_cpu_peaks(mining, usage)
+    return cm, feats, mining
+
+
+def _all_mining(mining: list[Alert], findings: pd.DataFrame | None, cost_alerts: list[Alert],
+                cm: cpumod.CpuMatrix | None, meta: pd.DataFrame, sel: monmod.Selection, since: pd.Timestamp,
+                as_of: pd.Timestamp) -> list[Alert]:
+    """CPU mining alerts plus what security findings and cost alone say: a project is told about a miner
+    once, and a monitor (cost-only, spanning projects) never is: the miner is told on its project."""
     if findings is not None and len(findings):
-        mining = _join_findings(findings, mining, meta, since_ts, as_of_ts)
+        mining = _join_findings(findings, mining, meta, since, as_of)
     covered = {a.project for a in mining} | sel.pids  # monitors are cost-only: a miner is told on its project
     nodes_by_project = set(cm.nodes["project"]) if cm is not None else set()
     mining += _cost_only_mining(cost_alerts, nodes_by_project, covered)
-    alerts += mining + cost_alerts
-    alerts += _threshold_alerts(totals, cfg, meta, since_ts, delay)
-    budget_alerts, month_forecasts = budgets.budget_alerts(costs, cfg, meta, since_ts, as_of_ts, delay)
-    alerts += budget_alerts
-    alerts = [a for a in alerts if a.detected_at <= as_of_ts and (since_ts <= a.detected_at or _ongoing(a, since_ts,
-                                                                                                    delay))]
+    return mining
+
+
+def _in_window(alerts: list[Alert], since: pd.Timestamp, as_of: pd.Timestamp, delay: pd.Timedelta) -> list[Alert]:
+    """Alerts a run at ``as_of`` reports, most severe first: those detected in the window, and older ones
+    whose episode still goes on (a persisting cost level or a running miner stays an incident)."""
+    alerts = [a for a in alerts if a.detected_at <= as_of and (since <= a.detected_at or _ongoing(a, since, delay))]
     alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.detected_at, a.project))
-    usage_flags = (_usage_anomalies(cm, since_ts, as_of_ts, cfg.detection.cpu.usage_score)
-                   if cm is not None and cm.values.size else {})
-    projects = _project_summaries(costs, totals, cm, feats, alerts, meta, pairs, usage_flags, cfg, since_ts,
-                                  as_of_ts, month_forecasts)
-    for p in projects:
-        if p["band_status"].startswith("short"):
-            notes.append(f"{_series_name(p['project'], p['currency'], meta)}: {p['band_status']}")
+    return alerts
+
+
+def _summary_notes(projects: list[dict[str, Any]], meta: pd.DataFrame, pairs: pd.Series, cfg: Config,
+                   usage: pd.DataFrame) -> list[str]:
+    """What the reader must know to trust the figures: series judged by plain thresholds, spend in a currency
+    not compared with limits, and mining judged without CPU data."""
+    notes = [f"{_series_name(p['project'], p['currency'], meta)}: {p['band_status']}"
+             for p in projects if p["band_status"].startswith("short")]
     notes += _currency_notes(meta, pairs, cfg)
     if usage.empty:
         notes.append("no CPU usage data: mining is judged from cost alone (new regions, compute spikes)")
-    sel.annotate(alerts, projects)
-    return Detection(as_of_ts, since_ts, alerts, projects, notes, totals, cats, cm, feats, config=cfg,
-                     monitors=sel.projects)
+    return notes
 
 
 def _rows_of(gross: pd.DataFrame, sel: monmod.Selection) -> Callable[[str], pd.DataFrame]:
@@ -1063,25 +1119,13 @@ def _project_summaries(costs: pd.DataFrame, totals: SeriesBands, cm: cpumod.CpuM
     has one.  Thresholds and budgets show on the row of the currency they are configured in, and so does
     the budget's own forecast (``month_forecasts``); other rows get the cheap run-rate forecast."""
     out = []
-    m = totals.matrix
-    row_of = ({(str(pid), str(cur)): i for i, (pid, cur) in enumerate(zip(m.keys["project_id"], m.keys["currency"],
-                                                                         strict=True))}
-              if len(m.keys) else {})
+    row_of = _matrix_rows(totals.matrix)
     hist_needed = cfg.detection.history_days
     credits, nets = _series_money(costs, since)
     by_project: dict[str, list[str]] = (
         pairs.reset_index().groupby("project_id", sort=False)["currency"].agg(list).to_dict() if len(pairs) else {})
-    series: list[tuple[str, str]] = []
-    for pid, main in zip(meta.index.astype(str), meta["currency"].astype(str), strict=True):
-        series += [(pid, main), *((pid, str(c)) for c in by_project.get(pid, []) if c != main)]
-    known = set(series)
-    kinds_of: dict[tuple[str, str], dict[str, int]] = {}
-    for a in alerts:
-        key = (a.project, a.currency)
-        if key not in known and a.project in meta.index:
-            key = (a.project, str(meta.at[a.project, "currency"]))
-        kinds = kinds_of.setdefault(key, {})
-        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+    series = _summary_series(meta, by_project)
+    kinds_of = _alert_kinds(alerts, set(series), meta)
     for pid, cur in series:
         row = meta.loc[pid]
         is_main = cur == str(row["currency"])
@@ -1091,52 +1135,115 @@ def _project_summaries(costs: pd.DataFrame, totals: SeriesBands, cm: cpumod.CpuM
                              "owner": pc.owner if pc else None}
         if int(row["n_currencies"]) > 1:
             p["currencies"] = by_project[pid]
-        i = row_of.get((pid, cur))
-        if i is not None:
-            vals = m.values[i]
-            valid = np.flatnonzero(~np.isnan(vals))
-            last = int(valid[-1]) if valid.size else None
-            in_win = (m.days >= since.floor("D")) & (m.days + DAY <= as_of)
-            p["spend"] = float(np.nansum(vals[in_win]))
-            p["days_missing"] = int(np.isnan(vals[in_win]).sum())
-            if last is not None:
-                hist = int(totals.bands.history[i, last])
-                p.update({
-                    "last_day": m.days[last], "last_day_cost": float(vals[last]),
-                    "expected": _f(totals.bands.expected[i, last]) if hist >= hist_needed else None,
-                    "lower": _f(totals.bands.lower[i, last]) if hist >= hist_needed else None,
-                    "upper": _f(totals.bands.upper[i, last]) if hist >= hist_needed else None,
-                    "history_days": hist,
-                    "band_status": (f"{totals.bands.method} band" if hist >= hist_needed else
-                                    f"short history: {hist} of {hist_needed} days, plain thresholds"),
-                })
+        p.update(_band_fields(totals, row_of.get((pid, cur)), since, as_of, hist_needed))
         p.setdefault("band_status", "no cost data")
-        net = nets.get((pid, cur))
-        if net is not None:
-            p["credits"] = float(credits.get((pid, cur), 0.0))
-            p.update(_forecast_fields(month_forecasts.get((pid, cur)) or _run_rate_forecast(net)))
+        p.update(_money_fields(credits, nets.get((pid, cur)), month_forecasts.get((pid, cur)), (pid, cur)))
         if pc:
-            compared = cur == str(row["limit_currency"])
-            p["monthly_budget"] = pc.monthly_budget if compared else None
-            p["daily_threshold"] = pc.daily_threshold if compared else None
-            if not compared and (pc.monthly_budget is not None or pc.daily_threshold is not None):
-                p["limits_currency"] = str(row["limit_currency"])  # this series was not compared with them
-        if is_main and cm is not None and len(cm.nodes):
-            sel = (cm.nodes["project"].astype(str) == pid).to_numpy()
-            if sel.any():
-                recent = cm.values[sel][:, -24:]
-                with _quiet():
-                    p["nodes"] = int(sel.sum())
-                    p["cpu_mean_24h"] = _f(np.nanmean(recent))
-                    if cpu_features is not None:  # the project's usual CPU for the same hours
-                        usual = cpu_features.profile[sel][:, -24:]
-                        p["cpu_expected_24h"] = _f(float(np.nanmean(np.where(np.isnan(recent), np.nan, usual))))
-                    p["cpu_max_node_24h"] = _f(np.nanmax(np.nanmean(recent, axis=1)))
+            p.update(_limit_fields(pc, cur, str(row["limit_currency"])))
+        if is_main:
+            p.update(_cpu_fields(cm, cpu_features, pid))
         p["alerts"] = kinds_of.get((pid, cur), {})
         if is_main and pid in usage_flags:
             p["usage_anomalies"] = usage_flags[pid]
         out.append(p)
     out.sort(key=lambda p: (-sum(p["alerts"].values()), -(p.get("spend") or 0.0)))
+    return out
+
+
+def _matrix_rows(m: bl.DailyMatrix) -> dict[tuple[str, str], int]:
+    """(project, currency) -> row of the totals matrix, built once rather than searched per summary row."""
+    if not len(m.keys):
+        return {}
+    return {(str(pid), str(cur)): i
+            for i, (pid, cur) in enumerate(zip(m.keys["project_id"], m.keys["currency"], strict=True))}
+
+
+def _summary_series(meta: pd.DataFrame, by_project: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(project, currency) of every summary row, each project's main currency first: the main row is the one
+    CPU figures and alerts without a series of their own go on."""
+    series: list[tuple[str, str]] = []
+    for pid, main in zip(meta.index.astype(str), meta["currency"].astype(str), strict=True):
+        series += [(pid, main), *((pid, str(c)) for c in by_project.get(pid, []) if c != main)]
+    return series
+
+
+def _alert_kinds(alerts: list[Alert], known: set[tuple[str, str]], meta: pd.DataFrame,
+                 ) -> dict[tuple[str, str], dict[str, int]]:
+    """Alert counts by kind per series; an alert on no cost series (a miner, a project seen only in CPU
+    data) counts on its project's main row, so no alert is left out of the summary."""
+    kinds_of: dict[tuple[str, str], dict[str, int]] = {}
+    for a in alerts:
+        key = (a.project, a.currency)
+        if key not in known and a.project in meta.index:
+            key = (a.project, str(meta.at[a.project, "currency"]))
+        kinds = kinds_of.setdefault(key, {})
+        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+    return kinds_of
+
+
+def _band_fields(totals: SeriesBands, i: int | None, since: pd.Timestamp, as_of: pd.Timestamp,
+                 hist_needed: int) -> dict[str, Any]:
+    """Spend and missing days in the window, and the last day against its band; a band learned from too
+    little history is not shown, as the day was judged by plain thresholds."""
+    if i is None:
+        return {}
+    m = totals.matrix
+    vals = m.values[i]
+    valid = np.flatnonzero(~np.isnan(vals))
+    last = int(valid[-1]) if valid.size else None
+    in_win = (m.days >= since.floor("D")) & (m.days + DAY <= as_of)
+    p: dict[str, Any] = {"spend": float(np.nansum(vals[in_win])), "days_missing": int(np.isnan(vals[in_win]).sum())}
+    if last is not None:
+        hist = int(totals.bands.history[i, last])
+        p.update({
+            "last_day": m.days[last], "last_day_cost": float(vals[last]),
+            "expected": _f(totals.bands.expected[i, last]) if hist >= hist_needed else None,
+            "lower": _f(totals.bands.lower[i, last]) if hist >= hist_needed else None,
+            "upper": _f(totals.bands.upper[i, last]) if hist >= hist_needed else None,
+            "history_days": hist,
+            "band_status": (f"{totals.bands.method} band" if hist >= hist_needed else
+                            f"short history: {hist} of {hist_needed} days, plain thresholds"),
+        })
+    return p
+
+
+def _money_fields(credits: pd.Series, net: pd.Series | None, forecast: budgets.Forecast | None,
+                  key: tuple[str, str]) -> dict[str, Any]:
+    """Credits and the month's forecast of a series with cost rows: the budget's own forecast where the
+    series has one, else the cheap run-rate one."""
+    if net is None:
+        return {}
+    return {"credits": float(credits.get(key, 0.0)), **_forecast_fields(forecast or _run_rate_forecast(net))}
+
+
+def _limit_fields(pc: ProjectConfig, cur: str, limit_currency: str) -> dict[str, Any]:
+    """Budget and threshold on the row of the currency they are compared in; other rows say which currency
+    the limits are in, so an owner does not read them as uncompared."""
+    compared = cur == limit_currency
+    out: dict[str, Any] = {"monthly_budget": pc.monthly_budget if compared else None,
+                           "daily_threshold": pc.daily_threshold if compared else None}
+    if not compared and (pc.monthly_budget is not None or pc.daily_threshold is not None):
+        out["limits_currency"] = limit_currency  # this series was not compared with them
+    return out
+
+
+def _cpu_fields(cm: cpumod.CpuMatrix | None, cpu_features: cpumod.CpuFeatures | None, pid: str) -> dict[str, Any]:
+    """The project's last 24 hours of CPU next to its usual level for the same hours, so a reader sees at a
+    glance whether its nodes are busier than they normally are."""
+    if cm is None or not len(cm.nodes):
+        return {}
+    sel = (cm.nodes["project"].astype(str) == pid).to_numpy()
+    if not sel.any():
+        return {}
+    recent = cm.values[sel][:, -24:]
+    out: dict[str, Any] = {}
+    with _quiet():
+        out["nodes"] = int(sel.sum())
+        out["cpu_mean_24h"] = _f(np.nanmean(recent))
+        if cpu_features is not None:  # the project's usual CPU for the same hours
+            usual = cpu_features.profile[sel][:, -24:]
+            out["cpu_expected_24h"] = _f(float(np.nanmean(np.where(np.isnan(recent), np.nan, usual))))
+        out["cpu_max_node_24h"] = _f(np.nanmax(np.nanmean(recent, axis=1)))
     return out
 
 

@@ -972,68 +972,116 @@ def _recurring_patterns(w: _World, rng: np.random.Generator) -> None:
     - public holidays of the project's users: traffic-driven spend and CPU at weekend level.
     - an autoscaler (a third of projects) adding one or two nodes for 3-10 hours on about one day in eight.
     - deploy days (a third of projects with CPU data): the main pool's CPU steps x0.8-1.25 for good.
-    - a node that usually runs at 60-75% CPU (a quarter of projects with CPU data)."""
-    days, n_days, n_hours = w.days, len(w.days), w.n_hours
-    nodes = w.nodes
-    w.holidays = np.zeros((len(w.projects), n_days), dtype=bool)
-    day_str = np.asarray(days.strftime("%Y-%m-%d"))
-    last = np.asarray(days.days_in_month - days.day)  # 0 on the last day of the month
-    dom = np.asarray(days.day)
-    quarter_end = np.asarray(days.month % 3 == 0)
+    - a node that usually runs at 60-75% CPU (a quarter of projects with CPU data).
+
+    The steps draw from ``rng`` project by project in this order, which the benchmark's data depends on."""
+    holidays = w.holidays = np.zeros((len(w.projects), len(w.days)), dtype=bool)
+    cal = _Calendar.of(w.days)
     for p in w.projects:
-        cloud = _CLOUDS[p.provider]
-        w.holidays[p.idx] = np.isin(day_str, _HOLIDAYS[_holiday_zone(p.region)]) & (np.arange(n_days) >= p.first_day)
-        if p.networking_series >= 0 and w.holidays[p.idx].any():
-            k = p.networking_series
-            w.series.values[k] = np.round(np.where(w.holidays[p.idx], w.series.values[k] * rng.uniform(0.6, 0.85),
-                                                   w.series.values[k]), 6)
-        if not p.new and rng.random() < 0.25:
-            variant = str(rng.choice(["month-end", "month-start", "quarter-end"], p=[0.6, 0.2, 0.2]))
-            factor = float(rng.uniform(0.3, 0.5))
-            on = (dom <= 2) if variant == "month-start" else (last <= 1)
-            if variant == "quarter-end":
-                on = on | ((last == 2) & quarter_end)
-            vals = np.where(on, factor * max(p.compute_daily, 5.0) * np.exp(rng.normal(0, 0.05, n_days)), 0.0)
-            w.series.add(p.idx, cloud.services["Compute"], "Compute", p.region, "Usage",
-                         f"{p.name}-{variant}-batch", dict(p.tags), np.round(vals, 6))
-            w.patterns.append({"project_id": p.project_id, "pattern": variant,
-                               "detail": f"compute x{1 + factor:.2f} on {variant} days"})
+        _holiday_dip(w, rng, p, cal, holidays)
+        _month_end_job(w, rng, p, cal)
         if not p.has_usage or len(p.main_nodes) < 2:
             continue
-        pool = p.pool
-        if rng.random() < 0.33:
-            events = 0
-            for d in np.flatnonzero(rng.random(n_days) < 0.12):
-                if d < p.first_day + 1:
-                    continue
-                h0 = int(24 * d + (p.peak_hour - p.tz) % 24 - rng.integers(0, 4))
-                h1 = min(h0 + int(rng.integers(3, 11)), n_hours)
-                if not 0 <= h0 < h1:
-                    continue
-                like = p.main_nodes[int(rng.integers(len(p.main_nodes)))]
-                for _ in range(int(rng.integers(1, 3))):
-                    p.other_nodes.append(_add_node(
-                        nodes, rng, pool, w.used_names, h0, h1, peak=nodes.peak[like], trough=nodes.trough[like],
-                        sigma=nodes.sigma[like], discount=p.discount))
-                events += 1
-            w.patterns.append({"project_id": p.project_id, "pattern": "autoscaling",
-                               "detail": f"{events} scale-outs of 3-10 h"})
-        if rng.random() < 0.33:
-            for _ in range(int(rng.integers(1, 3))):
-                at = int(rng.integers(min(10 * 24, n_hours - 1), n_hours))
-                level = float(rng.uniform(0.8, 1.25))
-                w.ops.append(_CpuOp("step", list(p.main_nodes), at, n_hours, level))
-                w.patterns.append({"project_id": p.project_id, "pattern": "deploy",
-                                   "detail": f"CPU x{level:.2f} from {_when(w, at):%Y-%m-%d %H:%M}"})
-        if len(p.main_nodes) >= 3 and rng.random() < 0.25:
-            hot = p.main_nodes[int(rng.integers(len(p.main_nodes)))]
-            nodes.peak[hot] = float(rng.uniform(66, 76))
-            nodes.trough[hot] = nodes.peak[hot] * float(rng.uniform(0.8, 0.9))
-            nodes.trend[hot] = 0.0
-            p.hot_node = hot
-            usual = f"{nodes.trough[hot]:.0f}-{nodes.peak[hot]:.0f}%"
-            w.patterns.append({"project_id": p.project_id, "pattern": "hot node",
-                               "detail": f"{nodes.name[hot]} usually at {usual}"})
+        _autoscaling(w, rng, p)
+        _deploy_steps(w, rng, p)
+        _hot_node(w, rng, p)
+
+
+@dataclass(frozen=True)
+class _Calendar:
+    """Per-day calendar facts of the scenario's days, computed once for all projects."""
+
+    day_str: np.ndarray  # "YYYY-MM-DD", to look holidays up
+    last: np.ndarray  # days to the end of the month: 0 on its last day
+    dom: np.ndarray  # day of the month
+    quarter_end: np.ndarray  # bool: in a quarter's last month
+
+    @staticmethod
+    def of(days: pd.DatetimeIndex) -> _Calendar:
+        return _Calendar(day_str=np.asarray(days.strftime("%Y-%m-%d")), last=np.asarray(days.days_in_month - days.day),
+                         dom=np.asarray(days.day), quarter_end=np.asarray(days.month % 3 == 0))
+
+
+def _holiday_dip(w: _World, rng: np.random.Generator, p: _Project, cal: _Calendar, holidays: np.ndarray) -> None:
+    """Marks the project's public holidays in ``holidays`` (``w.holidays``: the CPU hump reads them too) and
+    lowers its traffic-driven networking spend on them, as users are away."""
+    holidays[p.idx] = np.isin(cal.day_str, _HOLIDAYS[_holiday_zone(p.region)]) & (np.arange(len(w.days)) >= p.first_day)
+    if p.networking_series >= 0 and holidays[p.idx].any():
+        k = p.networking_series
+        w.series.values[k] = np.round(np.where(holidays[p.idx], w.series.values[k] * rng.uniform(0.6, 0.85),
+                                               w.series.values[k]), 6)
+
+
+def _month_end_job(w: _World, rng: np.random.Generator, p: _Project, cal: _Calendar) -> None:
+    """A batch job on a managed service on month-end, month-start or quarter-end days: a compute series of
+    its own, so it moves spend and not node CPU.  New projects get none (too little history to learn it)."""
+    if p.new or not rng.random() < 0.25:
+        return
+    n_days = len(w.days)
+    variant = str(rng.choice(["month-end", "month-start", "quarter-end"], p=[0.6, 0.2, 0.2]))
+    factor = float(rng.uniform(0.3, 0.5))
+    on = (cal.dom <= 2) if variant == "month-start" else (cal.last <= 1)
+    if variant == "quarter-end":
+        on = on | ((cal.last == 2) & cal.quarter_end)
+    vals = np.where(on, factor * max(p.compute_daily, 5.0) * np.exp(rng.normal(0, 0.05, n_days)), 0.0)
+    w.series.add(p.idx, _CLOUDS[p.provider].services["Compute"], "Compute", p.region, "Usage",
+                 f"{p.name}-{variant}-batch", dict(p.tags), np.round(vals, 6))
+    w.patterns.append({"project_id": p.project_id, "pattern": variant,
+                       "detail": f"compute x{1 + factor:.2f} on {variant} days"})
+
+
+def _autoscaling(w: _World, rng: np.random.Generator, p: _Project) -> None:
+    """One or two nodes like a main node, added at the project's daily peak for 3-10 hours on about one day
+    in eight: node churn and extra cost that are the fleet's normal, not an incident."""
+    if not rng.random() < 0.33:
+        return
+    nodes, n_hours = w.nodes, w.n_hours
+    events = 0
+    for d in np.flatnonzero(rng.random(len(w.days)) < 0.12):
+        if d < p.first_day + 1:
+            continue
+        h0 = int(24 * d + (p.peak_hour - p.tz) % 24 - rng.integers(0, 4))
+        h1 = min(h0 + int(rng.integers(3, 11)), n_hours)
+        if not 0 <= h0 < h1:
+            continue
+        like = p.main_nodes[int(rng.integers(len(p.main_nodes)))]
+        for _ in range(int(rng.integers(1, 3))):
+            p.other_nodes.append(_add_node(
+                nodes, rng, p.pool, w.used_names, h0, h1, peak=nodes.peak[like], trough=nodes.trough[like],
+                sigma=nodes.sigma[like], discount=p.discount))
+        events += 1
+    w.patterns.append({"project_id": p.project_id, "pattern": "autoscaling",
+                       "detail": f"{events} scale-outs of 3-10 h"})
+
+
+def _deploy_steps(w: _World, rng: np.random.Generator, p: _Project) -> None:
+    """One or two deploys after the first ten days that move the main pool's CPU for good: a lasting level
+    change in CPU that is not a miner."""
+    if not rng.random() < 0.33:
+        return
+    n_hours = w.n_hours
+    for _ in range(int(rng.integers(1, 3))):
+        at = int(rng.integers(min(10 * 24, n_hours - 1), n_hours))
+        level = float(rng.uniform(0.8, 1.25))
+        w.ops.append(_CpuOp("step", list(p.main_nodes), at, n_hours, level))
+        w.patterns.append({"project_id": p.project_id, "pattern": "deploy",
+                           "detail": f"CPU x{level:.2f} from {_when(w, at):%Y-%m-%d %H:%M}"})
+
+
+def _hot_node(w: _World, rng: np.random.Generator, p: _Project) -> None:
+    """A main node that usually runs busy (60-75%) without a trend: high CPU that is its own normal, which
+    a detector must not take for a miner."""
+    if not (len(p.main_nodes) >= 3 and rng.random() < 0.25):
+        return
+    nodes = w.nodes
+    hot = p.main_nodes[int(rng.integers(len(p.main_nodes)))]
+    nodes.peak[hot] = float(rng.uniform(66, 76))
+    nodes.trough[hot] = nodes.peak[hot] * float(rng.uniform(0.8, 0.9))
+    nodes.trend[hot] = 0.0
+    p.hot_node = hot
+    usual = f"{nodes.trough[hot]:.0f}-{nodes.peak[hot]:.0f}%"
+    w.patterns.append({"project_id": p.project_id, "pattern": "hot node",
+                       "detail": f"{nodes.name[hot]} usually at {usual}"})
 
 
 def _saturating_surge(w: _World, p: _Project, t0: int, knobs: _Knobs) -> None:
@@ -1320,60 +1368,111 @@ def _cost_frame(w: _World, node_cost: np.ndarray, hours_run: np.ndarray, missing
 # ---------------------------------------------------------------------------------------------- usage
 
 def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int, alive_all: np.ndarray) -> pd.DataFrame:
-    nodes, projects = w.nodes, w.projects
-    n_hours, n_days = w.n_hours, len(w.days)
-    with_usage = np.flatnonzero([projects[j].has_usage for j in nodes.project])
-    base = with_usage[with_usage < n_base_nodes]
-    extra = with_usage[with_usage >= n_base_nodes]
-    rows = np.concatenate([base, extra])
-    n = len(rows)
-    if n == 0:
+    """Hourly CPU samples of every node of a project with usage data, while the node is alive: the daily
+    hump, batch windows and noise of normal operation, then the incidents' and patterns' effects on top."""
+    rows, nb = _usage_rows(w, n_base_nodes)
+    if len(rows) == 0:
         return normalize_usage(pd.DataFrame({c: [] for c in ("timestamp", "provider", "project", "node",
                                                               "cpu_utilization")}))
-    # random draws for the base fleet come first and have fixed shapes, so the clean fleet's CPU is the
-    # same with or without incidents
-    nb = len(base)
+    draws = _cpu_draws(w, rng, len(rows), nb)
+    proj = _take(w.nodes.project, rows, int)
+    shape, noise = _cpu_shape(w, rows, proj, draws)
+    cpu = _apply_ops(w, rows, shape, noise)
+    return _usage_samples(w, rows, proj, cpu, alive_all[rows] & ~draws.drop)
+
+
+def _usage_rows(w: _World, n_base_nodes: int) -> tuple[np.ndarray, int]:
+    """Nodes with usage data, the base fleet's first, and how many of them are base fleet: the base rows'
+    draws must not depend on how many incident nodes follow."""
+    with_usage = np.flatnonzero([w.projects[j].has_usage for j in w.nodes.project])
+    base = with_usage[with_usage < n_base_nodes]
+    extra = with_usage[with_usage >= n_base_nodes]
+    return np.concatenate([base, extra]), len(base)
+
+
+@dataclass
+class _CpuDraws:
+    """The random parts of the CPU matrices, drawn before any is used."""
+
+    z: np.ndarray  # nodes x hours standard normal noise
+    day_factor: np.ndarray  # projects x days level of the day
+    jitter: np.ndarray  # nodes x days level jitter of batch windows
+    drop: np.ndarray  # bool nodes x hours: samples lost
+
+
+def _cpu_draws(w: _World, rng: np.random.Generator, n: int, nb: int) -> _CpuDraws:
+    """Random draws for the base fleet come first and have fixed shapes, so the clean fleet's CPU is the same
+    with or without incidents; incident nodes' noise comes from the world's stream.  This order is the
+    benchmark's data: do not reorder."""
+    n_hours, n_days = w.n_hours, len(w.days)
     z = np.empty((n, n_hours))
     rng.standard_normal(out=z[:nb])
-    day_factor = np.exp(rng.normal(0, 0.05, (len(projects), n_days)))
+    day_factor = np.exp(rng.normal(0, 0.05, (len(w.projects), n_days)))
     jitter = np.zeros((n, n_days))
     jitter[:nb] = rng.normal(0, 1.0, (nb, n_days))
     drop = np.zeros((n, n_hours), dtype=bool)
     drop[:nb] = rng.random((nb, n_hours)) < 0.001
     w.rng.standard_normal(out=z[nb:])
+    return _CpuDraws(z, day_factor, jitter, drop)
 
-    def arr(values: list[Any], dtype: Any = float) -> np.ndarray:
-        return np.asarray(values, dtype=dtype)[rows]
 
-    proj = arr(nodes.project, int)
-    # the daily hump is a property of the project (its users' time zone), so it is built per project
-    # and gathered per node
+def _take(values: list[Any], rows: np.ndarray, dtype: Any = float) -> np.ndarray:
+    """A node column as an array over the usage rows."""
+    return np.asarray(values, dtype=dtype)[rows]
+
+
+def _cpu_shape(w: _World, rows: np.ndarray, proj: np.ndarray, d: _CpuDraws) -> tuple[np.ndarray, np.ndarray]:
+    """Normal CPU per usage row and hour, as shape (level x daily hump x drift, or a batch window's level)
+    and noise kept apart, so incidents can scale one and not the other."""
+    nodes, n_days = w.nodes, len(w.days)
+    hour = np.arange(w.n_hours)
+    days_i = hour // 24
+    bump_p = _project_hump(w, hour)
+    level_p = d.day_factor[:, days_i]
+    peak, trough = _take(nodes.peak, rows), _take(nodes.trough, rows)
+    drift = 1 + _take(nodes.trend, rows)[:, None] * (days_i[None, :] - n_days)
+    shape = level_p[proj]
+    shape *= trough[:, None] + (peak - trough)[:, None] * bump_p[proj]
+    shape *= drift
+    noise = d.z * _take(nodes.sigma, rows)[:, None]
+    _batch_windows(np.asarray(nodes.batch, dtype=object)[rows], shape, noise, d, hour, days_i)
+    return shape, noise
+
+
+def _project_hump(w: _World, hour: np.ndarray) -> np.ndarray:
+    """Projects x hours daily hump, at weekend level on weekends and holidays.  The hump is a property of the
+    project (its users' time zone), so it is built per project and gathered per node."""
+    projects, n_days = w.projects, len(w.days)
     tz = np.asarray([p.tz for p in projects])[:, None]
     peak_h = np.asarray([p.peak_hour for p in projects])[:, None]
     width = np.asarray([p.width for p in projects])[:, None]
     wkend = np.asarray([p.weekend for p in projects])[:, None]
-    hour = np.arange(n_hours)
-    days_i = hour // 24
     local = hour[None, :] + tz
     bump_p = np.exp(-0.5 * ((local % 24 - peak_h) / width) ** 2)
     off = (local // 24 + w.days[0].dayofweek) % 7 >= 5
     if w.holidays is not None:
         off |= np.take_along_axis(w.holidays, np.clip(local // 24, 0, n_days - 1), axis=1)
     bump_p *= np.where(off, wkend, 1.0)
-    level_p = day_factor[:, days_i]
-    peak, trough = arr(nodes.peak), arr(nodes.trough)
-    drift = 1 + arr(nodes.trend)[:, None] * (days_i[None, :] - n_days)
-    shape = level_p[proj]
-    shape *= trough[:, None] + (peak - trough)[:, None] * bump_p[proj]
-    shape *= drift
-    noise = z * arr(nodes.sigma)[:, None]
-    for r, spec in enumerate(np.asarray(nodes.batch, dtype=object)[rows]):
+    return bump_p
+
+
+def _batch_windows(specs: np.ndarray, shape: np.ndarray, noise: np.ndarray, d: _CpuDraws, hour: np.ndarray,
+                   days_i: np.ndarray) -> None:
+    """Batch nodes sit at their job's level (with a daily jitter) during its UTC window every day: a nightly
+    plateau a detector must not take for a miner.  Changes ``shape`` and ``noise`` in place."""
+    for r, spec in enumerate(specs):
         if spec is None:
             continue
         h_utc, dur, level = spec
         at = ((hour % 24) >= h_utc) & ((hour % 24) < h_utc + dur)
-        shape[r, at] = level + jitter[r, days_i[at]]
-        noise[r, at] = 0.7 * z[r, at]
+        shape[r, at] = level + d.jitter[r, days_i[at]]
+        noise[r, at] = 0.7 * d.z[r, at]
+
+
+def _apply_ops(w: _World, rows: np.ndarray, shape: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """CPU after the incidents' and patterns' effects, clipped and rounded as an export has it.  Surges and
+    steps change the normal shape first; pins, floors and saturation then overwrite the summed CPU, so they
+    are what the samples show."""
     pos = {int(node): r for r, node in enumerate(rows)}
     cpu = None
     for op in sorted(w.ops, key=lambda o: o.kind in ("pin", "floor", "saturate")):
@@ -1382,33 +1481,54 @@ def _usage_frame(w: _World, rng: np.random.Generator, n_base_nodes: int, alive_a
             continue
         if op.kind in ("pin", "floor", "saturate") and cpu is None:
             cpu = shape + noise
-        sl = slice(op.t0, op.t1)
-        if op.kind == "scale":
-            t = np.arange(op.t0, op.t1)
-            ramp = np.clip(np.minimum(t - op.t0 + 1, op.t1 - t) / 3.0, 0, 1)
-            m = 1 + (op.level - 1) * ramp
-            shape[rr, sl] = _soft_cap(shape[rr, sl] * m[None, :])
-            noise[rr, sl] = noise[rr, sl] * np.sqrt(m)[None, :]
-        elif op.kind == "step":
-            shape[rr, sl] *= op.level
+        if op.kind in ("scale", "step"):
+            _reshape(op, rr, shape, noise)
         else:
             if cpu is None:
                 raise ValueError(f"scenario op {op.kind!r} changes CPU, but the scenario has no CPU matrix")
-            flat = op.level + op.std * w.rng.standard_normal((rr.size, op.t1 - op.t0))
-            if op.kind == "saturate":  # capped at 100%: flat because of the ceiling, not because of a miner
-                flat = np.minimum(flat, 100.0)
-            cpu[rr, sl] = flat if op.kind == "pin" else np.maximum(cpu[rr, sl], flat)
+            _overwrite(op, rr, cpu, w.rng)
     if cpu is None:
         cpu = shape + noise
-    cpu = np.round(np.clip(cpu, 0.0, 100.0), 2)
-    r_idx, t_idx = np.nonzero(alive_all[rows] & ~drop)
+    return np.round(np.clip(cpu, 0.0, 100.0), 2)
+
+
+def _reshape(op: _CpuOp, rr: np.ndarray, shape: np.ndarray, noise: np.ndarray) -> None:
+    """A surge (ramped over three hours each way, saturating towards 90%, noise growing with the load) or a
+    step of the normal shape, in place."""
+    sl = slice(op.t0, op.t1)
+    if op.kind == "scale":
+        t = np.arange(op.t0, op.t1)
+        ramp = np.clip(np.minimum(t - op.t0 + 1, op.t1 - t) / 3.0, 0, 1)
+        m = 1 + (op.level - 1) * ramp
+        shape[rr, sl] = _soft_cap(shape[rr, sl] * m[None, :])
+        noise[rr, sl] = noise[rr, sl] * np.sqrt(m)[None, :]
+    else:
+        shape[rr, sl] *= op.level
+
+
+def _overwrite(op: _CpuOp, rr: np.ndarray, cpu: np.ndarray, rng: np.random.Generator) -> None:
+    """A flat level with small noise: replacing the CPU (a new node's miner or job), or as a floor under it
+    (a miner beside the node's own work), in place."""
+    sl = slice(op.t0, op.t1)
+    flat = op.level + op.std * rng.standard_normal((rr.size, op.t1 - op.t0))
+    if op.kind == "saturate":  # capped at 100%: flat because of the ceiling, not because of a miner
+        flat = np.minimum(flat, 100.0)
+    cpu[rr, sl] = flat if op.kind == "pin" else np.maximum(cpu[rr, sl], flat)
+
+
+def _usage_samples(w: _World, rows: np.ndarray, proj: np.ndarray, cpu: np.ndarray, keep: np.ndarray,
+                   ) -> pd.DataFrame:
+    """The usage frame of the samples ``keep`` marks (node alive and sample not lost), in the model's columns
+    and dtypes."""
+    nodes, projects = w.nodes, w.projects
+    r_idx, t_idx = np.nonzero(keep)
 
     def per_node(values: list[Any]) -> Any:
         return _strings(values, rows[r_idx])
 
     node_proj = proj[r_idx]
     frame = pd.DataFrame({
-        "timestamp": pd.date_range(w.days[0], periods=n_hours, freq="h")[t_idx],
+        "timestamp": pd.date_range(w.days[0], periods=w.n_hours, freq="h")[t_idx],
         "provider": _strings([p.provider for p in projects], node_proj),
         "project": _strings([p.project_id for p in projects], node_proj),
         "node": per_node(nodes.name),
