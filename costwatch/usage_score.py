@@ -668,7 +668,8 @@ def _range_bounds_score(p: UsageScoreParams) -> bool:
     So with ``alpha / n_views`` below ``min(1/(history+1), tail / (1.5 TAIL_STEP), tail / e)`` (with a margin
     for rounding) no view inside its range reaches 0.5, and at a sample where some views are outside, the
     smallest p-value is one of theirs (or stillness's, computed everywhere) whenever the score reaches 0.5.
-    The defaults: ``alpha / 10 = 2e-4`` against ``1/4033`` (5-minute) or ``1/337`` (hourly).
+    The defaults: ``alpha / 10 = 2e-4`` (``alpha / 12`` with the time-of-day views) against ``1/4033``
+    (5-minute) or ``1/337`` (hourly).
     """
     if p.method == "range":
         return min(p.spike_threshold, p.level_threshold, p.spread_threshold, p.rough_threshold) >= MIN_THRESHOLD
@@ -819,7 +820,9 @@ def score_series(values: np.ndarray, timestamps: pd.DatetimeIndex | None = None,
     idx = pd.DatetimeIndex(timestamps)
     if len(idx) != len(v):
         raise ValueError(f"{len(v)} values but {len(idx)} timestamps")
-    if params is not None and params.season < 0:
+    if params is None:
+        params = UsageScoreParams()
+    if params.season < 0:
         params = replace(params, season=_rows_per_day(idx))
     pos = _grid_positions(idx)
     grid = np.full(int(pos[-1]) + 1, np.nan)

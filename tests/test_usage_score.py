@@ -162,12 +162,13 @@ def test_nan_gaps_are_tolerated() -> None:
 def test_timestamps_place_gaps_on_the_grid() -> None:
     x = _cpu(8)
     ts = pd.date_range("2014-01-01", periods=N, freq="5min")
-    assert np.allclose(score_series(x, ts), score_series(x))
+    day = UsageScoreParams(season=288)  # what the timestamps tell: 288 five-minute rows a day
+    assert np.allclose(score_series(x, ts), score_series(x, params=day))
     # drop a block of rows: scoring with timestamps equals scoring the gap as NaN samples
     keep = np.r_[0:1000, 1010:N]
     gapped = x.copy()
     gapped[1000:1010] = np.nan
-    assert np.allclose(score_series(x[keep], ts[keep]), score_series(gapped)[keep])
+    assert np.allclose(score_series(x[keep], ts[keep]), score_series(gapped, params=day)[keep])
     # repeated timestamps do not break anything
     dup = ts.insert(500, ts[500])
     assert score_series(np.insert(x, 500, x[500]), dup).shape == (N + 1,)
@@ -341,6 +342,9 @@ def test_calibrated_time_of_day_follows_the_timestamps() -> None:
     auto = dataclasses.replace(DETECT, history=400)
     assert np.array_equal(score_series(x, hourly, params=auto),
                           score_matrix(x[None, :], params=dataclasses.replace(auto, season=24))[0])
+    # the default parameters read the timestamps the same way
+    assert np.array_equal(score_series(x, hourly),
+                          score_matrix(x[None, :], params=UsageScoreParams(season=24))[0])
     odd_step = pd.date_range("2026-01-01", periods=x.size, freq="7min")
     assert np.array_equal(score_series(x, odd_step, params=auto),
                           score_matrix(x[None, :], params=dataclasses.replace(auto, season=0))[0])
