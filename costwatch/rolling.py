@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["MEDIAN", "GatheredWindows", "SortedRanks", "rolling_count", "rolling_extremes", "rolling_max",
+__all__ = ["MEDIAN", "GatheredWindows", "SortedRanks", "lagged", "rolling_count", "rolling_extremes", "rolling_max",
            "rolling_min", "short_median", "short_quantiles", "short_std", "window_quantiles"]
 
 MEDIAN = "median"  # order-statistic spec: pandas' ``.median()`` ((a + b) / 2), not ``.quantile(0.5)``
@@ -36,8 +36,9 @@ def _prep(a: np.ndarray) -> np.ndarray:
     return np.where(inf, np.nan, a) if inf.any() else a
 
 
-def _lagged(a: np.ndarray, lag: int, fill: float | int) -> np.ndarray:
-    """``a`` moved ``lag`` samples later (sample i holds sample i - lag), ``fill`` before."""
+def lagged(a: np.ndarray, lag: int, fill: float | int = np.nan) -> np.ndarray:
+    """``a`` moved ``lag`` samples later along the last axis (sample i holds sample i - lag), ``fill`` before:
+    pandas' ``shift(lag)``."""
     if lag == 0:
         return a
     out = np.full(a.shape, fill, dtype=a.dtype)
@@ -55,7 +56,7 @@ def rolling_count(a: np.ndarray, window: int, lag: int = 0) -> np.ndarray:
     n = np.empty_like(c)
     n[..., :w] = c[..., :w]
     n[..., w:] = c[..., w:] - c[..., : t - w]
-    return _lagged(n, lag, 0)
+    return lagged(n, lag, 0)
 
 
 def rolling_extremes(a: np.ndarray, window: int, lag: int, min_periods: int,
@@ -85,7 +86,7 @@ def _extremes(a: np.ndarray, window: int, lag: int, min_periods: int, count: np.
     for f, neutral in kinds:
         e = _running(np.where(np.isnan(a), neutral, a), w, f, neutral)
         e[few] = np.nan
-        out.append(_lagged(e, lag, np.nan))
+        out.append(lagged(e, lag, np.nan))
     return out
 
 

@@ -139,6 +139,7 @@ import pandas as pd
 from .rolling import (
     MEDIAN,
     GatheredWindows,
+    lagged,
     rolling_count,
     rolling_extremes,
     rolling_max,
@@ -432,7 +433,7 @@ def _calibrated_views(p: UsageScoreParams) -> list[_View]:
                            lambda a: short_median(a, k, 1)))
     if p.jump and k > 1:  # jump: the value minus the median of the rows before it
         views.append(_View("jump_up", "jump_down", 1, 1, lambda f: f - f.shift(1).rolling(k, min_periods=1).median(),
-                           lambda a: a - _later(short_median(a, k, 1), 1)))
+                           lambda a: a - lagged(short_median(a, k, 1), 1)))
     # shape: spread (oscillation, or a flat line) and typical step size (a new rhythm)
     if p.spread_window > 1:
         views.append(_spread_view(p))
@@ -503,14 +504,6 @@ def _season_views(p: UsageScoreParams) -> list[_View]:
 
     return [_View("season_up", None, 1, 1, lambda f: frame(f, True), lambda a: block(a, True)),
             _View(None, "season_down", 1, 1, lambda f: frame(f, False), lambda a: block(a, False))]
-
-
-def _later(a: np.ndarray, k: int) -> np.ndarray:
-    """``a`` moved ``k`` samples later along the last axis (NaN before): pandas' ``shift(k)``."""
-    out = np.full(a.shape, np.nan)
-    if k < a.shape[-1]:
-        out[..., k:] = a[..., : a.shape[-1] - k]
-    return out
 
 
 def _n_views(p: UsageScoreParams) -> int:
